@@ -1,0 +1,585 @@
+//! The async client: queries, prepared statements, simple queries.
+//!
+//! Every method queues its whole request synchronously (bookkeeping included) and then awaits responses. If
+//! the caller drops the future at any await, the request stays registered in the protocol core and the next
+//! call discards its remaining responses before reading its own, so the connection stays usable.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use postgres_types::{Format, IsNull, ToSql, Type, WrongType};
+
+use crate::connection::Connection;
+use crate::proto::{Backend, Notification, RawRow, RequestId, TransactionStatus};
+use crate::row::{Row, SimpleColumn, SimpleQueryMessage, SimpleQueryRow};
+use crate::statement::{CloseQueue, Column, Statement};
+use crate::typeinfo;
+use crate::{DbError, Error};
+
+/// A statement to run: SQL text or a prepared [`Statement`].
+pub trait ToStatement: sealed::Sealed {
+    #[doc(hidden)]
+    fn to_statement(&self) -> StatementRef<'_>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+#[doc(hidden)]
+pub enum StatementRef<'a> {
+    Sql(&'a str),
+    Prepared(&'a Statement),
+}
+
+impl sealed::Sealed for str {}
+impl ToStatement for str {
+    fn to_statement(&self) -> StatementRef<'_> {
+        StatementRef::Sql(self)
+    }
+}
+impl sealed::Sealed for String {}
+impl ToStatement for String {
+    fn to_statement(&self) -> StatementRef<'_> {
+        StatementRef::Sql(self)
+    }
+}
+impl sealed::Sealed for Statement {}
+impl ToStatement for Statement {
+    fn to_statement(&self) -> StatementRef<'_> {
+        StatementRef::Prepared(self)
+    }
+}
+
+/// A parameter: any [`ToSql`] value.
+pub type Param<'a> = &'a (dyn ToSql + Sync);
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A connection to a PostgreSQL server.
+///
+/// There is no background task: every call drives the socket itself, so the client works on WASI's
+/// single-threaded runtime as on tokio. Methods take `&mut self`; one operation runs at a time.
+pub struct Client {
+    conn: Connection,
+    id: u64,
+    next_statement: u64,
+    close_queue: CloseQueue,
+    types: typeinfo::TypeCache,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .field("backend_pid", &self.backend_pid())
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Result rows of one Execute, before their columns are resolved.
+struct Collected {
+    rows: Vec<RawRow>,
+    description: Option<Vec<(String, u32, Option<u32>, Option<i16>)>>,
+    affected: u64,
+}
+
+impl Client {
+    pub(crate) fn from_connection(conn: Connection) -> Client {
+        Client {
+            conn,
+            id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+            next_statement: 1,
+            close_queue: CloseQueue::default(),
+            types: typeinfo::TypeCache::default(),
+        }
+    }
+
+    /// Whether the connection is closed or broken; a closed client only returns errors.
+    pub fn is_closed(&self) -> bool {
+        self.conn.protocol.is_closed()
+    }
+
+    /// The process id of the server backend (from BackendKeyData).
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.conn.protocol.backend_key().map(|k| k.process_id)
+    }
+
+    /// The transaction status reported by the server's last ReadyForQuery.
+    pub fn transaction_status(&self) -> TransactionStatus {
+        self.conn.protocol.transaction_status()
+    }
+
+    /// A run-time parameter the server reported, such as `server_version`, `TimeZone` or `DateStyle`.
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.conn.protocol.parameter(name)
+    }
+
+    /// Notifications received so far (from `LISTEN`), oldest first; they are removed from the client.
+    pub fn take_notifications(&mut self) -> Vec<Notification> {
+        self.conn.take_notifications()
+    }
+
+    /// Notices and warnings received so far, oldest first; they are removed from the client. Each notice is
+    /// also emitted as a `tracing` event.
+    pub fn take_notices(&mut self) -> Vec<DbError> {
+        self.conn.take_notices()
+    }
+
+    /// Queues Close messages for statements whose handles were all dropped. Their responses are discarded like
+    /// those of an abandoned request.
+    fn queue_statement_closes(&mut self) -> Result<(), Error> {
+        let names: Vec<String> = match self.close_queue.lock() {
+            Ok(mut names) => names.drain(..).collect(),
+            Err(_) => return Ok(()),
+        };
+        if names.is_empty() || self.is_closed() {
+            return Ok(());
+        }
+        self.conn.protocol.queue_request(1, None, |buf| {
+            for name in &names {
+                frontend::close(b'S', name, buf).map_err(encode_error)?;
+            }
+            frontend::sync(buf);
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Prepares a statement, letting the server infer parameter types.
+    pub async fn prepare(&mut self, sql: &str) -> Result<Statement, Error> {
+        self.prepare_typed(sql, &[]).await
+    }
+
+    /// Prepares a statement with the given parameter types (the server infers any not given).
+    pub async fn prepare_typed(&mut self, sql: &str, param_types: &[Type]) -> Result<Statement, Error> {
+        let name = format!("wpc{}", self.next_statement);
+        self.next_statement += 1;
+        self.prepare_named(&name, sql, param_types).await
+    }
+
+    async fn prepare_named(&mut self, name: &str, sql: &str, param_types: &[Type]) -> Result<Statement, Error> {
+        self.queue_statement_closes()?;
+        let id = self.conn.protocol.queue_request(1, None, |buf| {
+            frontend::parse(name, sql, param_types.iter().map(Type::oid), buf).map_err(encode_error)?;
+            frontend::describe(b'S', name, buf).map_err(encode_error)?;
+            frontend::sync(buf);
+            Ok(())
+        })?;
+        let mut param_oids = Vec::new();
+        let mut description = None;
+        let mut error = None;
+        loop {
+            match self.conn.next_response(id).await? {
+                Backend::Ready => break,
+                Backend::Message(Message::ParseComplete | Message::NoData) => {}
+                Backend::Message(Message::ParameterDescription(body)) => {
+                    param_oids = body.parameters().collect().map_err(malformed)?;
+                }
+                Backend::Message(Message::RowDescription(body)) => {
+                    description = Some(read_description(&body)?);
+                }
+                Backend::Message(Message::ErrorResponse(body)) => {
+                    error = Some(Error::db(DbError::parse(&mut body.fields())?));
+                }
+                other => return Err(unexpected(other, "Parse/Describe")),
+            }
+        }
+        if let Some(e) = error {
+            return Err(e);
+        }
+        let mut params = Vec::with_capacity(param_oids.len());
+        for oid in param_oids {
+            params.push(self.resolve_type(oid).await?);
+        }
+        let columns = self.resolve_columns(description.unwrap_or_default()).await?;
+        let close_queue = (!name.is_empty()).then_some(&self.close_queue);
+        Ok(Statement::new(name.to_string(), self.id, params, columns, close_queue))
+    }
+
+    async fn resolve_type(&mut self, oid: u32) -> Result<Type, Error> {
+        if let Some(ty) = Type::from_oid(oid) {
+            return Ok(ty);
+        }
+        if let Some(ty) = self.types.get(oid) {
+            return Ok(ty);
+        }
+        typeinfo::lookup(self, oid).await
+    }
+
+    pub(crate) fn type_cache(&mut self) -> &mut typeinfo::TypeCache {
+        &mut self.types
+    }
+
+    async fn resolve_columns(
+        &mut self,
+        description: Vec<(String, u32, Option<u32>, Option<i16>)>,
+    ) -> Result<Vec<Column>, Error> {
+        let mut columns = Vec::with_capacity(description.len());
+        for (name, oid, table_oid, column_id) in description {
+            let type_ = self.resolve_type(oid).await?;
+            columns.push(Column {
+                name,
+                type_,
+                table_oid,
+                column_id,
+            });
+        }
+        Ok(columns)
+    }
+
+    async fn statement<T: ToStatement + ?Sized>(&mut self, statement: &T) -> Result<Statement, Error> {
+        match statement.to_statement() {
+            StatementRef::Prepared(s) => {
+                if s.connection_id() != self.id {
+                    return Err(Error::config("the statement was prepared on a different connection"));
+                }
+                Ok(s.clone())
+            }
+            // SQL text goes through the unnamed statement: nothing to close, nothing left on the server.
+            StatementRef::Sql(sql) => self.prepare_named("", sql, &[]).await,
+        }
+    }
+
+    /// Runs a statement and returns its rows.
+    ///
+    /// `statement` is SQL text (prepared on the fly) or a [`Statement`]. Parameters are checked against the
+    /// statement's types before anything is sent.
+    pub async fn query<T>(&mut self, statement: &T, params: &[Param<'_>]) -> Result<Vec<Row>, Error>
+    where
+        T: ToStatement + ?Sized,
+    {
+        let statement = self.statement(statement).await?;
+        let collected = self.execute_statement(&statement, params).await?;
+        let columns = statement.columns_arc();
+        collected.rows.into_iter().map(|raw| Row::new(columns.clone(), raw)).collect()
+    }
+
+    /// Runs a statement that must return exactly one row.
+    pub async fn query_one<T>(&mut self, statement: &T, params: &[Param<'_>]) -> Result<Row, Error>
+    where
+        T: ToStatement + ?Sized,
+    {
+        let mut rows = self.query(statement, params).await?;
+        match rows.len() {
+            1 => Ok(rows.remove(0)),
+            0 => Err(Error::row_count("query returned no rows, expected exactly one")),
+            n => Err(Error::row_count(&format!("query returned {n} rows, expected exactly one"))),
+        }
+    }
+
+    /// Runs a statement that returns at most one row.
+    pub async fn query_opt<T>(&mut self, statement: &T, params: &[Param<'_>]) -> Result<Option<Row>, Error>
+    where
+        T: ToStatement + ?Sized,
+    {
+        let mut rows = self.query(statement, params).await?;
+        match rows.len() {
+            0 => Ok(None),
+            1 => Ok(Some(rows.remove(0))),
+            n => Err(Error::row_count(&format!("query returned {n} rows, expected at most one"))),
+        }
+    }
+
+    /// Runs a statement and returns the number of rows it affected (or returned).
+    pub async fn execute<T>(&mut self, statement: &T, params: &[Param<'_>]) -> Result<u64, Error>
+    where
+        T: ToStatement + ?Sized,
+    {
+        let statement = self.statement(statement).await?;
+        Ok(self.execute_statement(&statement, params).await?.affected)
+    }
+
+    async fn execute_statement(&mut self, statement: &Statement, params: &[Param<'_>]) -> Result<Collected, Error> {
+        let types = statement.params();
+        if types.len() != params.len() {
+            return Err(Error::parameters(types.len(), params.len()));
+        }
+        self.queue_statement_closes()?;
+        let columns = statement.columns().len();
+        let id = self.conn.protocol.queue_request(1, Some(columns), |buf| {
+            write_bind(buf, statement.name(), types, params)?;
+            frontend::execute("", 0, buf).map_err(encode_error)?;
+            frontend::sync(buf);
+            Ok(())
+        })?;
+        self.collect(id).await
+    }
+
+    /// Runs SQL with parameters of explicitly given types in one round trip, through the unnamed statement
+    /// (nothing is left prepared on the server; works behind transaction-pooling PgBouncer).
+    pub async fn query_typed(&mut self, sql: &str, params: &[(Param<'_>, Type)]) -> Result<Vec<Row>, Error> {
+        let collected = self.run_typed(sql, params).await?;
+        let columns: Arc<[Column]> = self.resolve_columns(collected.description.unwrap_or_default()).await?.into();
+        collected.rows.into_iter().map(|raw| Row::new(columns.clone(), raw)).collect()
+    }
+
+    /// Like [`query_typed`](Self::query_typed), returning the number of rows affected.
+    pub async fn execute_typed(&mut self, sql: &str, params: &[(Param<'_>, Type)]) -> Result<u64, Error> {
+        Ok(self.run_typed(sql, params).await?.affected)
+    }
+
+    async fn run_typed(&mut self, sql: &str, params: &[(Param<'_>, Type)]) -> Result<Collected, Error> {
+        self.queue_statement_closes()?;
+        let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+        let values: Vec<Param<'_>> = params.iter().map(|(v, _)| *v).collect();
+        let id = self.conn.protocol.queue_request(1, None, |buf| {
+            frontend::parse("", sql, types.iter().map(Type::oid), buf).map_err(encode_error)?;
+            write_bind(buf, "", &types, &values)?;
+            frontend::describe(b'P', "", buf).map_err(encode_error)?;
+            frontend::execute("", 0, buf).map_err(encode_error)?;
+            frontend::sync(buf);
+            Ok(())
+        })?;
+        self.collect(id).await
+    }
+
+    /// Reads the responses of one Bind/Execute request to its ReadyForQuery.
+    async fn collect(&mut self, id: RequestId) -> Result<Collected, Error> {
+        let mut collected = Collected {
+            rows: Vec::new(),
+            description: None,
+            affected: 0,
+        };
+        let mut error = None;
+        loop {
+            match self.conn.next_response(id).await? {
+                Backend::Ready => break,
+                Backend::Row(raw) => collected.rows.push(raw),
+                Backend::Message(Message::CommandComplete(body)) => {
+                    collected.affected = rows_affected(body.tag().map_err(malformed)?);
+                }
+                Backend::Message(Message::RowDescription(body)) => {
+                    collected.description = Some(read_description(&body)?);
+                }
+                Backend::Message(
+                    Message::ParseComplete | Message::BindComplete | Message::NoData | Message::EmptyQueryResponse,
+                ) => {}
+                Backend::Message(Message::ErrorResponse(body)) => {
+                    error = Some(Error::db(DbError::parse(&mut body.fields())?));
+                }
+                Backend::Message(Message::CopyInResponse(_)) => self.refuse_copy_in(),
+                Backend::Message(Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone) => {}
+                other => return Err(unexpected(other, "Bind/Execute")),
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(collected),
+        }
+    }
+
+    /// COPY FROM STDIN through a call that has no data to send: fail it cleanly so the server ends the request.
+    fn refuse_copy_in(&mut self) {
+        self.conn.protocol.queue_raw(|buf| {
+            // The message is a constant without NUL bytes, so encoding cannot fail.
+            let _ = frontend::copy_fail("COPY FROM STDIN is not supported by this call", buf);
+        });
+    }
+
+    /// Runs one or more SQL statements through the simple query protocol, returning every result.
+    ///
+    /// Values come back as text. Use [`simple_query_stream`](Self::simple_query_stream) to see rows that
+    /// precede an error.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<SimpleQueryMessage>, Error> {
+        let mut stream = self.simple_query_stream(sql).await?;
+        let mut messages = Vec::new();
+        while let Some(message) = stream.next().await? {
+            messages.push(message);
+        }
+        Ok(messages)
+    }
+
+    /// Runs one or more SQL statements through the simple query protocol, discarding their results.
+    pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
+        let mut stream = self.simple_query_stream(sql).await?;
+        while stream.next().await?.is_some() {}
+        Ok(())
+    }
+
+    /// Starts a simple query and returns a stream of its results in order. A server error comes out of
+    /// [`SimpleQueryStream::next`] after the rows that preceded it.
+    pub async fn simple_query_stream(&mut self, sql: &str) -> Result<SimpleQueryStream<'_>, Error> {
+        if sql.contains('\0') {
+            return Err(Error::config("the SQL text contains a NUL byte"));
+        }
+        self.queue_statement_closes()?;
+        let id = self
+            .conn
+            .protocol
+            .queue_request(1, None, |buf| frontend::query(sql, buf).map_err(encode_error))?;
+        Ok(SimpleQueryStream {
+            client: self,
+            id,
+            columns: None,
+            error: None,
+            done: false,
+        })
+    }
+
+    /// Sends Terminate and closes the connection.
+    pub async fn close(mut self) -> Result<(), Error> {
+        self.conn.protocol.queue_terminate();
+        self.conn.flush_all().await
+    }
+}
+
+/// The results of a simple query, read one message at a time.
+///
+/// Dropping the stream before the end is safe: the connection discards the rest of the results on its next
+/// call.
+pub struct SimpleQueryStream<'a> {
+    client: &'a mut Client,
+    id: RequestId,
+    columns: Option<Arc<[SimpleColumn]>>,
+    error: Option<Error>,
+    done: bool,
+}
+
+impl SimpleQueryStream<'_> {
+    /// The next result message, `Ok(None)` at the end, or the server's error once the statements before it
+    /// were delivered.
+    pub async fn next(&mut self) -> Result<Option<SimpleQueryMessage>, Error> {
+        if self.done {
+            return Ok(None);
+        }
+        loop {
+            let message = self.client.conn.next_response(self.id).await;
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    self.done = true;
+                    return Err(e);
+                }
+            };
+            match message {
+                Backend::Ready => {
+                    self.done = true;
+                    return match self.error.take() {
+                        Some(e) => Err(e),
+                        None => Ok(None),
+                    };
+                }
+                Backend::Row(raw) => {
+                    let Some(columns) = &self.columns else {
+                        return Err(Error::protocol("DataRow before RowDescription"));
+                    };
+                    return SimpleQueryRow::new(columns.clone(), raw).map(|r| Some(SimpleQueryMessage::Row(r)));
+                }
+                Backend::Message(Message::RowDescription(body)) => {
+                    let columns: Arc<[SimpleColumn]> = read_description(&body)?
+                        .into_iter()
+                        .map(|(name, type_oid, _, _)| SimpleColumn { name, type_oid })
+                        .collect();
+                    self.columns = Some(columns.clone());
+                    return Ok(Some(SimpleQueryMessage::RowDescription(columns)));
+                }
+                Backend::Message(Message::CommandComplete(body)) => {
+                    self.columns = None;
+                    let tag = body.tag().map_err(malformed)?;
+                    return Ok(Some(SimpleQueryMessage::CommandComplete(rows_affected(tag))));
+                }
+                Backend::Message(Message::EmptyQueryResponse) => {}
+                Backend::Message(Message::ErrorResponse(body)) => {
+                    self.error = Some(Error::db(DbError::parse(&mut body.fields())?));
+                }
+                Backend::Message(Message::CopyInResponse(_)) => self.client.refuse_copy_in(),
+                Backend::Message(Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone) => {}
+                other => return Err(unexpected(other, "a simple query")),
+            }
+        }
+    }
+}
+
+/// Writes a Bind of `statement` to the unnamed portal with every parameter type-checked and encoded, and every
+/// result column requested in binary.
+fn write_bind(buf: &mut BytesMut, statement: &str, types: &[Type], params: &[Param<'_>]) -> Result<(), Error> {
+    if types.len() != params.len() {
+        return Err(Error::parameters(types.len(), params.len()));
+    }
+    let formats: Vec<i16> = params
+        .iter()
+        .zip(types)
+        .map(|(p, t)| match p.encode_format(t) {
+            Format::Text => 0,
+            Format::Binary => 1,
+        })
+        .collect();
+    let mut failure = None;
+    let result = frontend::bind(
+        "",
+        statement,
+        formats,
+        params.iter().zip(types).enumerate(),
+        |(i, (param, ty)), buf| match param.to_sql_checked(ty, buf) {
+            Ok(IsNull::No) => Ok(postgres_protocol::IsNull::No),
+            Ok(IsNull::Yes) => Ok(postgres_protocol::IsNull::Yes),
+            Err(e) => {
+                failure = Some(if e.is::<WrongType>() {
+                    Error::to_sql_mismatch(ty, i, &param_type_name(*param))
+                } else {
+                    Error::to_sql(ty, i, e)
+                });
+                Err("parameter encoding failed".into())
+            }
+        },
+        Some(1),
+        buf,
+    );
+    match result {
+        Ok(()) => Ok(()),
+        Err(_) if failure.is_some() => Err(failure.unwrap_or_else(|| Error::protocol("BUG: lost encode error"))),
+        Err(frontend::BindError::Conversion(e)) => Err(Error::config(format!("cannot encode parameters: {e}"))),
+        Err(frontend::BindError::Serialization(e)) => Err(encode_error(e)),
+    }
+}
+
+/// The Rust type behind a parameter, for mismatch errors (ToSql requires Debug, which shows the value's shape).
+fn param_type_name(param: Param<'_>) -> String {
+    let shown = format!("{param:?}");
+    let short: String = shown.chars().take(40).collect();
+    format!("value {short}")
+}
+
+fn read_description(
+    body: &postgres_protocol::message::backend::RowDescriptionBody,
+) -> Result<Vec<(String, u32, Option<u32>, Option<i16>)>, Error> {
+    body.fields()
+        .map(|f| {
+            Ok((
+                f.name().to_string(),
+                f.type_oid(),
+                (f.table_oid() != 0).then_some(f.table_oid()),
+                (f.column_id() != 0).then_some(f.column_id()),
+            ))
+        })
+        .collect()
+        .map_err(malformed)
+}
+
+/// The row count in a CommandComplete tag (`INSERT 0 5`, `UPDATE 3`, `SELECT 10`, ...); 0 for other tags.
+pub(crate) fn rows_affected(tag: &str) -> u64 {
+    tag.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+fn encode_error(e: std::io::Error) -> Error {
+    Error::config(format!("cannot encode the request: {e}"))
+}
+
+fn malformed(e: std::io::Error) -> Error {
+    Error::protocol(format!("malformed message: {e}"))
+}
+
+fn unexpected(message: Backend, during: &str) -> Error {
+    let name = match &message {
+        Backend::Message(m) => crate::proto::message_name(m),
+        Backend::Row(_) => "DataRow",
+        Backend::Ready => "ReadyForQuery",
+    };
+    Error::protocol(format!("unexpected {name} in response to {during}"))
+}

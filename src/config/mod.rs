@@ -1,0 +1,619 @@
+//! Connection configuration, compatible with libpq's connection strings and `PG*` environment variables.
+//!
+//! A [`Config`] comes from a connection string ([`Config::parse`]: a `postgresql://` URI or libpq's
+//! `key=value` form), from the environment ([`Config::from_env`]), from builder calls, or from a mix of these.
+//! As in libpq, a value given explicitly wins over its environment variable, and the variable over the
+//! default. Defaults are not stored: the getters and the list of hosts to try apply them, so "not set" stays
+//! distinguishable from "set to the default".
+//!
+//! Settings this crate does not act on yet (TLS files, keepalives, ...) are checked like libpq checks them
+//! and kept as text ([`Config::get_raw`]), so a connection string written for `psql` is accepted here.
+
+mod conninfo;
+mod env;
+mod modes;
+mod pgpass;
+mod require_auth;
+mod settings;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::Error;
+
+pub use modes::{ChannelBinding, LoadBalanceHosts, SslMode, TargetSessionAttrs};
+#[allow(unused_imports, reason = "used by the connection code")]
+pub(crate) use pgpass::passfile_lookup;
+pub use require_auth::{AuthMethod, RequireAuth};
+
+/// The port used when none is given.
+const DEFAULT_PORT: u16 = 5432;
+
+/// The default Unix-domain socket directory, as in Debian's libpq; also what the password file calls
+/// `localhost`.
+const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+
+/// The default cap on the size of one message from the server.
+const DEFAULT_MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
+
+/// libpq waits at least this long when a connect timeout is set, because a timeout rounded down to whole
+/// seconds could otherwise expire almost at once.
+const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a server listens: a TCP host or a Unix-domain socket directory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    /// A host name or IP address reached over TCP. An empty name stands for the default host (an empty entry
+    /// in a `host` list).
+    Tcp(String),
+    /// The directory holding the server's socket file (`.s.PGSQL.<port>`). Like libpq, a name starting with
+    /// `@` is kept here too: on Linux it names a socket in the abstract namespace.
+    Unix(PathBuf),
+}
+
+impl Host {
+    /// Classifies a `host` value like libpq: an absolute path (or `@name`) is a socket directory.
+    fn from_name(name: &str) -> Host {
+        if name.starts_with('/') || name.starts_with('@') {
+            Host::Unix(PathBuf::from(name))
+        } else {
+            Host::Tcp(name.to_string())
+        }
+    }
+
+    /// Whether this is an empty entry, which means "the default host".
+    fn is_default(&self) -> bool {
+        matches!(self, Host::Tcp(name) if name.is_empty())
+    }
+
+    /// The host used when none is given: the default socket directory where Unix-domain sockets exist,
+    /// else `localhost` (on WASI and Windows).
+    fn platform_default() -> Host {
+        if cfg!(unix) {
+            Host::Unix(PathBuf::from(DEFAULT_SOCKET_DIR))
+        } else {
+            Host::Tcp("localhost".to_string())
+        }
+    }
+}
+
+/// One server to try, with its defaults filled in.
+///
+/// When `hostaddr` is set the connection goes to that address over TCP without a name lookup; `host` then
+/// only names the server (for TLS verification and the password file), as in libpq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// The host name or socket directory (never the empty default entry).
+    pub(crate) host: Host,
+    /// The numeric address to connect to instead of looking up `host`.
+    pub(crate) hostaddr: Option<IpAddr>,
+    /// The TCP port, or the number in the socket file name.
+    pub(crate) port: u16,
+}
+
+/// Connection settings, compatible with libpq.
+///
+/// ```
+/// use std::time::Duration;
+/// use wasi_pg_client::Config;
+///
+/// let config: Config = "postgresql://alice@db1:5433,db2/app?connect_timeout=10".parse()?;
+/// assert_eq!(config.get_user(), Some("alice"));
+/// assert_eq!(config.get_ports(), [5433, 5432]);
+/// assert_eq!(config.get_connect_timeout(), Some(Duration::from_secs(10)));
+///
+/// let same = Config::parse("host=db1,db2 port=5433,5432 user=alice dbname=app connect_timeout=10")?;
+/// assert_eq!(same.get_hosts(), config.get_hosts());
+///
+/// let mut built = Config::new();
+/// built.host("db1").port(5433).user("alice").password("secret").dbname("app");
+/// assert!(!format!("{built:?}").contains("secret"));
+/// # Ok::<(), wasi_pg_client::Error>(())
+/// ```
+#[derive(Clone, Default)]
+pub struct Config {
+    hosts: Vec<Host>,
+    hostaddrs: Vec<Option<IpAddr>>,
+    ports: Vec<u16>,
+    user: Option<String>,
+    password: Option<Vec<u8>>,
+    dbname: Option<String>,
+    options: Option<String>,
+    application_name: Option<String>,
+    fallback_application_name: Option<String>,
+    /// As given; zero means no timeout, and the getter applies libpq's two-second minimum.
+    connect_timeout: Option<Duration>,
+    ssl_mode: Option<SslMode>,
+    target_session_attrs: Option<TargetSessionAttrs>,
+    load_balance_hosts: Option<LoadBalanceHosts>,
+    require_auth: RequireAuth,
+    channel_binding: Option<ChannelBinding>,
+    params: Vec<(String, String)>,
+    max_message_size: Option<usize>,
+    /// Settings kept as text, by libpq keyword (TLS files, keepalives, ...). Empty values are kept too:
+    /// for some keys (`sslsni`) libpq gives them a meaning.
+    raw: BTreeMap<&'static str, String>,
+    /// Keywords given with an empty value. They read as "default", but like libpq they still keep the
+    /// environment variable from supplying a value.
+    given_empty: BTreeSet<&'static str>,
+}
+
+impl Config {
+    /// A configuration with nothing set.
+    pub fn new() -> Config {
+        Config::default()
+    }
+
+    /// Parses a connection string: a URI (`postgresql://` or `postgres://`) or libpq's `key=value` form.
+    ///
+    /// Neither the environment nor defaults are consulted; the result is checked on its own (for example,
+    /// two ports need two hosts). Unknown keywords and invalid values are errors; a password never appears in
+    /// an error message.
+    pub fn parse(conninfo: &str) -> Result<Config, Error> {
+        let config = Config::parse_unchecked(conninfo)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Parses without the checks across settings, which must wait until the environment has been applied.
+    fn parse_unchecked(conninfo: &str) -> Result<Config, Error> {
+        // libpq would treat a URI after leading spaces as a keyword and quote it, password and all, in
+        // its error message; skipping the spaces avoids that.
+        let conninfo = conninfo.trim_start_matches(|c: char| u8::try_from(c).is_ok_and(conninfo::is_space));
+        let pairs = match conninfo::uri_prefix_len(conninfo) {
+            Some(prefix_len) => conninfo::parse_uri(conninfo, prefix_len)?,
+            None => conninfo::parse_keyword_value(conninfo)?,
+        };
+        let mut config = Config::new();
+        for pair in pairs {
+            config.apply_pair(pair)?;
+        }
+        Ok(config)
+    }
+
+    /// Adds a host to try. A name starting with `/` is a Unix-domain socket directory; an empty name stands
+    /// for the default host.
+    pub fn host(&mut self, host: &str) -> &mut Config {
+        self.hosts.push(Host::from_name(host));
+        self
+    }
+
+    /// Adds a numeric address to connect to, for the host at the same position (libpq's `hostaddr`).
+    pub fn hostaddr(&mut self, hostaddr: IpAddr) -> &mut Config {
+        self.hostaddrs.push(Some(hostaddr));
+        self
+    }
+
+    /// Adds a port: one port applies to every host, otherwise there is one per host.
+    pub fn port(&mut self, port: u16) -> &mut Config {
+        self.ports.push(port);
+        self
+    }
+
+    /// Sets the user name.
+    pub fn user(&mut self, user: &str) -> &mut Config {
+        self.user = Some(user.to_string());
+        self
+    }
+
+    /// Sets the password. It is never shown by `Debug` or in error messages.
+    pub fn password(&mut self, password: impl AsRef<[u8]>) -> &mut Config {
+        self.set_password_value(password.as_ref());
+        self
+    }
+
+    /// Sets the database name (the default is the user name).
+    pub fn dbname(&mut self, dbname: &str) -> &mut Config {
+        self.dbname = Some(dbname.to_string());
+        self
+    }
+
+    /// Sets command-line options sent to the server (for example `-c search_path=app`).
+    pub fn options(&mut self, options: &str) -> &mut Config {
+        self.options = Some(options.to_string());
+        self
+    }
+
+    /// Sets the `application_name` reported to the server.
+    pub fn application_name(&mut self, application_name: &str) -> &mut Config {
+        self.application_name = Some(application_name.to_string());
+        self
+    }
+
+    /// Sets the application name used when `application_name` is not set.
+    pub fn fallback_application_name(&mut self, fallback_application_name: &str) -> &mut Config {
+        self.fallback_application_name = Some(fallback_application_name.to_string());
+        self
+    }
+
+    /// Sets how long to wait for each connection attempt. Zero means no limit; anything shorter than two
+    /// seconds is raised to two, as in libpq.
+    pub fn connect_timeout(&mut self, connect_timeout: Duration) -> &mut Config {
+        self.connect_timeout = Some(connect_timeout);
+        self
+    }
+
+    /// Sets whether TLS is used.
+    pub fn ssl_mode(&mut self, ssl_mode: SslMode) -> &mut Config {
+        self.ssl_mode = Some(ssl_mode);
+        self
+    }
+
+    /// Sets which kind of server the connection must reach.
+    pub fn target_session_attrs(&mut self, target_session_attrs: TargetSessionAttrs) -> &mut Config {
+        self.target_session_attrs = Some(target_session_attrs);
+        self
+    }
+
+    /// Sets the order in which several hosts are tried.
+    pub fn load_balance_hosts(&mut self, load_balance_hosts: LoadBalanceHosts) -> &mut Config {
+        self.load_balance_hosts = Some(load_balance_hosts);
+        self
+    }
+
+    /// Sets which authentication methods the server may use.
+    pub fn require_auth(&mut self, require_auth: RequireAuth) -> &mut Config {
+        self.require_auth = require_auth;
+        self
+    }
+
+    /// Sets whether SCRAM channel binding is used.
+    pub fn channel_binding(&mut self, channel_binding: ChannelBinding) -> &mut Config {
+        self.channel_binding = Some(channel_binding);
+        self
+    }
+
+    /// Sets an extra parameter of the startup message (a server setting such as `search_path`), replacing
+    /// an earlier value of the same name.
+    pub fn param(&mut self, name: &str, value: &str) -> &mut Config {
+        match self.params.iter_mut().find(|(k, _)| k == name) {
+            Some((_, v)) => *v = value.to_string(),
+            None => self.params.push((name.to_string(), value.to_string())),
+        }
+        self
+    }
+
+    /// Sets the largest message accepted from the server, in bytes (default 256 MiB). A larger message
+    /// ends the connection before any memory is reserved for it.
+    pub fn max_message_size(&mut self, max_message_size: usize) -> &mut Config {
+        self.max_message_size = Some(max_message_size);
+        self
+    }
+
+    /// The hosts given, in order. Empty if none was (the default host is then used).
+    pub fn get_hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// The `hostaddr` values given, in order; `None` for an empty entry of the list.
+    pub fn get_hostaddrs(&self) -> &[Option<IpAddr>] {
+        &self.hostaddrs
+    }
+
+    /// The ports given, in order (an empty entry of a list reads as 5432). Empty if none was (5432 is then
+    /// used).
+    pub fn get_ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    /// The user name, if given.
+    pub fn get_user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// The password, if given.
+    pub fn get_password(&self) -> Option<&[u8]> {
+        self.password.as_deref()
+    }
+
+    /// The database name, if given.
+    pub fn get_dbname(&self) -> Option<&str> {
+        self.dbname.as_deref()
+    }
+
+    /// The command-line options for the server, if given.
+    pub fn get_options(&self) -> Option<&str> {
+        self.options.as_deref()
+    }
+
+    /// The application name: `application_name`, else `fallback_application_name`.
+    pub fn get_application_name(&self) -> Option<&str> {
+        self.application_name
+            .as_deref()
+            .or(self.fallback_application_name.as_deref())
+    }
+
+    /// The fallback application name, if given.
+    pub fn get_fallback_application_name(&self) -> Option<&str> {
+        self.fallback_application_name.as_deref()
+    }
+
+    /// How long to wait for each connection attempt: `None` for no limit, and at least two seconds.
+    pub fn get_connect_timeout(&self) -> Option<Duration> {
+        self.connect_timeout
+            .filter(|timeout| !timeout.is_zero())
+            .map(|timeout| timeout.max(MIN_CONNECT_TIMEOUT))
+    }
+
+    /// Whether TLS is used: as set, else [`SslMode::VerifyFull`] with `sslrootcert=system`, else
+    /// [`SslMode::Prefer`] (as in libpq).
+    pub fn get_ssl_mode(&self) -> SslMode {
+        match self.ssl_mode {
+            Some(mode) => mode,
+            None if self.get_ssl_root_cert() == Some("system") => SslMode::VerifyFull,
+            None => SslMode::Prefer,
+        }
+    }
+
+    /// Which kind of server the connection must reach (default [`TargetSessionAttrs::Any`]).
+    pub fn get_target_session_attrs(&self) -> TargetSessionAttrs {
+        self.target_session_attrs.unwrap_or_default()
+    }
+
+    /// The order in which several hosts are tried (default [`LoadBalanceHosts::Disable`]).
+    pub fn get_load_balance_hosts(&self) -> LoadBalanceHosts {
+        self.load_balance_hosts.unwrap_or_default()
+    }
+
+    /// Which authentication methods the server may use (by default any).
+    pub fn get_require_auth(&self) -> &RequireAuth {
+        &self.require_auth
+    }
+
+    /// Whether SCRAM channel binding is used (default [`ChannelBinding::Prefer`]).
+    pub fn get_channel_binding(&self) -> ChannelBinding {
+        self.channel_binding.unwrap_or_default()
+    }
+
+    /// The extra startup parameters, in order.
+    pub fn get_params(&self) -> &[(String, String)] {
+        &self.params
+    }
+
+    /// The largest message accepted from the server, in bytes (default 256 MiB).
+    pub fn get_max_message_size(&self) -> usize {
+        self.max_message_size.unwrap_or(DEFAULT_MAX_MESSAGE_SIZE)
+    }
+
+    /// The file of trusted root certificates (`sslrootcert`), if given; `system` means the platform's store.
+    pub fn get_ssl_root_cert(&self) -> Option<&str> {
+        self.get_raw("sslrootcert")
+    }
+
+    /// The client certificate file (`sslcert`), if given.
+    pub fn get_ssl_cert(&self) -> Option<&str> {
+        self.get_raw("sslcert")
+    }
+
+    /// The client private key file (`sslkey`), if given.
+    pub fn get_ssl_key(&self) -> Option<&str> {
+        self.get_raw("sslkey")
+    }
+
+    /// Whether the TLS handshake names the server (SNI). On by default; like libpq, any `sslsni` value that
+    /// does not start with `1` turns it off.
+    pub fn get_ssl_sni(&self) -> bool {
+        self.raw.get("sslsni").is_none_or(|value| value.starts_with('1'))
+    }
+
+    /// The value of a setting kept as text for later use, by libpq keyword: `passfile`, `client_encoding`,
+    /// `keepalives`, `keepalives_idle`, `keepalives_interval`, `keepalives_count`, `tcp_user_timeout`,
+    /// `sslnegotiation`, `sslcompression`, `sslcert`, `sslkey`, `sslpassword`, `sslcertmode`, `sslrootcert`,
+    /// `sslcrl`, `sslcrldir`, `sslsni`, `ssl_min_protocol_version`, `ssl_max_protocol_version`,
+    /// `min_protocol_version`, `max_protocol_version`, `requirepeer`, `gssencmode`, `krbsrvname`, `gsslib`,
+    /// `gssdelegation`, `replication`. An empty value reads as `None`.
+    pub fn get_raw(&self, key: &str) -> Option<&str> {
+        self.raw.get(key).map(String::as_str).filter(|value| !value.is_empty())
+    }
+
+    /// The user name to log in as: `user`, else the operating-system user (`USER`, then `USERNAME`, read
+    /// now).
+    #[allow(dead_code, reason = "used by the connection code")]
+    pub(crate) fn effective_user(&self) -> Result<String, Error> {
+        if let Some(user) = &self.user {
+            return Ok(user.clone());
+        }
+        for var in ["USER", "USERNAME"] {
+            if let Ok(name) = std::env::var(var)
+                && !name.is_empty()
+            {
+                return Ok(name);
+            }
+        }
+        Err(Error::config(
+            "no user name was given: set user in the connection string, or PGUSER (USER is not set either)",
+        ))
+    }
+
+    /// The database to connect to: `dbname`, else the user name.
+    #[allow(dead_code, reason = "used by the connection code")]
+    pub(crate) fn effective_dbname(&self) -> Result<String, Error> {
+        match &self.dbname {
+            Some(dbname) => Ok(dbname.clone()),
+            None => self.effective_user(),
+        }
+    }
+
+    /// The servers to try, in the order given, with default host and port filled in. With
+    /// `load_balance_hosts=random` the caller shuffles them.
+    #[allow(dead_code, reason = "used by the connection code")]
+    pub(crate) fn targets(&self) -> Result<Vec<Target>, Error> {
+        self.check()?;
+        let targets = (0..self.slot_count())
+            .map(|i| {
+                let hostaddr = self.hostaddrs.get(i).copied().flatten();
+                let host = match (self.hosts.get(i), hostaddr) {
+                    (Some(host), _) if !host.is_default() => host.clone(),
+                    // libpq names a server given only by address after that address.
+                    (_, Some(addr)) => Host::Tcp(addr.to_string()),
+                    _ => Host::platform_default(),
+                };
+                let port = match self.ports.as_slice() {
+                    [port] => *port,
+                    ports => ports.get(i).copied().unwrap_or(DEFAULT_PORT),
+                };
+                Target { host, hostaddr, port }
+            })
+            .collect();
+        Ok(targets)
+    }
+
+    /// The password file to read: `passfile` (or `PGPASSFILE`), else `~/.pgpass` (on Windows
+    /// `%APPDATA%\postgresql\pgpass.conf`); none on WASI, which has no home directory.
+    #[allow(dead_code, reason = "used by the connection code")]
+    pub(crate) fn passfile_path(&self) -> Option<PathBuf> {
+        if let Some(path) = self.get_raw("passfile") {
+            return Some(PathBuf::from(path));
+        }
+        if cfg!(target_os = "wasi") {
+            return None;
+        }
+        if cfg!(windows) {
+            let appdata = std::env::var_os("APPDATA").filter(|dir| !dir.is_empty())?;
+            return Some(PathBuf::from(appdata).join("postgresql").join("pgpass.conf"));
+        }
+        let home = std::env::var_os("HOME").filter(|dir| !dir.is_empty())?;
+        Some(PathBuf::from(home).join(".pgpass"))
+    }
+
+    /// How many servers there are to try: one per `hostaddr`, else one per `host`, else one (as in libpq).
+    fn slot_count(&self) -> usize {
+        if !self.hostaddrs.is_empty() {
+            self.hostaddrs.len()
+        } else {
+            self.hosts.len().max(1)
+        }
+    }
+
+    /// The checks across settings that libpq makes once the environment has been applied.
+    fn check(&self) -> Result<(), Error> {
+        if !self.hosts.is_empty() && !self.hostaddrs.is_empty() && self.hosts.len() != self.hostaddrs.len() {
+            return Err(Error::config(format!(
+                "could not match {} host names to {} hostaddr values",
+                self.hosts.len(),
+                self.hostaddrs.len()
+            )));
+        }
+        let slots = self.slot_count();
+        if self.ports.len() > 1 && self.ports.len() != slots {
+            return Err(Error::config(format!(
+                "could not match {} port numbers to {slots} hosts",
+                self.ports.len()
+            )));
+        }
+        if self.ports.contains(&0) {
+            return Err(Error::config("invalid port number 0"));
+        }
+        let ssl_mode = self.get_ssl_mode();
+        // Direct TLS with a mode that may fall back to plaintext would risk an unintended cleartext
+        // connection to an older server; libpq refuses the combination.
+        if self.get_raw("sslnegotiation") == Some("direct")
+            && !matches!(ssl_mode, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull)
+        {
+            return Err(Error::config(format!(
+                "weak sslmode \"{}\" may not be used with sslnegotiation=direct \
+                 (use \"require\", \"verify-ca\", or \"verify-full\")",
+                ssl_mode.as_str()
+            )));
+        }
+        // Anyone can get a certificate from a public CA for a name they control, so only verify-full
+        // makes the system store meaningful.
+        if self.get_ssl_root_cert() == Some("system") && ssl_mode != SslMode::VerifyFull {
+            return Err(Error::config(format!(
+                "weak sslmode \"{}\" may not be used with sslrootcert=system (use \"verify-full\")",
+                ssl_mode.as_str()
+            )));
+        }
+        self.check_range(
+            "ssl_min_protocol_version",
+            "ssl_max_protocol_version",
+            settings::tls_version_rank,
+        )?;
+        self.check_range(
+            "min_protocol_version",
+            "max_protocol_version",
+            settings::protocol_version_rank,
+        )
+    }
+
+    /// Checks that the minimum version `min_key` is not above the maximum `max_key`.
+    fn check_range(&self, min_key: &str, max_key: &str, rank: fn(&str) -> Option<usize>) -> Result<(), Error> {
+        let (Some(min), Some(max)) = (self.get_raw(min_key), self.get_raw(max_key)) else {
+            return Ok(());
+        };
+        if rank(min) > rank(max) {
+            return Err(Error::config(format!(
+                "invalid version range: {min_key} {min:?} is above {max_key} {max:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Config {
+    type Err = Error;
+
+    /// Same as [`Config::parse`].
+    fn from_str(s: &str) -> Result<Config, Error> {
+        Config::parse(s)
+    }
+}
+
+impl fmt::Debug for Config {
+    /// Shows every setting except secrets: the password reads `Some("<redacted>")`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Config {
+            hosts,
+            hostaddrs,
+            ports,
+            user,
+            password,
+            dbname,
+            options,
+            application_name,
+            fallback_application_name,
+            connect_timeout,
+            ssl_mode,
+            target_session_attrs,
+            load_balance_hosts,
+            require_auth,
+            channel_binding,
+            params,
+            max_message_size,
+            raw,
+            given_empty,
+        } = self;
+        // Destructuring makes a new field a compile error here until it is shown (or deliberately hidden).
+        let raw: BTreeMap<_, _> = raw
+            .iter()
+            .map(|(k, v)| (*k, if settings::is_secret(k) { "<redacted>" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("Config")
+            .field("hosts", hosts)
+            .field("hostaddrs", hostaddrs)
+            .field("ports", ports)
+            .field("user", user)
+            .field("password", &password.as_ref().map(|_| "<redacted>"))
+            .field("dbname", dbname)
+            .field("options", options)
+            .field("application_name", application_name)
+            .field("fallback_application_name", fallback_application_name)
+            .field("connect_timeout", connect_timeout)
+            .field("ssl_mode", ssl_mode)
+            .field("target_session_attrs", target_session_attrs)
+            .field("load_balance_hosts", load_balance_hosts)
+            .field("require_auth", require_auth)
+            .field("channel_binding", channel_binding)
+            .field("params", params)
+            .field("max_message_size", max_message_size)
+            .field("raw", &raw)
+            .field("given_empty", given_empty)
+            .finish()
+    }
+}

@@ -1,0 +1,184 @@
+//! The enumerated settings (`sslmode`, `target_session_attrs`, `load_balance_hosts`, `channel_binding`).
+//!
+//! Each is spelled exactly as libpq spells it; like libpq, the spelling is case-sensitive.
+
+/// A setting whose value is one keyword out of a fixed list.
+pub(super) trait Keyword: Sized {
+    /// The accepted keywords, for error messages.
+    const EXPECTED: &'static str;
+
+    /// The value for `keyword`, if it is one of the accepted ones.
+    fn from_keyword(keyword: &str) -> Option<Self>;
+}
+
+/// Whether and how TLS is used (libpq's `sslmode`).
+///
+/// The default is [`SslMode::Prefer`], or [`SslMode::VerifyFull`] when `sslrootcert=system` (as in libpq).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum SslMode {
+    /// Never use TLS.
+    Disable,
+    /// Try without TLS first; use TLS if the server insists.
+    Allow,
+    /// Try TLS first; go on without it if the server does not support it.
+    #[default]
+    Prefer,
+    /// Require TLS, without verifying the server certificate (unless a root certificate is configured).
+    Require,
+    /// Require TLS and a server certificate signed by a trusted CA.
+    VerifyCa,
+    /// Require TLS, a trusted server certificate, and a host name that matches it.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The libpq keyword for this mode (`"verify-full"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl Keyword for SslMode {
+    const EXPECTED: &'static str = "disable, allow, prefer, require, verify-ca, verify-full";
+
+    fn from_keyword(keyword: &str) -> Option<SslMode> {
+        Some(match keyword {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+}
+
+/// Which kind of server a connection must reach (libpq's `target_session_attrs`).
+///
+/// With several hosts, those that do not qualify are skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum TargetSessionAttrs {
+    /// Any server will do.
+    #[default]
+    Any,
+    /// The session must accept writes by default (`default_transaction_read_only` off, not in recovery).
+    ReadWrite,
+    /// The session must be read-only by default.
+    ReadOnly,
+    /// The server must not be in hot standby.
+    Primary,
+    /// The server must be in hot standby.
+    Standby,
+    /// Prefer a standby; fall back to any server if none is found.
+    PreferStandby,
+}
+
+impl TargetSessionAttrs {
+    /// The libpq keyword for this value (`"read-write"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetSessionAttrs::Any => "any",
+            TargetSessionAttrs::ReadWrite => "read-write",
+            TargetSessionAttrs::ReadOnly => "read-only",
+            TargetSessionAttrs::Primary => "primary",
+            TargetSessionAttrs::Standby => "standby",
+            TargetSessionAttrs::PreferStandby => "prefer-standby",
+        }
+    }
+}
+
+impl Keyword for TargetSessionAttrs {
+    const EXPECTED: &'static str = "any, read-write, read-only, primary, standby, prefer-standby";
+
+    fn from_keyword(keyword: &str) -> Option<TargetSessionAttrs> {
+        Some(match keyword {
+            "any" => TargetSessionAttrs::Any,
+            "read-write" => TargetSessionAttrs::ReadWrite,
+            "read-only" => TargetSessionAttrs::ReadOnly,
+            "primary" => TargetSessionAttrs::Primary,
+            "standby" => TargetSessionAttrs::Standby,
+            "prefer-standby" => TargetSessionAttrs::PreferStandby,
+            _ => return None,
+        })
+    }
+}
+
+/// The order in which several hosts are tried (libpq's `load_balance_hosts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum LoadBalanceHosts {
+    /// In the order given.
+    #[default]
+    Disable,
+    /// In a random order, chosen anew for each connection attempt.
+    Random,
+}
+
+impl LoadBalanceHosts {
+    /// The libpq keyword for this value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadBalanceHosts::Disable => "disable",
+            LoadBalanceHosts::Random => "random",
+        }
+    }
+}
+
+impl Keyword for LoadBalanceHosts {
+    const EXPECTED: &'static str = "disable, random";
+
+    fn from_keyword(keyword: &str) -> Option<LoadBalanceHosts> {
+        match keyword {
+            "disable" => Some(LoadBalanceHosts::Disable),
+            "random" => Some(LoadBalanceHosts::Random),
+            _ => None,
+        }
+    }
+}
+
+/// Whether SCRAM channel binding is used (libpq's `channel_binding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ChannelBinding {
+    /// Never use channel binding.
+    Disable,
+    /// Use channel binding when TLS and the server allow it.
+    #[default]
+    Prefer,
+    /// Fail unless the server authenticates with channel binding.
+    Require,
+}
+
+impl ChannelBinding {
+    /// The libpq keyword for this value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelBinding::Disable => "disable",
+            ChannelBinding::Prefer => "prefer",
+            ChannelBinding::Require => "require",
+        }
+    }
+}
+
+impl Keyword for ChannelBinding {
+    const EXPECTED: &'static str = "disable, prefer, require";
+
+    fn from_keyword(keyword: &str) -> Option<ChannelBinding> {
+        match keyword {
+            "disable" => Some(ChannelBinding::Disable),
+            "prefer" => Some(ChannelBinding::Prefer),
+            "require" => Some(ChannelBinding::Require),
+            _ => None,
+        }
+    }
+}

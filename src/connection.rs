@@ -1,0 +1,181 @@
+//! The driver between a [`Transport`] and the sans-IO [`Protocol`]: moves bytes both ways and hands out the
+//! responses of one request. No background task: whoever awaits a response drives the socket.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::task::{Context, Poll};
+
+use tracing::{debug, info, warn};
+
+use crate::proto::{Backend, Event, Notification, Protocol, RequestId};
+use crate::transport::Transport;
+use crate::{DbError, Error};
+
+/// How many bytes one read asks the transport for.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Notices kept for [`Client::take_notices`](crate::Client::take_notices) before the oldest are dropped.
+const MAX_KEPT_NOTICES: usize = 1024;
+
+/// A transport, the protocol state machine, and the events that arrived outside any request.
+pub(crate) struct Connection {
+    transport: Box<dyn Transport>,
+    pub(crate) protocol: Protocol,
+    read_buf: Box<[u8]>,
+    needs_flush: bool,
+    notifications: VecDeque<Notification>,
+    notices: VecDeque<DbError>,
+}
+
+impl Connection {
+    pub(crate) fn new(transport: Box<dyn Transport>, protocol: Protocol) -> Connection {
+        Connection {
+            transport,
+            protocol,
+            read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            needs_flush: false,
+            notifications: VecDeque::new(),
+            notices: VecDeque::new(),
+        }
+    }
+
+    /// Writes what is queued and reads what is available. `Ready(Ok(()))` means input (or end of stream)
+    /// arrived and the protocol should be polled again.
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        // Write first so a request queued by this caller (or left by a dropped one) reaches the server.
+        loop {
+            let pending = self.protocol.poll_transmit();
+            if pending.is_empty() {
+                break;
+            }
+            match self.transport.poll_write(cx, pending) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(Error::io(std::io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.protocol.advance_transmit(n);
+                    self.needs_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::io(e))),
+                Poll::Pending => break,
+            }
+        }
+        if self.needs_flush && self.protocol.poll_transmit().is_empty() {
+            match self.transport.poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.needs_flush = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::io(e))),
+                Poll::Pending => {}
+            }
+        }
+        match self.transport.poll_read(cx, &mut self.read_buf) {
+            Poll::Ready(Ok(0)) => {
+                self.protocol.handle_eof();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Ok(n)) => {
+                self.protocol.handle_input(&self.read_buf[..n]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(Error::io(e))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Runs the startup to its first ReadyForQuery.
+    pub(crate) async fn startup(&mut self) -> Result<(), Error> {
+        poll_fn(|cx| {
+            loop {
+                let ready = self.protocol.poll_startup();
+                self.collect_events();
+                match ready {
+                    Ok(true) => {
+                        // Flush whatever is still queued (nothing, normally) before handing the connection out.
+                        return Poll::Ready(Ok(()));
+                    }
+                    Ok(false) => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                match self.poll_io(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await
+    }
+
+    /// The next response to request `id`. Responses to older requests, whose callers were dropped before they
+    /// read everything, are discarded on the way.
+    pub(crate) async fn next_response(&mut self, id: RequestId) -> Result<Backend, Error> {
+        poll_fn(|cx| self.poll_response(cx, id)).await
+    }
+
+    fn poll_response(&mut self, cx: &mut Context<'_>, id: RequestId) -> Poll<Result<Backend, Error>> {
+        loop {
+            let response = self.protocol.poll_response();
+            self.collect_events();
+            match response {
+                Ok(Some(response)) if response.request == id => return Poll::Ready(Ok(response.message)),
+                Ok(Some(response)) if response.request < id => {
+                    // Cancel-safety: an abandoned request's rows and errors end here, not in a later caller's result.
+                    continue;
+                }
+                Ok(Some(_)) => {
+                    return Poll::Ready(Err(Error::protocol(
+                        "BUG: a response for a request queued later arrived first",
+                    )));
+                }
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            match self.poll_io(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Sends everything queued (used by close, where no response follows).
+    pub(crate) async fn flush_all(&mut self) -> Result<(), Error> {
+        poll_fn(|cx| {
+            while !self.protocol.poll_transmit().is_empty() {
+                match self.transport.poll_write(cx, self.protocol.poll_transmit()) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(Error::io(std::io::ErrorKind::WriteZero.into()))),
+                    Poll::Ready(Ok(n)) => self.protocol.advance_transmit(n),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::io(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            self.transport.poll_shutdown(cx).map_err(Error::io)
+        })
+        .await
+    }
+
+    /// Moves asynchronous events out of the protocol into the queues the client reads.
+    fn collect_events(&mut self) {
+        while let Some(event) = self.protocol.poll_event() {
+            match event {
+                Event::Notice(notice) => {
+                    info!(severity = notice.severity(), code = notice.code(), "{}", notice.message());
+                    if self.notices.len() == MAX_KEPT_NOTICES {
+                        warn!("more than {MAX_KEPT_NOTICES} notices not taken: dropping the oldest");
+                        self.notices.pop_front();
+                    }
+                    self.notices.push_back(notice);
+                }
+                Event::Notification(notification) => self.notifications.push_back(notification),
+                Event::ParameterStatus(name, value) => debug!(%name, %value, "parameter status"),
+            }
+        }
+    }
+
+    pub(crate) fn take_notifications(&mut self) -> Vec<Notification> {
+        self.notifications.drain(..).collect()
+    }
+
+    pub(crate) fn take_notices(&mut self) -> Vec<DbError> {
+        self.notices.drain(..).collect()
+    }
+}

@@ -1,0 +1,539 @@
+//! The sans-IO protocol core: no sockets, no async, no clock.
+//!
+//! Bytes from the server go in through [`Protocol::handle_input`]; bytes for the server come out of
+//! [`Protocol::poll_transmit`] (confirmed with [`Protocol::advance_transmit`]); messages come out of
+//! [`Protocol::poll_startup`] during startup and [`Protocol::poll_response`] afterwards, and asynchronous
+//! events (notices, notifications, parameter changes) out of [`Protocol::poll_event`]. The async client and
+//! the fuzzers drive this same type.
+//!
+//! Requests are registered when they are queued, before any await, with the number of ReadyForQuery messages
+//! that end them. Responses are tagged with the request they belong to, so a caller whose future was dropped
+//! leaves behind a request whose responses the next caller can recognise and discard.
+
+mod frame;
+mod startup;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::message::backend::{DataRowBody, Message};
+use postgres_protocol::message::frontend;
+
+use crate::{DbError, Error};
+
+pub(crate) use startup::StartupParams;
+use startup::{Startup, Step};
+
+/// Identifies a queued request; responses carry the id of the request they answer.
+pub(crate) type RequestId = u64;
+
+/// The transaction status reported by the last ReadyForQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransactionStatus {
+    /// Not in a transaction block.
+    Idle,
+    /// In a transaction block.
+    InTransaction,
+    /// In a failed transaction block: queries are rejected until the block ends.
+    Failed,
+}
+
+impl TransactionStatus {
+    fn from_byte(status: u8) -> Result<TransactionStatus, Error> {
+        match status {
+            b'I' => Ok(TransactionStatus::Idle),
+            b'T' => Ok(TransactionStatus::InTransaction),
+            b'E' => Ok(TransactionStatus::Failed),
+            other => Err(Error::protocol(format!(
+                "invalid transaction status 0x{other:02x} in ReadyForQuery"
+            ))),
+        }
+    }
+}
+
+/// Events that are not answers to a request.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A NoticeResponse (warnings, notices).
+    Notice(DbError),
+    /// A NotificationResponse from LISTEN/NOTIFY.
+    Notification(Notification),
+    /// A run-time parameter changed (ParameterStatus).
+    ParameterStatus(String, String),
+}
+
+/// A notification delivered by `NOTIFY`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    process_id: i32,
+    channel: String,
+    payload: String,
+}
+
+impl Notification {
+    /// The process id of the backend that sent the notification.
+    pub fn process_id(&self) -> i32 {
+        self.process_id
+    }
+
+    /// The channel it was sent on.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The payload (empty if none was given).
+    pub fn payload(&self) -> &str {
+        &self.payload
+    }
+}
+
+/// The key a cancel request needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BackendKey {
+    pub(crate) process_id: i32,
+    pub(crate) secret_key: i32,
+}
+
+/// A DataRow whose field boundaries were checked once, when it was framed.
+#[derive(Debug, Clone)]
+pub(crate) struct RawRow {
+    buffer: Bytes,
+    ranges: Vec<Option<Range<usize>>>,
+}
+
+impl RawRow {
+    fn check(body: DataRowBody) -> Result<RawRow, Error> {
+        let mut iter = body.ranges();
+        let mut ranges = Vec::with_capacity(iter.size_hint().0);
+        while let Some(range) = iter.next().map_err(|e| Error::protocol(format!("malformed DataRow: {e}")))? {
+            ranges.push(range);
+        }
+        Ok(RawRow {
+            buffer: body.buffer_bytes().clone(),
+            ranges,
+        })
+    }
+
+    /// The number of fields.
+    pub(crate) fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// The raw bytes of field `i`, `None` for SQL NULL. Panics only if `i` is out of bounds, which callers
+    /// rule out against the column count.
+    pub(crate) fn field(&self, i: usize) -> Option<&[u8]> {
+        self.ranges[i].clone().map(|r| &self.buffer[r])
+    }
+}
+
+/// A backend message that answers a request.
+pub(crate) enum Backend {
+    /// A DataRow, checked against the column count of its result.
+    Row(RawRow),
+    /// ReadyForQuery: the request's Sync (or simple Query) is done; the status is in
+    /// [`Protocol::transaction_status`].
+    Ready,
+    /// Any other message: RowDescription, CommandComplete, ErrorResponse, ParseComplete, ...
+    Message(Message),
+}
+
+/// A response and the request it answers.
+pub(crate) struct Response {
+    pub(crate) request: RequestId,
+    pub(crate) message: Backend,
+}
+
+/// A request waiting for its ReadyForQuery messages.
+struct Pending {
+    id: RequestId,
+    /// ReadyForQuery messages still expected (one per Sync or simple Query).
+    ready_left: u32,
+    /// The column count of rows from an Execute whose statement was described earlier.
+    row_columns: Option<usize>,
+}
+
+/// Where the connection is.
+enum Phase {
+    Startup(Box<Startup>),
+    Ready,
+    /// Terminate was queued; nothing more may be sent.
+    Closed,
+    /// The connection is unusable; the message says why.
+    Failed(String),
+}
+
+/// Protocol limits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// The largest backend message accepted, in bytes.
+    pub(crate) max_message_size: usize,
+}
+
+/// The sans-IO connection state machine.
+pub(crate) struct Protocol {
+    phase: Phase,
+    inbound: BytesMut,
+    outbound: BytesMut,
+    limits: Limits,
+    events: VecDeque<Event>,
+    pending: VecDeque<Pending>,
+    next_request: RequestId,
+    /// Column count of the current result, from RowDescription (or NoData) in this response.
+    result_columns: Option<usize>,
+    parameters: Vec<(String, String)>,
+    backend_key: Option<BackendKey>,
+    transaction_status: TransactionStatus,
+    eof: bool,
+}
+
+impl Protocol {
+    /// Starts a connection: the StartupMessage is queued for transmission.
+    pub(crate) fn new(params: StartupParams, limits: Limits) -> Result<Protocol, Error> {
+        let mut outbound = BytesMut::new();
+        let startup = Startup::begin(params, &mut outbound)?;
+        Ok(Protocol {
+            phase: Phase::Startup(Box::new(startup)),
+            inbound: BytesMut::new(),
+            outbound,
+            limits,
+            events: VecDeque::new(),
+            pending: VecDeque::new(),
+            next_request: 1,
+            result_columns: None,
+            parameters: Vec::new(),
+            backend_key: None,
+            transaction_status: TransactionStatus::Idle,
+            eof: false,
+        })
+    }
+
+    /// Feeds bytes received from the server. They are parsed lazily by the `poll_*` calls, so a caller that
+    /// stops polling stops the buffer from growing beyond what it read.
+    pub(crate) fn handle_input(&mut self, bytes: &[u8]) {
+        self.inbound.extend_from_slice(bytes);
+    }
+
+    /// Records that the server closed the connection.
+    pub(crate) fn handle_eof(&mut self) {
+        self.eof = true;
+    }
+
+    /// Bytes waiting to be sent.
+    pub(crate) fn poll_transmit(&self) -> &[u8] {
+        &self.outbound
+    }
+
+    /// Confirms that the first `n` bytes of [`poll_transmit`](Self::poll_transmit) were sent.
+    pub(crate) fn advance_transmit(&mut self, n: usize) {
+        let _ = self.outbound.split_to(n.min(self.outbound.len()));
+    }
+
+    /// The next asynchronous event, if any.
+    pub(crate) fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Whether startup finished.
+    pub(crate) fn is_ready(&self) -> bool {
+        matches!(self.phase, Phase::Ready)
+    }
+
+    /// Whether the connection can no longer be used.
+    pub(crate) fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed | Phase::Failed(_))
+    }
+
+    /// The run-time parameters the server reported (server_version, TimeZone, ...).
+    pub(crate) fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The cancel key from BackendKeyData.
+    pub(crate) fn backend_key(&self) -> Option<BackendKey> {
+        self.backend_key
+    }
+
+    /// The status byte of the last ReadyForQuery.
+    pub(crate) fn transaction_status(&self) -> TransactionStatus {
+        self.transaction_status
+    }
+
+    /// Whether requests are still waiting for their ReadyForQuery.
+    #[cfg(test)]
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    fn check_usable(&self) -> Result<(), Error> {
+        match &self.phase {
+            Phase::Failed(why) => Err(Error::protocol(why.clone())),
+            Phase::Closed => Err(Error::closed()),
+            _ if self.eof && self.inbound.is_empty() => Err(Error::closed()),
+            _ => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, error: Error) -> Error {
+        if error.is_connection_broken() {
+            self.phase = Phase::Failed(error.to_string());
+        }
+        error
+    }
+
+    /// Advances the startup. Returns `Ok(true)` once the first ReadyForQuery arrived, `Ok(false)` when more input
+    /// is needed.
+    pub(crate) fn poll_startup(&mut self) -> Result<bool, Error> {
+        loop {
+            let Phase::Startup(startup) = &mut self.phase else {
+                self.check_usable()?;
+                return Ok(true);
+            };
+            let message = match frame::next_frame(&mut self.inbound, self.limits.max_message_size) {
+                Ok(Some(message)) => message,
+                Ok(None) if self.eof => {
+                    return Err(self.fail(Error::io(std::io::ErrorKind::UnexpectedEof.into())));
+                }
+                Ok(None) => return Ok(false),
+                Err(e) => return Err(self.fail(e)),
+            };
+            match startup.handle(message, &mut self.outbound) {
+                Ok(Step::Continue) => {}
+                Ok(Step::Parameter(name, value)) => self.set_parameter(name, value),
+                Ok(Step::BackendKey(process_id, secret_key)) => {
+                    self.backend_key = Some(BackendKey { process_id, secret_key });
+                }
+                Ok(Step::Notice(notice)) => self.events.push_back(Event::Notice(notice)),
+                Ok(Step::Ready(status)) => {
+                    self.transaction_status = TransactionStatus::from_byte(status).map_err(|e| self.fail(e))?;
+                    self.phase = Phase::Ready;
+                    return Ok(true);
+                }
+                Err(e) => {
+                    let e = e.broken();
+                    return Err(self.fail(e));
+                }
+            }
+        }
+    }
+
+    fn set_parameter(&mut self, name: String, value: String) {
+        match self.parameters.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.parameters.push((name, value)),
+        }
+    }
+
+    /// Queues a request. `write` appends its messages to the outbound buffer; if it fails, whatever it wrote is
+    /// removed again, so a half-encoded message never reaches the server. `ready_count` is the number of
+    /// ReadyForQuery messages that end the request (Syncs plus simple Queries). `row_columns` is the column count
+    /// of rows an Execute of a previously described statement returns.
+    pub(crate) fn queue_request(
+        &mut self,
+        ready_count: u32,
+        row_columns: Option<usize>,
+        write: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
+    ) -> Result<RequestId, Error> {
+        self.check_usable()?;
+        if !self.is_ready() {
+            return Err(Error::protocol("BUG: request queued before startup finished"));
+        }
+        let mark = self.outbound.len();
+        if let Err(e) = write(&mut self.outbound) {
+            self.outbound.truncate(mark);
+            return Err(e);
+        }
+        // Bookkeeping happens here, synchronously with queuing, never after an await.
+        let id = self.next_request;
+        self.next_request += 1;
+        self.pending.push_back(Pending {
+            id,
+            ready_left: ready_count,
+            row_columns,
+        });
+        Ok(id)
+    }
+
+    /// Queues raw frontend bytes that belong to the current request (for example CopyFail in answer to an
+    /// unexpected CopyInResponse).
+    pub(crate) fn queue_raw(&mut self, write: impl FnOnce(&mut BytesMut)) {
+        write(&mut self.outbound);
+    }
+
+    /// Queues Terminate; nothing can be sent after it.
+    pub(crate) fn queue_terminate(&mut self) {
+        if matches!(self.phase, Phase::Ready | Phase::Startup(_)) {
+            frontend::terminate(&mut self.outbound);
+            self.phase = Phase::Closed;
+        }
+    }
+
+    /// The next response, or `None` if more input is needed.
+    pub(crate) fn poll_response(&mut self) -> Result<Option<Response>, Error> {
+        loop {
+            if let Phase::Failed(why) = &self.phase {
+                return Err(Error::protocol(why.clone()));
+            }
+            let message = match frame::next_frame(&mut self.inbound, self.limits.max_message_size) {
+                Ok(Some(message)) => message,
+                Ok(None) if self.eof => {
+                    return Err(self.fail(Error::io(std::io::ErrorKind::UnexpectedEof.into())));
+                }
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(self.fail(e)),
+            };
+            match self.route(message) {
+                Ok(Some(response)) => return Ok(Some(response)),
+                Ok(None) => {}
+                Err(e) => return Err(self.fail(e.broken())),
+            }
+        }
+    }
+
+    /// Sorts one message: asynchronous ones become events, the rest answer the oldest pending request.
+    fn route(&mut self, message: Message) -> Result<Option<Response>, Error> {
+        match message {
+            Message::NoticeResponse(body) => {
+                self.events.push_back(Event::Notice(DbError::parse(&mut body.fields())?));
+                return Ok(None);
+            }
+            Message::NotificationResponse(body) => {
+                let notification = Notification {
+                    process_id: body.process_id(),
+                    channel: body.channel().map_err(malformed)?.to_string(),
+                    payload: body.message().map_err(malformed)?.to_string(),
+                };
+                self.events.push_back(Event::Notification(notification));
+                return Ok(None);
+            }
+            Message::ParameterStatus(body) => {
+                let name = body.name().map_err(malformed)?.to_string();
+                let value = body.value().map_err(malformed)?.to_string();
+                self.set_parameter(name.clone(), value.clone());
+                self.events.push_back(Event::ParameterStatus(name, value));
+                return Ok(None);
+            }
+            Message::ErrorResponse(body) if self.pending.is_empty() => {
+                // An error outside any request: the server is about to close the connection (FATAL).
+                let db = DbError::parse(&mut body.fields())?;
+                return Err(Error::db(db).broken());
+            }
+            _ => {}
+        }
+        let Some(pending) = self.pending.front_mut() else {
+            return Err(Error::protocol(format!(
+                "unexpected {} with no request in flight",
+                message_name(&message)
+            )));
+        };
+        let request = pending.id;
+        let backend = match message {
+            Message::ReadyForQuery(body) => {
+                self.transaction_status = TransactionStatus::from_byte(body.status())?;
+                self.result_columns = None;
+                pending.ready_left = pending.ready_left.saturating_sub(1);
+                if pending.ready_left == 0 {
+                    self.pending.pop_front();
+                }
+                Backend::Ready
+            }
+            Message::DataRow(body) => {
+                let row = RawRow::check(body)?;
+                let expected = self.result_columns.or(pending.row_columns).ok_or_else(|| {
+                    Error::protocol("DataRow without a RowDescription describing its columns")
+                })?;
+                if row.len() != expected {
+                    return Err(Error::protocol(format!(
+                        "DataRow has {} fields but its RowDescription has {expected} columns",
+                        row.len()
+                    )));
+                }
+                Backend::Row(row)
+            }
+            Message::RowDescription(body) => {
+                let mut count = 0usize;
+                let mut fields = body.fields();
+                while fields.next().map_err(malformed)?.is_some() {
+                    count += 1;
+                }
+                self.result_columns = Some(count);
+                Backend::Message(Message::RowDescription(body))
+            }
+            Message::NoData => {
+                self.result_columns = Some(0);
+                Backend::Message(Message::NoData)
+            }
+            message @ (Message::CommandComplete(_)
+            | Message::EmptyQueryResponse
+            | Message::PortalSuspended
+            | Message::ErrorResponse(_)) => {
+                self.result_columns = None;
+                Backend::Message(message)
+            }
+            message @ (Message::ParseComplete
+            | Message::BindComplete
+            | Message::CloseComplete
+            | Message::ParameterDescription(_)
+            | Message::CopyInResponse(_)
+            | Message::CopyOutResponse(_)
+            | Message::CopyData(_)
+            | Message::CopyDone) => Backend::Message(message),
+            other => {
+                return Err(Error::protocol(format!(
+                    "unexpected {} in a query response",
+                    message_name(&other)
+                )));
+            }
+        };
+        Ok(Some(Response {
+            request,
+            message: backend,
+        }))
+    }
+}
+
+fn malformed(e: std::io::Error) -> Error {
+    Error::protocol(format!("malformed message: {e}"))
+}
+
+/// The protocol name of a backend message, for error messages.
+pub(crate) fn message_name(message: &Message) -> &'static str {
+    match message {
+        Message::AuthenticationCleartextPassword => "AuthenticationCleartextPassword",
+        Message::AuthenticationGss => "AuthenticationGSS",
+        Message::AuthenticationKerberosV5 => "AuthenticationKerberosV5",
+        Message::AuthenticationMd5Password(_) => "AuthenticationMD5Password",
+        Message::AuthenticationOk => "AuthenticationOk",
+        Message::AuthenticationScmCredential => "AuthenticationSCMCredential",
+        Message::AuthenticationSspi => "AuthenticationSSPI",
+        Message::AuthenticationGssContinue(_) => "AuthenticationGSSContinue",
+        Message::AuthenticationSasl(_) => "AuthenticationSASL",
+        Message::AuthenticationSaslContinue(_) => "AuthenticationSASLContinue",
+        Message::AuthenticationSaslFinal(_) => "AuthenticationSASLFinal",
+        Message::BackendKeyData(_) => "BackendKeyData",
+        Message::BindComplete => "BindComplete",
+        Message::CloseComplete => "CloseComplete",
+        Message::CommandComplete(_) => "CommandComplete",
+        Message::CopyData(_) => "CopyData",
+        Message::CopyDone => "CopyDone",
+        Message::CopyInResponse(_) => "CopyInResponse",
+        Message::CopyOutResponse(_) => "CopyOutResponse",
+        Message::DataRow(_) => "DataRow",
+        Message::EmptyQueryResponse => "EmptyQueryResponse",
+        Message::ErrorResponse(_) => "ErrorResponse",
+        Message::NoData => "NoData",
+        Message::NoticeResponse(_) => "NoticeResponse",
+        Message::NotificationResponse(_) => "NotificationResponse",
+        Message::ParameterDescription(_) => "ParameterDescription",
+        Message::ParameterStatus(_) => "ParameterStatus",
+        Message::ParseComplete => "ParseComplete",
+        Message::PortalSuspended => "PortalSuspended",
+        Message::ReadyForQuery(_) => "ReadyForQuery",
+        Message::RowDescription(_) => "RowDescription",
+        _ => "an unknown message",
+    }
+}

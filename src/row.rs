@@ -1,0 +1,240 @@
+//! Result rows: typed rows from the extended protocol and text rows from the simple protocol.
+
+use std::fmt;
+use std::sync::Arc;
+
+use postgres_types::FromSql;
+
+use crate::proto::RawRow;
+use crate::statement::Column;
+use crate::Error;
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// Something that picks a column: a `usize` index or a `&str` name.
+pub trait RowIndex: sealed::Sealed + fmt::Display {
+    /// The position of the column in `columns`, if it exists.
+    #[doc(hidden)]
+    fn find(&self, columns: &[Column]) -> Option<usize>;
+}
+
+impl sealed::Sealed for usize {}
+impl RowIndex for usize {
+    fn find(&self, columns: &[Column]) -> Option<usize> {
+        (*self < columns.len()).then_some(*self)
+    }
+}
+
+impl sealed::Sealed for str {}
+impl RowIndex for str {
+    fn find(&self, columns: &[Column]) -> Option<usize> {
+        // An exact match first, then a case-insensitive one, as tokio-postgres does.
+        columns
+            .iter()
+            .position(|c| c.name == self)
+            .or_else(|| columns.iter().position(|c| c.name.eq_ignore_ascii_case(self)))
+    }
+}
+
+impl<T: sealed::Sealed + ?Sized> sealed::Sealed for &T {}
+impl<T: RowIndex + ?Sized> RowIndex for &T {
+    fn find(&self, columns: &[Column]) -> Option<usize> {
+        (**self).find(columns)
+    }
+}
+
+/// A row returned by `query` and friends, decoded lazily in binary format.
+#[derive(Clone)]
+pub struct Row {
+    columns: Arc<[Column]>,
+    raw: RawRow,
+}
+
+impl Row {
+    /// Builds a row; the protocol core already checked the field count against the columns.
+    pub(crate) fn new(columns: Arc<[Column]>, raw: RawRow) -> Result<Row, Error> {
+        if raw.len() != columns.len() {
+            return Err(Error::protocol(format!(
+                "row has {} fields but the statement has {} columns",
+                raw.len(),
+                columns.len()
+            )));
+        }
+        Ok(Row { columns, raw })
+    }
+
+    /// The columns of the row.
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+
+    /// The number of columns.
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Whether the row has no columns.
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+
+    /// Decodes a column.
+    ///
+    /// # Panics
+    /// Panics if the column does not exist or cannot be decoded as `T`; use [`try_get`](Self::try_get) to get
+    /// an error instead.
+    #[track_caller]
+    pub fn get<'a, I, T>(&'a self, index: I) -> T
+    where
+        I: RowIndex,
+        T: FromSql<'a>,
+    {
+        match self.try_get(index) {
+            Ok(value) => value,
+            Err(e) => panic!("error retrieving column: {e}"),
+        }
+    }
+
+    /// Decodes a column, checking first that the column exists and that `T` accepts its type.
+    pub fn try_get<'a, I, T>(&'a self, index: I) -> Result<T, Error>
+    where
+        I: RowIndex,
+        T: FromSql<'a>,
+    {
+        let i = index.find(&self.columns).ok_or_else(|| Error::column(index.to_string()))?;
+        let column = &self.columns[i];
+        if !T::accepts(&column.type_) {
+            return Err(Error::from_sql_mismatch(&column.name, &column.type_, std::any::type_name::<T>()));
+        }
+        T::from_sql_nullable(&column.type_, self.raw.field(i)).map_err(|e| Error::from_sql(&column.name, e))
+    }
+
+    /// The raw binary value of a column (`None` for NULL), for types this crate cannot decode.
+    pub fn raw<I: RowIndex>(&self, index: I) -> Result<Option<&[u8]>, Error> {
+        let i = index.find(&self.columns).ok_or_else(|| Error::column(index.to_string()))?;
+        Ok(self.raw.field(i))
+    }
+}
+
+impl fmt::Debug for Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Row").field("columns", &self.columns).finish_non_exhaustive()
+    }
+}
+
+/// A column of a simple-query result: just a name, as every value comes back as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimpleColumn {
+    pub(crate) name: String,
+    pub(crate) type_oid: u32,
+}
+
+impl SimpleColumn {
+    /// The column name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The OID of the column's type; [`Type::from_oid`] names the built-in ones.
+    pub fn type_oid(&self) -> u32 {
+        self.type_oid
+    }
+}
+
+/// A row of a simple-query result, every value as text.
+#[derive(Clone)]
+pub struct SimpleQueryRow {
+    columns: Arc<[SimpleColumn]>,
+    raw: RawRow,
+}
+
+impl SimpleQueryRow {
+    pub(crate) fn new(columns: Arc<[SimpleColumn]>, raw: RawRow) -> Result<SimpleQueryRow, Error> {
+        if raw.len() != columns.len() {
+            return Err(Error::protocol("row field count does not match its RowDescription"));
+        }
+        // Values are decoded on access; check UTF-8 once here so `get` cannot fail later.
+        for i in 0..raw.len() {
+            if let Some(bytes) = raw.field(i) {
+                std::str::from_utf8(bytes).map_err(|_| Error::protocol("a text value is not valid UTF-8"))?;
+            }
+        }
+        Ok(SimpleQueryRow { columns, raw })
+    }
+
+    /// The columns of the row.
+    pub fn columns(&self) -> &[SimpleColumn] {
+        &self.columns
+    }
+
+    /// The number of values.
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Whether the row has no values.
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+
+    /// The value of a column as text, `None` for NULL or for a column that does not exist.
+    pub fn get<I: SimpleRowIndex>(&self, index: I) -> Option<&str> {
+        self.try_get(index).ok().flatten()
+    }
+
+    /// The value of a column as text (`None` for NULL), or an error if the column does not exist.
+    pub fn try_get<I: SimpleRowIndex>(&self, index: I) -> Result<Option<&str>, Error> {
+        let i = index.find_simple(&self.columns).ok_or_else(|| Error::column(index.to_string()))?;
+        // UTF-8 was checked in `new`.
+        Ok(self.raw.field(i).map(|b| std::str::from_utf8(b).unwrap_or_default()))
+    }
+}
+
+impl fmt::Debug for SimpleQueryRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let values: Vec<Option<&str>> = (0..self.len()).map(|i| self.get(i)).collect();
+        f.debug_struct("SimpleQueryRow")
+            .field("columns", &self.columns)
+            .field("values", &values)
+            .finish()
+    }
+}
+
+/// Something that picks a column of a [`SimpleQueryRow`]: an index or a name.
+pub trait SimpleRowIndex: sealed::Sealed + fmt::Display {
+    /// The position of the column, if it exists.
+    #[doc(hidden)]
+    fn find_simple(&self, columns: &[SimpleColumn]) -> Option<usize>;
+}
+
+impl SimpleRowIndex for usize {
+    fn find_simple(&self, columns: &[SimpleColumn]) -> Option<usize> {
+        (*self < columns.len()).then_some(*self)
+    }
+}
+
+impl SimpleRowIndex for str {
+    fn find_simple(&self, columns: &[SimpleColumn]) -> Option<usize> {
+        columns.iter().position(|c| c.name == self)
+    }
+}
+
+impl<T: SimpleRowIndex + ?Sized> SimpleRowIndex for &T {
+    fn find_simple(&self, columns: &[SimpleColumn]) -> Option<usize> {
+        (**self).find_simple(columns)
+    }
+}
+
+/// One item of a simple-query result.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum SimpleQueryMessage {
+    /// A result set starts; its rows follow.
+    RowDescription(Arc<[SimpleColumn]>),
+    /// A row of the current result set.
+    Row(SimpleQueryRow),
+    /// A statement finished; the number is the rows it affected or returned (0 where the command reports none).
+    CommandComplete(u64),
+}

@@ -1,0 +1,115 @@
+//! Prepared statements and their columns.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, Weak};
+
+use postgres_types::Type;
+
+/// Names of statements whose last handle was dropped, closed on the server with the connection's next request.
+pub(crate) type CloseQueue = Arc<Mutex<Vec<String>>>;
+
+/// A column of a result: its name and type, and where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub(crate) name: String,
+    pub(crate) type_: Type,
+    pub(crate) table_oid: Option<u32>,
+    pub(crate) column_id: Option<i16>,
+}
+
+impl Column {
+    /// The column name (or alias).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The column type.
+    pub fn type_(&self) -> &Type {
+        &self.type_
+    }
+
+    /// The OID of the table the column comes from, if it is a plain table column.
+    pub fn table_oid(&self) -> Option<u32> {
+        self.table_oid
+    }
+
+    /// The column's attribute number in that table.
+    pub fn column_id(&self) -> Option<i16> {
+        self.column_id
+    }
+}
+
+/// A prepared statement, reusable for any number of executions on the connection that prepared it.
+///
+/// Cloning is cheap. When the last clone is dropped, the statement is closed on the server with the
+/// connection's next request.
+#[derive(Clone)]
+pub struct Statement(Arc<StatementInner>);
+
+struct StatementInner {
+    name: String,
+    connection_id: u64,
+    params: Vec<Type>,
+    columns: Arc<[Column]>,
+    close_queue: Option<Weak<Mutex<Vec<String>>>>,
+}
+
+impl Drop for StatementInner {
+    fn drop(&mut self) {
+        if let Some(queue) = self.close_queue.as_ref().and_then(Weak::upgrade) {
+            if let Ok(mut names) = queue.lock() {
+                names.push(std::mem::take(&mut self.name));
+            }
+        }
+    }
+}
+
+impl Statement {
+    pub(crate) fn new(
+        name: String,
+        connection_id: u64,
+        params: Vec<Type>,
+        columns: Vec<Column>,
+        close_queue: Option<&CloseQueue>,
+    ) -> Statement {
+        Statement(Arc::new(StatementInner {
+            name,
+            connection_id,
+            params,
+            columns: columns.into(),
+            close_queue: close_queue.map(Arc::downgrade),
+        }))
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    pub(crate) fn connection_id(&self) -> u64 {
+        self.0.connection_id
+    }
+
+    pub(crate) fn columns_arc(&self) -> Arc<[Column]> {
+        self.0.columns.clone()
+    }
+
+    /// The parameter types, in order (`$1`, `$2`, ...).
+    pub fn params(&self) -> &[Type] {
+        &self.0.params
+    }
+
+    /// The result columns (empty for statements that return no rows).
+    pub fn columns(&self) -> &[Column] {
+        &self.0.columns
+    }
+}
+
+impl fmt::Debug for Statement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Statement")
+            .field("name", &self.0.name)
+            .field("params", &self.0.params)
+            .field("columns", &self.0.columns)
+            .finish()
+    }
+}

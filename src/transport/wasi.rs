@@ -1,0 +1,263 @@
+//! The WASI Preview 2 transport: raw wasi:sockets through `wasip2`, waiting on wstd's reactor.
+//!
+//! wstd's own `TcpStream` resolves names with a blocking std lookup and cannot connect to IPv6, so this module
+//! resolves through wasi:sockets/ip-name-lookup (asynchronously, with its pollable) and opens IPv4 or IPv6
+//! sockets itself. wasi:sockets 0.2 has no TCP_NODELAY option; the client sends each request in one write, so
+//! Nagle's algorithm has no second small segment to hold back.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use wasip2::io::streams::{InputStream, OutputStream, StreamError};
+use wasip2::sockets::instance_network::instance_network;
+use wasip2::sockets::ip_name_lookup::resolve_addresses;
+use wasip2::sockets::network::{
+    ErrorCode, IpAddress, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress, Network,
+};
+use wasip2::sockets::tcp::TcpSocket;
+use wasip2::sockets::tcp_create_socket::create_tcp_socket;
+use wstd::runtime::{AsyncPollable, WaitFor};
+
+use super::Transport;
+
+/// A connected wasi:sockets TCP stream.
+///
+/// Field order matters: WASI requires pollables to be dropped before the stream or socket they watch.
+pub struct WasiTcpStream {
+    read_wait: Option<Pin<Box<WaitFor>>>,
+    write_wait: Option<Pin<Box<WaitFor>>>,
+    read_ready: AsyncPollable,
+    write_ready: AsyncPollable,
+    flushing: bool,
+    input: InputStream,
+    output: OutputStream,
+    socket: TcpSocket,
+}
+
+impl std::fmt::Debug for WasiTcpStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasiTcpStream").finish_non_exhaustive()
+    }
+}
+
+fn socket_error(what: &str, code: ErrorCode) -> io::Error {
+    let kind = match code {
+        ErrorCode::ConnectionRefused => io::ErrorKind::ConnectionRefused,
+        ErrorCode::ConnectionReset => io::ErrorKind::ConnectionReset,
+        ErrorCode::ConnectionAborted => io::ErrorKind::ConnectionAborted,
+        ErrorCode::Timeout => io::ErrorKind::TimedOut,
+        ErrorCode::AccessDenied => io::ErrorKind::PermissionDenied,
+        ErrorCode::AddressInUse => io::ErrorKind::AddrInUse,
+        ErrorCode::NameUnresolvable => io::ErrorKind::NotFound,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, format!("{what}: {code}"))
+}
+
+fn stream_error(e: StreamError) -> io::Error {
+    match e {
+        StreamError::Closed => io::Error::from(io::ErrorKind::ConnectionReset),
+        StreamError::LastOperationFailed(err) => io::Error::other(err.to_debug_string()),
+    }
+}
+
+/// Waits on a pollable through wstd's reactor.
+async fn wait(pollable: wasip2::io::poll::Pollable) {
+    AsyncPollable::new(pollable).wait_for().await
+}
+
+/// Resolves `host` through wasi:sockets/ip-name-lookup without blocking the component. An IP literal is
+/// returned as is.
+pub async fn resolve(network: &Network, host: &str) -> io::Result<Vec<IpAddr>> {
+    let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if let Ok(ip) = literal.parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    let stream = resolve_addresses(network, host).map_err(|e| socket_error(&format!("cannot resolve {host:?}"), e))?;
+    let mut addresses = Vec::new();
+    loop {
+        match stream.resolve_next_address() {
+            Ok(Some(IpAddress::Ipv4((a, b, c, d)))) => addresses.push(IpAddr::from([a, b, c, d])),
+            Ok(Some(IpAddress::Ipv6((a, b, c, d, e, f, g, h)))) => {
+                addresses.push(IpAddr::from([a, b, c, d, e, f, g, h]));
+            }
+            Ok(None) => break,
+            Err(ErrorCode::WouldBlock) => wait(stream.subscribe()).await,
+            Err(e) => return Err(socket_error(&format!("cannot resolve {host:?}"), e)),
+        }
+    }
+    if addresses.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::NotFound, format!("{host:?} has no addresses")));
+    }
+    Ok(addresses)
+}
+
+/// Connects to one socket address.
+pub async fn connect_addr(network: &Network, addr: SocketAddr) -> io::Result<WasiTcpStream> {
+    let (family, remote) = match addr {
+        SocketAddr::V4(v4) => {
+            let [a, b, c, d] = v4.ip().octets();
+            (
+                IpAddressFamily::Ipv4,
+                IpSocketAddress::Ipv4(Ipv4SocketAddress {
+                    port: v4.port(),
+                    address: (a, b, c, d),
+                }),
+            )
+        }
+        SocketAddr::V6(v6) => {
+            let [a, b, c, d, e, f, g, h] = v6.ip().segments();
+            (
+                IpAddressFamily::Ipv6,
+                IpSocketAddress::Ipv6(Ipv6SocketAddress {
+                    port: v6.port(),
+                    flow_info: v6.flowinfo(),
+                    address: (a, b, c, d, e, f, g, h),
+                    scope_id: v6.scope_id(),
+                }),
+            )
+        }
+    };
+    let what = format!("cannot connect to {addr}");
+    let socket = create_tcp_socket(family).map_err(|e| socket_error(&what, e))?;
+    socket.start_connect(network, remote).map_err(|e| socket_error(&what, e))?;
+    let (input, output) = loop {
+        match socket.finish_connect() {
+            Ok(streams) => break streams,
+            Err(ErrorCode::WouldBlock) => wait(socket.subscribe()).await,
+            Err(e) => return Err(socket_error(&what, e)),
+        }
+    };
+    // Keepalive is best effort: some hosts do not allow it.
+    let _ = socket.set_keep_alive_enabled(true);
+    Ok(WasiTcpStream {
+        read_wait: None,
+        write_wait: None,
+        read_ready: AsyncPollable::new(input.subscribe()),
+        write_ready: AsyncPollable::new(output.subscribe()),
+        flushing: false,
+        input,
+        output,
+        socket,
+    })
+}
+
+/// Resolves `host` (or uses `hostaddr`) and connects to the first address that accepts, IPv4 or IPv6.
+pub async fn connect_tcp(host: &str, hostaddr: Option<IpAddr>, port: u16) -> io::Result<WasiTcpStream> {
+    let network = instance_network();
+    let addresses = match hostaddr {
+        Some(ip) => vec![ip],
+        None => resolve(&network, host).await?,
+    };
+    let mut last = None;
+    for ip in addresses {
+        match connect_addr(&network, SocketAddr::new(ip, port)).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address to connect to")))
+}
+
+/// Polls a readiness wait, creating it on first use and clearing it once it fires.
+fn poll_wait(slot: &mut Option<Pin<Box<WaitFor>>>, ready: &AsyncPollable, cx: &mut Context<'_>) -> Poll<()> {
+    let wait = slot.get_or_insert_with(|| Box::pin(ready.wait_for()));
+    match wait.as_mut().poll(cx) {
+        Poll::Ready(()) => {
+            *slot = None;
+            Poll::Ready(())
+        }
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+impl Transport for WasiTcpStream {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            // `read` never blocks and returns at most `buf.len()` bytes, so nothing is taken that we cannot hand
+            // back in this call.
+            match self.input.read(buf.len() as u64) {
+                Ok(data) if data.is_empty() => {
+                    if poll_wait(&mut self.read_wait, &self.read_ready, cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+                Ok(data) => {
+                    buf[..data.len()].copy_from_slice(&data);
+                    return Poll::Ready(Ok(data.len()));
+                }
+                Err(StreamError::Closed) => return Poll::Ready(Ok(0)),
+                Err(e) => return Poll::Ready(Err(stream_error(e))),
+            }
+        }
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            match self.output.check_write() {
+                Ok(0) => {
+                    if poll_wait(&mut self.write_wait, &self.write_ready, cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+                Ok(permitted) => {
+                    let n = usize::try_from(permitted).unwrap_or(usize::MAX).min(buf.len());
+                    return Poll::Ready(self.output.write(&buf[..n]).map(|()| n).map_err(stream_error));
+                }
+                Err(e) => return Poll::Ready(Err(stream_error(e))),
+            }
+        }
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.flushing {
+            if let Err(e) = self.output.flush() {
+                return Poll::Ready(Err(stream_error(e)));
+            }
+            self.flushing = true;
+        }
+        // The flush is complete once the stream reports it can accept writes again.
+        loop {
+            match self.output.check_write() {
+                Ok(0) => {
+                    if poll_wait(&mut self.write_wait, &self.write_ready, cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+                Ok(_) => {
+                    self.flushing = false;
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) => {
+                    self.flushing = false;
+                    return Poll::Ready(Err(stream_error(e)));
+                }
+            }
+        }
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.poll_flush(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(
+                self.socket
+                    .shutdown(wasip2::sockets::tcp::ShutdownType::Send)
+                    .map_err(|e| socket_error("shutdown", e)),
+            ),
+            other => other,
+        }
+    }
+}
+
+/// Sleeps on wstd's reactor (a monotonic-clock pollable).
+pub(crate) async fn sleep(duration: std::time::Duration) {
+    wstd::task::sleep(wstd::time::Duration::from(duration)).await
+}

@@ -1,0 +1,74 @@
+//! The live scenario suite, written once and run on both targets against a real PostgreSQL 15.
+//!
+//! Natively this binary starts a throwaway cluster, runs every scenario on tokio, then builds this same file for
+//! wasm32-wasip2 and runs it under the real wasmtime CLI against the same cluster (the conninfo strings travel
+//! as environment variables). Each target prints `<target>: N passed, M failed`; any failure fails the test.
+
+mod scenarios;
+
+use scenarios::Env;
+
+#[cfg(not(target_os = "wasi"))]
+#[allow(dead_code)]
+mod support;
+
+#[cfg(not(target_os = "wasi"))]
+fn main() {
+    use std::net::TcpListener;
+    use support::{Cluster, Role, WasmBuild};
+
+    let cluster = Cluster::start();
+    // A listener that accepts connections (the kernel completes the handshake) but never answers: the
+    // connect_timeout scenario needs one.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind the silent listener");
+    let env = Env {
+        host: cluster.host.clone(),
+        port: cluster.port,
+        trust: cluster.conninfo(Role::Trust),
+        password: cluster.conninfo(Role::Password),
+        md5: cluster.conninfo(Role::Md5),
+        scram: cluster.conninfo(Role::Scram),
+        scram_url: cluster.url(Role::Scram),
+        scram_password: Cluster::password(Role::Scram).unwrap_or_default().to_string(),
+        silent_port: silent.local_addr().expect("silent listener address").port(),
+        closed_port: support::free_port(),
+        socket_dir: Some(cluster.socket_dir.display().to_string()),
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let native = runtime.block_on(scenarios::run_all(&env, "native"));
+
+    let wasm = support::build_wasm(WasmBuild::Test("live"));
+    let vars = env.to_vars();
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let output = support::wasmtime(&wasm, &[], &vars, &[], None);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    let wasm_summary = stdout
+        .lines()
+        .find(|l| l.starts_with("wasm32-wasip2: "))
+        .map(str::to_string)
+        .unwrap_or_else(|| "wasm32-wasip2: no summary line (the component crashed)".to_string());
+
+    println!("\nscenario totals:\n  native: {} passed, {} failed", native.passed, native.failed);
+    println!("  {wasm_summary}");
+    let wasm_ok = output.status.success() && wasm_summary.ends_with(" 0 failed");
+    if native.failed > 0 || !wasm_ok {
+        eprintln!("live scenarios failed");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(target_os = "wasi")]
+#[wstd::main]
+async fn main() {
+    let env = Env::from_vars();
+    let result = scenarios::run_all(&env, "wasm32-wasip2").await;
+    if result.failed > 0 {
+        std::process::exit(1);
+    }
+}
