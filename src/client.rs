@@ -242,7 +242,16 @@ impl Client {
                 Ok(s.clone())
             }
             // SQL text goes through the unnamed statement: nothing to close, nothing left on the server.
-            StatementRef::Sql(sql) => self.prepare_named("", sql, &[]).await,
+            StatementRef::Sql(sql) => {
+                let lookups = self.types.lookups();
+                let statement = self.prepare_named("", sql, &[]).await?;
+                if self.types.lookups() == lookups {
+                    return Ok(statement);
+                }
+                // Looking up a custom type ran simple queries, which drop the unnamed statement: parse it again.
+                // The types are cached now, so this second round trip happens once per type and connection.
+                self.prepare_named("", sql, statement.params()).await
+            }
         }
     }
 

@@ -15,11 +15,19 @@ const MAX_TYPE_DEPTH: u32 = 16;
 
 /// Types resolved from the catalog, by OID.
 #[derive(Default)]
-pub(crate) struct TypeCache(HashMap<u32, Type>);
+pub(crate) struct TypeCache {
+    types: HashMap<u32, Type>,
+    lookups: u64,
+}
 
 impl TypeCache {
     pub(crate) fn get(&self, oid: u32) -> Option<Type> {
-        self.0.get(&oid).cloned()
+        self.types.get(&oid).cloned()
+    }
+
+    /// How many catalog lookups ran on this connection; each one replaced the unnamed statement.
+    pub(crate) fn lookups(&self) -> u64 {
+        self.lookups
     }
 }
 
@@ -41,6 +49,7 @@ fn lookup_depth(client: &mut Client, oid: u32, depth: u32) -> BoxFuture<'_, Resu
         if depth > MAX_TYPE_DEPTH {
             return Err(Error::protocol(format!("type {oid} nests deeper than {MAX_TYPE_DEPTH} levels")));
         }
+        client.type_cache().lookups += 1;
         // The OID is a number we format ourselves: no quoting is needed.
         let sql = format!(
             "SELECT t.typname, t.typtype, t.typelem, r.rngsubtype, t.typbasetype, n.nspname, t.typrelid \
@@ -89,7 +98,7 @@ fn lookup_depth(client: &mut Client, oid: u32, depth: u32) -> BoxFuture<'_, Resu
             _ => Kind::Simple,
         };
         let ty = Type::new(name, oid, kind, schema);
-        client.type_cache().0.insert(oid, ty.clone());
+        client.type_cache().types.insert(oid, ty.clone());
         Ok(ty)
     })
 }

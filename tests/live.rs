@@ -50,7 +50,7 @@ fn main() {
     eprint!("{}", String::from_utf8_lossy(&output.stderr));
     let wasm_summary = stdout
         .lines()
-        .find(|l| l.starts_with("wasm32-wasip2: "))
+        .find(|l| l.starts_with("wasm32-wasip2: ") && l.contains(" passed, "))
         .map(str::to_string)
         .unwrap_or_else(|| "wasm32-wasip2: no summary line (the component crashed)".to_string());
 

@@ -259,5 +259,5 @@ impl Transport for WasiTcpStream {
 
 /// Sleeps on wstd's reactor (a monotonic-clock pollable).
 pub(crate) async fn sleep(duration: std::time::Duration) {
-    wstd::task::sleep(wstd::time::Duration::from(duration)).await
+    wstd::task::sleep(wstd::time::Duration::from(duration)).await;
 }
