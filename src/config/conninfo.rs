@@ -66,7 +66,9 @@ pub(super) fn parse_keyword_value(s: &str) -> Result<Vec<Pair>, Error> {
                     key_start + 1
                 ))
             } else {
-                Error::config(format!("missing \"=\" after {key:?} in the connection string"))
+                Error::config(format!(
+                    "missing \"=\" after {key:?} in the connection string"
+                ))
             });
         }
         i += 1;
@@ -80,7 +82,9 @@ pub(super) fn parse_keyword_value(s: &str) -> Result<Vec<Pair>, Error> {
             loop {
                 match b.get(i) {
                     None => {
-                        return Err(Error::config("unterminated quoted string in the connection string"));
+                        return Err(Error::config(
+                            "unterminated quoted string in the connection string",
+                        ));
                     }
                     Some(b'\\') => {
                         if let Some(&escaped) = b.get(i + 1) {
@@ -142,12 +146,20 @@ pub(super) fn parse_uri(s: &str, prefix_len: usize) -> Result<Vec<Pair>, Error> 
             None => (userinfo, None),
         };
         if !user.is_empty() {
-            pairs.push(Pair::new("user", percent_decode(user, "the user name", false)?, false));
+            pairs.push(Pair::new(
+                "user",
+                percent_decode(user, "the user name", false)?,
+                false,
+            ));
         }
         if let Some(password) = password
             && !password.is_empty()
         {
-            pairs.push(Pair::new("password", percent_decode(password, "the password", true)?, false));
+            pairs.push(Pair::new(
+                "password",
+                percent_decode(password, "the password", true)?,
+                false,
+            ));
         }
         p += 1;
     } else {
@@ -212,10 +224,18 @@ pub(super) fn parse_uri(s: &str, prefix_len: usize) -> Result<Vec<Pair>, Error> 
     }
     // Host and port lists are decoded as a whole, as libpq does: `%2C` separates hosts like `,` does.
     if !hosts.is_empty() {
-        pairs.push(Pair::new("host", percent_decode(&hosts, "the host", redact)?, redact));
+        pairs.push(Pair::new(
+            "host",
+            percent_decode(&hosts, "the host", redact)?,
+            redact,
+        ));
     }
     if !ports.is_empty() {
-        pairs.push(Pair::new("port", percent_decode(&ports, "the port", redact)?, redact));
+        pairs.push(Pair::new(
+            "port",
+            percent_decode(&ports, "the port", redact)?,
+            redact,
+        ));
     }
 
     if let Some(t) = terminator
@@ -230,7 +250,11 @@ pub(super) fn parse_uri(s: &str, prefix_len: usize) -> Result<Vec<Pair>, Error> 
         let dbname = &s[dbname_start..p];
         // An empty dbname stays unset, so PGDATABASE still applies.
         if !dbname.is_empty() {
-            pairs.push(Pair::new("dbname", percent_decode(dbname, "the database name", redact)?, redact));
+            pairs.push(Pair::new(
+                "dbname",
+                percent_decode(dbname, "the database name", redact)?,
+                redact,
+            ));
         }
     }
     if terminator.is_some() {
@@ -250,7 +274,8 @@ fn parse_query(query: &str, pairs: &mut Vec<Pair>) -> Result<(), Error> {
         let redact = after_secret;
         let shown = |raw: &str| {
             if redact {
-                "(not shown, it may be part of a password: percent-encode special characters)".to_string()
+                "(not shown, it may be part of a password: percent-encode special characters)"
+                    .to_string()
             } else {
                 format!("{raw:?}")
             }
@@ -268,10 +293,18 @@ fn parse_query(query: &str, pairs: &mut Vec<Pair>) -> Result<(), Error> {
             )));
         }
         let key = percent_decode(raw_key, "a query parameter name", redact)?;
-        let key = String::from_utf8(key)
-            .map_err(|_| Error::config(format!("URI query parameter {} is not valid UTF-8", shown(raw_key))))?;
+        let key = String::from_utf8(key).map_err(|_| {
+            Error::config(format!(
+                "URI query parameter {} is not valid UTF-8",
+                shown(raw_key)
+            ))
+        })?;
         let secret = redact || is_secret(&key);
-        let value = percent_decode(raw_value, &format!("the value of query parameter {key:?}"), secret)?;
+        let value = percent_decode(
+            raw_value,
+            &format!("the value of query parameter {key:?}"),
+            secret,
+        )?;
         after_secret = is_secret(&key);
         // JDBC spells sslmode=require as ssl=true; libpq accepts that for compatibility.
         if key == "ssl" && value == b"true" {
@@ -314,11 +347,17 @@ fn percent_decode(component: &str, what: &str, secret: bool) -> Result<Vec<u8>, 
         let hi = b.get(i + 1).and_then(|&d| hex_digit(d));
         let lo = b.get(i + 2).and_then(|&d| hex_digit(d));
         let (Some(hi), Some(lo)) = (hi, lo) else {
-            return Err(Error::config(format!("invalid percent-encoded token in {what} of the URI{}", shown())));
+            return Err(Error::config(format!(
+                "invalid percent-encoded token in {what} of the URI{}",
+                shown()
+            )));
         };
         let byte = (hi << 4) | lo;
         if byte == 0 {
-            return Err(Error::config(format!("forbidden value %00 in {what} of the URI{}", shown())));
+            return Err(Error::config(format!(
+                "forbidden value %00 in {what} of the URI{}",
+                shown()
+            )));
         }
         out.push(byte);
         i += 3;
@@ -327,7 +366,9 @@ fn percent_decode(component: &str, what: &str, secret: bool) -> Result<Vec<u8>, 
 }
 
 fn hex_digit(d: u8) -> Option<u8> {
-    char::from(d).to_digit(16).and_then(|v| u8::try_from(v).ok())
+    char::from(d)
+        .to_digit(16)
+        .and_then(|v| u8::try_from(v).ok())
 }
 
 /// Whether `word` looks like a keyword, so quoting it in an error cannot expose anything else.

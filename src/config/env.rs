@@ -45,7 +45,11 @@ const ENV_VARS: &[(&str, &str)] = &[
 ];
 
 /// Environment variables libpq sends as startup parameters, with the server setting each one sets.
-const STARTUP_ENV_VARS: &[(&str, &str)] = &[("PGDATESTYLE", "datestyle"), ("PGTZ", "timezone"), ("PGGEQO", "geqo")];
+const STARTUP_ENV_VARS: &[(&str, &str)] = &[
+    ("PGDATESTYLE", "datestyle"),
+    ("PGTZ", "timezone"),
+    ("PGGEQO", "geqo"),
+];
 
 impl Config {
     /// Builds a configuration from the `PG*` environment variables alone (see
@@ -72,7 +76,9 @@ impl Config {
             }
         });
         if let Some(name) = not_unicode.take() {
-            return Err(Error::config(format!("environment variable {name} is not valid UTF-8")));
+            return Err(Error::config(format!(
+                "environment variable {name} is not valid UTF-8"
+            )));
         }
         result.map(|()| config)
     }

@@ -28,7 +28,10 @@ use std::time::Duration;
 use crate::Error;
 
 pub use modes::{ChannelBinding, LoadBalanceHosts, SslMode, TargetSessionAttrs};
-#[allow(unused_imports, reason = "used by the connection code")]
+#[allow(
+    unused_imports,
+    reason = "the connection code does not read .pgpass yet"
+)]
 pub(crate) use pgpass::passfile_lookup;
 pub use require_auth::{AuthMethod, RequireAuth};
 
@@ -165,7 +168,8 @@ impl Config {
     fn parse_unchecked(conninfo: &str) -> Result<Config, Error> {
         // libpq would treat a URI after leading spaces as a keyword and quote it, password and all, in
         // its error message; skipping the spaces avoids that.
-        let conninfo = conninfo.trim_start_matches(|c: char| u8::try_from(c).is_ok_and(conninfo::is_space));
+        let conninfo =
+            conninfo.trim_start_matches(|c: char| u8::try_from(c).is_ok_and(conninfo::is_space));
         let pairs = match conninfo::uri_prefix_len(conninfo) {
             Some(prefix_len) => conninfo::parse_uri(conninfo, prefix_len)?,
             None => conninfo::parse_keyword_value(conninfo)?,
@@ -246,7 +250,10 @@ impl Config {
     }
 
     /// Sets which kind of server the connection must reach.
-    pub fn target_session_attrs(&mut self, target_session_attrs: TargetSessionAttrs) -> &mut Config {
+    pub fn target_session_attrs(
+        &mut self,
+        target_session_attrs: TargetSessionAttrs,
+    ) -> &mut Config {
         self.target_session_attrs = Some(target_session_attrs);
         self
     }
@@ -399,7 +406,9 @@ impl Config {
     /// Whether the TLS handshake names the server (SNI). On by default; like libpq, any `sslsni` value that
     /// does not start with `1` turns it off.
     pub fn get_ssl_sni(&self) -> bool {
-        self.raw.get("sslsni").is_none_or(|value| value.starts_with('1'))
+        self.raw
+            .get("sslsni")
+            .is_none_or(|value| value.starts_with('1'))
     }
 
     /// The value of a setting kept as text for later use, by libpq keyword: `passfile`, `client_encoding`,
@@ -409,12 +418,14 @@ impl Config {
     /// `min_protocol_version`, `max_protocol_version`, `requirepeer`, `gssencmode`, `krbsrvname`, `gsslib`,
     /// `gssdelegation`, `replication`. An empty value reads as `None`.
     pub fn get_raw(&self, key: &str) -> Option<&str> {
-        self.raw.get(key).map(String::as_str).filter(|value| !value.is_empty())
+        self.raw
+            .get(key)
+            .map(String::as_str)
+            .filter(|value| !value.is_empty())
     }
 
     /// The user name to log in as: `user`, else the operating-system user (`USER`, then `USERNAME`, read
     /// now).
-    #[allow(dead_code, reason = "used by the connection code")]
     pub(crate) fn effective_user(&self) -> Result<String, Error> {
         if let Some(user) = &self.user {
             return Ok(user.clone());
@@ -432,7 +443,6 @@ impl Config {
     }
 
     /// The database to connect to: `dbname`, else the user name.
-    #[allow(dead_code, reason = "used by the connection code")]
     pub(crate) fn effective_dbname(&self) -> Result<String, Error> {
         match &self.dbname {
             Some(dbname) => Ok(dbname.clone()),
@@ -442,7 +452,6 @@ impl Config {
 
     /// The servers to try, in the order given, with default host and port filled in. With
     /// `load_balance_hosts=random` the caller shuffles them.
-    #[allow(dead_code, reason = "used by the connection code")]
     pub(crate) fn targets(&self) -> Result<Vec<Target>, Error> {
         self.check()?;
         let targets = (0..self.slot_count())
@@ -458,7 +467,11 @@ impl Config {
                     [port] => *port,
                     ports => ports.get(i).copied().unwrap_or(DEFAULT_PORT),
                 };
-                Target { host, hostaddr, port }
+                Target {
+                    host,
+                    hostaddr,
+                    port,
+                }
             })
             .collect();
         Ok(targets)
@@ -466,7 +479,7 @@ impl Config {
 
     /// The password file to read: `passfile` (or `PGPASSFILE`), else `~/.pgpass` (on Windows
     /// `%APPDATA%\postgresql\pgpass.conf`); none on WASI, which has no home directory.
-    #[allow(dead_code, reason = "used by the connection code")]
+    #[allow(dead_code, reason = "the connection code does not read .pgpass yet")]
     pub(crate) fn passfile_path(&self) -> Option<PathBuf> {
         if let Some(path) = self.get_raw("passfile") {
             return Some(PathBuf::from(path));
@@ -476,7 +489,11 @@ impl Config {
         }
         if cfg!(windows) {
             let appdata = std::env::var_os("APPDATA").filter(|dir| !dir.is_empty())?;
-            return Some(PathBuf::from(appdata).join("postgresql").join("pgpass.conf"));
+            return Some(
+                PathBuf::from(appdata)
+                    .join("postgresql")
+                    .join("pgpass.conf"),
+            );
         }
         let home = std::env::var_os("HOME").filter(|dir| !dir.is_empty())?;
         Some(PathBuf::from(home).join(".pgpass"))
@@ -493,7 +510,10 @@ impl Config {
 
     /// The checks across settings that libpq makes once the environment has been applied.
     fn check(&self) -> Result<(), Error> {
-        if !self.hosts.is_empty() && !self.hostaddrs.is_empty() && self.hosts.len() != self.hostaddrs.len() {
+        if !self.hosts.is_empty()
+            && !self.hostaddrs.is_empty()
+            && self.hosts.len() != self.hostaddrs.len()
+        {
             return Err(Error::config(format!(
                 "could not match {} host names to {} hostaddr values",
                 self.hosts.len(),
@@ -514,7 +534,10 @@ impl Config {
         // Direct TLS with a mode that may fall back to plaintext would risk an unintended cleartext
         // connection to an older server; libpq refuses the combination.
         if self.get_raw("sslnegotiation") == Some("direct")
-            && !matches!(ssl_mode, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull)
+            && !matches!(
+                ssl_mode,
+                SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+            )
         {
             return Err(Error::config(format!(
                 "weak sslmode \"{}\" may not be used with sslnegotiation=direct \
@@ -543,7 +566,12 @@ impl Config {
     }
 
     /// Checks that the minimum version `min_key` is not above the maximum `max_key`.
-    fn check_range(&self, min_key: &str, max_key: &str, rank: fn(&str) -> Option<usize>) -> Result<(), Error> {
+    fn check_range(
+        &self,
+        min_key: &str,
+        max_key: &str,
+        rank: fn(&str) -> Option<usize>,
+    ) -> Result<(), Error> {
         let (Some(min), Some(max)) = (self.get_raw(min_key), self.get_raw(max_key)) else {
             return Ok(());
         };
@@ -592,7 +620,16 @@ impl fmt::Debug for Config {
         // Destructuring makes a new field a compile error here until it is shown (or deliberately hidden).
         let raw: BTreeMap<_, _> = raw
             .iter()
-            .map(|(k, v)| (*k, if settings::is_secret(k) { "<redacted>" } else { v.as_str() }))
+            .map(|(k, v)| {
+                (
+                    *k,
+                    if settings::is_secret(k) {
+                        "<redacted>"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            })
             .collect();
         f.debug_struct("Config")
             .field("hosts", hosts)

@@ -11,8 +11,14 @@ use super::DEFAULT_SOCKET_DIR;
 /// `host` is the host name, else the `hostaddr`, of the attempt; like libpq, an empty host and the default
 /// socket directory are looked up as `localhost`, other socket directories by their path. Without a database
 /// or user name nothing matches, as in libpq.
-#[allow(dead_code, reason = "used by the connection code")]
-pub(crate) fn passfile_lookup(contents: &str, host: &str, port: u16, dbname: &str, user: &str) -> Option<String> {
+#[allow(dead_code, reason = "the connection code does not read .pgpass yet")]
+pub(crate) fn passfile_lookup(
+    contents: &str,
+    host: &str,
+    port: u16,
+    dbname: &str,
+    user: &str,
+) -> Option<String> {
     if dbname.is_empty() || user.is_empty() {
         return None;
     }

@@ -79,7 +79,8 @@ impl RequireAuth {
     /// allowed and refused methods cannot be mixed, and a method cannot be listed twice. An empty string sets no
     /// requirement.
     pub fn parse(s: &str) -> Result<RequireAuth, Error> {
-        RequireAuth::parse_list(s).map_err(|detail| Error::config(format!("invalid require_auth value {s:?}: {detail}")))
+        RequireAuth::parse_list(s)
+            .map_err(|detail| Error::config(format!("invalid require_auth value {s:?}: {detail}")))
     }
 
     /// Parses the list; the error is the reason without the whole value, for the caller to frame.
@@ -100,7 +101,9 @@ impl RequireAuth {
                     name
                 }
                 None if requirement.negated => {
-                    return Err(format!("method {part:?} cannot be mixed with negative methods"));
+                    return Err(format!(
+                        "method {part:?} cannot be mixed with negative methods"
+                    ));
                 }
                 None => part,
             };

@@ -93,7 +93,9 @@ impl Origin<'_> {
                  quote or percent-encode special characters in passwords)"
             )),
             // `detail` never quotes the value for these keys.
-            _ if is_secret(key) => Error::config(format!("invalid value for connection option {key:?}: {detail}")),
+            _ if is_secret(key) => Error::config(format!(
+                "invalid value for connection option {key:?}: {detail}"
+            )),
             Origin::Conninfo { redact: false } => Error::config(format!(
                 "invalid value {value:?} for connection option {key:?}: {detail}"
             )),
@@ -107,7 +109,9 @@ impl Origin<'_> {
 impl Config {
     /// Applies one pair from a connection string.
     pub(super) fn apply_pair(&mut self, pair: Pair) -> Result<(), Error> {
-        let origin = Origin::Conninfo { redact: pair.redact };
+        let origin = Origin::Conninfo {
+            redact: pair.redact,
+        };
         let Some(key) = canonical(&pair.key) else {
             return Err(if pair.redact {
                 Error::config(
@@ -136,7 +140,12 @@ impl Config {
     /// Checks `value` for the libpq keyword `key` and stores it, replacing an earlier value (the last
     /// one wins, as in libpq). An empty value means "the default" but still counts as given, so the
     /// environment does not override it, as in libpq.
-    pub(super) fn set_option(&mut self, key: &'static str, value: &str, origin: Origin<'_>) -> Result<(), Error> {
+    pub(super) fn set_option(
+        &mut self,
+        key: &'static str,
+        value: &str,
+        origin: Origin<'_>,
+    ) -> Result<(), Error> {
         if value.contains('\0') {
             return Err(origin.invalid(key, value, "contains a NUL byte"));
         }
@@ -158,7 +167,9 @@ impl Config {
                         .split(',')
                         .map(|entry| parse_hostaddr(entry).ok_or(entry))
                         .collect::<Result<_, _>>()
-                        .map_err(|entry| invalid(&format!("{entry:?} is not a numeric IP address")))?
+                        .map_err(|entry| {
+                            invalid(&format!("{entry:?} is not a numeric IP address"))
+                        })?
                 };
             }
             "port" => {
@@ -169,7 +180,9 @@ impl Config {
                         .split(',')
                         .map(|entry| parse_port(entry).ok_or(entry))
                         .collect::<Result<_, _>>()
-                        .map_err(|entry| invalid(&format!("{entry:?} is not a port number (1 to 65535)")))?
+                        .map_err(|entry| {
+                            invalid(&format!("{entry:?} is not a port number (1 to 65535)"))
+                        })?
                 };
             }
             "user" => self.user = non_empty(value),
@@ -179,22 +192,34 @@ impl Config {
             "application_name" => self.application_name = non_empty(value),
             "fallback_application_name" => self.fallback_application_name = non_empty(value),
             "connect_timeout" => {
-                let seconds = parse_int(value).ok_or_else(|| invalid("not an integer number of seconds"))?;
-                let seconds = u64::try_from(seconds).map_err(|_| invalid("must not be negative"))?;
+                let seconds =
+                    parse_int(value).ok_or_else(|| invalid("not an integer number of seconds"))?;
+                let seconds =
+                    u64::try_from(seconds).map_err(|_| invalid("must not be negative"))?;
                 self.connect_timeout = Some(Duration::from_secs(seconds));
             }
             "sslmode" => self.ssl_mode = Some(keyword::<SslMode>(value, &invalid)?),
             "target_session_attrs" => {
                 self.target_session_attrs = Some(keyword::<TargetSessionAttrs>(value, &invalid)?);
             }
-            "load_balance_hosts" => self.load_balance_hosts = Some(keyword::<LoadBalanceHosts>(value, &invalid)?),
-            "channel_binding" => self.channel_binding = Some(keyword::<ChannelBinding>(value, &invalid)?),
-            "require_auth" => self.require_auth = RequireAuth::parse_list(value).map_err(|detail| invalid(&detail))?,
+            "load_balance_hosts" => {
+                self.load_balance_hosts = Some(keyword::<LoadBalanceHosts>(value, &invalid)?)
+            }
+            "channel_binding" => {
+                self.channel_binding = Some(keyword::<ChannelBinding>(value, &invalid)?)
+            }
+            "require_auth" => {
+                self.require_auth =
+                    RequireAuth::parse_list(value).map_err(|detail| invalid(&detail))?
+            }
             "client_encoding" => {
                 // The protocol layer decodes text as UTF-8; `auto` would take the encoding from the locale,
                 // which for this client is UTF-8 too.
-                let name: String =
-                    value.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect();
+                let name: String = value
+                    .chars()
+                    .filter(char::is_ascii_alphanumeric)
+                    .map(|c| c.to_ascii_lowercase())
+                    .collect();
                 if !empty && !matches!(name.as_str(), "utf8" | "unicode" | "auto") {
                     return Err(invalid("only UTF8 is supported"));
                 }
@@ -212,7 +237,8 @@ impl Config {
                 self.set_raw(key, value);
             }
             "sslnegotiation" => {
-                one_of(value, &["postgres", "direct"]).ok_or_else(|| invalid("expected one of postgres, direct"))?;
+                one_of(value, &["postgres", "direct"])
+                    .ok_or_else(|| invalid("expected one of postgres, direct"))?;
                 self.set_raw(key, value);
             }
             "sslcertmode" => {
@@ -223,7 +249,9 @@ impl Config {
             "gssencmode" => {
                 match value {
                     "disable" | "prefer" => {}
-                    "require" => return Err(invalid("GSSAPI encryption is not supported by this client")),
+                    "require" => {
+                        return Err(invalid("GSSAPI encryption is not supported by this client"));
+                    }
                     _ => return Err(invalid("expected one of disable, prefer, require")),
                 }
                 self.set_raw(key, value);
@@ -242,12 +270,19 @@ impl Config {
             }
             "service" => {
                 if !empty {
-                    return Err(invalid("connection service files (pg_service.conf) are not supported"));
+                    return Err(invalid(
+                        "connection service files (pg_service.conf) are not supported",
+                    ));
                 }
                 self.set_raw(key, value);
             }
             "replication" => {
-                if !empty && !matches!(value.to_ascii_lowercase().as_str(), "0" | "false" | "off" | "no") {
+                if !empty
+                    && !matches!(
+                        value.to_ascii_lowercase().as_str(),
+                        "0" | "false" | "off" | "no"
+                    )
+                {
                     return Err(invalid("replication connections are not supported"));
                 }
                 self.set_raw(key, value);
@@ -318,7 +353,10 @@ fn one_of(value: &str, accepted: &[&str]) -> Option<()> {
 
 /// An integer as libpq's `parse_int_param` reads it: surrounding whitespace allowed, `int` range.
 pub(super) fn parse_int(value: &str) -> Option<i32> {
-    value.trim_matches(|c: char| u8::try_from(c).is_ok_and(is_space)).parse().ok()
+    value
+        .trim_matches(|c: char| u8::try_from(c).is_ok_and(is_space))
+        .parse()
+        .ok()
 }
 
 /// One entry of a `port` list: empty means the default port.
@@ -326,7 +364,9 @@ fn parse_port(entry: &str) -> Option<u16> {
     if entry.is_empty() {
         return Some(DEFAULT_PORT);
     }
-    parse_int(entry).and_then(|port| u16::try_from(port).ok()).filter(|&port| port != 0)
+    parse_int(entry)
+        .and_then(|port| u16::try_from(port).ok())
+        .filter(|&port| port != 0)
 }
 
 /// One entry of a `hostaddr` list: empty means "look up the host name".
@@ -339,7 +379,9 @@ fn parse_hostaddr(entry: &str) -> Option<Option<IpAddr>> {
 
 /// The position of a TLS version in [`TLS_VERSIONS`]; libpq compares these without regard to case.
 pub(super) fn tls_version_rank(value: &str) -> Option<usize> {
-    TLS_VERSIONS.iter().position(|v| v.eq_ignore_ascii_case(value))
+    TLS_VERSIONS
+        .iter()
+        .position(|v| v.eq_ignore_ascii_case(value))
 }
 
 /// The order of a wire protocol version; `latest` is 3.2 (3.1 was never used).

@@ -31,7 +31,10 @@ fn unix(dir: &str) -> Host {
 }
 
 fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     move |name| map.get(name).cloned()
 }
 
@@ -42,7 +45,11 @@ fn with_env(conninfo: &str, vars: &[(&str, &str)]) -> Result<Config, Error> {
 }
 
 fn target(host: Host, hostaddr: Option<IpAddr>, port: u16) -> Target {
-    Target { host, hostaddr, port }
+    Target {
+        host,
+        hostaddr,
+        port,
+    }
 }
 
 // ---- URIs ----
@@ -113,7 +120,11 @@ fn uri_multiple_hosts_and_ports() {
     assert_eq!(c.get_ports(), [1, 2, 3]);
     assert_eq!(
         c.targets().unwrap(),
-        [target(tcp("h1"), None, 1), target(tcp("h2"), None, 2), target(tcp("h3"), None, 3)]
+        [
+            target(tcp("h1"), None, 1),
+            target(tcp("h2"), None, 2),
+            target(tcp("h3"), None, 3)
+        ]
     );
     // Ports missing on some hosts are the default.
     let c = parse("postgresql://a,b:6000");
@@ -159,12 +170,17 @@ fn uri_empty_components_are_unset() {
 
 #[test]
 fn uri_query_parameters() {
-    let c = parse("postgresql://a/db?host=b&user=me%40corp&options=-c%20work_mem%3D64MB&target_session_attrs=read-write");
+    let c = parse(
+        "postgresql://a/db?host=b&user=me%40corp&options=-c%20work_mem%3D64MB&target_session_attrs=read-write",
+    );
     assert_eq!(c.get_hosts(), [tcp("b")]);
     assert_eq!(c.get_user(), Some("me@corp"));
     assert_eq!(c.get_options(), Some("-c work_mem=64MB"));
     assert_eq!(c.get_target_session_attrs(), TargetSessionAttrs::ReadWrite);
-    assert_eq!(parse("postgresql://h?ssl=true").get_ssl_mode(), SslMode::Require);
+    assert_eq!(
+        parse("postgresql://h?ssl=true").get_ssl_mode(),
+        SslMode::Require
+    );
     assert!(parse_err("postgresql://h?ssl=false").contains("\"ssl\""));
     // A trailing `&` is fine; an empty value is given-but-empty.
     let c = parse("postgresql://h/db?application_name=&");
@@ -174,7 +190,10 @@ fn uri_query_parameters() {
 
 #[test]
 fn uri_query_errors() {
-    assert_eq!(parse_err("postgresql://h/db?foo=1"), "invalid connection option \"foo\"");
+    assert_eq!(
+        parse_err("postgresql://h/db?foo=1"),
+        "invalid connection option \"foo\""
+    );
     assert!(parse_err("postgresql://h/db?sslmode").contains("missing key/value separator"));
     assert!(parse_err("postgresql://h/db?sslmode=a=b").contains("extra key/value separator"));
     assert!(parse_err("postgresql://h/db?port=abc").contains("\"abc\""));
@@ -183,7 +202,10 @@ fn uri_query_errors() {
 #[test]
 fn uri_percent_decoding_errors() {
     let e = parse_err("postgresql://h/db%zz");
-    assert!(e.contains("invalid percent-encoded token") && e.contains("database name"), "{e}");
+    assert!(
+        e.contains("invalid percent-encoded token") && e.contains("database name"),
+        "{e}"
+    );
     assert!(parse_err("postgresql://h/db%4").contains("invalid percent-encoded token"));
     assert!(parse_err("postgresql://h/d%00b").contains("%00"));
     assert!(parse_err("postgresql://h/db?user=%G0").contains("invalid percent-encoded token"));
@@ -196,7 +218,9 @@ fn uri_percent_decoding_errors() {
 
 #[test]
 fn keyword_value_basic() {
-    let c = parse("host=localhost port=5432 dbname=mydb user=bob password=secret application_name=tool");
+    let c = parse(
+        "host=localhost port=5432 dbname=mydb user=bob password=secret application_name=tool",
+    );
     assert_eq!(c.get_hosts(), [tcp("localhost")]);
     assert_eq!(c.get_ports(), [5432]);
     assert_eq!(c.get_dbname(), Some("mydb"));
@@ -215,7 +239,8 @@ fn keyword_value_whitespace_around_equals() {
 
 #[test]
 fn keyword_value_quoting_and_escapes() {
-    let c = parse(r"password='a b\'c\\d' options='-c search_path=app,public' dbname=my\ db user=''");
+    let c =
+        parse(r"password='a b\'c\\d' options='-c search_path=app,public' dbname=my\ db user=''");
     assert_eq!(c.get_password(), Some(&br"a b'c\d"[..]));
     assert_eq!(c.get_options(), Some("-c search_path=app,public"));
     assert_eq!(c.get_dbname(), Some("my db"));
@@ -244,9 +269,18 @@ fn keyword_value_libpq_quirks() {
 
 #[test]
 fn keyword_value_errors() {
-    assert_eq!(parse_err("password='abc"), "unterminated quoted string in the connection string");
-    assert_eq!(parse_err("host"), "missing \"=\" after \"host\" in the connection string");
-    assert_eq!(parse_err("dbname=x foo=bar"), "invalid connection option \"foo\"");
+    assert_eq!(
+        parse_err("password='abc"),
+        "unterminated quoted string in the connection string"
+    );
+    assert_eq!(
+        parse_err("host"),
+        "missing \"=\" after \"host\" in the connection string"
+    );
+    assert_eq!(
+        parse_err("dbname=x foo=bar"),
+        "invalid connection option \"foo\""
+    );
     assert_eq!(parse_err("=x"), "invalid connection option \"\"");
     assert!(parse_err("host=x\0").contains("NUL"));
 }
@@ -254,7 +288,10 @@ fn keyword_value_errors() {
 #[test]
 fn unknown_key_is_named() {
     let e = parse_err("host=localhost frobnicate=1");
-    assert!(e.contains("invalid connection option \"frobnicate\""), "{e}");
+    assert!(
+        e.contains("invalid connection option \"frobnicate\""),
+        "{e}"
+    );
     // Keywords are case-sensitive, as in libpq.
     assert!(parse_err("HOST=x").contains("\"HOST\""));
 }
@@ -274,9 +311,21 @@ fn bad_values_name_the_key_and_the_value() {
         ("sslmode=Require", "sslmode", "Require"),
         ("connect_timeout=-1", "connect_timeout", "-1"),
         ("connect_timeout=soon", "connect_timeout", "soon"),
-        ("connect_timeout=99999999999", "connect_timeout", "99999999999"),
-        ("target_session_attrs=primary-ish", "target_session_attrs", "primary-ish"),
-        ("load_balance_hosts=roundrobin", "load_balance_hosts", "roundrobin"),
+        (
+            "connect_timeout=99999999999",
+            "connect_timeout",
+            "99999999999",
+        ),
+        (
+            "target_session_attrs=primary-ish",
+            "target_session_attrs",
+            "primary-ish",
+        ),
+        (
+            "load_balance_hosts=roundrobin",
+            "load_balance_hosts",
+            "roundrobin",
+        ),
         ("channel_binding=always", "channel_binding", "always"),
         ("require_auth=kerberos", "require_auth", "kerberos"),
         ("keepalives=yes", "keepalives", "yes"),
@@ -285,7 +334,11 @@ fn bad_values_name_the_key_and_the_value() {
         ("sslnegotiation=fast", "sslnegotiation", "fast"),
         ("sslcertmode=maybe", "sslcertmode", "maybe"),
         ("gssencmode=sometimes", "gssencmode", "sometimes"),
-        ("ssl_min_protocol_version=TLSv1.4", "ssl_min_protocol_version", "TLSv1.4"),
+        (
+            "ssl_min_protocol_version=TLSv1.4",
+            "ssl_min_protocol_version",
+            "TLSv1.4",
+        ),
         ("max_protocol_version=3.1", "max_protocol_version", "3.1"),
     ] {
         let e = parse_err(conninfo);
@@ -299,14 +352,23 @@ fn unsupported_settings() {
     assert!(parse_err("client_encoding=LATIN1").contains("only UTF8 is supported"));
     for ok in ["UTF8", "utf8", "UTF-8", "unicode", "auto", ""] {
         let c = parse(&format!("client_encoding='{ok}'"));
-        assert_eq!(c.get_raw("client_encoding"), Some(ok).filter(|v| !v.is_empty()));
+        assert_eq!(
+            c.get_raw("client_encoding"),
+            Some(ok).filter(|v| !v.is_empty())
+        );
     }
     assert!(parse_err("service=mydb").contains("not supported"));
     assert!(parse_err("gssencmode=require").contains("not supported"));
     assert!(parse_err("replication=database").contains("not supported"));
     assert!(parse_err("replication=true").contains("not supported"));
-    assert_eq!(parse("replication=false").get_raw("replication"), Some("false"));
-    assert_eq!(parse("gssencmode=disable").get_raw("gssencmode"), Some("disable"));
+    assert_eq!(
+        parse("replication=false").get_raw("replication"),
+        Some("false")
+    );
+    assert_eq!(
+        parse("gssencmode=disable").get_raw("gssencmode"),
+        Some("disable")
+    );
 }
 
 #[test]
@@ -332,8 +394,14 @@ fn every_libpq_keyword_is_accepted() {
 #[test]
 fn connect_timeout_rules() {
     assert_eq!(parse("connect_timeout=0").get_connect_timeout(), None);
-    assert_eq!(parse("connect_timeout=1").get_connect_timeout(), Some(Duration::from_secs(2)));
-    assert_eq!(parse("connect_timeout=' 15 '").get_connect_timeout(), Some(Duration::from_secs(15)));
+    assert_eq!(
+        parse("connect_timeout=1").get_connect_timeout(),
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(
+        parse("connect_timeout=' 15 '").get_connect_timeout(),
+        Some(Duration::from_secs(15))
+    );
     assert_eq!(Config::new().get_connect_timeout(), None);
     let mut c = Config::new();
     c.connect_timeout(Duration::from_millis(300));
@@ -342,11 +410,20 @@ fn connect_timeout_rules() {
 
 #[test]
 fn tls_cross_checks() {
-    assert_eq!(parse("sslrootcert=system").get_ssl_mode(), SslMode::VerifyFull);
+    assert_eq!(
+        parse("sslrootcert=system").get_ssl_mode(),
+        SslMode::VerifyFull
+    );
     assert!(parse_err("sslrootcert=system sslmode=require").contains("weak sslmode \"require\""));
     assert!(parse_err("sslnegotiation=direct").contains("weak sslmode \"prefer\""));
-    assert_eq!(parse("sslnegotiation=direct sslmode=verify-ca").get_ssl_mode(), SslMode::VerifyCa);
-    assert!(parse_err("ssl_min_protocol_version=TLSv1.3 ssl_max_protocol_version=TLSv1.2").contains("range"));
+    assert_eq!(
+        parse("sslnegotiation=direct sslmode=verify-ca").get_ssl_mode(),
+        SslMode::VerifyCa
+    );
+    assert!(
+        parse_err("ssl_min_protocol_version=TLSv1.3 ssl_max_protocol_version=TLSv1.2")
+            .contains("range")
+    );
     assert!(parse_err("min_protocol_version=latest max_protocol_version=3.0").contains("range"));
     parse("min_protocol_version=3.2 max_protocol_version=latest");
 }
@@ -370,7 +447,10 @@ fn defaults_are_not_stored() {
     assert_eq!(c.get_channel_binding(), ChannelBinding::Prefer);
     assert!(!c.get_require_auth().is_set());
     assert_eq!(c.get_max_message_size(), 256 * 1024 * 1024);
-    assert_eq!(c.targets().unwrap(), [target(Host::platform_default(), None, 5432)]);
+    assert_eq!(
+        c.targets().unwrap(),
+        [target(Host::platform_default(), None, 5432)]
+    );
     if cfg!(unix) {
         assert_eq!(Host::platform_default(), unix("/var/run/postgresql"));
     } else {
@@ -406,19 +486,29 @@ fn builder_setters_and_getters() {
     assert_eq!(c.get_fallback_application_name(), Some("fb"));
     assert_eq!(c.get_password(), Some(&b"pw"[..]));
     assert_eq!(c.get_ssl_mode(), SslMode::Disable);
-    assert_eq!(c.get_target_session_attrs(), TargetSessionAttrs::PreferStandby);
+    assert_eq!(
+        c.get_target_session_attrs(),
+        TargetSessionAttrs::PreferStandby
+    );
     assert_eq!(c.get_load_balance_hosts(), LoadBalanceHosts::Random);
     assert_eq!(c.get_channel_binding(), ChannelBinding::Require);
     assert!(!c.get_require_auth().allows(AuthMethod::Md5));
     assert_eq!(
         c.get_params(),
-        [("search_path".to_string(), "b".to_string()), ("timezone".to_string(), "UTC".to_string())]
+        [
+            ("search_path".to_string(), "b".to_string()),
+            ("timezone".to_string(), "UTC".to_string())
+        ]
     );
     assert_eq!(c.get_max_message_size(), 1024);
     assert_eq!(
         c.targets().unwrap(),
         [
-            target(tcp("db1"), Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))), 6000),
+            target(
+                tcp("db1"),
+                Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))),
+                6000
+            ),
             target(unix("/run/pg"), Some(IpAddr::V6(Ipv6Addr::LOCALHOST)), 6000),
         ]
     );
@@ -433,23 +523,40 @@ fn host_and_port_lists() {
     let c = parse("host=a,b,c port=5432,5433,5434");
     assert_eq!(
         c.targets().unwrap(),
-        [target(tcp("a"), None, 5432), target(tcp("b"), None, 5433), target(tcp("c"), None, 5434)]
+        [
+            target(tcp("a"), None, 5432),
+            target(tcp("b"), None, 5433),
+            target(tcp("c"), None, 5434)
+        ]
     );
     // One port applies to every host.
     let c = parse("host=a,b port=6543");
-    assert_eq!(c.targets().unwrap(), [target(tcp("a"), None, 6543), target(tcp("b"), None, 6543)]);
+    assert_eq!(
+        c.targets().unwrap(),
+        [target(tcp("a"), None, 6543), target(tcp("b"), None, 6543)]
+    );
     // Empty entries: the default host and the default port.
     let c = parse("host=a,,/tmp port=1,,3");
     assert_eq!(
         c.targets().unwrap(),
-        [target(tcp("a"), None, 1), target(Host::platform_default(), None, 5432), target(unix("/tmp"), None, 3)]
+        [
+            target(tcp("a"), None, 1),
+            target(Host::platform_default(), None, 5432),
+            target(unix("/tmp"), None, 3)
+        ]
     );
 }
 
 #[test]
 fn host_port_count_mismatch() {
-    assert_eq!(parse_err("host=a,b port=1,2,3"), "could not match 3 port numbers to 2 hosts");
-    assert_eq!(parse_err("port=1,2"), "could not match 2 port numbers to 1 hosts");
+    assert_eq!(
+        parse_err("host=a,b port=1,2,3"),
+        "could not match 3 port numbers to 2 hosts"
+    );
+    assert_eq!(
+        parse_err("port=1,2"),
+        "could not match 2 port numbers to 1 hosts"
+    );
     assert_eq!(
         parse_err("host=a,b hostaddr=10.0.0.1"),
         "could not match 2 host names to 1 hostaddr values"
@@ -463,7 +570,12 @@ fn host_port_count_mismatch() {
     assert!(c.targets().is_err());
     let mut c = Config::new();
     c.port(0);
-    assert!(c.targets().unwrap_err().to_string().contains("port number 0"));
+    assert!(
+        c.targets()
+            .unwrap_err()
+            .to_string()
+            .contains("port number 0")
+    );
 }
 
 #[test]
@@ -475,14 +587,26 @@ fn hostaddr_lists() {
     assert_eq!(c.get_hostaddrs(), [Some(a), Some(b)]);
     assert_eq!(
         c.targets().unwrap(),
-        [target(tcp("10.0.0.1"), Some(a), 5433), target(tcp("::1"), Some(b), 5433)]
+        [
+            target(tcp("10.0.0.1"), Some(a), 5433),
+            target(tcp("::1"), Some(b), 5433)
+        ]
     );
     let c = parse("host=db1,db2 hostaddr=10.0.0.1,");
     assert_eq!(c.get_hostaddrs(), [Some(a), None]);
-    assert_eq!(c.targets().unwrap(), [target(tcp("db1"), Some(a), 5432), target(tcp("db2"), None, 5432)]);
+    assert_eq!(
+        c.targets().unwrap(),
+        [
+            target(tcp("db1"), Some(a), 5432),
+            target(tcp("db2"), None, 5432)
+        ]
+    );
     // An empty host with an empty hostaddr is the default host.
     let c = parse("hostaddr=,10.0.0.1");
-    assert_eq!(c.targets().unwrap()[0], target(Host::platform_default(), None, 5432));
+    assert_eq!(
+        c.targets().unwrap()[0],
+        target(Host::platform_default(), None, 5432)
+    );
 }
 
 // ---- secrecy ----
@@ -565,7 +689,10 @@ fn env_fills_unset_settings() {
     assert_eq!(c.get_user(), Some("alice"), "explicit beats env");
     assert_eq!(c.get_dbname(), Some("envdb"), "env beats default");
     assert_eq!(c.get_hosts(), [tcp("h1"), tcp("h2")]);
-    assert_eq!(c.targets().unwrap(), [target(tcp("h1"), None, 5433), target(tcp("h2"), None, 5433)]);
+    assert_eq!(
+        c.targets().unwrap(),
+        [target(tcp("h1"), None, 5433), target(tcp("h2"), None, 5433)]
+    );
     assert_eq!(c.get_password(), Some(&b"envpw"[..]));
     assert_eq!(c.get_application_name(), Some("envapp"));
     assert_eq!(c.get_connect_timeout(), Some(Duration::from_secs(2)));
@@ -601,7 +728,11 @@ fn env_precedence_explicit_env_default() {
 
 #[test]
 fn explicit_empty_value_hides_env_like_libpq() {
-    let env = [("PGDATABASE", "envdb"), ("PGHOST", "envhost"), ("PGPASSWORD", "envpw")];
+    let env = [
+        ("PGDATABASE", "envdb"),
+        ("PGHOST", "envhost"),
+        ("PGPASSWORD", "envpw"),
+    ];
     let c = with_env("dbname='' host='' password=''", &env).unwrap();
     assert_eq!(c.get_dbname(), None);
     assert!(c.get_hosts().is_empty());
@@ -616,8 +747,12 @@ fn explicit_empty_value_hides_env_like_libpq() {
 fn env_applies_to_builder_configs() {
     let mut c = Config::new();
     c.host("explicit").user("me");
-    c.apply_env_with(env_of(&[("PGHOST", "envhost"), ("PGUSER", "envuser"), ("PGDATABASE", "d")]))
-        .unwrap();
+    c.apply_env_with(env_of(&[
+        ("PGHOST", "envhost"),
+        ("PGUSER", "envuser"),
+        ("PGDATABASE", "d"),
+    ]))
+    .unwrap();
     assert_eq!(c.get_hosts(), [tcp("explicit")]);
     assert_eq!(c.get_user(), Some("me"));
     assert_eq!(c.get_dbname(), Some("d"));
@@ -627,12 +762,18 @@ fn env_applies_to_builder_configs() {
 fn env_is_checked_together_with_conninfo() {
     // Two ports need two hosts; the hosts may come from the environment.
     let c = with_env("port=1,2", &[("PGHOST", "a,b")]).unwrap();
-    assert_eq!(c.targets().unwrap(), [target(tcp("a"), None, 1), target(tcp("b"), None, 2)]);
+    assert_eq!(
+        c.targets().unwrap(),
+        [target(tcp("a"), None, 1), target(tcp("b"), None, 2)]
+    );
     let e = with_env("port=1,2", &[]).unwrap_err();
     assert_eq!(e.to_string(), "could not match 2 port numbers to 1 hosts");
     // hostaddr from the environment, host from the conninfo.
     let c = with_env("host=db", &[("PGHOSTADDR", "10.1.1.1")]).unwrap();
-    assert_eq!(c.targets().unwrap()[0].hostaddr, Some(IpAddr::V4(Ipv4Addr::new(10, 1, 1, 1))));
+    assert_eq!(
+        c.targets().unwrap()[0].hostaddr,
+        Some(IpAddr::V4(Ipv4Addr::new(10, 1, 1, 1)))
+    );
 }
 
 #[test]
@@ -657,22 +798,36 @@ fn invalid_env_values_name_the_variable() {
 fn env_startup_parameters_and_service() {
     let c = with_env(
         "",
-        &[("PGTZ", "UTC"), ("PGDATESTYLE", "default"), ("PGGEQO", "off"), ("PGSERVICE", "ignored")],
+        &[
+            ("PGTZ", "UTC"),
+            ("PGDATESTYLE", "default"),
+            ("PGGEQO", "off"),
+            ("PGSERVICE", "ignored"),
+        ],
     )
     .unwrap();
     assert_eq!(
         c.get_params(),
-        [("timezone".to_string(), "UTC".to_string()), ("geqo".to_string(), "off".to_string())]
+        [
+            ("timezone".to_string(), "UTC".to_string()),
+            ("geqo".to_string(), "off".to_string())
+        ]
     );
     let mut c = Config::new();
     c.param("timezone", "Europe/Paris");
     c.apply_env_with(env_of(&[("PGTZ", "UTC")])).unwrap();
-    assert_eq!(c.get_params(), [("timezone".to_string(), "Europe/Paris".to_string())]);
+    assert_eq!(
+        c.get_params(),
+        [("timezone".to_string(), "Europe/Paris".to_string())]
+    );
 }
 
 #[test]
 fn passfile_path_from_keyword_or_env() {
-    assert_eq!(parse("passfile=/etc/pgpass").passfile_path(), Some(PathBuf::from("/etc/pgpass")));
+    assert_eq!(
+        parse("passfile=/etc/pgpass").passfile_path(),
+        Some(PathBuf::from("/etc/pgpass"))
+    );
     let c = with_env("", &[("PGPASSFILE", "/env/pgpass")]).unwrap();
     assert_eq!(c.passfile_path(), Some(PathBuf::from("/env/pgpass")));
     let c = with_env("passfile=/mine", &[("PGPASSFILE", "/env/pgpass")]).unwrap();
@@ -753,11 +908,18 @@ fn require_auth_errors() {
     assert!(e.contains("cannot be mixed with non-negative"), "{e}");
     let e = RequireAuth::parse("!md5,password").unwrap_err().to_string();
     assert!(e.contains("cannot be mixed with negative"), "{e}");
-    for dup in ["md5,md5", "!md5,!md5", "none,scram-sha-256,none", "!none,!none"] {
+    for dup in [
+        "md5,md5",
+        "!md5,!md5",
+        "none,scram-sha-256,none",
+        "!none,!none",
+    ] {
         let e = RequireAuth::parse(dup).unwrap_err().to_string();
         assert!(e.contains("more than once"), "{dup}: {e}");
     }
-    let e = RequireAuth::parse("scram-sha-256,kerberos").unwrap_err().to_string();
+    let e = RequireAuth::parse("scram-sha-256,kerberos")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("\"kerberos\""), "{e}");
     assert!(RequireAuth::parse("md5,").is_err());
     assert!(RequireAuth::parse("!").is_err());
@@ -772,7 +934,10 @@ fn require_auth_from_conninfo() {
     let c = parse("postgresql://h/db?require_auth=%21password");
     assert!(!c.get_require_auth().allows(AuthMethod::Password));
     let c = with_env("require_auth=", &[("PGREQUIREAUTH", "md5")]).unwrap();
-    assert!(!c.get_require_auth().is_set(), "an empty explicit value hides the variable");
+    assert!(
+        !c.get_require_auth().is_set(),
+        "an empty explicit value hides the variable"
+    );
 }
 
 // ---- password file ----
@@ -791,11 +956,23 @@ db2:5432:app:erin:erin-crlf\r
 #[test]
 fn pgpass_first_match_and_wildcards() {
     let find = |host, port, db, user| passfile_lookup(PGPASS, host, port, db, user);
-    assert_eq!(find("db.example.com", 5432, "app", "alice").as_deref(), Some("first"));
-    assert_eq!(find("db.example.com", 6000, "app", "alice").as_deref(), Some("second"));
+    assert_eq!(
+        find("db.example.com", 5432, "app", "alice").as_deref(),
+        Some("first")
+    );
+    assert_eq!(
+        find("db.example.com", 6000, "app", "alice").as_deref(),
+        Some("second")
+    );
     assert_eq!(find("db.example.com", 5432, "other", "alice"), None);
-    assert_eq!(find("anything", 1, "any", "bob").as_deref(), Some("bob:pw\\x"));
-    assert_eq!(find("db2", 5432, "app", "erin").as_deref(), Some("erin-crlf"));
+    assert_eq!(
+        find("anything", 1, "any", "bob").as_deref(),
+        Some("bob:pw\\x")
+    );
+    assert_eq!(
+        find("db2", 5432, "app", "erin").as_deref(),
+        Some("erin-crlf")
+    );
     assert_eq!(find("nowhere", 5432, "app", "zed"), None);
 }
 
@@ -826,13 +1003,25 @@ fn pgpass_edge_cases() {
     assert_eq!(passfile_lookup("h:05432:*:*:pw", "h", 5432, "d", "u"), None);
     // Too few fields do not match; an empty password does.
     assert_eq!(passfile_lookup("h:5432:d:u", "h", 5432, "d", "u"), None);
-    assert_eq!(passfile_lookup("h:5432:d:u:", "h", 5432, "d", "u").as_deref(), Some(""));
+    assert_eq!(
+        passfile_lookup("h:5432:d:u:", "h", 5432, "d", "u").as_deref(),
+        Some("")
+    );
     // A trailing lone backslash stays; `*` only as a whole field is a wildcard.
-    assert_eq!(passfile_lookup("*:*:*:*:pw\\", "h", 5432, "d", "u").as_deref(), Some("pw\\"));
+    assert_eq!(
+        passfile_lookup("*:*:*:*:pw\\", "h", 5432, "d", "u").as_deref(),
+        Some("pw\\")
+    );
     assert_eq!(passfile_lookup("h*:*:*:*:pw", "host", 5432, "d", "u"), None);
     // A prefix of a field does not match.
-    assert_eq!(passfile_lookup("hostname:*:*:*:pw", "host", 5432, "d", "u"), None);
-    assert_eq!(passfile_lookup("host:*:*:*:pw", "hostname", 5432, "d", "u"), None);
+    assert_eq!(
+        passfile_lookup("hostname:*:*:*:pw", "host", 5432, "d", "u"),
+        None
+    );
+    assert_eq!(
+        passfile_lookup("host:*:*:*:pw", "hostname", 5432, "d", "u"),
+        None
+    );
     assert_eq!(passfile_lookup("", "h", 5432, "d", "u"), None);
     assert_eq!(passfile_lookup("\n\n#x\n", "h", 5432, "d", "u"), None);
 }
