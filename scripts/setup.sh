@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Installs what the tests need, skipping whatever is already there:
+#   PostgreSQL (server + psql), clang-19/llvm-19 (C code built for wasm32-wasip2), pgbouncer,
+#   the wasm32-wasip2 Rust target and wasmtime-cli 48.0.8.
+# Safe to run repeatedly; a second run only checks.
+set -euo pipefail
+
+WASMTIME_VERSION=48.0.8
+APT_PACKAGES=(postgresql clang-19 llvm-19 pgbouncer)
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+
+log() { printf 'setup: %s\n' "$*"; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    else
+        sudo "$@"
+    fi
+}
+
+# --- make ~/.cargo/bin visible, here and (on GitHub Actions) to later steps -----------------
+case ":$PATH:" in
+    *":$CARGO_BIN:"*) ;;
+    *) export PATH="$CARGO_BIN:$PATH" ;;
+esac
+if [ -n "${GITHUB_PATH:-}" ]; then
+    echo "$CARGO_BIN" >>"$GITHUB_PATH"
+fi
+
+# --- system packages --------------------------------------------------------------------------
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+# A package can be "installed" while its programs are not where we look (e.g. removed by hand).
+command -v psql >/dev/null || missing+=(postgresql)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+command -v clang-19 >/dev/null || missing+=(clang-19)
+command -v llvm-ar-19 >/dev/null || missing+=(llvm-19)
+command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing apt packages (missing: $(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' '))"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${APT_PACKAGES[@]}"
+else
+    log "apt packages present: ${APT_PACKAGES[*]}"
+fi
+
+# --- Rust target ------------------------------------------------------------------------------
+if ! command -v cargo >/dev/null; then
+    log "cargo not found; install Rust (rustup) first" >&2
+    exit 1
+fi
+if [ -d "$(rustc --print sysroot)/lib/rustlib/wasm32-wasip2" ]; then
+    log "rust target wasm32-wasip2 present"
+elif command -v rustup >/dev/null; then
+    log "adding rust target wasm32-wasip2"
+    rustup target add wasm32-wasip2
+else
+    log "rust target wasm32-wasip2 missing and rustup not found to add it" >&2
+    exit 1
+fi
+
+# --- wasmtime ---------------------------------------------------------------------------------
+wasmtime_ok() {
+    local bin
+    for bin in "$(command -v wasmtime || true)" "$CARGO_BIN/wasmtime"; do
+        # `wasmtime --version` prints "wasmtime 48.0.8 (<commit> <date>)".
+        if [ -n "$bin" ] && [ -x "$bin" ] &&
+            [ "$("$bin" --version 2>/dev/null | awk '{print $2}')" = "$WASMTIME_VERSION" ]; then
+            return 0
+        fi
+    done
+    return 1
+}
+
+install_running() { pgrep -f "cargo install --locked wasmtime-cli" >/dev/null; }
+
+if ! wasmtime_ok && install_running; then
+    # Another install (a parallel setup run) is building it; a second one would only compete.
+    log "waiting for the wasmtime-cli install already running"
+    waited=0
+    while install_running; do
+        sleep 10
+        waited=$((waited + 10))
+        if [ $((waited % 120)) -eq 0 ]; then
+            log "still waiting for the wasmtime-cli install (${waited}s)"
+        fi
+    done
+fi
+if wasmtime_ok; then
+    log "wasmtime $WASMTIME_VERSION present"
+else
+    log "installing wasmtime-cli $WASMTIME_VERSION (builds from source; takes a while)"
+    cargo install --locked "wasmtime-cli@$WASMTIME_VERSION"
+    wasmtime_ok || {
+        log "wasmtime $WASMTIME_VERSION still not found after install" >&2
+        exit 1
+    }
+fi
+
+log "ready"

@@ -1,0 +1,695 @@
+//! A throwaway PostgreSQL cluster for one test.
+//!
+//! Every cluster gets its own temp dir (data dir, Unix socket dir, server log) and a free
+//! loopback port, so tests in one process (or several processes) can each run their own.
+//! pg_hba.conf has one role per authentication method, as pgx's test setup does, so a login
+//! as [`Role::Md5`] really runs the md5 exchange and a wrong password really fails.
+//!
+//! Cleanup happens twice over: [`Cluster::stop`] (also run by `Drop`, so a panicking test
+//! stops its server) and a small reaper process that stops the server and deletes the dir when
+//! the test process goes away without dropping the cluster (a `static`, `exit`, SIGKILL).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::child::run_with_timeout;
+
+/// Loopback address every cluster listens on (it also listens on `::1`).
+const HOST: &str = "127.0.0.1";
+/// Server binaries of the Debian `postgresql` package; see [`server_bin_dir`] for fallbacks.
+const DEFAULT_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+/// The real psql (Debian's version-picking wrapper).
+const PSQL: &str = "/usr/bin/psql";
+/// Deadline for initdb, pg_ctl and psql; generous for a loaded 2-core CI machine.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// How many times to retry `pg_ctl start` when another process grabbed our port first.
+const START_ATTEMPTS: u32 = 5;
+/// Server log lines included in panic messages.
+const LOG_TAIL_LINES: usize = 40;
+
+/// Serialises "pick a free port, start the server on it" within this process, so two
+/// clusters starting at once never pick the same port. initdb runs outside it, in parallel.
+static START_LOCK: Mutex<()> = Mutex::new(());
+/// Makes temp dir names unique within this process.
+static DIR_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A login role of the test cluster; each one authenticates over TCP with a different method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `pgc_trust`: `trust`, no password.
+    Trust,
+    /// `pgc_password`: cleartext `password` method (stored as SCRAM).
+    Password,
+    /// `pgc_md5`: `md5` method, password stored as an md5 hash.
+    Md5,
+    /// `pgc_scram`: `scram-sha-256` method, password stored as a SCRAM verifier.
+    Scram,
+}
+
+impl Role {
+    /// Every role, in a fixed order.
+    pub const ALL: [Role; 4] = [Role::Trust, Role::Password, Role::Md5, Role::Scram];
+
+    /// The pg_hba.conf method for this role's TCP connections.
+    pub fn hba_method(self) -> &'static str {
+        match self {
+            Role::Trust => "trust",
+            Role::Password => "password",
+            Role::Md5 => "md5",
+            Role::Scram => "scram-sha-256",
+        }
+    }
+
+    /// `password_encryption` in force when the password is set, and the prefix the stored
+    /// hash in `pg_authid.rolpassword` must then have. `None` for the password-less role.
+    fn storage(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Role::Trust => None,
+            Role::Md5 => Some(("md5", "md5")),
+            Role::Password | Role::Scram => Some(("scram-sha-256", "SCRAM-SHA-256$")),
+        }
+    }
+}
+
+/// A running PostgreSQL cluster private to one test. Stopped and deleted on drop.
+pub struct Cluster {
+    /// Always `"127.0.0.1"`; the server also listens on `::1`.
+    pub host: String,
+    /// TCP port, on both loopback addresses.
+    pub port: u16,
+    /// Directory holding the server's Unix socket (`.s.PGSQL.<port>`).
+    pub socket_dir: PathBuf,
+    /// The temp dir holding everything below; deleted by [`Cluster::stop`].
+    root: PathBuf,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    bin_dir: PathBuf,
+    /// Running as root: initdb refuses root, so cluster commands run as `postgres`.
+    as_postgres: bool,
+    /// A server may be running (set before `pg_ctl start` returns, cleared by `stop`).
+    running: bool,
+    /// The temp dir has been deleted.
+    removed: bool,
+    /// A panic message already carries the server log, so `Drop` need not print it again.
+    log_reported: AtomicBool,
+    /// Closing the reaper's stdin (even by the kernel at process exit) triggers its cleanup.
+    reaper: Option<Child>,
+}
+
+impl Cluster {
+    /// Creates, configures and starts a fresh cluster with the test roles.
+    ///
+    /// Panics with the failing command's output and the tail of the server log if anything
+    /// goes wrong. It never skips: a test that asks for a cluster needs one.
+    pub fn start() -> Cluster {
+        let bin_dir = server_bin_dir();
+        let as_postgres = running_as_root();
+        let root = create_root_dir();
+        let mut cluster = Cluster {
+            host: HOST.to_owned(),
+            port: 0,
+            socket_dir: root.join("sock"),
+            data_dir: root.join("data"),
+            log_path: root.join("server.log"),
+            root,
+            bin_dir,
+            as_postgres,
+            running: false,
+            removed: false,
+            log_reported: AtomicBool::new(false),
+            reaper: None,
+        };
+        // From here on a panic drops `cluster`, which stops the server and deletes the dir.
+        cluster.reaper = cluster.spawn_reaper();
+        fs::create_dir(&cluster.socket_dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", cluster.socket_dir.display()));
+        if as_postgres {
+            let mut chown = Command::new("chown");
+            chown.arg("-R").arg("postgres:postgres").arg(&cluster.root);
+            cluster.check("chown", chown, None);
+        }
+        cluster.init_data_dir();
+        cluster.start_server();
+        cluster.create_roles();
+        cluster.verify_roles();
+        cluster
+    }
+
+    /// The login name of `role`.
+    pub fn user(role: Role) -> &'static str {
+        match role {
+            Role::Trust => "pgc_trust",
+            Role::Password => "pgc_password",
+            Role::Md5 => "pgc_md5",
+            Role::Scram => "pgc_scram",
+        }
+    }
+
+    /// The password of `role`; `None` for [`Role::Trust`]. They contain spaces, `@`, `:` and
+    /// `/` on purpose, to exercise conninfo quoting and URL percent-encoding.
+    pub fn password(role: Role) -> Option<&'static str> {
+        match role {
+            Role::Trust => None,
+            Role::Password => Some("pass_word1"),
+            Role::Md5 => Some("md5 p@ss:1"),
+            Role::Scram => Some("scr@m/pw:2"),
+        }
+    }
+
+    /// A libpq key=value connection string for `role` over TCP, e.g.
+    /// `host=127.0.0.1 port=5433 user=pgc_md5 password='md5 p@ss:1' dbname=postgres`.
+    pub fn conninfo(&self, role: Role) -> String {
+        let mut info = format!(
+            "host={} port={} user={}",
+            conninfo_value(&self.host),
+            self.port,
+            conninfo_value(Cluster::user(role)),
+        );
+        if let Some(password) = Cluster::password(role) {
+            let _ = write!(info, " password={}", conninfo_quoted(password));
+        }
+        info.push_str(" dbname=postgres");
+        info
+    }
+
+    /// A `postgresql://` URL for `role` over TCP, with user and password percent-encoded, e.g.
+    /// `postgresql://pgc_md5:md5%20p%40ss%3A1@127.0.0.1:5433/postgres`.
+    pub fn url(&self, role: Role) -> String {
+        let mut userinfo = percent_encode(Cluster::user(role));
+        if let Some(password) = Cluster::password(role) {
+            userinfo.push(':');
+            userinfo.push_str(&percent_encode(password));
+        }
+        format!(
+            "postgresql://{userinfo}@{}:{}/postgres",
+            self.host, self.port
+        )
+    }
+
+    /// Runs the real psql against this cluster as [`Role::Trust`] over TCP, with `args`
+    /// appended (e.g. `["-X", "-q", "-A", "-t", "-c", "SELECT 1"]`) and `stdin` fed to it.
+    pub fn psql(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut cmd = self.psql_command(Role::Trust);
+        cmd.args(args);
+        run_with_timeout(cmd, stdin, COMMAND_TIMEOUT)
+    }
+
+    /// A psql command for `role` over TCP: `PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE` and
+    /// (for roles with one) `PGPASSWORD` set, every other `PG*` variable removed. Add
+    /// arguments and run it with [`run_with_timeout`] or `output()`.
+    pub fn psql_command(&self, role: Role) -> Command {
+        let mut cmd = Command::new(psql_path());
+        clear_pg_env(&mut cmd);
+        cmd.env("PGHOST", &self.host)
+            .env("PGPORT", self.port.to_string())
+            .env("PGUSER", Cluster::user(role))
+            .env("PGDATABASE", "postgres");
+        if let Some(password) = Cluster::password(role) {
+            cmd.env("PGPASSWORD", password);
+        }
+        cmd
+    }
+
+    /// The last `lines` lines of the server log (empty if there is none yet).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = fs::read(&self.log_path).unwrap_or_default();
+        let log = String::from_utf8_lossy(&log);
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Stops the server (`pg_ctl stop -m immediate`) and deletes the temp dir. Idempotent;
+    /// never panics (it runs from `Drop`, possibly while a test is already panicking).
+    pub fn stop(&mut self) {
+        // No postmaster.pid: the server never came up (or is gone), nothing to stop.
+        if self.running && self.data_dir.join("postmaster.pid").exists() {
+            let out = self.pg_ctl_stop();
+            if !out.status.success() {
+                eprintln!(
+                    "[support] pg_ctl stop failed for {}:\n{}",
+                    self.data_dir.display(),
+                    output_text(&out)
+                );
+            }
+        }
+        self.running = false;
+        if !self.removed {
+            self.removed = true;
+            if let Err(e) = fs::remove_dir_all(&self.root)
+                && e.kind() != ErrorKind::NotFound
+            {
+                eprintln!("[support] cannot remove {}: {e}", self.root.display());
+            }
+        }
+        if let Some(mut reaper) = self.reaper.take() {
+            // wait() closes its stdin first; on that EOF the reaper repeats the cleanup above,
+            // which is now a quick no-op.
+            let _ = reaper.wait();
+        }
+    }
+
+    /// `pg_ctl stop -m immediate`, waiting until the server is gone.
+    fn pg_ctl_stop(&self) -> Output {
+        let mut cmd = self.server_command("pg_ctl");
+        cmd.args(["stop", "-m", "immediate", "-w", "-t", "60", "-D"])
+            .arg(&self.data_dir);
+        run_with_timeout(cmd, None, COMMAND_TIMEOUT)
+    }
+
+    /// Runs initdb into the (not yet existing) data dir.
+    fn init_data_dir(&self) {
+        let mut cmd = self.server_command("initdb");
+        cmd.args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "-D",
+        ])
+        .arg(&self.data_dir);
+        self.check("initdb", cmd, None);
+
+        let hba = self.data_dir.join("pg_hba.conf");
+        fs::write(&hba, hba_conf())
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", hba.display()));
+    }
+
+    /// Picks a free port and starts the server on it, retrying if another process took the
+    /// port between our probe and the server's bind.
+    ///
+    /// Postgres starts as long as it can bind one listen address, so a port taken on only
+    /// 127.0.0.1 would give a server that `host=127.0.0.1` never reaches: any "Address already
+    /// in use" in the log counts as a failed start. (::1 missing altogether is fine.)
+    fn start_server(&mut self) {
+        let conf_path = self.data_dir.join("postgresql.conf");
+        let initdb_conf = fs::read_to_string(&conf_path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", conf_path.display()));
+        let _guard = START_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+        for attempt in 1..=START_ATTEMPTS {
+            let port = free_port();
+            let conf = format!("{initdb_conf}\n{}", self.server_settings(port));
+            fs::write(&conf_path, conf)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", conf_path.display()));
+            let log_len_before = fs::metadata(&self.log_path)
+                .map_or(0, |m| usize::try_from(m.len()).unwrap_or(usize::MAX));
+
+            let mut cmd = self.server_command("pg_ctl");
+            cmd.args(["-w", "-t", "60", "-D"])
+                .arg(&self.data_dir)
+                .arg("-l")
+                .arg(&self.log_path)
+                .arg("start");
+            // Set before starting: if pg_ctl times out, the server may still come up later.
+            self.running = true;
+            let out = run_with_timeout(cmd, None, COMMAND_TIMEOUT);
+            let log = fs::read(&self.log_path).unwrap_or_default();
+            let new_log = String::from_utf8_lossy(log.get(log_len_before..).unwrap_or_default());
+            let port_taken = new_log.contains("Address already in use");
+            if out.status.success() && !port_taken {
+                self.port = port;
+                return;
+            }
+            if attempt < START_ATTEMPTS && port_taken {
+                eprintln!("[support] port {port} was taken before the server bound it; retrying");
+                if out.status.success() {
+                    self.pg_ctl_stop();
+                }
+                continue;
+            }
+            self.fail("pg_ctl start", &out);
+        }
+    }
+
+    /// The settings appended to initdb's postgresql.conf (later lines win).
+    fn server_settings(&self, port: u16) -> String {
+        let socket_dir = self.socket_dir.to_string_lossy();
+        [
+            "# wasi-pg-client test harness".to_owned(),
+            "listen_addresses = '127.0.0.1,::1'".to_owned(),
+            format!("port = {port}"),
+            format!("unix_socket_directories = {}", sql_literal(&socket_dir)),
+            "password_encryption = 'scram-sha-256'".to_owned(),
+            "fsync = off".to_owned(),
+            "max_connections = 100".to_owned(),
+            "shared_buffers = 16MB".to_owned(),
+            String::new(),
+        ]
+        .join("\n")
+    }
+
+    /// Creates the four SUPERUSER LOGIN roles, each password hashed as its method needs.
+    fn create_roles(&self) {
+        let mut sql = String::new();
+        for role in Role::ALL {
+            let user = Cluster::user(role);
+            match (role.storage(), Cluster::password(role)) {
+                (Some((encryption, _)), Some(password)) => {
+                    let _ = writeln!(
+                        sql,
+                        "SET password_encryption = {};",
+                        sql_literal(encryption)
+                    );
+                    let _ = writeln!(
+                        sql,
+                        "CREATE ROLE {user} SUPERUSER LOGIN PASSWORD {};",
+                        sql_literal(password)
+                    );
+                }
+                _ => {
+                    let _ = writeln!(sql, "CREATE ROLE {user} SUPERUSER LOGIN;");
+                }
+            }
+        }
+        self.admin_sql("create roles", &sql);
+    }
+
+    /// Checks from pg_authid that every role's password is stored the way its method needs
+    /// (an md5 login against a SCRAM verifier would fail, and vice versa would silently
+    /// upgrade the md5 role to SCRAM).
+    fn verify_roles(&self) {
+        let found = self.admin_sql(
+            "read pg_authid",
+            "SELECT rolname || ' ' || coalesce(rolpassword, '<none>') \
+             FROM pg_authid WHERE rolname LIKE 'pgc\\_%' ORDER BY rolname;",
+        );
+        for role in Role::ALL {
+            let user = Cluster::user(role);
+            let stored = found
+                .lines()
+                .find_map(|line| line.strip_prefix(user)?.strip_prefix(' '));
+            let ok = match (stored, role.storage()) {
+                (Some(stored), Some((_, prefix))) => stored.starts_with(prefix),
+                (Some(stored), None) => stored == "<none>",
+                (None, _) => false,
+            };
+            if !ok {
+                let expected = role.storage().map_or("no password", |(_, prefix)| prefix);
+                self.fail_message(&format!(
+                    "role {user} is stored wrongly (expected {expected}); pg_authid has:\n{found}"
+                ));
+            }
+        }
+    }
+
+    /// Runs `sql` with psql over the Unix socket as the bootstrap superuser; returns stdout.
+    fn admin_sql(&self, what: &str, sql: &str) -> String {
+        let mut cmd = Command::new(psql_path());
+        clear_pg_env(&mut cmd);
+        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.socket_dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-f",
+                "-",
+            ]);
+        let out = self.check(what, cmd, Some(sql.as_bytes()));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A server binary (initdb, pg_ctl) as a command: run as `postgres` when we are root,
+    /// in the temp dir, with no inherited `PG*` variables (PGDATA, PGPORT would interfere).
+    fn server_command(&self, program: &str) -> Command {
+        let program = self.bin_dir.join(program);
+        let mut cmd = if self.as_postgres {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(program);
+            cmd
+        } else {
+            Command::new(program)
+        };
+        clear_pg_env(&mut cmd);
+        cmd.current_dir(&self.root);
+        cmd
+    }
+
+    /// Spawns `sh` waiting for EOF on stdin, then stopping the server and deleting the dir.
+    /// It ignores the terminal's signals so that Ctrl-C on `cargo test` still cleans up.
+    fn spawn_reaper(&self) -> Option<Child> {
+        const SCRIPT: &str = r#"trap '' INT TERM HUP
+cat >/dev/null
+"$@" stop -m immediate -w -t 60 -D "$REAP_DATA" >/dev/null 2>&1
+rm -rf -- "$REAP_ROOT""#;
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(SCRIPT).arg("reaper");
+        if self.as_postgres {
+            cmd.args(["runuser", "-u", "postgres", "--"]);
+        }
+        cmd.arg(self.bin_dir.join("pg_ctl"))
+            .env("REAP_DATA", &self.data_dir)
+            .env("REAP_ROOT", &self.root)
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        clear_pg_env(&mut cmd);
+        // Best effort: without a reaper, Drop still cleans up in every ordinary case.
+        cmd.spawn().ok()
+    }
+
+    /// Runs `cmd`; on failure panics with its output and the server log tail.
+    fn check(&self, what: &str, cmd: Command, stdin: Option<&[u8]>) -> Output {
+        let out = run_with_timeout(cmd, stdin, COMMAND_TIMEOUT);
+        if !out.status.success() {
+            self.fail(what, &out);
+        }
+        out
+    }
+
+    fn fail(&self, what: &str, out: &Output) -> ! {
+        self.fail_message(&format!(
+            "{what} failed ({})\n{}",
+            out.status,
+            output_text(out)
+        ))
+    }
+
+    fn fail_message(&self, message: &str) -> ! {
+        self.log_reported.store(true, Ordering::Relaxed);
+        panic!(
+            "Cluster::start: {message}\n--- server log {} (last {LOG_TAIL_LINES} lines) ---\n{}",
+            self.log_path.display(),
+            self.log_tail(LOG_TAIL_LINES)
+        )
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() && self.running && !self.log_reported.load(Ordering::Relaxed) {
+            // The test failed: the server's view is often the explanation. Shown by the test
+            // harness along with the panic, before the log is deleted below.
+            eprintln!(
+                "[support] test panicked; server log {} (last {LOG_TAIL_LINES} lines):\n{}",
+                self.log_path.display(),
+                self.log_tail(LOG_TAIL_LINES)
+            );
+        }
+        self.stop();
+    }
+}
+
+/// A TCP port that was free on 127.0.0.1 (and not in use on ::1) a moment ago.
+///
+/// Binds port 0, reads the port the kernel chose and releases it. Until the caller binds it,
+/// any socket may take it, including the source port of an outgoing connection (the kernel
+/// draws those from the same ephemeral range), so tests making many connections do see this
+/// now and then. [`Cluster::start`] retries when it happens; a test that needs a listener of
+/// its own should bind `127.0.0.1:0` itself and keep the listener instead.
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0: {e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("cannot read the bound port: {e}"))
+            .port();
+        // The server also listens on ::1. A port taken there only makes it log a warning, but
+        // clients resolving "localhost" could then reach someone else's server.
+        match TcpListener::bind((Ipv6Addr::LOCALHOST, port)) {
+            Err(e) if e.kind() == ErrorKind::AddrInUse => continue,
+            _ => return port,
+        }
+    }
+    panic!("no free loopback port found in 100 tries")
+}
+
+/// pg_hba.conf: the socket is trusted (for setup); over TCP each role may only use its own
+/// method, and there is deliberately no catch-all line.
+fn hba_conf() -> String {
+    let mut hba = String::from("local all all trust\n");
+    for address in ["127.0.0.1/32", "::1/128"] {
+        for role in Role::ALL {
+            let _ = writeln!(
+                hba,
+                "host all {} {address} {}",
+                Cluster::user(role),
+                role.hba_method()
+            );
+        }
+        let _ = writeln!(hba, "host all postgres {address} trust");
+    }
+    hba
+}
+
+/// A fresh directory under /tmp, named `wasi-pg-test-<pid>-<counter>-<nanos>`.
+///
+/// Not `std::env::temp_dir()`: TMPDIR may be somewhere the `postgres` user cannot reach, or
+/// long enough to push the socket path past the 107-byte limit of `sun_path`.
+fn create_root_dir() -> PathBuf {
+    loop {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let counter = DIR_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = PathBuf::from(format!(
+            "/tmp/wasi-pg-test-{}-{counter}-{nanos}",
+            std::process::id()
+        ));
+        match fs::create_dir(&dir) {
+            Ok(()) => return dir,
+            // A leftover from an earlier process with the same pid: pick another name.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+            Err(e) => panic!("cannot create {}: {e}", dir.display()),
+        }
+    }
+}
+
+/// Where initdb and pg_ctl live: the Debian PostgreSQL 15 dir, else the newest
+/// /usr/lib/postgresql/<version>/bin, else wherever `pg_config --bindir` says.
+fn server_bin_dir() -> PathBuf {
+    let default = PathBuf::from(DEFAULT_BIN_DIR);
+    if default.join("initdb").is_file() {
+        return default;
+    }
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return bin;
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && bin.join("initdb").is_file() {
+            return bin;
+        }
+    }
+    panic!(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found in {DEFAULT_BIN_DIR}, \
+         /usr/lib/postgresql/*/bin or `pg_config --bindir`; run scripts/setup.sh"
+    )
+}
+
+fn psql_path() -> &'static Path {
+    let psql = Path::new(PSQL);
+    if psql.is_file() {
+        psql
+    } else {
+        // Not Debian: rely on PATH.
+        Path::new("psql")
+    }
+}
+
+/// Whether the effective uid is 0 (std has no geteuid; Linux reports it in /proc).
+fn running_as_root() -> bool {
+    if let Ok(status) = fs::read_to_string("/proc/self/status") {
+        // "Uid:\t<real>\t<effective>\t<saved>\t<fs>"
+        if let Some(euid) = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+        {
+            return euid == "0";
+        }
+    }
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// Removes every inherited `PG*` variable, so the developer's own settings (PGHOST,
+/// PGPASSWORD, PGSSLMODE, ...) cannot leak into a test.
+fn clear_pg_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PG") {
+            cmd.env_remove(key);
+        }
+    }
+}
+
+/// A conninfo value, quoted only when libpq needs it.
+fn conninfo_value(value: &str) -> String {
+    let plain = !value.is_empty()
+        && !value
+            .chars()
+            .any(|c| c.is_whitespace() || c == '\'' || c == '\\');
+    if plain {
+        value.to_owned()
+    } else {
+        conninfo_quoted(value)
+    }
+}
+
+/// A conninfo value in single quotes, with `\` and `'` backslash-escaped (libpq's rules).
+fn conninfo_quoted(value: &str) -> String {
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('\'');
+    for c in value.chars() {
+        if c == '\\' || c == '\'' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('\'');
+    quoted
+}
+
+/// An SQL (and postgresql.conf) string literal: single quotes, embedded quotes doubled.
+fn sql_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// RFC 3986 percent-encoding of everything but the unreserved characters.
+fn percent_encode(value: &str) -> String {
+    let mut encoded = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            encoded.push(char::from(byte));
+        } else {
+            let _ = write!(encoded, "%{byte:02X}");
+        }
+    }
+    encoded
+}
+
+fn output_text(out: &Output) -> String {
+    format!(
+        "--- stdout ---\n{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        String::from_utf8_lossy(&out.stderr).trim_end()
+    )
+}

@@ -1,0 +1,26 @@
+//! Shared helpers for the integration tests.
+//!
+//! - [`Cluster`]: a throwaway PostgreSQL cluster per test, with one login role per
+//!   authentication method (trust, password, md5, SCRAM), stopped and deleted on drop.
+//! - [`build_wasm`] and [`wasmtime`]: build a target for wasm32-wasip2 and run the artifact
+//!   under the real wasmtime CLI, so the wasm build itself is what gets tested.
+//!
+//! Each test file includes this with `mod support;` and uses only part of it, hence the allows.
+//! They sit on the submodules and re-exports rather than on this module, so a test file that
+//! writes `#[allow(dead_code)] mod support;` does not trip clippy's `duplicated_attributes`.
+//! Only std is used, so the harness adds no dependencies and also compiles for wasm32-wasip2
+//! (where nothing in it is expected to run).
+
+#[allow(dead_code, unreachable_pub)]
+mod child;
+#[allow(dead_code, unreachable_pub)]
+mod cluster;
+#[allow(dead_code, unreachable_pub)]
+mod wasm;
+
+#[allow(unused_imports, unreachable_pub)]
+pub use child::run_with_timeout;
+#[allow(unused_imports, unreachable_pub)]
+pub use cluster::{Cluster, Role, free_port};
+#[allow(unused_imports, unreachable_pub)]
+pub use wasm::{WasmBuild, build_wasm, wasmtime};
