@@ -18,12 +18,21 @@ async fn run() -> Result<(), Error> {
     client
         .batch_execute("CREATE TEMPORARY TABLE fruit (id serial PRIMARY KEY, name text NOT NULL, price float8)")
         .await?;
-    let insert = client.prepare("INSERT INTO fruit (name, price) VALUES ($1, $2)").await?;
-    for (name, price) in [("apple", Some(0.5f64)), ("banana", Some(0.25)), ("cherry", None)] {
+    let insert = client
+        .prepare("INSERT INTO fruit (name, price) VALUES ($1, $2)")
+        .await?;
+    for (name, price) in [
+        ("apple", Some(0.5f64)),
+        ("banana", Some(0.25)),
+        ("cherry", None),
+    ] {
         client.execute(&insert, &[&name, &price]).await?;
     }
 
-    for row in client.query("SELECT id, name, price FROM fruit ORDER BY id", &[]).await? {
+    for row in client
+        .query("SELECT id, name, price FROM fruit ORDER BY id", &[])
+        .await?
+    {
         let id: i32 = row.get("id");
         let name: &str = row.get("name");
         let price: Option<f64> = row.get("price");
@@ -33,7 +42,10 @@ async fn run() -> Result<(), Error> {
         }
     }
 
-    let count: i64 = client.query_one("SELECT count(*) FROM fruit", &[]).await?.get(0);
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM fruit", &[])
+        .await?
+        .get(0);
     println!("{count} rows");
     client.close().await
 }

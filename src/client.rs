@@ -82,10 +82,18 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// One RowDescription field, before its type is resolved.
+struct FieldInfo {
+    name: String,
+    type_oid: u32,
+    table_oid: Option<u32>,
+    column_id: Option<i16>,
+}
+
 /// Result rows of one Execute, before their columns are resolved.
 struct Collected {
     rows: Vec<RawRow>,
-    description: Option<Vec<(String, u32, Option<u32>, Option<i16>)>>,
+    description: Option<Vec<FieldInfo>>,
     affected: u64,
 }
 
@@ -157,16 +165,26 @@ impl Client {
     }
 
     /// Prepares a statement with the given parameter types (the server infers any not given).
-    pub async fn prepare_typed(&mut self, sql: &str, param_types: &[Type]) -> Result<Statement, Error> {
+    pub async fn prepare_typed(
+        &mut self,
+        sql: &str,
+        param_types: &[Type],
+    ) -> Result<Statement, Error> {
         let name = format!("wpc{}", self.next_statement);
         self.next_statement += 1;
         self.prepare_named(&name, sql, param_types).await
     }
 
-    async fn prepare_named(&mut self, name: &str, sql: &str, param_types: &[Type]) -> Result<Statement, Error> {
+    async fn prepare_named(
+        &mut self,
+        name: &str,
+        sql: &str,
+        param_types: &[Type],
+    ) -> Result<Statement, Error> {
         self.queue_statement_closes()?;
         let id = self.conn.protocol.queue_request(1, None, |buf| {
-            frontend::parse(name, sql, param_types.iter().map(Type::oid), buf).map_err(encode_error)?;
+            frontend::parse(name, sql, param_types.iter().map(Type::oid), buf)
+                .map_err(encode_error)?;
             frontend::describe(b'S', name, buf).map_err(encode_error)?;
             frontend::sync(buf);
             Ok(())
@@ -197,9 +215,17 @@ impl Client {
         for oid in param_oids {
             params.push(self.resolve_type(oid).await?);
         }
-        let columns = self.resolve_columns(description.unwrap_or_default()).await?;
+        let columns = self
+            .resolve_columns(description.unwrap_or_default())
+            .await?;
         let close_queue = (!name.is_empty()).then_some(&self.close_queue);
-        Ok(Statement::new(name.to_string(), self.id, params, columns, close_queue))
+        Ok(Statement::new(
+            name.to_string(),
+            self.id,
+            params,
+            columns,
+            close_queue,
+        ))
     }
 
     async fn resolve_type(&mut self, oid: u32) -> Result<Type, Error> {
@@ -216,28 +242,30 @@ impl Client {
         &mut self.types
     }
 
-    async fn resolve_columns(
-        &mut self,
-        description: Vec<(String, u32, Option<u32>, Option<i16>)>,
-    ) -> Result<Vec<Column>, Error> {
+    async fn resolve_columns(&mut self, description: Vec<FieldInfo>) -> Result<Vec<Column>, Error> {
         let mut columns = Vec::with_capacity(description.len());
-        for (name, oid, table_oid, column_id) in description {
-            let type_ = self.resolve_type(oid).await?;
+        for field in description {
+            let type_ = self.resolve_type(field.type_oid).await?;
             columns.push(Column {
-                name,
+                name: field.name,
                 type_,
-                table_oid,
-                column_id,
+                table_oid: field.table_oid,
+                column_id: field.column_id,
             });
         }
         Ok(columns)
     }
 
-    async fn statement<T: ToStatement + ?Sized>(&mut self, statement: &T) -> Result<Statement, Error> {
+    async fn statement<T: ToStatement + ?Sized>(
+        &mut self,
+        statement: &T,
+    ) -> Result<Statement, Error> {
         match statement.to_statement() {
             StatementRef::Prepared(s) => {
                 if s.connection_id() != self.id {
-                    return Err(Error::config("the statement was prepared on a different connection"));
+                    return Err(Error::config(
+                        "the statement was prepared on a different connection",
+                    ));
                 }
                 Ok(s.clone())
             }
@@ -266,7 +294,11 @@ impl Client {
         let statement = self.statement(statement).await?;
         let collected = self.execute_statement(&statement, params).await?;
         let columns = statement.columns_arc();
-        collected.rows.into_iter().map(|raw| Row::new(columns.clone(), raw)).collect()
+        collected
+            .rows
+            .into_iter()
+            .map(|raw| Row::new(columns.clone(), raw))
+            .collect()
     }
 
     /// Runs a statement that must return exactly one row.
@@ -277,13 +309,21 @@ impl Client {
         let mut rows = self.query(statement, params).await?;
         match rows.len() {
             1 => Ok(rows.remove(0)),
-            0 => Err(Error::row_count("query returned no rows, expected exactly one")),
-            n => Err(Error::row_count(&format!("query returned {n} rows, expected exactly one"))),
+            0 => Err(Error::row_count(
+                "query returned no rows, expected exactly one",
+            )),
+            n => Err(Error::row_count(&format!(
+                "query returned {n} rows, expected exactly one"
+            ))),
         }
     }
 
     /// Runs a statement that returns at most one row.
-    pub async fn query_opt<T>(&mut self, statement: &T, params: &[Param<'_>]) -> Result<Option<Row>, Error>
+    pub async fn query_opt<T>(
+        &mut self,
+        statement: &T,
+        params: &[Param<'_>],
+    ) -> Result<Option<Row>, Error>
     where
         T: ToStatement + ?Sized,
     {
@@ -291,7 +331,9 @@ impl Client {
         match rows.len() {
             0 => Ok(None),
             1 => Ok(Some(rows.remove(0))),
-            n => Err(Error::row_count(&format!("query returned {n} rows, expected at most one"))),
+            n => Err(Error::row_count(&format!(
+                "query returned {n} rows, expected at most one"
+            ))),
         }
     }
 
@@ -304,7 +346,11 @@ impl Client {
         Ok(self.execute_statement(&statement, params).await?.affected)
     }
 
-    async fn execute_statement(&mut self, statement: &Statement, params: &[Param<'_>]) -> Result<Collected, Error> {
+    async fn execute_statement(
+        &mut self,
+        statement: &Statement,
+        params: &[Param<'_>],
+    ) -> Result<Collected, Error> {
         let types = statement.params();
         if types.len() != params.len() {
             return Err(Error::parameters(types.len(), params.len()));
@@ -322,18 +368,37 @@ impl Client {
 
     /// Runs SQL with parameters of explicitly given types in one round trip, through the unnamed statement
     /// (nothing is left prepared on the server; works behind transaction-pooling PgBouncer).
-    pub async fn query_typed(&mut self, sql: &str, params: &[(Param<'_>, Type)]) -> Result<Vec<Row>, Error> {
+    pub async fn query_typed(
+        &mut self,
+        sql: &str,
+        params: &[(Param<'_>, Type)],
+    ) -> Result<Vec<Row>, Error> {
         let collected = self.run_typed(sql, params).await?;
-        let columns: Arc<[Column]> = self.resolve_columns(collected.description.unwrap_or_default()).await?.into();
-        collected.rows.into_iter().map(|raw| Row::new(columns.clone(), raw)).collect()
+        let columns: Arc<[Column]> = self
+            .resolve_columns(collected.description.unwrap_or_default())
+            .await?
+            .into();
+        collected
+            .rows
+            .into_iter()
+            .map(|raw| Row::new(columns.clone(), raw))
+            .collect()
     }
 
     /// Like [`query_typed`](Self::query_typed), returning the number of rows affected.
-    pub async fn execute_typed(&mut self, sql: &str, params: &[(Param<'_>, Type)]) -> Result<u64, Error> {
+    pub async fn execute_typed(
+        &mut self,
+        sql: &str,
+        params: &[(Param<'_>, Type)],
+    ) -> Result<u64, Error> {
         Ok(self.run_typed(sql, params).await?.affected)
     }
 
-    async fn run_typed(&mut self, sql: &str, params: &[(Param<'_>, Type)]) -> Result<Collected, Error> {
+    async fn run_typed(
+        &mut self,
+        sql: &str,
+        params: &[(Param<'_>, Type)],
+    ) -> Result<Collected, Error> {
         self.queue_statement_closes()?;
         let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
         let values: Vec<Param<'_>> = params.iter().map(|(v, _)| *v).collect();
@@ -367,13 +432,18 @@ impl Client {
                     collected.description = Some(read_description(&body)?);
                 }
                 Backend::Message(
-                    Message::ParseComplete | Message::BindComplete | Message::NoData | Message::EmptyQueryResponse,
+                    Message::ParseComplete
+                    | Message::BindComplete
+                    | Message::NoData
+                    | Message::EmptyQueryResponse,
                 ) => {}
                 Backend::Message(Message::ErrorResponse(body)) => {
                     error = Some(Error::db(DbError::parse(&mut body.fields())?));
                 }
                 Backend::Message(Message::CopyInResponse(_)) => self.refuse_copy_in(),
-                Backend::Message(Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone) => {}
+                Backend::Message(
+                    Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone,
+                ) => {}
                 other => return Err(unexpected(other, "Bind/Execute")),
             }
         }
@@ -418,10 +488,9 @@ impl Client {
             return Err(Error::config("the SQL text contains a NUL byte"));
         }
         self.queue_statement_closes()?;
-        let id = self
-            .conn
-            .protocol
-            .queue_request(1, None, |buf| frontend::query(sql, buf).map_err(encode_error))?;
+        let id = self.conn.protocol.queue_request(1, None, |buf| {
+            frontend::query(sql, buf).map_err(encode_error)
+        })?;
         Ok(SimpleQueryStream {
             client: self,
             id,
@@ -478,12 +547,16 @@ impl SimpleQueryStream<'_> {
                     let Some(columns) = &self.columns else {
                         return Err(Error::protocol("DataRow before RowDescription"));
                     };
-                    return SimpleQueryRow::new(columns.clone(), raw).map(|r| Some(SimpleQueryMessage::Row(r)));
+                    return SimpleQueryRow::new(columns.clone(), raw)
+                        .map(|r| Some(SimpleQueryMessage::Row(r)));
                 }
                 Backend::Message(Message::RowDescription(body)) => {
                     let columns: Arc<[SimpleColumn]> = read_description(&body)?
                         .into_iter()
-                        .map(|(name, type_oid, _, _)| SimpleColumn { name, type_oid })
+                        .map(|f| SimpleColumn {
+                            name: f.name,
+                            type_oid: f.type_oid,
+                        })
                         .collect();
                     self.columns = Some(columns.clone());
                     return Ok(Some(SimpleQueryMessage::RowDescription(columns)));
@@ -491,14 +564,18 @@ impl SimpleQueryStream<'_> {
                 Backend::Message(Message::CommandComplete(body)) => {
                     self.columns = None;
                     let tag = body.tag().map_err(malformed)?;
-                    return Ok(Some(SimpleQueryMessage::CommandComplete(rows_affected(tag))));
+                    return Ok(Some(SimpleQueryMessage::CommandComplete(rows_affected(
+                        tag,
+                    ))));
                 }
                 Backend::Message(Message::EmptyQueryResponse) => {}
                 Backend::Message(Message::ErrorResponse(body)) => {
                     self.error = Some(Error::db(DbError::parse(&mut body.fields())?));
                 }
                 Backend::Message(Message::CopyInResponse(_)) => self.client.refuse_copy_in(),
-                Backend::Message(Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone) => {}
+                Backend::Message(
+                    Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone,
+                ) => {}
                 other => return Err(unexpected(other, "a simple query")),
             }
         }
@@ -507,7 +584,12 @@ impl SimpleQueryStream<'_> {
 
 /// Writes a Bind of `statement` to the unnamed portal with every parameter type-checked and encoded, and every
 /// result column requested in binary.
-fn write_bind(buf: &mut BytesMut, statement: &str, types: &[Type], params: &[Param<'_>]) -> Result<(), Error> {
+fn write_bind(
+    buf: &mut BytesMut,
+    statement: &str,
+    types: &[Type],
+    params: &[Param<'_>],
+) -> Result<(), Error> {
     if types.len() != params.len() {
         return Err(Error::parameters(types.len(), params.len()));
     }
@@ -542,8 +624,12 @@ fn write_bind(buf: &mut BytesMut, statement: &str, types: &[Type], params: &[Par
     );
     match result {
         Ok(()) => Ok(()),
-        Err(_) if failure.is_some() => Err(failure.unwrap_or_else(|| Error::protocol("BUG: lost encode error"))),
-        Err(frontend::BindError::Conversion(e)) => Err(Error::config(format!("cannot encode parameters: {e}"))),
+        Err(_) if failure.is_some() => {
+            Err(failure.unwrap_or_else(|| Error::protocol("BUG: lost encode error")))
+        }
+        Err(frontend::BindError::Conversion(e)) => {
+            Err(Error::config(format!("cannot encode parameters: {e}")))
+        }
         Err(frontend::BindError::Serialization(e)) => Err(encode_error(e)),
     }
 }
@@ -557,15 +643,15 @@ fn param_type_name(param: Param<'_>) -> String {
 
 fn read_description(
     body: &postgres_protocol::message::backend::RowDescriptionBody,
-) -> Result<Vec<(String, u32, Option<u32>, Option<i16>)>, Error> {
+) -> Result<Vec<FieldInfo>, Error> {
     body.fields()
         .map(|f| {
-            Ok((
-                f.name().to_string(),
-                f.type_oid(),
-                (f.table_oid() != 0).then_some(f.table_oid()),
-                (f.column_id() != 0).then_some(f.column_id()),
-            ))
+            Ok(FieldInfo {
+                name: f.name().to_string(),
+                type_oid: f.type_oid(),
+                table_oid: (f.table_oid() != 0).then_some(f.table_oid()),
+                column_id: (f.column_id() != 0).then_some(f.column_id()),
+            })
         })
         .collect()
         .map_err(malformed)
@@ -573,7 +659,10 @@ fn read_description(
 
 /// The row count in a CommandComplete tag (`INSERT 0 5`, `UPDATE 3`, `SELECT 10`, ...); 0 for other tags.
 pub(crate) fn rows_affected(tag: &str) -> u64 {
-    tag.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+    tag.rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn encode_error(e: std::io::Error) -> Error {

@@ -41,7 +41,9 @@ impl Client {
         for &wanted in passes {
             for target in &targets {
                 let described = describe(target);
-                let attempt = runtime::timeout(config.get_connect_timeout(), connect_target(config, target)).await;
+                let attempt =
+                    runtime::timeout(config.get_connect_timeout(), connect_target(config, target))
+                        .await;
                 let mut client = match attempt {
                     Ok(Ok(client)) => client,
                     Ok(Err(e)) => {
@@ -60,7 +62,10 @@ impl Client {
                     Ok(false) => {
                         failures.push((
                             described,
-                            Error::connect_rejected(format!("the session is not {}", attrs_name(wanted))),
+                            Error::connect_rejected(format!(
+                                "the session is not {}",
+                                attrs_name(wanted)
+                            )),
                         ));
                         let _ = client.close().await;
                     }
@@ -73,7 +78,10 @@ impl Client {
 
     /// Runs the startup over a transport the caller opened (a custom transport, a test pipe, a tunnel).
     /// Host, port and connect_timeout from `config` are not used.
-    pub async fn connect_with_transport(transport: Box<dyn Transport>, config: &Config) -> Result<Client, Error> {
+    pub async fn connect_with_transport(
+        transport: Box<dyn Transport>,
+        config: &Config,
+    ) -> Result<Client, Error> {
         check_tls(config)?;
         startup(transport, config).await
     }
@@ -131,10 +139,16 @@ async fn connect_target(config: &Config, target: &Target) -> Result<Client, Erro
 }
 
 #[cfg(target_os = "wasi")]
-async fn open_transport(host: &Host, hostaddr: Option<IpAddr>, port: u16) -> Result<Box<dyn Transport>, Error> {
+async fn open_transport(
+    host: &Host,
+    hostaddr: Option<IpAddr>,
+    port: u16,
+) -> Result<Box<dyn Transport>, Error> {
     match host {
         Host::Tcp(name) => Ok(Box::new(
-            crate::transport::wasi::connect_tcp(name, hostaddr, port).await.map_err(Error::io)?,
+            crate::transport::wasi::connect_tcp(name, hostaddr, port)
+                .await
+                .map_err(Error::io)?,
         )),
         Host::Unix(dir) => Err(Error::unsupported(format!(
             "Unix-domain sockets ({}) are not available on WASI",
@@ -144,14 +158,22 @@ async fn open_transport(host: &Host, hostaddr: Option<IpAddr>, port: u16) -> Res
 }
 
 #[cfg(all(not(target_os = "wasi"), feature = "tokio"))]
-async fn open_transport(host: &Host, hostaddr: Option<IpAddr>, port: u16) -> Result<Box<dyn Transport>, Error> {
+async fn open_transport(
+    host: &Host,
+    hostaddr: Option<IpAddr>,
+    port: u16,
+) -> Result<Box<dyn Transport>, Error> {
     match host {
         Host::Tcp(name) => Ok(Box::new(
-            crate::transport::tokio::connect_tcp(name, hostaddr, port).await.map_err(Error::io)?,
+            crate::transport::tokio::connect_tcp(name, hostaddr, port)
+                .await
+                .map_err(Error::io)?,
         )),
         #[cfg(unix)]
         Host::Unix(dir) => Ok(Box::new(
-            crate::transport::tokio::connect_unix(dir, port).await.map_err(Error::io)?,
+            crate::transport::tokio::connect_unix(dir, port)
+                .await
+                .map_err(Error::io)?,
         )),
         #[cfg(not(unix))]
         Host::Unix(dir) => Err(Error::unsupported(format!(
@@ -225,7 +247,9 @@ async fn session_fits(client: &mut Client, wanted: TargetSessionAttrs) -> Result
 /// Shuffles hosts for `load_balance_hosts=random` with the seed std already draws per process for hashing
 /// (no random-number crate needed for this).
 fn shuffle(targets: &mut [Target]) {
-    let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let seed = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
     let mut state = seed | 1;
     for i in (1..targets.len()).rev() {
         // xorshift64

@@ -111,12 +111,18 @@ impl Connection {
         poll_fn(|cx| self.poll_response(cx, id)).await
     }
 
-    fn poll_response(&mut self, cx: &mut Context<'_>, id: RequestId) -> Poll<Result<Backend, Error>> {
+    fn poll_response(
+        &mut self,
+        cx: &mut Context<'_>,
+        id: RequestId,
+    ) -> Poll<Result<Backend, Error>> {
         loop {
             let response = self.protocol.poll_response();
             self.collect_events();
             match response {
-                Ok(Some(response)) if response.request == id => return Poll::Ready(Ok(response.message)),
+                Ok(Some(response)) if response.request == id => {
+                    return Poll::Ready(Ok(response.message));
+                }
                 Ok(Some(response)) if response.request < id => {
                     // Cancel-safety: an abandoned request's rows and errors end here, not in a later caller's result.
                     continue;
@@ -142,7 +148,9 @@ impl Connection {
         poll_fn(|cx| {
             while !self.protocol.poll_transmit().is_empty() {
                 match self.transport.poll_write(cx, self.protocol.poll_transmit()) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(Error::io(std::io::ErrorKind::WriteZero.into()))),
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(Error::io(std::io::ErrorKind::WriteZero.into())));
+                    }
                     Poll::Ready(Ok(n)) => self.protocol.advance_transmit(n),
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::io(e))),
                     Poll::Pending => return Poll::Pending,
@@ -158,12 +166,19 @@ impl Connection {
         while let Some(event) = self.protocol.poll_event() {
             match event {
                 Event::Notice(notice) => {
-                    info!(severity = notice.severity(), code = notice.code(), "{}", notice.message());
+                    info!(
+                        severity = notice.severity(),
+                        code = notice.code(),
+                        "{}",
+                        notice.message()
+                    );
                     if self.notices.len() == MAX_KEPT_NOTICES {
-                        warn!("more than {MAX_KEPT_NOTICES} notices not taken: dropping the oldest");
+                        warn!(
+                            "more than {MAX_KEPT_NOTICES} notices not taken: dropping the oldest"
+                        );
                         self.notices.pop_front();
                     }
-                    self.notices.push_back(notice);
+                    self.notices.push_back(*notice);
                 }
                 Event::Notification(notification) => self.notifications.push_back(notification),
                 Event::ParameterStatus(name, value) => debug!(%name, %value, "parameter status"),

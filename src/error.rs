@@ -159,14 +159,21 @@ impl Error {
 
     pub(crate) fn io(err: io::Error) -> Error {
         let message = match err.kind() {
-            io::ErrorKind::UnexpectedEof => "the server closed the connection unexpectedly".to_string(),
+            io::ErrorKind::UnexpectedEof => {
+                "the server closed the connection unexpectedly".to_string()
+            }
             _ => format!("I/O error: {err}"),
         };
-        Error::build(ErrorKind::Io, message).with_source(err).broken()
+        Error::build(ErrorKind::Io, message)
+            .with_source(err)
+            .broken()
     }
 
     pub(crate) fn timeout(what: &str, after: Duration) -> Error {
-        Error::build(ErrorKind::Timeout, format!("{what} timed out after {after:?}"))
+        Error::build(
+            ErrorKind::Timeout,
+            format!("{what} timed out after {after:?}"),
+        )
     }
 
     pub(crate) fn config(message: impl Into<String>) -> Error {
@@ -190,10 +197,18 @@ impl Error {
         Error::build(ErrorKind::Closed, "the connection is closed".to_string()).broken()
     }
 
-    pub(crate) fn to_sql(ty: &Type, index: usize, source: Box<dyn std::error::Error + Send + Sync>) -> Error {
+    pub(crate) fn to_sql(
+        ty: &Type,
+        index: usize,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    ) -> Error {
         Error::build(
             ErrorKind::ToSql,
-            format!("cannot encode parameter ${} as type {}", index + 1, ty.name()),
+            format!(
+                "cannot encode parameter ${} as type {}",
+                index + 1,
+                ty.name()
+            ),
         )
         .with_source(source)
     }
@@ -209,8 +224,15 @@ impl Error {
         )
     }
 
-    pub(crate) fn from_sql(column: &str, source: Box<dyn std::error::Error + Send + Sync>) -> Error {
-        Error::build(ErrorKind::FromSql, format!("cannot decode column \"{column}\"")).with_source(source)
+    pub(crate) fn from_sql(
+        column: &str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    ) -> Error {
+        Error::build(
+            ErrorKind::FromSql,
+            format!("cannot decode column \"{column}\""),
+        )
+        .with_source(source)
     }
 
     pub(crate) fn from_sql_mismatch(column: &str, ty: &Type, rust_type: &str) -> Error {
@@ -324,10 +346,10 @@ impl fmt::Display for Error {
             return fmt::Display::fmt(db, f);
         }
         f.write_str(&self.0.message)?;
-        if let Some(source) = &self.0.source {
-            if !matches!(self.0.kind, ErrorKind::Io) {
-                write!(f, ": {source}")?;
-            }
+        if let Some(source) = &self.0.source
+            && !matches!(self.0.kind, ErrorKind::Io)
+        {
+            write!(f, ": {source}")?;
         }
         Ok(())
     }
@@ -338,7 +360,10 @@ impl std::error::Error for Error {
         if let Some(db) = &self.0.db {
             return Some(db);
         }
-        self.0.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static))
+        self.0
+            .source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -401,7 +426,10 @@ impl DbError {
                 b'D' => e.detail = Some(value),
                 b'H' => e.hint = Some(value),
                 b'P' => position = Some(value.parse::<u32>().map_err(|_| bad("position"))?),
-                b'p' => internal_position = Some(value.parse::<u32>().map_err(|_| bad("internal position"))?),
+                b'p' => {
+                    internal_position =
+                        Some(value.parse::<u32>().map_err(|_| bad("internal position"))?)
+                }
                 b'q' => internal_query = Some(value),
                 b'W' => e.where_ = Some(value),
                 b's' => e.schema = Some(value),
@@ -417,11 +445,16 @@ impl DbError {
             }
         }
         if e.severity.is_empty() {
-            e.severity = e.severity_nonlocalized.clone().unwrap_or_else(|| "ERROR".to_string());
+            e.severity = e
+                .severity_nonlocalized
+                .clone()
+                .unwrap_or_else(|| "ERROR".to_string());
         }
         e.position = match (position, internal_position, internal_query) {
             (Some(p), _, _) => Some(ErrorPosition::Original(p)),
-            (None, Some(position), Some(query)) => Some(ErrorPosition::Internal { position, query }),
+            (None, Some(position), Some(query)) => {
+                Some(ErrorPosition::Internal { position, query })
+            }
             _ => None,
         };
         Ok(e)
@@ -430,7 +463,9 @@ impl DbError {
     /// The severity, possibly localized: `ERROR`, `FATAL`, `PANIC`, or for notices `WARNING`, `NOTICE`,
     /// `DEBUG`, `INFO`, `LOG`.
     pub fn severity(&self) -> &str {
-        self.severity_nonlocalized.as_deref().unwrap_or(&self.severity)
+        self.severity_nonlocalized
+            .as_deref()
+            .unwrap_or(&self.severity)
     }
 
     /// The severity as the server's language setting spells it.

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use postgres_types::FromSql;
 
+use crate::Error;
 use crate::proto::RawRow;
 use crate::statement::Column;
-use crate::Error;
 
 mod sealed {
     pub trait Sealed {}
@@ -31,10 +31,11 @@ impl sealed::Sealed for str {}
 impl RowIndex for str {
     fn find(&self, columns: &[Column]) -> Option<usize> {
         // An exact match first, then a case-insensitive one, as tokio-postgres does.
-        columns
-            .iter()
-            .position(|c| c.name == self)
-            .or_else(|| columns.iter().position(|c| c.name.eq_ignore_ascii_case(self)))
+        columns.iter().position(|c| c.name == self).or_else(|| {
+            columns
+                .iter()
+                .position(|c| c.name.eq_ignore_ascii_case(self))
+        })
     }
 }
 
@@ -103,24 +104,35 @@ impl Row {
         I: RowIndex,
         T: FromSql<'a>,
     {
-        let i = index.find(&self.columns).ok_or_else(|| Error::column(index.to_string()))?;
+        let i = index
+            .find(&self.columns)
+            .ok_or_else(|| Error::column(index.to_string()))?;
         let column = &self.columns[i];
         if !T::accepts(&column.type_) {
-            return Err(Error::from_sql_mismatch(&column.name, &column.type_, std::any::type_name::<T>()));
+            return Err(Error::from_sql_mismatch(
+                &column.name,
+                &column.type_,
+                std::any::type_name::<T>(),
+            ));
         }
-        T::from_sql_nullable(&column.type_, self.raw.field(i)).map_err(|e| Error::from_sql(&column.name, e))
+        T::from_sql_nullable(&column.type_, self.raw.field(i))
+            .map_err(|e| Error::from_sql(&column.name, e))
     }
 
     /// The raw binary value of a column (`None` for NULL), for types this crate cannot decode.
     pub fn raw<I: RowIndex>(&self, index: I) -> Result<Option<&[u8]>, Error> {
-        let i = index.find(&self.columns).ok_or_else(|| Error::column(index.to_string()))?;
+        let i = index
+            .find(&self.columns)
+            .ok_or_else(|| Error::column(index.to_string()))?;
         Ok(self.raw.field(i))
     }
 }
 
 impl fmt::Debug for Row {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Row").field("columns", &self.columns).finish_non_exhaustive()
+        f.debug_struct("Row")
+            .field("columns", &self.columns)
+            .finish_non_exhaustive()
     }
 }
 
@@ -153,12 +165,15 @@ pub struct SimpleQueryRow {
 impl SimpleQueryRow {
     pub(crate) fn new(columns: Arc<[SimpleColumn]>, raw: RawRow) -> Result<SimpleQueryRow, Error> {
         if raw.len() != columns.len() {
-            return Err(Error::protocol("row field count does not match its RowDescription"));
+            return Err(Error::protocol(
+                "row field count does not match its RowDescription",
+            ));
         }
         // Values are decoded on access; check UTF-8 once here so `get` cannot fail later.
         for i in 0..raw.len() {
             if let Some(bytes) = raw.field(i) {
-                std::str::from_utf8(bytes).map_err(|_| Error::protocol("a text value is not valid UTF-8"))?;
+                std::str::from_utf8(bytes)
+                    .map_err(|_| Error::protocol("a text value is not valid UTF-8"))?;
             }
         }
         Ok(SimpleQueryRow { columns, raw })
@@ -186,9 +201,14 @@ impl SimpleQueryRow {
 
     /// The value of a column as text (`None` for NULL), or an error if the column does not exist.
     pub fn try_get<I: SimpleRowIndex>(&self, index: I) -> Result<Option<&str>, Error> {
-        let i = index.find_simple(&self.columns).ok_or_else(|| Error::column(index.to_string()))?;
+        let i = index
+            .find_simple(&self.columns)
+            .ok_or_else(|| Error::column(index.to_string()))?;
         // UTF-8 was checked in `new`.
-        Ok(self.raw.field(i).map(|b| std::str::from_utf8(b).unwrap_or_default()))
+        Ok(self
+            .raw
+            .field(i)
+            .map(|b| std::str::from_utf8(b).unwrap_or_default()))
     }
 }
 

@@ -20,7 +20,10 @@ pub(crate) async fn sleep(duration: Duration) {
 
 /// Runs `future`, giving up after `limit` (no limit when `None`). `Err(())` means the time ran out; the future
 /// is dropped then, so it must be cancel-safe.
-pub(crate) async fn timeout<F: Future>(limit: Option<Duration>, future: F) -> Result<F::Output, ()> {
+pub(crate) async fn timeout<F: Future>(
+    limit: Option<Duration>,
+    future: F,
+) -> Result<F::Output, ()> {
     let Some(limit) = limit else {
         return Ok(future.await);
     };

@@ -56,10 +56,10 @@ struct StatementInner {
 
 impl Drop for StatementInner {
     fn drop(&mut self) {
-        if let Some(queue) = self.close_queue.as_ref().and_then(Weak::upgrade) {
-            if let Ok(mut names) = queue.lock() {
-                names.push(std::mem::take(&mut self.name));
-            }
+        if let Some(queue) = self.close_queue.as_ref().and_then(Weak::upgrade)
+            && let Ok(mut names) = queue.lock()
+        {
+            names.push(std::mem::take(&mut self.name));
         }
     }
 }

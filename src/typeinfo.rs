@@ -47,7 +47,9 @@ fn lookup_depth(client: &mut Client, oid: u32, depth: u32) -> BoxFuture<'_, Resu
             return Ok(ty);
         }
         if depth > MAX_TYPE_DEPTH {
-            return Err(Error::protocol(format!("type {oid} nests deeper than {MAX_TYPE_DEPTH} levels")));
+            return Err(Error::protocol(format!(
+                "type {oid} nests deeper than {MAX_TYPE_DEPTH} levels"
+            )));
         }
         client.type_cache().lookups += 1;
         // The OID is a number we format ourselves: no quoting is needed.
@@ -63,8 +65,9 @@ fn lookup_depth(client: &mut Client, oid: u32, depth: u32) -> BoxFuture<'_, Resu
             .into_iter()
             .next()
             .ok_or_else(|| Error::protocol(format!("type OID {oid} is not in pg_type")))?;
-        let [name, typtype, elem, range_sub, base, schema, relid] = <[Option<String>; 7]>::try_from(row)
-            .map_err(|_| Error::protocol("unexpected pg_type lookup result"))?;
+        let [name, typtype, elem, range_sub, base, schema, relid] =
+            <[Option<String>; 7]>::try_from(row)
+                .map_err(|_| Error::protocol("unexpected pg_type lookup result"))?;
         let name = name.unwrap_or_default();
         let schema = schema.unwrap_or_default();
         let number = |v: Option<String>| v.and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
@@ -74,7 +77,12 @@ fn lookup_depth(client: &mut Client, oid: u32, depth: u32) -> BoxFuture<'_, Resu
                     "SELECT enumlabel FROM pg_catalog.pg_enum WHERE enumtypid = {oid} ORDER BY enumsortorder"
                 );
                 let labels = text_rows(client, &sql).await?;
-                Kind::Enum(labels.into_iter().filter_map(|mut r| r.pop().flatten()).collect())
+                Kind::Enum(
+                    labels
+                        .into_iter()
+                        .filter_map(|mut r| r.pop().flatten())
+                        .collect(),
+                )
             }
             Some("p") => Kind::Pseudo,
             Some("d") => Kind::Domain(lookup_depth(client, number(base), depth + 1).await?),
@@ -90,11 +98,16 @@ fn lookup_depth(client: &mut Client, oid: u32, depth: u32) -> BoxFuture<'_, Resu
                     let mut row = row.into_iter();
                     let field_name = row.next().flatten().unwrap_or_default();
                     let field_oid = number(row.next().flatten());
-                    fields.push(Field::new(field_name, lookup_depth(client, field_oid, depth + 1).await?));
+                    fields.push(Field::new(
+                        field_name,
+                        lookup_depth(client, field_oid, depth + 1).await?,
+                    ));
                 }
                 Kind::Composite(fields)
             }
-            _ if number(elem.clone()) != 0 => Kind::Array(lookup_depth(client, number(elem), depth + 1).await?),
+            _ if number(elem.clone()) != 0 => {
+                Kind::Array(lookup_depth(client, number(elem), depth + 1).await?)
+            }
             _ => Kind::Simple,
         };
         let ty = Type::new(name, oid, kind, schema);
@@ -108,7 +121,11 @@ async fn text_rows(client: &mut Client, sql: &str) -> Result<Vec<Vec<Option<Stri
     let mut rows = Vec::new();
     for message in client.simple_query(sql).await? {
         if let SimpleQueryMessage::Row(row) = message {
-            rows.push((0..row.len()).map(|i| row.get(i).map(str::to_string)).collect());
+            rows.push(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_string))
+                    .collect(),
+            );
         }
     }
     Ok(rows)

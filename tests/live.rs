@@ -29,7 +29,9 @@ fn main() {
         md5: cluster.conninfo(Role::Md5),
         scram: cluster.conninfo(Role::Scram),
         scram_url: cluster.url(Role::Scram),
-        scram_password: Cluster::password(Role::Scram).unwrap_or_default().to_string(),
+        scram_password: Cluster::password(Role::Scram)
+            .unwrap_or_default()
+            .to_string(),
         silent_port: silent.local_addr().expect("silent listener address").port(),
         closed_port: support::free_port(),
         socket_dir: Some(cluster.socket_dir.display().to_string()),
@@ -54,7 +56,10 @@ fn main() {
         .map(str::to_string)
         .unwrap_or_else(|| "wasm32-wasip2: no summary line (the component crashed)".to_string());
 
-    println!("\nscenario totals:\n  native: {} passed, {} failed", native.passed, native.failed);
+    println!(
+        "\nscenario totals:\n  native: {} passed, {} failed",
+        native.passed, native.failed
+    );
     println!("  {wasm_summary}");
     let wasm_ok = output.status.success() && wasm_summary.ends_with(" 0 failed");
     if native.failed > 0 || !wasm_ok {

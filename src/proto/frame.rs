@@ -23,7 +23,10 @@ const KNOWN_TAGS: &[u8] = b"123AcCdDEGHIKnNRsStTZWv";
 ///
 /// Returns `Ok(None)` when more bytes are needed. Never reserves memory: the caller's buffer grows only with
 /// bytes that actually arrived.
-pub(crate) fn complete_frame_len(inbound: &[u8], max_message_size: usize) -> Result<Option<usize>, Error> {
+pub(crate) fn complete_frame_len(
+    inbound: &[u8],
+    max_message_size: usize,
+) -> Result<Option<usize>, Error> {
     let Some(header) = inbound.get(..HEADER_LEN) else {
         return Ok(None);
     };
@@ -36,7 +39,9 @@ pub(crate) fn complete_frame_len(inbound: &[u8], max_message_size: usize) -> Res
     }
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
     if len < 4 {
-        return Err(Error::protocol(format!("invalid message length {len} (below 4)")));
+        return Err(Error::protocol(format!(
+            "invalid message length {len} (below 4)"
+        )));
     }
     let total = usize::try_from(len)
         .ok()
@@ -51,7 +56,10 @@ pub(crate) fn complete_frame_len(inbound: &[u8], max_message_size: usize) -> Res
 }
 
 /// Splits the next complete frame off `inbound` and parses it.
-pub(crate) fn next_frame(inbound: &mut BytesMut, max_message_size: usize) -> Result<Option<Message>, Error> {
+pub(crate) fn next_frame(
+    inbound: &mut BytesMut,
+    max_message_size: usize,
+) -> Result<Option<Message>, Error> {
     let Some(total) = complete_frame_len(inbound, max_message_size)? else {
         return Ok(None);
     };

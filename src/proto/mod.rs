@@ -60,7 +60,7 @@ impl TransactionStatus {
 #[derive(Debug)]
 pub(crate) enum Event {
     /// A NoticeResponse (warnings, notices).
-    Notice(DbError),
+    Notice(Box<DbError>),
     /// A NotificationResponse from LISTEN/NOTIFY.
     Notification(Notification),
     /// A run-time parameter changed (ParameterStatus).
@@ -110,7 +110,10 @@ impl RawRow {
     fn check(body: DataRowBody) -> Result<RawRow, Error> {
         let mut iter = body.ranges();
         let mut ranges = Vec::with_capacity(iter.size_hint().0);
-        while let Some(range) = iter.next().map_err(|e| Error::protocol(format!("malformed DataRow: {e}")))? {
+        while let Some(range) = iter
+            .next()
+            .map_err(|e| Error::protocol(format!("malformed DataRow: {e}")))?
+        {
             ranges.push(range);
         }
         Ok(RawRow {
@@ -250,7 +253,10 @@ impl Protocol {
 
     /// The run-time parameters the server reported (server_version, TimeZone, ...).
     pub(crate) fn parameter(&self, name: &str) -> Option<&str> {
-        self.parameters.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.parameters
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The cancel key from BackendKeyData.
@@ -305,11 +311,15 @@ impl Protocol {
                 Ok(Step::Continue) => {}
                 Ok(Step::Parameter(name, value)) => self.set_parameter(name, value),
                 Ok(Step::BackendKey(process_id, secret_key)) => {
-                    self.backend_key = Some(BackendKey { process_id, secret_key });
+                    self.backend_key = Some(BackendKey {
+                        process_id,
+                        secret_key,
+                    });
                 }
                 Ok(Step::Notice(notice)) => self.events.push_back(Event::Notice(notice)),
                 Ok(Step::Ready(status)) => {
-                    self.transaction_status = TransactionStatus::from_byte(status).map_err(|e| self.fail(e))?;
+                    self.transaction_status =
+                        TransactionStatus::from_byte(status).map_err(|e| self.fail(e))?;
                     self.phase = Phase::Ready;
                     return Ok(true);
                 }
@@ -340,7 +350,9 @@ impl Protocol {
     ) -> Result<RequestId, Error> {
         self.check_usable()?;
         if !self.is_ready() {
-            return Err(Error::protocol("BUG: request queued before startup finished"));
+            return Err(Error::protocol(
+                "BUG: request queued before startup finished",
+            ));
         }
         let mark = self.outbound.len();
         if let Err(e) = write(&mut self.outbound) {
@@ -398,7 +410,8 @@ impl Protocol {
     fn route(&mut self, message: Message) -> Result<Option<Response>, Error> {
         match message {
             Message::NoticeResponse(body) => {
-                self.events.push_back(Event::Notice(DbError::parse(&mut body.fields())?));
+                self.events
+                    .push_back(Event::Notice(Box::new(DbError::parse(&mut body.fields())?)));
                 return Ok(None);
             }
             Message::NotificationResponse(body) => {

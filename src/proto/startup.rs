@@ -29,7 +29,10 @@ enum State {
     /// Waiting for the server's first Authentication request, or the result of a password we sent.
     AwaitingAuth,
     /// A SCRAM exchange is in progress; `final_sent` says whether the client-final message went out.
-    Sasl { scram: Box<ScramSha256>, final_sent: bool },
+    Sasl {
+        scram: Box<ScramSha256>,
+        final_sent: bool,
+    },
     /// Waiting for AuthenticationOk after a SCRAM exchange completed (server signature verified).
     AwaitingSaslOk,
     /// Authenticated: collecting BackendKeyData and ParameterStatus until ReadyForQuery.
@@ -45,7 +48,7 @@ pub(crate) enum Step {
     /// BackendKeyData arrived (process id, secret key).
     BackendKey(i32, i32),
     /// A notice arrived.
-    Notice(DbError),
+    Notice(Box<DbError>),
     /// The first ReadyForQuery arrived, with its transaction status byte.
     Ready(u8),
 }
@@ -71,11 +74,16 @@ impl Startup {
             .ok_or_else(|| Error::config("no user name given"))?;
         for (k, v) in &params.params {
             if k.contains('\0') || v.contains('\0') {
-                return Err(Error::config(format!("startup parameter {k:?} contains a NUL byte")));
+                return Err(Error::config(format!(
+                    "startup parameter {k:?} contains a NUL byte"
+                )));
             }
         }
-        frontend::startup_message(params.params.iter().map(|(k, v)| (k.as_str(), v.as_str())), out)
-            .map_err(|e| Error::config(format!("cannot encode the startup message: {e}")))?;
+        frontend::startup_message(
+            params.params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            out,
+        )
+        .map_err(|e| Error::config(format!("cannot encode the startup message: {e}")))?;
         Ok(Startup {
             state: State::AwaitingAuth,
             password: params.password,
@@ -93,7 +101,7 @@ impl Startup {
                 return Err(Error::db(db).broken());
             }
             Message::NoticeResponse(body) => {
-                return Ok(Step::Notice(DbError::parse(&mut body.fields())?));
+                return Ok(Step::Notice(Box::new(DbError::parse(&mut body.fields())?)));
             }
             _ => {}
         }
@@ -104,7 +112,12 @@ impl Startup {
     }
 
     /// The single checked transition function: the current state and a message give the next state.
-    fn transition(&mut self, state: State, message: Message, out: &mut BytesMut) -> Result<(State, Step), Error> {
+    fn transition(
+        &mut self,
+        state: State,
+        message: Message,
+        out: &mut BytesMut,
+    ) -> Result<(State, Step), Error> {
         match (state, message) {
             (State::AwaitingAuth, Message::AuthenticationOk) => {
                 self.check_auth_ok()?;
@@ -134,12 +147,15 @@ impl Startup {
                     has_scram |= mechanism == sasl::SCRAM_SHA_256;
                 }
                 if !has_scram {
-                    return Err(Error::auth("the server offers no SASL mechanism this client supports"));
+                    return Err(Error::auth(
+                        "the server offers no SASL mechanism this client supports",
+                    ));
                 }
                 let password = self.password_or_error()?;
                 // Channel binding needs TLS; without it we say so honestly with the "n" flag.
                 let scram = ScramSha256::new(password, ChannelBinding::unsupported());
-                frontend::sasl_initial_response(sasl::SCRAM_SHA_256, scram.message(), out).map_err(encode_error)?;
+                frontend::sasl_initial_response(sasl::SCRAM_SHA_256, scram.message(), out)
+                    .map_err(encode_error)?;
                 self.password = None;
                 Ok((
                     State::Sasl {
@@ -160,21 +176,40 @@ impl Startup {
                     .update(body.data())
                     .map_err(|e| Error::auth(format!("invalid SCRAM server-first message: {e}")))?;
                 frontend::sasl_response(scram.message(), out).map_err(encode_error)?;
-                Ok((State::Sasl { scram, final_sent: true }, Step::Continue))
+                Ok((
+                    State::Sasl {
+                        scram,
+                        final_sent: true,
+                    },
+                    Step::Continue,
+                ))
             }
-            (State::Sasl { mut scram, final_sent: true }, Message::AuthenticationSaslFinal(body)) => {
+            (
+                State::Sasl {
+                    mut scram,
+                    final_sent: true,
+                },
+                Message::AuthenticationSaslFinal(body),
+            ) => {
                 // Verifies the server signature: a server that does not know the password cannot pass.
                 scram
                     .finish(body.data())
                     .map_err(|e| Error::auth(format!("SCRAM server verification failed: {e}")))?;
                 Ok((State::AwaitingSaslOk, Step::Continue))
             }
-            (State::AwaitingSaslOk, Message::AuthenticationOk) => Ok((State::Authenticated, Step::Continue)),
-            (State::AwaitingAuth, Message::AuthenticationKerberosV5) => Err(self.unsupported("Kerberos V5")),
+            (State::AwaitingSaslOk, Message::AuthenticationOk) => {
+                Ok((State::Authenticated, Step::Continue))
+            }
+            (State::AwaitingAuth, Message::AuthenticationKerberosV5) => {
+                Err(self.unsupported("Kerberos V5"))
+            }
             (State::AwaitingAuth, Message::AuthenticationScmCredential) => {
                 Err(self.unsupported("SCM credentials"))
             }
-            (State::AwaitingAuth, Message::AuthenticationGss | Message::AuthenticationGssContinue(_)) => {
+            (
+                State::AwaitingAuth,
+                Message::AuthenticationGss | Message::AuthenticationGssContinue(_),
+            ) => {
                 self.allow(AuthMethod::Gss)?;
                 Err(self.unsupported("GSSAPI"))
             }
@@ -216,7 +251,9 @@ impl Startup {
     /// `require_auth` decides whether the server may let us in without any exchange.
     fn check_auth_ok(&self) -> Result<(), Error> {
         match self.used {
-            None if !self.require_auth.allows(AuthMethod::None) || self.require_auth.requires_authentication() => {
+            None if !self.require_auth.allows(AuthMethod::None)
+                || self.require_auth.requires_authentication() =>
+            {
                 Err(Error::auth(
                     "the server did not request authentication, which require_auth does not allow",
                 ))
@@ -232,7 +269,9 @@ impl Startup {
     }
 
     fn unsupported(&self, what: &str) -> Error {
-        Error::auth(format!("the server requested {what} authentication, which this client does not support"))
+        Error::auth(format!(
+            "the server requested {what} authentication, which this client does not support"
+        ))
     }
 }
 

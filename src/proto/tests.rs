@@ -78,7 +78,12 @@ fn command_complete(tag: &str) -> Vec<u8> {
 
 fn error_response(severity: &str, code: &str, message: &str) -> Vec<u8> {
     let mut body = Vec::new();
-    for (t, v) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', message)] {
+    for (t, v) in [
+        (b'S', severity),
+        (b'V', severity),
+        (b'C', code),
+        (b'M', message),
+    ] {
         body.push(t);
         body.extend_from_slice(&cstr(v));
     }
@@ -131,7 +136,14 @@ fn frontend_messages(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
 }
 
 fn finish_startup(p: &mut Protocol) {
-    p.handle_input(&[param_status("server_version", "15.0"), backend_key(42, 7), ready(b'I')].concat());
+    p.handle_input(
+        &[
+            param_status("server_version", "15.0"),
+            backend_key(42, 7),
+            ready(b'I'),
+        ]
+        .concat(),
+    );
     assert!(p.poll_startup().unwrap());
 }
 
@@ -184,7 +196,13 @@ fn trust_startup_collects_parameters_and_key() {
 fn startup_survives_one_byte_at_a_time() {
     let mut p = new_protocol(None, "");
     drain(&mut p);
-    let input = [auth(0, &[]), param_status("a", "b"), backend_key(1, 2), ready(b'I')].concat();
+    let input = [
+        auth(0, &[]),
+        param_status("a", "b"),
+        backend_key(1, 2),
+        ready(b'I'),
+    ]
+    .concat();
     let mut done = false;
     for byte in input {
         p.handle_input(&[byte]);
@@ -242,7 +260,12 @@ fn scram_iteration_count_is_capped() {
     let sent = frontend_messages(&drain(&mut p));
     // client-first is "n,,n=,r=<nonce>" after the mechanism name and a 4-byte length.
     let body = &sent[0].1[b"SCRAM-SHA-256\0".len() + 4..];
-    let nonce = std::str::from_utf8(body).unwrap().split("r=").nth(1).unwrap().to_string();
+    let nonce = std::str::from_utf8(body)
+        .unwrap()
+        .split("r=")
+        .nth(1)
+        .unwrap()
+        .to_string();
     let server_first = format!("r={nonce}server,s=c2FsdA==,i=100000000");
     p.handle_input(&auth(11, server_first.as_bytes()));
     assert_eq!(p.poll_startup().unwrap_err().kind(), ErrorKind::Auth);
@@ -336,7 +359,10 @@ fn simple_query_transcript() {
             Ok(())
         })
         .unwrap();
-    assert_eq!(frontend_messages(&drain(&mut p)), vec![(b'Q', cstr("SELECT a, b FROM t"))]);
+    assert_eq!(
+        frontend_messages(&drain(&mut p)),
+        vec![(b'Q', cstr("SELECT a, b FROM t"))]
+    );
     p.handle_input(
         &[
             row_description(&["a", "b"]),
@@ -349,11 +375,19 @@ fn simple_query_transcript() {
     );
     let got = responses(&mut p);
     assert!(got.iter().all(|r| r.request == id));
-    assert!(matches!(got[0].message, Backend::Message(Message::RowDescription(_))));
-    let Backend::Row(row) = &got[1].message else { panic!("row expected") };
+    assert!(matches!(
+        got[0].message,
+        Backend::Message(Message::RowDescription(_))
+    ));
+    let Backend::Row(row) = &got[1].message else {
+        panic!("row expected")
+    };
     assert_eq!(row.field(0), Some(&b"1"[..]));
     assert_eq!(row.field(1), None);
-    assert!(matches!(got[3].message, Backend::Message(Message::CommandComplete(_))));
+    assert!(matches!(
+        got[3].message,
+        Backend::Message(Message::CommandComplete(_))
+    ));
     assert!(matches!(got[4].message, Backend::Ready));
     assert_eq!(p.transaction_status(), TransactionStatus::Idle);
     assert!(!p.has_pending());
@@ -363,10 +397,19 @@ fn simple_query_transcript() {
 fn query_error_recovers_at_ready_for_query() {
     let mut p = ready_protocol();
     let id = p.queue_request(1, None, |_| Ok(())).unwrap();
-    p.handle_input(&[error_response("ERROR", "42P01", "relation \"t\" does not exist"), ready(b'I')].concat());
+    p.handle_input(
+        &[
+            error_response("ERROR", "42P01", "relation \"t\" does not exist"),
+            ready(b'I'),
+        ]
+        .concat(),
+    );
     let got = responses(&mut p);
     assert_eq!(got.len(), 2);
-    assert!(matches!(got[0].message, Backend::Message(Message::ErrorResponse(_))));
+    assert!(matches!(
+        got[0].message,
+        Backend::Message(Message::ErrorResponse(_))
+    ));
     assert!(!p.is_closed());
     // The next request works.
     let next = p.queue_request(1, None, |_| Ok(())).unwrap();
@@ -381,13 +424,24 @@ fn query_error_recovers_at_ready_for_query() {
 fn extended_query_uses_the_described_column_count() {
     let mut p = ready_protocol();
     p.queue_request(1, Some(2), |_| Ok(())).unwrap();
-    p.handle_input(&[msg(b'2', &[]), data_row(&[Some("1"), Some("2")]), command_complete("SELECT 1"), ready(b'I')].concat());
+    p.handle_input(
+        &[
+            msg(b'2', &[]),
+            data_row(&[Some("1"), Some("2")]),
+            command_complete("SELECT 1"),
+            ready(b'I'),
+        ]
+        .concat(),
+    );
     assert_eq!(responses(&mut p).len(), 4);
 
     p.queue_request(1, Some(2), |_| Ok(())).unwrap();
     p.handle_input(&[msg(b'2', &[]), data_row(&[Some("1")])].concat());
     assert!(p.poll_response().unwrap().is_some());
-    let err = p.poll_response().err().expect("field count mismatch must fail");
+    let err = p
+        .poll_response()
+        .err()
+        .expect("field count mismatch must fail");
     assert_eq!(err.kind(), ErrorKind::Protocol);
     assert!(err.to_string().contains("1 fields"), "{err}");
     assert!(p.is_closed());
@@ -397,7 +451,13 @@ fn extended_query_uses_the_described_column_count() {
 fn data_row_field_count_must_match_row_description() {
     let mut p = ready_protocol();
     p.queue_request(1, None, |_| Ok(())).unwrap();
-    p.handle_input(&[row_description(&["a", "b"]), data_row(&[Some("1"), Some("2"), Some("3")])].concat());
+    p.handle_input(
+        &[
+            row_description(&["a", "b"]),
+            data_row(&[Some("1"), Some("2"), Some("3")]),
+        ]
+        .concat(),
+    );
     assert!(p.poll_response().unwrap().is_some());
     assert_eq!(p.poll_response().err().unwrap().kind(), ErrorKind::Protocol);
 }
@@ -431,7 +491,10 @@ fn oversized_length_is_an_error_before_any_allocation() {
     let err = p.poll_response().err().unwrap();
     assert_eq!(err.kind(), ErrorKind::Protocol);
     assert!(err.to_string().contains("exceeds the limit"), "{err}");
-    assert!(p.inbound.capacity() < 1024, "nothing was reserved for the claimed length");
+    assert!(
+        p.inbound.capacity() < 1024,
+        "nothing was reserved for the claimed length"
+    );
 }
 
 #[test]
@@ -475,7 +538,10 @@ fn truncated_body_inside_a_complete_frame_is_refused() {
 fn notices_notifications_and_parameters_become_events() {
     let mut p = ready_protocol();
     p.queue_request(1, None, |_| Ok(())).unwrap();
-    let notification = msg(b'A', &[7i32.to_be_bytes().to_vec(), cstr("chan"), cstr("payload")].concat());
+    let notification = msg(
+        b'A',
+        &[7i32.to_be_bytes().to_vec(), cstr("chan"), cstr("payload")].concat(),
+    );
     let mut notice = error_response("NOTICE", "00000", "hello");
     notice[0] = b'N';
     p.handle_input(
@@ -490,8 +556,12 @@ fn notices_notifications_and_parameters_become_events() {
     );
     assert_eq!(responses(&mut p).len(), 2);
     let events: Vec<Event> = std::iter::from_fn(|| p.poll_event()).collect();
-    assert!(matches!(&events[0], Event::Notification(n) if n.channel() == "chan" && n.payload() == "payload" && n.process_id() == 7));
-    assert!(matches!(&events[1], Event::Notice(n) if n.message() == "hello" && n.severity() == "NOTICE"));
+    assert!(
+        matches!(&events[0], Event::Notification(n) if n.channel() == "chan" && n.payload() == "payload" && n.process_id() == 7)
+    );
+    assert!(
+        matches!(&events[1], Event::Notice(n) if n.message() == "hello" && n.severity() == "NOTICE")
+    );
     assert!(matches!(&events[2], Event::ParameterStatus(k, v) if k == "TimeZone" && v == "UTC"));
     assert_eq!(p.parameter("TimeZone"), Some("UTC"));
 }
@@ -499,7 +569,10 @@ fn notices_notifications_and_parameters_become_events() {
 #[test]
 fn notification_while_idle_is_kept() {
     let mut p = ready_protocol();
-    p.handle_input(&msg(b'A', &[1i32.to_be_bytes().to_vec(), cstr("c"), cstr("")].concat()));
+    p.handle_input(&msg(
+        b'A',
+        &[1i32.to_be_bytes().to_vec(), cstr("c"), cstr("")].concat(),
+    ));
     assert!(p.poll_response().unwrap().is_none());
     assert!(matches!(p.poll_event(), Some(Event::Notification(_))));
 }
@@ -530,7 +603,16 @@ fn responses_are_tagged_with_their_request() {
     let mut p = ready_protocol();
     let first = p.queue_request(1, None, |_| Ok(())).unwrap();
     let second = p.queue_request(2, None, |_| Ok(())).unwrap();
-    p.handle_input(&[command_complete("A"), ready(b'I'), command_complete("B"), ready(b'I'), ready(b'I')].concat());
+    p.handle_input(
+        &[
+            command_complete("A"),
+            ready(b'I'),
+            command_complete("B"),
+            ready(b'I'),
+            ready(b'I'),
+        ]
+        .concat(),
+    );
     let got: Vec<RequestId> = responses(&mut p).iter().map(|r| r.request).collect();
     assert_eq!(got, vec![first, first, second, second, second]);
     assert!(!p.has_pending());
@@ -557,7 +639,10 @@ fn terminate_closes_the_protocol() {
     p.queue_terminate();
     assert_eq!(frontend_messages(&drain(&mut p)), vec![(b'X', vec![])]);
     assert!(p.is_closed());
-    assert_eq!(p.queue_request(1, None, |_| Ok(())).unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(
+        p.queue_request(1, None, |_| Ok(())).unwrap_err().kind(),
+        ErrorKind::Closed
+    );
 }
 
 #[test]
@@ -566,7 +651,10 @@ fn negotiate_protocol_version_is_refused_clearly() {
     drain(&mut p);
     p.handle_input(&msg(b'v', &[0, 0, 0, 0, 0, 0, 0, 0]));
     let err = p.poll_startup().unwrap_err();
-    assert!(err.to_string().contains("NegotiateProtocolVersion"), "{err}");
+    assert!(
+        err.to_string().contains("NegotiateProtocolVersion"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -575,5 +663,9 @@ fn unexpected_message_during_startup_is_refused() {
     drain(&mut p);
     p.handle_input(&data_row(&[Some("x")]));
     let err = p.poll_startup().unwrap_err();
-    assert!(err.to_string().contains("unexpected DataRow during authentication"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("unexpected DataRow during authentication"),
+        "{err}"
+    );
 }

@@ -36,7 +36,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for TokioStream<S> {
 
 /// Connects over TCP to `host:port` (a name is resolved by tokio; each address is tried in order), with
 /// TCP_NODELAY set so small requests are not held back by Nagle's algorithm.
-pub async fn connect_tcp(host: &str, hostaddr: Option<IpAddr>, port: u16) -> io::Result<TokioStream<tokio::net::TcpStream>> {
+pub async fn connect_tcp(
+    host: &str,
+    hostaddr: Option<IpAddr>,
+    port: u16,
+) -> io::Result<TokioStream<tokio::net::TcpStream>> {
     let stream = match hostaddr {
         Some(ip) => tokio::net::TcpStream::connect((ip, port)).await?,
         None => tokio::net::TcpStream::connect((host, port)).await?,
@@ -47,7 +51,10 @@ pub async fn connect_tcp(host: &str, hostaddr: Option<IpAddr>, port: u16) -> io:
 
 /// Connects to the Unix-domain socket `.s.PGSQL.<port>` in `dir`.
 #[cfg(unix)]
-pub async fn connect_unix(dir: &Path, port: u16) -> io::Result<TokioStream<tokio::net::UnixStream>> {
+pub async fn connect_unix(
+    dir: &Path,
+    port: u16,
+) -> io::Result<TokioStream<tokio::net::UnixStream>> {
     let path = dir.join(format!(".s.PGSQL.{port}"));
     Ok(TokioStream(tokio::net::UnixStream::connect(path).await?))
 }

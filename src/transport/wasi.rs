@@ -15,7 +15,8 @@ use wasip2::io::streams::{InputStream, OutputStream, StreamError};
 use wasip2::sockets::instance_network::instance_network;
 use wasip2::sockets::ip_name_lookup::resolve_addresses;
 use wasip2::sockets::network::{
-    ErrorCode, IpAddress, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress, Network,
+    ErrorCode, IpAddress, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress,
+    Network,
 };
 use wasip2::sockets::tcp::TcpSocket;
 use wasip2::sockets::tcp_create_socket::create_tcp_socket;
@@ -72,11 +73,15 @@ async fn wait(pollable: wasip2::io::poll::Pollable) {
 /// Resolves `host` through wasi:sockets/ip-name-lookup without blocking the component. An IP literal is
 /// returned as is.
 pub async fn resolve(network: &Network, host: &str) -> io::Result<Vec<IpAddr>> {
-    let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let literal = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     if let Ok(ip) = literal.parse::<IpAddr>() {
         return Ok(vec![ip]);
     }
-    let stream = resolve_addresses(network, host).map_err(|e| socket_error(&format!("cannot resolve {host:?}"), e))?;
+    let stream = resolve_addresses(network, host)
+        .map_err(|e| socket_error(&format!("cannot resolve {host:?}"), e))?;
     let mut addresses = Vec::new();
     loop {
         match stream.resolve_next_address() {
@@ -90,7 +95,10 @@ pub async fn resolve(network: &Network, host: &str) -> io::Result<Vec<IpAddr>> {
         }
     }
     if addresses.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::NotFound, format!("{host:?} has no addresses")));
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host:?} has no addresses"),
+        ));
     }
     Ok(addresses)
 }
@@ -123,7 +131,9 @@ pub async fn connect_addr(network: &Network, addr: SocketAddr) -> io::Result<Was
     };
     let what = format!("cannot connect to {addr}");
     let socket = create_tcp_socket(family).map_err(|e| socket_error(&what, e))?;
-    socket.start_connect(network, remote).map_err(|e| socket_error(&what, e))?;
+    socket
+        .start_connect(network, remote)
+        .map_err(|e| socket_error(&what, e))?;
     let (input, output) = loop {
         match socket.finish_connect() {
             Ok(streams) => break streams,
@@ -146,7 +156,11 @@ pub async fn connect_addr(network: &Network, addr: SocketAddr) -> io::Result<Was
 }
 
 /// Resolves `host` (or uses `hostaddr`) and connects to the first address that accepts, IPv4 or IPv6.
-pub async fn connect_tcp(host: &str, hostaddr: Option<IpAddr>, port: u16) -> io::Result<WasiTcpStream> {
+pub async fn connect_tcp(
+    host: &str,
+    hostaddr: Option<IpAddr>,
+    port: u16,
+) -> io::Result<WasiTcpStream> {
     let network = instance_network();
     let addresses = match hostaddr {
         Some(ip) => vec![ip],
@@ -163,7 +177,11 @@ pub async fn connect_tcp(host: &str, hostaddr: Option<IpAddr>, port: u16) -> io:
 }
 
 /// Polls a readiness wait, creating it on first use and clearing it once it fires.
-fn poll_wait(slot: &mut Option<Pin<Box<WaitFor>>>, ready: &AsyncPollable, cx: &mut Context<'_>) -> Poll<()> {
+fn poll_wait(
+    slot: &mut Option<Pin<Box<WaitFor>>>,
+    ready: &AsyncPollable,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
     let wait = slot.get_or_insert_with(|| Box::pin(ready.wait_for()));
     match wait.as_mut().poll(cx) {
         Poll::Ready(()) => {
@@ -210,8 +228,15 @@ impl Transport for WasiTcpStream {
                     }
                 }
                 Ok(permitted) => {
-                    let n = usize::try_from(permitted).unwrap_or(usize::MAX).min(buf.len());
-                    return Poll::Ready(self.output.write(&buf[..n]).map(|()| n).map_err(stream_error));
+                    let n = usize::try_from(permitted)
+                        .unwrap_or(usize::MAX)
+                        .min(buf.len());
+                    return Poll::Ready(
+                        self.output
+                            .write(&buf[..n])
+                            .map(|()| n)
+                            .map_err(stream_error),
+                    );
                 }
                 Err(e) => return Poll::Ready(Err(stream_error(e))),
             }

@@ -8,7 +8,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use wasi_pg_client::types::{Json, Type};
-use wasi_pg_client::{Client, Config, ErrorClass, ErrorKind, SimpleQueryMessage, TransactionStatus, sqlstate};
+use wasi_pg_client::{
+    Client, Config, ErrorClass, ErrorKind, SimpleQueryMessage, TransactionStatus, sqlstate,
+};
 
 /// Where the cluster is and how to log in, passed to the wasm run as environment variables.
 pub struct Env {
@@ -25,6 +27,7 @@ pub struct Env {
     /// A port nothing listens on.
     pub closed_port: u16,
     /// The server's Unix socket directory (native only).
+    #[cfg_attr(target_os = "wasi", allow(dead_code))]
     pub socket_dir: Option<String>,
 }
 
@@ -47,7 +50,9 @@ impl Env {
 
     #[allow(dead_code)]
     pub fn from_vars() -> Env {
-        let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: run through tests/live.rs"));
+        let var = |k: &str| {
+            std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: run through tests/live.rs"))
+        };
         Env {
             host: var("LIVE_HOST"),
             port: var("LIVE_PORT").parse().expect("LIVE_PORT"),
@@ -165,7 +170,10 @@ pub async fn run_all(env: &Env, label: &str) -> Summary {
     #[cfg(not(target_os = "wasi"))]
     list.push(("unix_socket", |env| Box::pin(unix_socket(env))));
 
-    let mut summary = Summary { passed: 0, failed: 0 };
+    let mut summary = Summary {
+        passed: 0,
+        failed: 0,
+    };
     for (name, scenario) in list {
         match scenario(env).await {
             Ok(()) => {
@@ -178,7 +186,10 @@ pub async fn run_all(env: &Env, label: &str) -> Summary {
             }
         }
     }
-    println!("{label}: {} passed, {} failed", summary.passed, summary.failed);
+    println!(
+        "{label}: {} passed, {} failed",
+        summary.passed, summary.failed
+    );
     summary
 }
 
@@ -188,7 +199,10 @@ async fn connect(conninfo: &str) -> Result<Client, String> {
 }
 
 async fn current_user(client: &mut Client) -> Result<String, String> {
-    let row = client.query_one("SELECT current_user::text", &[]).await.check("current_user")?;
+    let row = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .check("current_user")?;
     Ok(row.get::<_, String>(0))
 }
 
@@ -237,14 +251,21 @@ async fn auth_scram(env: &Env) -> Outcome {
 }
 
 async fn auth_wrong_passwords(env: &Env) -> Outcome {
-    for (conninfo, role) in [(&env.password, "password"), (&env.md5, "md5"), (&env.scram, "scram")] {
+    for (conninfo, role) in [
+        (&env.password, "password"),
+        (&env.md5, "md5"),
+        (&env.scram, "scram"),
+    ] {
         let config = Config::parse(&format!("{conninfo} password=wrong-secret")).check("parse")?;
         let err = match Client::connect(&config).await {
             Ok(_) => return Err(format!("{role}: a wrong password was accepted")),
             Err(e) => e,
         };
         ensure_eq!(err.code(), Some(sqlstate::INVALID_PASSWORD));
-        ensure!(!err.to_string().contains("wrong-secret"), "{role}: the password leaked into {err}");
+        ensure!(
+            !err.to_string().contains("wrong-secret"),
+            "{role}: the password leaked into {err}"
+        );
     }
     Ok(())
 }
@@ -269,7 +290,11 @@ async fn require_auth_allows_and_refuses(env: &Env) -> Outcome {
                 ensure_eq!(e.kind(), ErrorKind::Auth);
                 ensure!(e.to_string().contains("require_auth"), "{require}: {e}");
             }
-            (Ok(_), false) => return Err(format!("require_auth={require} should have refused {conninfo}")),
+            (Ok(_), false) => {
+                return Err(format!(
+                    "require_auth={require} should have refused {conninfo}"
+                ));
+            }
             (Err(e), true) => return Err(format!("require_auth={require} refused: {e}")),
         }
     }
@@ -277,22 +302,37 @@ async fn require_auth_allows_and_refuses(env: &Env) -> Outcome {
 }
 
 async fn uri_with_percent_encoded_password(env: &Env) -> Outcome {
-    ensure!(env.scram_url.contains('%'), "the URL should percent-encode the password: {}", env.scram_url);
+    ensure!(
+        env.scram_url.contains('%'),
+        "the URL should percent-encode the password: {}",
+        env.scram_url
+    );
     let mut c = connect(&env.scram_url).await?;
     ensure_eq!(current_user(&mut c).await?, "pgc_scram");
     let debug = format!("{:?}", Config::parse(&env.scram_url).check("parse")?);
-    ensure!(!debug.contains(&env.scram_password), "password in Debug output: {debug}");
+    ensure!(
+        !debug.contains(&env.scram_password),
+        "password in Debug output: {debug}"
+    );
     Ok(())
 }
 
 async fn ipv6_loopback(env: &Env) -> Outcome {
-    let mut c = connect(&format!("host=::1 port={} user=pgc_trust dbname=postgres", env.port)).await?;
+    let mut c = connect(&format!(
+        "host=::1 port={} user=pgc_trust dbname=postgres",
+        env.port
+    ))
+    .await?;
     let row = c
         .query_one("SELECT host(inet_client_addr())", &[])
         .await
         .check("client address")?;
     ensure_eq!(row.get::<_, String>(0), "::1");
-    let mut c = connect(&format!("postgresql://pgc_trust@[::1]:{}/postgres", env.port)).await?;
+    let mut c = connect(&format!(
+        "postgresql://pgc_trust@[::1]:{}/postgres",
+        env.port
+    ))
+    .await?;
     ensure_eq!(current_user(&mut c).await?, "pgc_trust");
     Ok(())
 }
@@ -307,20 +347,35 @@ async fn simple_query_results(env: &Env) -> Outcome {
     let mut completes = Vec::new();
     for m in &messages {
         match m {
-            SimpleQueryMessage::Row(r) => rows.push((r.get(0).map(str::to_string), r.get("b").map(str::to_string))),
+            SimpleQueryMessage::Row(r) => {
+                rows.push((r.get(0).map(str::to_string), r.get("b").map(str::to_string)))
+            }
             SimpleQueryMessage::CommandComplete(n) => completes.push(*n),
             SimpleQueryMessage::RowDescription(cols) => {
-                ensure_eq!(cols.iter().map(|c| c.name()).collect::<Vec<_>>(), vec!["a", "b"]);
+                ensure_eq!(
+                    cols.iter().map(|c| c.name()).collect::<Vec<_>>(),
+                    vec!["a", "b"]
+                );
             }
             _ => {}
         }
     }
-    ensure_eq!(rows, vec![(Some("1".to_string()), Some("x".to_string())), (Some("2".to_string()), None)]);
+    ensure_eq!(
+        rows,
+        vec![
+            (Some("1".to_string()), Some("x".to_string())),
+            (Some("2".to_string()), None)
+        ]
+    );
     ensure_eq!(completes, vec![0, 2, 2]);
     c.batch_execute("INSERT INTO s VALUES (3, 'y'); UPDATE s SET b = 'z' WHERE a = 3")
         .await
         .check("batch_execute")?;
-    let n: i64 = c.query_one("SELECT count(*) FROM s", &[]).await.check("count")?.get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM s", &[])
+        .await
+        .check("count")?
+        .get(0);
     ensure_eq!(n, 3);
     Ok(())
 }
@@ -342,15 +397,30 @@ async fn simple_query_error_after_rows(env: &Env) -> Outcome {
     };
     ensure_eq!(values, vec!["1".to_string()]);
     ensure_eq!(error.code(), Some(sqlstate::UNDEFINED_TABLE));
-    ensure!(stream.next().await.check("after error")?.is_none(), "stream continues after its end");
-    ensure_eq!(c.query_one("SELECT 3", &[]).await.check("next query")?.get::<_, i32>(0), 3);
+    ensure!(
+        stream.next().await.check("after error")?.is_none(),
+        "stream continues after its end"
+    );
+    ensure_eq!(
+        c.query_one("SELECT 3", &[])
+            .await
+            .check("next query")?
+            .get::<_, i32>(0),
+        3
+    );
     Ok(())
 }
 
 async fn empty_query(env: &Env) -> Outcome {
     let mut c = connect(&env.trust).await?;
-    ensure!(c.simple_query("").await.check("empty")?.is_empty(), "empty query returned messages");
-    ensure!(c.simple_query(";").await.check("semicolon")?.is_empty(), "';' returned messages");
+    ensure!(
+        c.simple_query("").await.check("empty")?.is_empty(),
+        "empty query returned messages"
+    );
+    ensure!(
+        c.simple_query(";").await.check("semicolon")?.is_empty(),
+        "';' returned messages"
+    );
     Ok(())
 }
 
@@ -359,14 +429,23 @@ async fn extended_query_and_prepared_reuse(env: &Env) -> Outcome {
     c.batch_execute("CREATE TEMP TABLE e (id int PRIMARY KEY, name text)")
         .await
         .check("create")?;
-    let insert = c.prepare("INSERT INTO e VALUES ($1, $2)").await.check("prepare")?;
+    let insert = c
+        .prepare("INSERT INTO e VALUES ($1, $2)")
+        .await
+        .check("prepare")?;
     ensure_eq!(insert.params(), &[Type::INT4, Type::TEXT]);
     for i in 0..20 {
-        let n = c.execute(&insert, &[&i, &format!("n{i}")]).await.check("insert")?;
+        let n = c
+            .execute(&insert, &[&i, &format!("n{i}")])
+            .await
+            .check("insert")?;
         ensure_eq!(n, 1);
     }
     let select = c
-        .prepare_typed("SELECT id, name FROM e WHERE id >= $1 ORDER BY id", &[Type::INT8])
+        .prepare_typed(
+            "SELECT id, name FROM e WHERE id >= $1 ORDER BY id",
+            &[Type::INT8],
+        )
         .await
         .check("prepare_typed")?;
     ensure_eq!(select.params(), &[Type::INT8]);
@@ -378,16 +457,26 @@ async fn extended_query_and_prepared_reuse(env: &Env) -> Outcome {
     ensure_eq!(rows[4].get::<_, &str>(1), "n19");
     let rows = c.query(&select, &[&18i64]).await.check("reuse")?;
     ensure_eq!(rows.len(), 2);
-    let n = c.execute("DELETE FROM e WHERE id < $1", &[&10i32]).await.check("delete")?;
+    let n = c
+        .execute("DELETE FROM e WHERE id < $1", &[&10i32])
+        .await
+        .check("delete")?;
     ensure_eq!(n, 10);
     Ok(())
 }
 
 async fn query_one_and_opt(env: &Env) -> Outcome {
     let mut c = connect(&env.trust).await?;
-    let none = c.query_opt("SELECT 1 WHERE false", &[]).await.check("opt none")?;
+    let none = c
+        .query_opt("SELECT 1 WHERE false", &[])
+        .await
+        .check("opt none")?;
     ensure!(none.is_none(), "expected no row");
-    let err = c.query_one("SELECT 1 WHERE false", &[]).await.err().ok_or("no error for zero rows")?;
+    let err = c
+        .query_one("SELECT 1 WHERE false", &[])
+        .await
+        .err()
+        .ok_or("no error for zero rows")?;
     ensure_eq!(err.kind(), ErrorKind::RowCount);
     let err = c
         .query_opt("SELECT * FROM generate_series(1, 2)", &[])
@@ -395,14 +484,23 @@ async fn query_one_and_opt(env: &Env) -> Outcome {
         .err()
         .ok_or("no error for two rows")?;
     ensure_eq!(err.kind(), ErrorKind::RowCount);
-    ensure_eq!(c.query_one("SELECT 7", &[]).await.check("one")?.get::<_, i32>(0), 7);
+    ensure_eq!(
+        c.query_one("SELECT 7", &[])
+            .await
+            .check("one")?
+            .get::<_, i32>(0),
+        7
+    );
     Ok(())
 }
 
 async fn query_typed_one_round_trip(env: &Env) -> Outcome {
     let mut c = connect(&env.md5).await?;
     let rows = c
-        .query_typed("SELECT $1 + 1 AS n, $2 AS s", &[(&41i64, Type::INT8), (&"hi", Type::TEXT)])
+        .query_typed(
+            "SELECT $1 + 1 AS n, $2 AS s",
+            &[(&41i64, Type::INT8), (&"hi", Type::TEXT)],
+        )
         .await
         .check("query_typed")?;
     ensure_eq!(rows.len(), 1);
@@ -425,30 +523,79 @@ async fn query_typed_one_round_trip(env: &Env) -> Outcome {
 async fn integers_round_trip(env: &Env) -> Outcome {
     let mut c = connect(&env.trust).await?;
     for v in [i16::MIN, -1, 0, 1, i16::MAX] {
-        ensure_eq!(c.query_one("SELECT $1::int2", &[&v]).await.check("int2")?.get::<_, i16>(0), v);
+        ensure_eq!(
+            c.query_one("SELECT $1::int2", &[&v])
+                .await
+                .check("int2")?
+                .get::<_, i16>(0),
+            v
+        );
     }
     for v in [i32::MIN, -7, 0, 123_456, i32::MAX] {
-        ensure_eq!(c.query_one("SELECT $1::int4", &[&v]).await.check("int4")?.get::<_, i32>(0), v);
+        ensure_eq!(
+            c.query_one("SELECT $1::int4", &[&v])
+                .await
+                .check("int4")?
+                .get::<_, i32>(0),
+            v
+        );
     }
     for v in [i64::MIN, -1, 0, 9_007_199_254_740_993, i64::MAX] {
-        ensure_eq!(c.query_one("SELECT $1::int8", &[&v]).await.check("int8")?.get::<_, i64>(0), v);
+        ensure_eq!(
+            c.query_one("SELECT $1::int8", &[&v])
+                .await
+                .check("int8")?
+                .get::<_, i64>(0),
+            v
+        );
     }
-    let oid: u32 = c.query_one("SELECT 'pg_class'::regclass::oid", &[]).await.check("oid")?.get(0);
+    let oid: u32 = c
+        .query_one("SELECT 'pg_class'::regclass::oid", &[])
+        .await
+        .check("oid")?
+        .get(0);
     ensure_eq!(oid, 1259);
-    let ch: i8 = c.query_one("SELECT 'A'::\"char\"", &[]).await.check("char")?.get(0);
+    let ch: i8 = c
+        .query_one("SELECT 'A'::\"char\"", &[])
+        .await
+        .check("char")?
+        .get(0);
     ensure_eq!(ch, 65);
     Ok(())
 }
 
 async fn floats_round_trip(env: &Env) -> Outcome {
     let mut c = connect(&env.trust).await?;
-    for v in [0.0f64, -1.5, 1e300, f64::MIN_POSITIVE, f64::INFINITY, f64::NEG_INFINITY] {
-        ensure_eq!(c.query_one("SELECT $1::float8", &[&v]).await.check("float8")?.get::<_, f64>(0), v);
+    for v in [
+        0.0f64,
+        -1.5,
+        1e300,
+        f64::MIN_POSITIVE,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    ] {
+        ensure_eq!(
+            c.query_one("SELECT $1::float8", &[&v])
+                .await
+                .check("float8")?
+                .get::<_, f64>(0),
+            v
+        );
     }
-    let nan: f64 = c.query_one("SELECT 'NaN'::float8", &[]).await.check("nan")?.get(0);
+    let nan: f64 = c
+        .query_one("SELECT 'NaN'::float8", &[])
+        .await
+        .check("nan")?
+        .get(0);
     ensure!(nan.is_nan(), "NaN came back as {nan}");
     for v in [0.25f32, -3.5, f32::MAX] {
-        ensure_eq!(c.query_one("SELECT $1::float4", &[&v]).await.check("float4")?.get::<_, f32>(0), v);
+        ensure_eq!(
+            c.query_one("SELECT $1::float4", &[&v])
+                .await
+                .check("float4")?
+                .get::<_, f32>(0),
+            v
+        );
     }
     Ok(())
 }
@@ -456,9 +603,18 @@ async fn floats_round_trip(env: &Env) -> Outcome {
 async fn numeric_as_text(env: &Env) -> Outcome {
     // postgres-types has no Rust numeric type without extra crates: numeric travels as text both ways.
     let mut c = connect(&env.trust).await?;
-    for v in ["0", "-12345678901234567890.000000000123", "NaN", "1e-20", "3.14159"] {
+    for v in [
+        "0",
+        "-12345678901234567890.000000000123",
+        "NaN",
+        "1e-20",
+        "3.14159",
+    ] {
         let row = c
-            .query_one("SELECT ($1::text::numeric)::text, pg_typeof($1::text::numeric)::text", &[&v])
+            .query_one(
+                "SELECT ($1::text::numeric)::text, pg_typeof($1::text::numeric)::text",
+                &[&v],
+            )
             .await
             .check("numeric")?;
         let back: String = row.get(0);
@@ -470,22 +626,55 @@ async fn numeric_as_text(env: &Env) -> Outcome {
         ensure_eq!(back, expected);
         ensure_eq!(row.get::<_, &str>(1), "numeric");
     }
-    let row = c.query_one("SELECT 1.50::numeric", &[]).await.check("numeric column")?;
+    let row = c
+        .query_one("SELECT 1.50::numeric", &[])
+        .await
+        .check("numeric column")?;
     ensure_eq!(row.columns()[0].type_(), &Type::NUMERIC);
-    ensure!(row.try_get::<_, f64>(0).is_err(), "numeric must not silently decode as f64");
+    ensure!(
+        row.try_get::<_, f64>(0).is_err(),
+        "numeric must not silently decode as f64"
+    );
     Ok(())
 }
 
 async fn text_and_bytea_round_trip(env: &Env) -> Outcome {
     let mut c = connect(&env.password).await?;
-    for v in ["", "plain", "ünïcødé ✓ 日本", "quote ' and \" and \\", "line\nbreak\ttab", "x|y"] {
-        ensure_eq!(c.query_one("SELECT $1::text", &[&v]).await.check("text")?.get::<_, String>(0), v);
-        ensure_eq!(c.query_one("SELECT $1::varchar", &[&v]).await.check("varchar")?.get::<_, String>(0), v);
+    for v in [
+        "",
+        "plain",
+        "ünïcødé ✓ 日本",
+        "quote ' and \" and \\",
+        "line\nbreak\ttab",
+        "x|y",
+    ] {
+        ensure_eq!(
+            c.query_one("SELECT $1::text", &[&v])
+                .await
+                .check("text")?
+                .get::<_, String>(0),
+            v
+        );
+        ensure_eq!(
+            c.query_one("SELECT $1::varchar", &[&v])
+                .await
+                .check("varchar")?
+                .get::<_, String>(0),
+            v
+        );
     }
-    let name: String = c.query_one("SELECT 'abc'::name", &[]).await.check("name")?.get(0);
+    let name: String = c
+        .query_one("SELECT 'abc'::name", &[])
+        .await
+        .check("name")?
+        .get(0);
     ensure_eq!(name, "abc");
     let bytes: Vec<u8> = (0..=255u8).collect();
-    let back: Vec<u8> = c.query_one("SELECT $1::bytea", &[&bytes]).await.check("bytea")?.get(0);
+    let back: Vec<u8> = c
+        .query_one("SELECT $1::bytea", &[&bytes])
+        .await
+        .check("bytea")?
+        .get(0);
     ensure_eq!(back, bytes);
     let len: i32 = c
         .query_one("SELECT length($1::bytea)", &[&vec![0u8; 100_000]])
@@ -505,18 +694,30 @@ async fn text_and_bytea_round_trip(env: &Env) -> Outcome {
 async fn bool_and_nulls_round_trip(env: &Env) -> Outcome {
     let mut c = connect(&env.trust).await?;
     for v in [true, false] {
-        ensure_eq!(c.query_one("SELECT $1::bool", &[&v]).await.check("bool")?.get::<_, bool>(0), v);
+        ensure_eq!(
+            c.query_one("SELECT $1::bool", &[&v])
+                .await
+                .check("bool")?
+                .get::<_, bool>(0),
+            v
+        );
     }
     let none: Option<i32> = None;
     let row = c
-        .query_one("SELECT $1::int4, NULL::text, NULL::bool, $2::text", &[&none, &Some("s")])
+        .query_one(
+            "SELECT $1::int4, NULL::text, NULL::bool, $2::text",
+            &[&none, &Some("s")],
+        )
         .await
         .check("nulls")?;
     ensure_eq!(row.get::<_, Option<i32>>(0), None);
     ensure_eq!(row.get::<_, Option<String>>(1), None);
     ensure_eq!(row.get::<_, Option<bool>>(2), None);
     ensure_eq!(row.get::<_, Option<&str>>(3), Some("s"));
-    let err = row.try_get::<_, i32>(0).err().ok_or("NULL into i32 must fail")?;
+    let err = row
+        .try_get::<_, i32>(0)
+        .err()
+        .ok_or("NULL into i32 must fail")?;
     ensure_eq!(err.kind(), ErrorKind::FromSql);
     Ok(())
 }
@@ -524,13 +725,34 @@ async fn bool_and_nulls_round_trip(env: &Env) -> Outcome {
 async fn date_time_round_trip(env: &Env) -> Outcome {
     use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
     let mut c = connect(&env.trust).await?;
-    c.batch_execute("SET TimeZone = 'Europe/Berlin'").await.check("set tz")?;
+    c.batch_execute("SET TimeZone = 'Europe/Berlin'")
+        .await
+        .check("set tz")?;
     let date = NaiveDate::from_ymd_opt(2024, 2, 29).ok_or("date")?;
-    ensure_eq!(c.query_one("SELECT $1::date", &[&date]).await.check("date")?.get::<_, NaiveDate>(0), date);
-    let ts = NaiveDateTime::parse_from_str("1999-12-31 23:59:59.123456", "%Y-%m-%d %H:%M:%S%.f").check("parse")?;
-    ensure_eq!(c.query_one("SELECT $1::timestamp", &[&ts]).await.check("ts")?.get::<_, NaiveDateTime>(0), ts);
-    let tstz: DateTime<Utc> = DateTime::parse_from_rfc3339("2030-06-01T12:00:00.5+02:00").check("parse")?.into();
-    let back: DateTime<Utc> = c.query_one("SELECT $1::timestamptz", &[&tstz]).await.check("tstz")?.get(0);
+    ensure_eq!(
+        c.query_one("SELECT $1::date", &[&date])
+            .await
+            .check("date")?
+            .get::<_, NaiveDate>(0),
+        date
+    );
+    let ts = NaiveDateTime::parse_from_str("1999-12-31 23:59:59.123456", "%Y-%m-%d %H:%M:%S%.f")
+        .check("parse")?;
+    ensure_eq!(
+        c.query_one("SELECT $1::timestamp", &[&ts])
+            .await
+            .check("ts")?
+            .get::<_, NaiveDateTime>(0),
+        ts
+    );
+    let tstz: DateTime<Utc> = DateTime::parse_from_rfc3339("2030-06-01T12:00:00.5+02:00")
+        .check("parse")?
+        .into();
+    let back: DateTime<Utc> = c
+        .query_one("SELECT $1::timestamptz", &[&tstz])
+        .await
+        .check("tstz")?
+        .get(0);
     ensure_eq!(back, tstz);
     let text: String = c
         .query_one("SELECT ($1::timestamptz)::text", &[&tstz])
@@ -539,9 +761,21 @@ async fn date_time_round_trip(env: &Env) -> Outcome {
         .get(0);
     ensure_eq!(text, "2030-06-01 12:00:00.5+02");
     let time = NaiveTime::from_hms_micro_opt(13, 14, 15, 16).ok_or("time")?;
-    ensure_eq!(c.query_one("SELECT $1::time", &[&time]).await.check("time")?.get::<_, NaiveTime>(0), time);
-    let infinity = c.query_one("SELECT 'infinity'::timestamp", &[]).await.check("infinity")?;
-    ensure!(infinity.try_get::<_, NaiveDateTime>(0).is_err(), "infinity must not decode silently");
+    ensure_eq!(
+        c.query_one("SELECT $1::time", &[&time])
+            .await
+            .check("time")?
+            .get::<_, NaiveTime>(0),
+        time
+    );
+    let infinity = c
+        .query_one("SELECT 'infinity'::timestamp", &[])
+        .await
+        .check("infinity")?;
+    ensure!(
+        infinity.try_get::<_, NaiveDateTime>(0).is_err(),
+        "infinity must not decode silently"
+    );
     let st: std::time::SystemTime = c
         .query_one("SELECT 'epoch'::timestamptz + interval '1 second'", &[])
         .await
@@ -554,7 +788,13 @@ async fn date_time_round_trip(env: &Env) -> Outcome {
 async fn uuid_and_json_round_trip(env: &Env) -> Outcome {
     let mut c = connect(&env.trust).await?;
     let id = uuid::Uuid::parse_str("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11").check("uuid")?;
-    ensure_eq!(c.query_one("SELECT $1::uuid", &[&id]).await.check("uuid")?.get::<_, uuid::Uuid>(0), id);
+    ensure_eq!(
+        c.query_one("SELECT $1::uuid", &[&id])
+            .await
+            .check("uuid")?
+            .get::<_, uuid::Uuid>(0),
+        id
+    );
     let value = serde_json::json!({"a": [1, 2.5, null, true], "b": {"c": "ünï"}});
     for ty in ["json", "jsonb"] {
         let back: serde_json::Value = c
@@ -576,15 +816,35 @@ async fn uuid_and_json_round_trip(env: &Env) -> Outcome {
 async fn arrays_round_trip(env: &Env) -> Outcome {
     let mut c = connect(&env.trust).await?;
     let ints = vec![1i32, -2, 3];
-    ensure_eq!(c.query_one("SELECT $1::int4[]", &[&ints]).await.check("int4[]")?.get::<_, Vec<i32>>(0), ints);
+    ensure_eq!(
+        c.query_one("SELECT $1::int4[]", &[&ints])
+            .await
+            .check("int4[]")?
+            .get::<_, Vec<i32>>(0),
+        ints
+    );
     let texts = vec![Some("a".to_string()), None, Some("c,d".to_string())];
-    let back: Vec<Option<String>> = c.query_one("SELECT $1::text[]", &[&texts]).await.check("text[]")?.get(0);
+    let back: Vec<Option<String>> = c
+        .query_one("SELECT $1::text[]", &[&texts])
+        .await
+        .check("text[]")?
+        .get(0);
     ensure_eq!(back, texts);
-    let empty: Vec<i64> = c.query_one("SELECT '{}'::int8[]", &[]).await.check("empty")?.get(0);
+    let empty: Vec<i64> = c
+        .query_one("SELECT '{}'::int8[]", &[])
+        .await
+        .check("empty")?
+        .get(0);
     ensure!(empty.is_empty(), "empty array");
     // A 2-D array does not fit a Vec: an error, never a silently flattened value.
-    let row = c.query_one("SELECT ARRAY[[1,2],[3,4]], ARRAY[[1,2],[3,4]]::text", &[]).await.check("2-D")?;
-    ensure!(row.try_get::<_, Vec<i32>>(0).is_err(), "2-D array decoded as a Vec");
+    let row = c
+        .query_one("SELECT ARRAY[[1,2],[3,4]], ARRAY[[1,2],[3,4]]::text", &[])
+        .await
+        .check("2-D")?;
+    ensure!(
+        row.try_get::<_, Vec<i32>>(0).is_err(),
+        "2-D array decoded as a Vec"
+    );
     ensure_eq!(row.get::<_, &str>(1), "{{1,2},{3,4}}");
     let found: bool = c
         .query_one("SELECT 2 = ANY($1)", &[&vec![1i32, 2]])
@@ -592,7 +852,11 @@ async fn arrays_round_trip(env: &Env) -> Outcome {
         .check("ANY")?
         .get(0);
     ensure!(found, "ANY($1)");
-    let null_array: Option<Vec<i32>> = c.query_one("SELECT NULL::int4[]", &[]).await.check("null[]")?.get(0);
+    let null_array: Option<Vec<i32>> = c
+        .query_one("SELECT NULL::int4[]", &[])
+        .await
+        .check("null[]")?
+        .get(0);
     ensure_eq!(null_array, None);
     Ok(())
 }
@@ -605,8 +869,13 @@ async fn enum_type_lookup(env: &Env) -> Outcome {
     )
     .await
     .check("create type")?;
-    c.batch_execute("INSERT INTO moods VALUES ('happy', '{ok,sad}')").await.check("insert")?;
-    let row = c.query_one("SELECT m, ms FROM moods", &[]).await.check("select")?;
+    c.batch_execute("INSERT INTO moods VALUES ('happy', '{ok,sad}')")
+        .await
+        .check("insert")?;
+    let row = c
+        .query_one("SELECT m, ms FROM moods", &[])
+        .await
+        .check("select")?;
     let ty = row.columns()[0].type_();
     ensure_eq!(ty.name(), "live_mood");
     ensure!(
@@ -619,14 +888,22 @@ async fn enum_type_lookup(env: &Env) -> Outcome {
         matches!(row.columns()[1].type_().kind(), wasi_pg_client::types::Kind::Array(t) if t.name() == "live_mood"),
         "array kind"
     );
-    c.batch_execute("DROP TABLE moods; DROP TYPE live_mood").await.check("drop")?;
+    c.batch_execute("DROP TABLE moods; DROP TYPE live_mood")
+        .await
+        .check("drop")?;
     Ok(())
 }
 
 async fn type_mismatch_is_an_error(env: &Env) -> Outcome {
     let mut c = connect(&env.trust).await?;
-    let row = c.query_one("SELECT 1::int4, 'x'::text", &[]).await.check("select")?;
-    let err = row.try_get::<_, String>(0).err().ok_or("int4 read as String")?;
+    let row = c
+        .query_one("SELECT 1::int4, 'x'::text", &[])
+        .await
+        .check("select")?;
+    let err = row
+        .try_get::<_, String>(0)
+        .err()
+        .ok_or("int4 read as String")?;
     ensure_eq!(err.kind(), ErrorKind::FromSql);
     ensure!(err.to_string().contains("int4"), "{err}");
     let err = row.try_get::<_, i64>(0).err().ok_or("int4 read as i64")?;
@@ -641,38 +918,85 @@ async fn type_mismatch_is_an_error(env: &Env) -> Outcome {
         .err()
         .ok_or("text for int4 param")?;
     ensure_eq!(err.kind(), ErrorKind::ToSql);
-    let err = c.query("SELECT $1::int8", &[&1i32]).await.err().ok_or("i32 for int8")?;
+    let err = c
+        .query("SELECT $1::int8", &[&1i32])
+        .await
+        .err()
+        .ok_or("i32 for int8")?;
     ensure_eq!(err.kind(), ErrorKind::ToSql);
-    ensure_eq!(c.query_one("SELECT $1::int8", &[&1i64]).await.check("after")?.get::<_, i64>(0), 1);
+    ensure_eq!(
+        c.query_one("SELECT $1::int8", &[&1i64])
+            .await
+            .check("after")?
+            .get::<_, i64>(0),
+        1
+    );
     Ok(())
 }
 
 async fn parameter_count_mismatch(env: &Env) -> Outcome {
     let mut c = connect(&env.trust).await?;
-    let err = c.query("SELECT $1::int4, $2::int4", &[&1i32]).await.err().ok_or("missing param")?;
+    let err = c
+        .query("SELECT $1::int4, $2::int4", &[&1i32])
+        .await
+        .err()
+        .ok_or("missing param")?;
     ensure_eq!(err.kind(), ErrorKind::Parameters);
-    let err = c.execute("SELECT 1", &[&1i32]).await.err().ok_or("extra param")?;
+    let err = c
+        .execute("SELECT 1", &[&1i32])
+        .await
+        .err()
+        .ok_or("extra param")?;
     ensure_eq!(err.kind(), ErrorKind::Parameters);
-    ensure_eq!(c.query_one("SELECT 1", &[]).await.check("after")?.get::<_, i32>(0), 1);
+    ensure_eq!(
+        c.query_one("SELECT 1", &[])
+            .await
+            .check("after")?
+            .get::<_, i32>(0),
+        1
+    );
     Ok(())
 }
 
 async fn error_fields_and_classification(env: &Env) -> Outcome {
     let mut c = connect(&env.trust).await?;
-    c.batch_execute("CREATE TEMP TABLE u (id int CONSTRAINT u_pk PRIMARY KEY)").await.check("create")?;
-    c.execute("INSERT INTO u VALUES (1)", &[]).await.check("insert")?;
-    let err = c.execute("INSERT INTO u VALUES (1)", &[]).await.err().ok_or("duplicate accepted")?;
+    c.batch_execute("CREATE TEMP TABLE u (id int CONSTRAINT u_pk PRIMARY KEY)")
+        .await
+        .check("create")?;
+    c.execute("INSERT INTO u VALUES (1)", &[])
+        .await
+        .check("insert")?;
+    let err = c
+        .execute("INSERT INTO u VALUES (1)", &[])
+        .await
+        .err()
+        .ok_or("duplicate accepted")?;
     ensure_eq!(err.code(), Some(sqlstate::UNIQUE_VIOLATION));
     ensure_eq!(err.class(), ErrorClass::Permanent);
     let db = err.as_db_error().ok_or("not a db error")?;
     ensure_eq!(db.severity(), "ERROR");
     ensure_eq!(db.constraint(), Some("u_pk"));
     ensure_eq!(db.table(), Some("u"));
-    ensure!(db.schema().is_some_and(|s| s.starts_with("pg_temp")), "schema {:?}", db.schema());
-    ensure!(db.detail().is_some_and(|d| d.contains("(id)=(1)")), "detail {:?}", db.detail());
-    let err = c.execute("SELECT 1 FROM nowhere", &[]).await.err().ok_or("no error")?;
     ensure!(
-        matches!(err.as_db_error().and_then(|d| d.position()), Some(wasi_pg_client::ErrorPosition::Original(15))),
+        db.schema().is_some_and(|s| s.starts_with("pg_temp")),
+        "schema {:?}",
+        db.schema()
+    );
+    ensure!(
+        db.detail().is_some_and(|d| d.contains("(id)=(1)")),
+        "detail {:?}",
+        db.detail()
+    );
+    let err = c
+        .execute("SELECT 1 FROM nowhere", &[])
+        .await
+        .err()
+        .ok_or("no error")?;
+    ensure!(
+        matches!(
+            err.as_db_error().and_then(|d| d.position()),
+            Some(wasi_pg_client::ErrorPosition::Original(15))
+        ),
         "position {:?}",
         err.as_db_error().map(|d| d.position())
     );
@@ -691,9 +1015,17 @@ async fn error_fields_and_classification(env: &Env) -> Outcome {
 async fn error_recovery_simple_and_extended(env: &Env) -> Outcome {
     let mut c = connect(&env.scram).await?;
     for _ in 0..3 {
-        let err = c.query("SELEC 1", &[]).await.err().ok_or("syntax error accepted")?;
+        let err = c
+            .query("SELEC 1", &[])
+            .await
+            .err()
+            .ok_or("syntax error accepted")?;
         ensure_eq!(err.code(), Some(sqlstate::SYNTAX_ERROR));
-        let err = c.batch_execute("SELECT 1/0").await.err().ok_or("division accepted")?;
+        let err = c
+            .batch_execute("SELECT 1/0")
+            .await
+            .err()
+            .ok_or("division accepted")?;
         ensure_eq!(err.code(), Some("22012"));
         let err = c
             .query("SELECT 1/($1::int4 - 1)", &[&1i32])
@@ -701,7 +1033,13 @@ async fn error_recovery_simple_and_extended(env: &Env) -> Outcome {
             .err()
             .ok_or("division in execute")?;
         ensure_eq!(err.code(), Some("22012"));
-        ensure_eq!(c.query_one("SELECT 5", &[]).await.check("after errors")?.get::<_, i32>(0), 5);
+        ensure_eq!(
+            c.query_one("SELECT 5", &[])
+                .await
+                .check("after errors")?
+                .get::<_, i32>(0),
+            5
+        );
     }
     ensure!(!c.is_closed(), "closed");
     Ok(())
@@ -711,9 +1049,16 @@ async fn failed_transaction_status(env: &Env) -> Outcome {
     let mut c = connect(&env.trust).await?;
     c.batch_execute("BEGIN").await.check("begin")?;
     ensure_eq!(c.transaction_status(), TransactionStatus::InTransaction);
-    ensure!(c.batch_execute("SELECT nope").await.is_err(), "error expected");
+    ensure!(
+        c.batch_execute("SELECT nope").await.is_err(),
+        "error expected"
+    );
     ensure_eq!(c.transaction_status(), TransactionStatus::Failed);
-    let err = c.query("SELECT 1", &[]).await.err().ok_or("query in failed tx")?;
+    let err = c
+        .query("SELECT 1", &[])
+        .await
+        .err()
+        .ok_or("query in failed tx")?;
     ensure_eq!(err.code(), Some("25P02"));
     c.batch_execute("ROLLBACK").await.check("rollback")?;
     ensure_eq!(c.transaction_status(), TransactionStatus::Idle);
@@ -728,7 +1073,10 @@ async fn dropped_future_mid_query(env: &Env) -> Outcome {
             c.query("SELECT 'stale', pg_sleep(0.2)", &[]),
         )
         .await;
-        ensure!(finished.is_none(), "the slow query finished within {delay_ms} ms");
+        ensure!(
+            finished.is_none(),
+            "the slow query finished within {delay_ms} ms"
+        );
         let rows = c
             .query("SELECT 'fresh'::text, $1::int4", &[&(delay_ms as i32)])
             .await
@@ -737,9 +1085,16 @@ async fn dropped_future_mid_query(env: &Env) -> Outcome {
         ensure_eq!(rows[0].get::<_, &str>(0), "fresh");
         ensure_eq!(rows[0].get::<_, i32>(1), delay_ms as i32);
     }
-    let finished = run_for(Duration::from_millis(20), c.simple_query("SELECT pg_sleep(0.2); SELECT 'stale'")).await;
+    let finished = run_for(
+        Duration::from_millis(20),
+        c.simple_query("SELECT pg_sleep(0.2); SELECT 'stale'"),
+    )
+    .await;
     ensure!(finished.is_none(), "simple query finished");
-    let m = c.simple_query("SELECT 'fresh'").await.check("after simple drop")?;
+    let m = c
+        .simple_query("SELECT 'fresh'")
+        .await
+        .check("after simple drop")?;
     let values: Vec<&str> = m
         .iter()
         .filter_map(|m| match m {
@@ -765,7 +1120,11 @@ async fn dropped_stream_mid_result(env: &Env) -> Outcome {
             }
         }
     }
-    let n: i64 = c.query_one("SELECT count(*) FROM generate_series(1, 7)", &[]).await.check("after")?.get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM generate_series(1, 7)", &[])
+        .await
+        .check("after")?
+        .get(0);
     ensure_eq!(n, 7);
     Ok(())
 }
@@ -777,7 +1136,13 @@ async fn dropped_future_before_send(env: &Env) -> Outcome {
     // Dropped right after the first poll: the request may be queued but unanswered.
     let finished = run_for(Duration::ZERO, c.query("SELECT 'stale'", &[])).await;
     let _ = finished;
-    ensure_eq!(c.query_one("SELECT 'fresh'::text", &[]).await.check("after")?.get::<_, &str>(0), "fresh");
+    ensure_eq!(
+        c.query_one("SELECT 'fresh'::text", &[])
+            .await
+            .check("after")?
+            .get::<_, &str>(0),
+        "fresh"
+    );
     Ok(())
 }
 
@@ -806,9 +1171,15 @@ async fn multi_host_all_fail(env: &Env) -> Outcome {
         p = env.closed_port
     ))
     .check("parse")?;
-    let err = Client::connect(&config).await.err().ok_or("connected to a closed port")?;
+    let err = Client::connect(&config)
+        .await
+        .err()
+        .ok_or("connected to a closed port")?;
     let text = err.to_string();
-    ensure_eq!(text.matches(&format!("port {}", env.closed_port)).count(), 2);
+    ensure_eq!(
+        text.matches(&format!("port {}", env.closed_port)).count(),
+        2
+    );
     ensure!(err.is_connection_broken(), "{text}");
     Ok(())
 }
@@ -820,10 +1191,16 @@ async fn connect_timeout_fires(env: &Env) -> Outcome {
     ))
     .check("parse")?;
     let started = std::time::Instant::now();
-    let err = Client::connect(&config).await.err().ok_or("connected to a silent server")?;
+    let err = Client::connect(&config)
+        .await
+        .err()
+        .ok_or("connected to a silent server")?;
     let took = started.elapsed();
     ensure_eq!(err.kind(), ErrorKind::Timeout);
-    ensure!(took >= Duration::from_millis(1900) && took < Duration::from_secs(10), "took {took:?}");
+    ensure!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(10),
+        "took {took:?}"
+    );
     Ok(())
 }
 
@@ -837,19 +1214,32 @@ async fn env_precedence(env: &Env) -> Outcome {
         ("PGAPPNAME", "from-env".to_string()),
         ("PGCONNECT_TIMEOUT", "10".to_string()),
     ];
-    let lookup = |k: &str| vars.iter().find(|(name, _)| *name == k).map(|(_, v)| v.clone());
+    let lookup = |k: &str| {
+        vars.iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, v)| v.clone())
+    };
     let mut config = Config::new();
     config.apply_env_with(lookup).check("env")?;
     let mut c = Client::connect(&config).await.check("connect from env")?;
     ensure_eq!(current_user(&mut c).await?, "pgc_scram");
-    let app: String = c.query_one("SELECT current_setting('application_name')", &[]).await.check("app")?.get(0);
+    let app: String = c
+        .query_one("SELECT current_setting('application_name')", &[])
+        .await
+        .check("app")?
+        .get(0);
     ensure_eq!(app, "from-env");
 
-    let mut config = Config::parse("application_name=from-conninfo user=pgc_trust").check("parse")?;
+    let mut config =
+        Config::parse("application_name=from-conninfo user=pgc_trust").check("parse")?;
     config.apply_env_with(lookup).check("env")?;
     let mut c = Client::connect(&config).await.check("connect")?;
     ensure_eq!(current_user(&mut c).await?, "pgc_trust");
-    let app: String = c.query_one("SELECT current_setting('application_name')", &[]).await.check("app")?.get(0);
+    let app: String = c
+        .query_one("SELECT current_setting('application_name')", &[])
+        .await
+        .check("app")?
+        .get(0);
     ensure_eq!(app, "from-conninfo");
     ensure_eq!(config.get_connect_timeout(), Some(Duration::from_secs(10)));
     Ok(())
@@ -871,7 +1261,11 @@ async fn application_name_and_options(env: &Env) -> Outcome {
     ensure_eq!(row.get::<_, &str>(0), "live test");
     ensure_eq!(row.get::<_, &str>(1), "pg_catalog");
     ensure_eq!(row.get::<_, &str>(2), "1234ms");
-    ensure!(c.parameter("server_version").is_some_and(|v| v.starts_with("15")), "server_version");
+    ensure!(
+        c.parameter("server_version")
+            .is_some_and(|v| v.starts_with("15")),
+        "server_version"
+    );
     ensure_eq!(c.parameter("client_encoding"), Some("UTF8"));
     ensure!(c.backend_pid().is_some(), "backend pid");
     Ok(())
@@ -883,12 +1277,22 @@ async fn notices_and_notifications(env: &Env) -> Outcome {
         .await
         .check("notice")?;
     let notices = c.take_notices();
-    let texts: Vec<(&str, &str)> = notices.iter().map(|n| (n.severity(), n.message())).collect();
+    let texts: Vec<(&str, &str)> = notices
+        .iter()
+        .map(|n| (n.severity(), n.message()))
+        .collect();
     ensure_eq!(texts, vec![("NOTICE", "hello 42"), ("WARNING", "careful")]);
-    c.batch_execute("LISTEN \"Live Chan\"").await.check("listen")?;
+    c.batch_execute("LISTEN \"Live Chan\"")
+        .await
+        .check("listen")?;
     let mut other = connect(&env.trust).await?;
-    other.batch_execute("NOTIFY \"Live Chan\", 'one'; NOTIFY \"Live Chan\", 'two'").await.check("notify")?;
-    c.batch_execute("NOTIFY \"Live Chan\", 'self'").await.check("self notify")?;
+    other
+        .batch_execute("NOTIFY \"Live Chan\", 'one'; NOTIFY \"Live Chan\", 'two'")
+        .await
+        .check("notify")?;
+    c.batch_execute("NOTIFY \"Live Chan\", 'self'")
+        .await
+        .check("self notify")?;
     let mut got = c.take_notifications();
     for _ in 0..50 {
         if got.len() >= 3 {
@@ -914,13 +1318,22 @@ async fn statement_closed_on_drop(env: &Env) -> Outcome {
     let during: i64 = c.query_one(count, &[]).await.check("count")?.get(0);
     ensure_eq!(during, before + 1);
     drop(s1);
-    ensure_eq!(c.query_one(&s2, &[]).await.check("clone still works")?.get::<_, i32>(0), 1);
+    ensure_eq!(
+        c.query_one(&s2, &[])
+            .await
+            .check("clone still works")?
+            .get::<_, i32>(0),
+        1
+    );
     drop(s2);
     let after: i64 = c.query_one(count, &[]).await.check("count")?.get(0);
     ensure_eq!(after, before);
     let mut other = connect(&env.trust).await?;
     let foreign = other.prepare("SELECT 2").await.check("prepare other")?;
-    ensure!(c.query(&foreign, &[]).await.is_err(), "a statement from another connection was accepted");
+    ensure!(
+        c.query(&foreign, &[]).await.is_err(),
+        "a statement from another connection was accepted"
+    );
     Ok(())
 }
 
@@ -931,7 +1344,10 @@ async fn close_sends_terminate(env: &Env) -> Outcome {
     let mut other = connect(&env.trust).await?;
     for _ in 0..100 {
         let alive: i64 = other
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&pid])
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
             .await
             .check("activity")?
             .get(0);
@@ -944,11 +1360,21 @@ async fn close_sends_terminate(env: &Env) -> Outcome {
 }
 
 async fn target_session_attrs_primary(env: &Env) -> Outcome {
-    for (attrs, ok) in [("read-write", true), ("primary", true), ("any", true), ("standby", false), ("read-only", false), ("prefer-standby", true)] {
-        let config = Config::parse(&format!("{} target_session_attrs={attrs}", env.trust)).check("parse")?;
+    for (attrs, ok) in [
+        ("read-write", true),
+        ("primary", true),
+        ("any", true),
+        ("standby", false),
+        ("read-only", false),
+        ("prefer-standby", true),
+    ] {
+        let config =
+            Config::parse(&format!("{} target_session_attrs={attrs}", env.trust)).check("parse")?;
         match (Client::connect(&config).await, ok) {
             (Ok(_), true) | (Err(_), false) => {}
-            (Ok(_), false) => return Err(format!("target_session_attrs={attrs} accepted a primary")),
+            (Ok(_), false) => {
+                return Err(format!("target_session_attrs={attrs} accepted a primary"));
+            }
             (Err(e), true) => return Err(format!("target_session_attrs={attrs}: {e}")),
         }
     }
@@ -958,8 +1384,15 @@ async fn target_session_attrs_primary(env: &Env) -> Outcome {
 #[cfg(not(target_os = "wasi"))]
 async fn unix_socket(env: &Env) -> Outcome {
     let dir = env.socket_dir.as_deref().ok_or("no socket dir")?;
-    let mut c = connect(&format!("host={dir} port={} user=pgc_trust dbname=postgres", env.port)).await?;
-    let row = c.query_one("SELECT inet_client_addr() IS NULL", &[]).await.check("addr")?;
+    let mut c = connect(&format!(
+        "host={dir} port={} user=pgc_trust dbname=postgres",
+        env.port
+    ))
+    .await?;
+    let row = c
+        .query_one("SELECT inet_client_addr() IS NULL", &[])
+        .await
+        .check("addr")?;
     ensure!(row.get::<_, bool>(0), "not a Unix socket connection");
     Ok(())
 }
