@@ -83,7 +83,7 @@ impl Client {
         config: &Config,
     ) -> Result<Client, Error> {
         check_tls(config)?;
-        startup(transport, config).await
+        startup(transport, config, None).await
     }
 }
 
@@ -135,7 +135,7 @@ fn describe(target: &Target) -> String {
 /// Opens the transport for one target and runs the startup on it.
 async fn connect_target(config: &Config, target: &Target) -> Result<Client, Error> {
     let transport = open_transport(&target.host, target.hostaddr, target.port).await?;
-    startup(transport, config).await
+    startup(transport, config, Some(target)).await
 }
 
 #[cfg(target_os = "wasi")]
@@ -184,11 +184,21 @@ async fn open_transport(
 }
 
 /// The startup message parameters and credentials from the configuration.
-async fn startup(transport: Box<dyn Transport>, config: &Config) -> Result<Client, Error> {
+async fn startup(
+    transport: Box<dyn Transport>,
+    config: &Config,
+    target: Option<&Target>,
+) -> Result<Client, Error> {
     let user = config.effective_user()?;
+    let dbname = config.effective_dbname()?;
+    let password = match (config.get_password(), target) {
+        (Some(password), _) => Some(password.to_vec()),
+        (None, Some(target)) => password_from_file(config, target, &dbname, &user),
+        (None, None) => None,
+    };
     let mut params = vec![
         ("user".to_string(), user.clone()),
-        ("database".to_string(), config.effective_dbname()?),
+        ("database".to_string(), dbname),
         // Text results are decoded as UTF-8, so the session must send UTF-8.
         ("client_encoding".to_string(), "UTF8".to_string()),
     ];
@@ -204,7 +214,7 @@ async fn startup(transport: Box<dyn Transport>, config: &Config) -> Result<Clien
     }
     let startup = StartupParams {
         params,
-        password: config.get_password().map(<[u8]>::to_vec),
+        password,
         require_auth: config.get_require_auth().clone(),
     };
     let limits = Limits {
@@ -214,6 +224,42 @@ async fn startup(transport: Box<dyn Transport>, config: &Config) -> Result<Clien
     let mut conn = Connection::new(transport, protocol);
     conn.startup().await?;
     Ok(Client::from_connection(conn))
+}
+
+/// The password for `target` from the password file (`passfile`, `PGPASSFILE` or `~/.pgpass`), as libpq finds
+/// it. A missing or unreadable file is no password; a file others can read is ignored with a warning, as libpq
+/// does.
+fn password_from_file(
+    config: &Config,
+    target: &Target,
+    dbname: &str,
+    user: &str,
+) -> Option<Vec<u8>> {
+    let path = config.passfile_path()?;
+    let metadata = std::fs::metadata(&path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if metadata.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                "password file has group or world access; permissions should be u=rw (0600) or less"
+            );
+            return None;
+        }
+    }
+    if !metadata.is_file() {
+        return None;
+    }
+    let contents = std::fs::read_to_string(&path).ok()?;
+    let host = match (&target.host, target.hostaddr) {
+        (Host::Tcp(name), _) if !name.is_empty() => name.clone(),
+        (Host::Tcp(_), Some(addr)) => addr.to_string(),
+        (Host::Tcp(name), None) => name.clone(),
+        (Host::Unix(dir), _) => dir.display().to_string(),
+    };
+    crate::config::passfile_lookup(&contents, &host, target.port, dbname, user)
+        .map(String::into_bytes)
 }
 
 /// Whether the session matches `target_session_attrs` (libpq's checks: read-only-ness and recovery state).

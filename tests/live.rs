@@ -21,6 +21,8 @@ fn main() {
     // A listener that accepts connections (the kernel completes the handshake) but never answers: the
     // connect_timeout scenario needs one.
     let silent = TcpListener::bind("127.0.0.1:0").expect("bind the silent listener");
+    let passfile_dir = write_passfile(&cluster);
+    let passfile = passfile_dir.join("pgpass");
     let env = Env {
         host: cluster.host.clone(),
         port: cluster.port,
@@ -35,6 +37,7 @@ fn main() {
         silent_port: silent.local_addr().expect("silent listener address").port(),
         closed_port: support::free_port(),
         socket_dir: Some(cluster.socket_dir.display().to_string()),
+        passfile: passfile.display().to_string(),
     };
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -44,9 +47,18 @@ fn main() {
     let native = runtime.block_on(scenarios::run_all(&env, "native"));
 
     let wasm = support::build_wasm(WasmBuild::Test("live"));
-    let vars = env.to_vars();
+    let mut vars = env.to_vars();
+    // The component sees the password file through a preopened directory.
+    vars.push(("LIVE_PASSFILE", "/pgpass/pgpass".to_string()));
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let output = support::wasmtime(&wasm, &[], &vars, &[], None);
+    let output = support::wasmtime(
+        &wasm,
+        &[],
+        &vars,
+        &[(passfile_dir.as_path(), "/pgpass")],
+        None,
+    );
+    let _ = std::fs::remove_dir_all(&passfile_dir);
     let stdout = String::from_utf8_lossy(&output.stdout);
     print!("{stdout}");
     eprint!("{}", String::from_utf8_lossy(&output.stderr));
@@ -66,6 +78,28 @@ fn main() {
         eprintln!("live scenarios failed");
         std::process::exit(1);
     }
+}
+
+/// Writes a password file (mode 0600) with entries for the scram and md5 roles, not for the password role.
+#[cfg(not(target_os = "wasi"))]
+fn write_passfile(cluster: &support::Cluster) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    use support::{Cluster, Role};
+    let escape = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
+    let dir = std::env::temp_dir().join(format!("wasi-pg-live-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create the passfile dir");
+    let contents = format!(
+        "# written by tests/live.rs\n{}:{}:postgres:pgc_scram:{}\n*:*:*:pgc_md5:{}\n",
+        cluster.host,
+        cluster.port,
+        escape(Cluster::password(Role::Scram).unwrap_or_default()),
+        escape(Cluster::password(Role::Md5).unwrap_or_default()),
+    );
+    let path = dir.join("pgpass");
+    std::fs::write(&path, contents).expect("write the passfile");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod the passfile");
+    dir
 }
 
 #[cfg(target_os = "wasi")]

@@ -479,7 +479,6 @@ impl Config {
 
     /// The password file to read: `passfile` (or `PGPASSFILE`), else `~/.pgpass` (on Windows
     /// `%APPDATA%\postgresql\pgpass.conf`); none on WASI, which has no home directory.
-    #[allow(dead_code, reason = "the connection code does not read .pgpass yet")]
     pub(crate) fn passfile_path(&self) -> Option<PathBuf> {
         if let Some(path) = self.get_raw("passfile") {
             return Some(PathBuf::from(path));

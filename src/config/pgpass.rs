@@ -11,7 +11,6 @@ use super::DEFAULT_SOCKET_DIR;
 /// `host` is the host name, else the `hostaddr`, of the attempt; like libpq, an empty host and the default
 /// socket directory are looked up as `localhost`, other socket directories by their path. Without a database
 /// or user name nothing matches, as in libpq.
-#[allow(dead_code, reason = "the connection code does not read .pgpass yet")]
 pub(crate) fn passfile_lookup(
     contents: &str,
     host: &str,

@@ -29,6 +29,8 @@ pub struct Env {
     /// The server's Unix socket directory (native only).
     #[cfg_attr(target_os = "wasi", allow(dead_code))]
     pub socket_dir: Option<String>,
+    /// A password file with entries for the scram and md5 roles.
+    pub passfile: String,
 }
 
 impl Env {
@@ -65,6 +67,7 @@ impl Env {
             silent_port: var("LIVE_SILENT_PORT").parse().expect("LIVE_SILENT_PORT"),
             closed_port: var("LIVE_CLOSED_PORT").parse().expect("LIVE_CLOSED_PORT"),
             socket_dir: None,
+            passfile: var("LIVE_PASSFILE"),
         }
     }
 }
@@ -161,6 +164,7 @@ pub async fn run_all(env: &Env, label: &str) -> Summary {
         multi_host_all_fail,
         connect_timeout_fires,
         env_precedence,
+        password_file,
         application_name_and_options,
         notices_and_notifications,
         statement_closed_on_drop,
@@ -1242,6 +1246,28 @@ async fn env_precedence(env: &Env) -> Outcome {
         .get(0);
     ensure_eq!(app, "from-conninfo");
     ensure_eq!(config.get_connect_timeout(), Some(Duration::from_secs(10)));
+    Ok(())
+}
+
+async fn password_file(env: &Env) -> Outcome {
+    for user in ["pgc_scram", "pgc_md5"] {
+        let mut c = connect(&format!(
+            "host={} port={} user={user} dbname=postgres passfile={}",
+            env.host, env.port, env.passfile
+        ))
+        .await?;
+        ensure_eq!(current_user(&mut c).await?, user);
+    }
+    let config = Config::parse(&format!(
+        "host={} port={} user=pgc_password dbname=postgres passfile={}",
+        env.host, env.port, env.passfile
+    ))
+    .check("parse")?;
+    let err = Client::connect(&config)
+        .await
+        .err()
+        .ok_or("connected without a password")?;
+    ensure_eq!(err.kind(), ErrorKind::Auth);
     Ok(())
 }
 
