@@ -26,12 +26,19 @@ export CC_wasm32_wasip2="${CC_wasm32_wasip2:-clang-19}"
 export AR_wasm32_wasip2="${AR_wasm32_wasip2:-llvm-ar-19}"
 
 step "native tests (cargo test --all-targets)"
-cargo test --all-targets
+test_log="$(mktemp)"
+cargo test --all-targets 2>&1 | tee "$test_log"
+scenario_totals="$(sed -n '/^scenario totals:/,/wasm32-wasip2:/p' "$test_log")"
+rm -f "$test_log"
 
 step "wasm32-wasip2 examples (cargo build --release --target wasm32-wasip2 --examples)"
 CARGO_TARGET_DIR=target/wasi cargo build --release --target wasm32-wasip2 --examples
 
+step "fuzz targets build (cargo build in fuzz/ with --cfg fuzzing)"
+RUSTFLAGS="--cfg fuzzing" cargo build --manifest-path fuzz/Cargo.toml
+
 step "doc tests (cargo test --doc)"
 cargo test --doc
 
+printf '\n==> live %s\n' "$scenario_totals"
 printf '\n==> all tests passed\n'

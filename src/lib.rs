@@ -29,6 +29,10 @@ pub mod config;
 mod connect;
 mod connection;
 mod error;
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub mod fuzzing;
 mod proto;
 mod row;
 mod runtime;
