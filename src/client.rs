@@ -202,8 +202,8 @@ impl Client {
                 Backend::Message(Message::RowDescription(body)) => {
                     description = Some(read_description(&body)?);
                 }
-                Backend::Message(Message::ErrorResponse(body)) => {
-                    error = Some(Error::db(DbError::parse(&mut body.fields())?));
+                Backend::Error(db) => {
+                    error = Some(Error::db(*db));
                 }
                 other => return Err(unexpected(other, "Parse/Describe")),
             }
@@ -437,8 +437,8 @@ impl Client {
                     | Message::NoData
                     | Message::EmptyQueryResponse,
                 ) => {}
-                Backend::Message(Message::ErrorResponse(body)) => {
-                    error = Some(Error::db(DbError::parse(&mut body.fields())?));
+                Backend::Error(db) => {
+                    error = Some(Error::db(*db));
                 }
                 Backend::Message(Message::CopyInResponse(_)) => self.refuse_copy_in(),
                 Backend::Message(
@@ -569,8 +569,8 @@ impl SimpleQueryStream<'_> {
                     ))));
                 }
                 Backend::Message(Message::EmptyQueryResponse) => {}
-                Backend::Message(Message::ErrorResponse(body)) => {
-                    self.error = Some(Error::db(DbError::parse(&mut body.fields())?));
+                Backend::Error(db) => {
+                    self.error = Some(Error::db(*db));
                 }
                 Backend::Message(Message::CopyInResponse(_)) => self.client.refuse_copy_in(),
                 Backend::Message(
@@ -677,6 +677,7 @@ fn unexpected(message: Backend, during: &str) -> Error {
     let name = match &message {
         Backend::Message(m) => crate::proto::message_name(m),
         Backend::Row(_) => "DataRow",
+        Backend::Error(_) => "ErrorResponse",
         Backend::Ready => "ReadyForQuery",
     };
     Error::protocol(format!("unexpected {name} in response to {during}"))

@@ -42,6 +42,14 @@ impl Connection {
     /// Writes what is queued and reads what is available. `Ready(Ok(()))` means input (or end of stream)
     /// arrived and the protocol should be polled again.
     fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let result = self.poll_transport(cx);
+        if let Poll::Ready(Err(e)) = &result {
+            self.protocol.handle_transport_error(e);
+        }
+        result
+    }
+
+    fn poll_transport(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         // Write first so a request queued by this caller (or left by a dropped one) reaches the server.
         loop {
             let pending = self.protocol.poll_transmit();

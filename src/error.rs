@@ -193,6 +193,11 @@ impl Error {
         Error::build(ErrorKind::Config, message)
     }
 
+    /// The error every call returns after the connection broke: same kind, the original message.
+    pub(crate) fn still_broken(kind: ErrorKind, message: &str) -> Error {
+        Error::build(kind, format!("the connection is broken: {message}")).broken()
+    }
+
     pub(crate) fn closed() -> Error {
         Error::build(ErrorKind::Closed, "the connection is closed".to_string()).broken()
     }

@@ -23,7 +23,7 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::{DataRowBody, Message};
 use postgres_protocol::message::frontend;
 
-use crate::{DbError, Error};
+use crate::{DbError, Error, ErrorKind};
 
 pub(crate) use startup::StartupParams;
 use startup::{Startup, Step};
@@ -141,7 +141,9 @@ pub(crate) enum Backend {
     /// ReadyForQuery: the request's Sync (or simple Query) is done; the status is in
     /// [`Protocol::transaction_status`].
     Ready,
-    /// Any other message: RowDescription, CommandComplete, ErrorResponse, ParseComplete, ...
+    /// An ErrorResponse (not FATAL: those end the connection at once); ReadyForQuery follows.
+    Error(Box<DbError>),
+    /// Any other message: RowDescription, CommandComplete, ParseComplete, ...
     Message(Message),
 }
 
@@ -166,8 +168,8 @@ enum Phase {
     Ready,
     /// Terminate was queued; nothing more may be sent.
     Closed,
-    /// The connection is unusable; the message says why.
-    Failed(String),
+    /// The connection is unusable; the kind and message of the error that broke it.
+    Failed(ErrorKind, String),
 }
 
 /// Protocol limits.
@@ -248,7 +250,15 @@ impl Protocol {
 
     /// Whether the connection can no longer be used.
     pub(crate) fn is_closed(&self) -> bool {
-        matches!(self.phase, Phase::Closed | Phase::Failed(_))
+        matches!(self.phase, Phase::Closed | Phase::Failed(..))
+            || (self.eof && self.inbound.is_empty())
+    }
+
+    /// Records a transport failure: the byte stream is broken, so nothing more can be sent or trusted.
+    pub(crate) fn handle_transport_error(&mut self, error: &Error) {
+        if !matches!(self.phase, Phase::Closed) {
+            self.phase = Phase::Failed(error.kind(), error.to_string());
+        }
     }
 
     /// The run-time parameters the server reported (server_version, TimeZone, ...).
@@ -277,7 +287,7 @@ impl Protocol {
 
     fn check_usable(&self) -> Result<(), Error> {
         match &self.phase {
-            Phase::Failed(why) => Err(Error::protocol(why.clone())),
+            Phase::Failed(kind, why) => Err(Error::still_broken(*kind, why)),
             Phase::Closed => Err(Error::closed()),
             _ if self.eof && self.inbound.is_empty() => Err(Error::closed()),
             _ => Ok(()),
@@ -286,7 +296,7 @@ impl Protocol {
 
     fn fail(&mut self, error: Error) -> Error {
         if error.is_connection_broken() {
-            self.phase = Phase::Failed(error.to_string());
+            self.phase = Phase::Failed(error.kind(), error.to_string());
         }
         error
     }
@@ -387,8 +397,8 @@ impl Protocol {
     /// The next response, or `None` if more input is needed.
     pub(crate) fn poll_response(&mut self) -> Result<Option<Response>, Error> {
         loop {
-            if let Phase::Failed(why) = &self.phase {
-                return Err(Error::protocol(why.clone()));
+            if let Phase::Failed(kind, why) = &self.phase {
+                return Err(Error::still_broken(*kind, why));
             }
             let message = match frame::next_frame(&mut self.inbound, self.limits.max_message_size) {
                 Ok(Some(message)) => message,
@@ -430,10 +440,19 @@ impl Protocol {
                 self.events.push_back(Event::ParameterStatus(name, value));
                 return Ok(None);
             }
-            Message::ErrorResponse(body) if self.pending.is_empty() => {
-                // An error outside any request: the server is about to close the connection (FATAL).
+            Message::ErrorResponse(ref body) => {
                 let db = DbError::parse(&mut body.fields())?;
-                return Err(Error::db(db).broken());
+                // FATAL (for example pg_terminate_backend) or an error outside any request: the server is closing
+                // the connection, so the error ends it now instead of surfacing later as an unexpected EOF.
+                if self.pending.is_empty() || matches!(db.severity(), "FATAL" | "PANIC") {
+                    return Err(Error::db(db).broken());
+                }
+                let request = self.pending.front().map_or(0, |p| p.id);
+                self.result_columns = None;
+                return Ok(Some(Response {
+                    request,
+                    message: Backend::Error(Box::new(db)),
+                }));
             }
             _ => {}
         }
@@ -482,8 +501,7 @@ impl Protocol {
             }
             message @ (Message::CommandComplete(_)
             | Message::EmptyQueryResponse
-            | Message::PortalSuspended
-            | Message::ErrorResponse(_)) => {
+            | Message::PortalSuspended) => {
                 self.result_columns = None;
                 Backend::Message(message)
             }

@@ -394,6 +394,24 @@ fn simple_query_transcript() {
 }
 
 #[test]
+fn fatal_error_inside_a_request_breaks_the_connection_at_once() {
+    let mut p = ready_protocol();
+    p.queue_request(1, None, |_| Ok(())).unwrap();
+    p.handle_input(&error_response(
+        "FATAL",
+        "57P01",
+        "terminating connection due to administrator command",
+    ));
+    let err = p.poll_response().err().unwrap();
+    assert_eq!(err.code(), Some("57P01"));
+    assert!(err.is_connection_broken());
+    assert!(p.is_closed());
+    let again = p.queue_request(1, None, |_| Ok(())).unwrap_err();
+    assert!(again.is_connection_broken());
+    assert_eq!(again.kind(), ErrorKind::Db);
+}
+
+#[test]
 fn query_error_recovers_at_ready_for_query() {
     let mut p = ready_protocol();
     let id = p.queue_request(1, None, |_| Ok(())).unwrap();
@@ -406,10 +424,7 @@ fn query_error_recovers_at_ready_for_query() {
     );
     let got = responses(&mut p);
     assert_eq!(got.len(), 2);
-    assert!(matches!(
-        got[0].message,
-        Backend::Message(Message::ErrorResponse(_))
-    ));
+    assert!(matches!(&got[0].message, Backend::Error(db) if db.code() == "42P01"));
     assert!(!p.is_closed());
     // The next request works.
     let next = p.queue_request(1, None, |_| Ok(())).unwrap();

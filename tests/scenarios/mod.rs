@@ -169,6 +169,7 @@ pub async fn run_all(env: &Env, label: &str) -> Summary {
         notices_and_notifications,
         statement_closed_on_drop,
         close_sends_terminate,
+        terminated_backend_is_reported,
         target_session_attrs_primary,
     ];
     #[cfg(not(target_os = "wasi"))]
@@ -1383,6 +1384,40 @@ async fn close_sends_terminate(env: &Env) -> Outcome {
         sleep(Duration::from_millis(20)).await;
     }
     Err(format!("backend {pid} still alive 2 s after close"))
+}
+
+async fn terminated_backend_is_reported(env: &Env) -> Outcome {
+    let mut victim = connect(&env.trust).await?;
+    let pid = victim.backend_pid().ok_or("pid")?;
+    let mut admin = connect(&env.trust).await?;
+    let killed: bool = admin
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .check("terminate")?
+        .get(0);
+    ensure!(killed, "pg_terminate_backend returned false");
+    let err = victim
+        .query("SELECT 1", &[])
+        .await
+        .err()
+        .ok_or("query on a terminated backend succeeded")?;
+    ensure!(err.is_connection_broken(), "not marked broken: {err}");
+    ensure_eq!(err.class(), ErrorClass::ConnectionBroken);
+    ensure!(
+        err.code() == Some(sqlstate::ADMIN_SHUTDOWN) || err.kind() == ErrorKind::Io,
+        "unexpected error {err:?}"
+    );
+    ensure!(victim.is_closed(), "is_closed after termination");
+    let again = victim
+        .simple_query("SELECT 1")
+        .await
+        .err()
+        .ok_or("second query succeeded")?;
+    ensure!(
+        again.is_connection_broken(),
+        "second error not broken: {again}"
+    );
+    Ok(())
 }
 
 async fn target_session_attrs_primary(env: &Env) -> Outcome {
