@@ -394,24 +394,6 @@ fn simple_query_transcript() {
 }
 
 #[test]
-fn fatal_error_inside_a_request_breaks_the_connection_at_once() {
-    let mut p = ready_protocol();
-    p.queue_request(1, None, |_| Ok(())).unwrap();
-    p.handle_input(&error_response(
-        "FATAL",
-        "57P01",
-        "terminating connection due to administrator command",
-    ));
-    let err = p.poll_response().err().unwrap();
-    assert_eq!(err.code(), Some("57P01"));
-    assert!(err.is_connection_broken());
-    assert!(p.is_closed());
-    let again = p.queue_request(1, None, |_| Ok(())).unwrap_err();
-    assert!(again.is_connection_broken());
-    assert_eq!(again.kind(), ErrorKind::Db);
-}
-
-#[test]
 fn query_error_recovers_at_ready_for_query() {
     let mut p = ready_protocol();
     let id = p.queue_request(1, None, |_| Ok(())).unwrap();
@@ -600,17 +582,25 @@ fn response_without_request_is_a_protocol_error() {
 }
 
 #[test]
-fn fatal_error_outside_a_request_breaks_the_connection() {
-    let mut p = ready_protocol();
-    p.handle_input(&error_response(
-        "FATAL",
-        "57P01",
-        "terminating connection due to administrator command",
-    ));
-    let err = p.poll_response().err().unwrap();
-    assert_eq!(err.code(), Some("57P01"));
-    assert!(err.is_connection_broken());
-    assert!(p.is_closed());
+fn fatal_error_breaks_the_connection_at_once() {
+    for in_request in [false, true] {
+        let mut p = ready_protocol();
+        if in_request {
+            p.queue_request(1, None, |_| Ok(())).unwrap();
+        }
+        p.handle_input(&error_response(
+            "FATAL",
+            "57P01",
+            "terminating connection due to administrator command",
+        ));
+        let err = p.poll_response().err().unwrap();
+        assert_eq!(err.code(), Some("57P01"));
+        assert!(err.is_connection_broken());
+        assert!(p.is_closed());
+        let again = p.queue_request(1, None, |_| Ok(())).unwrap_err();
+        assert!(again.is_connection_broken());
+        assert_eq!(again.kind(), ErrorKind::Db);
+    }
 }
 
 #[test]
