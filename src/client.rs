@@ -14,7 +14,7 @@ use postgres_protocol::message::frontend;
 use postgres_types::{Format, IsNull, ToSql, Type, WrongType};
 
 use crate::connection::Connection;
-use crate::proto::{Backend, Notification, RawRow, RequestId, TransactionStatus};
+use crate::proto::{Backend, Flow, Notification, RawRow, RequestId, TransactionStatus};
 use crate::row::{Row, SimpleColumn, SimpleQueryMessage, SimpleQueryRow};
 use crate::statement::{CloseQueue, Column, Statement};
 use crate::typeinfo;
@@ -139,6 +139,16 @@ impl Client {
         self.conn.take_notices()
     }
 
+    /// Gets the connection ready for a new request: reads and discards what requests of dropped futures still
+    /// have coming, then queues Close for dropped statements.
+    ///
+    /// A new request is never sent behind an unanswered one: if that one turned into COPY FROM STDIN, the server
+    /// would read our next messages as COPY data. If this future is dropped while draining, nothing was queued.
+    async fn prepare_to_send(&mut self) -> Result<(), Error> {
+        self.conn.drain_abandoned().await?;
+        self.queue_statement_closes()
+    }
+
     /// Queues Close messages for statements whose handles were all dropped. Their responses are discarded like
     /// those of an abandoned request.
     fn queue_statement_closes(&mut self) -> Result<(), Error> {
@@ -149,13 +159,15 @@ impl Client {
         if names.is_empty() || self.is_closed() {
             return Ok(());
         }
-        self.conn.protocol.queue_request(1, None, |buf| {
-            for name in &names {
-                frontend::close(b'S', name, buf).map_err(encode_error)?;
-            }
-            frontend::sync(buf);
-            Ok(())
-        })?;
+        self.conn
+            .protocol
+            .queue_request(Flow::Extended(1), None, |buf| {
+                for name in &names {
+                    frontend::close(b'S', name, buf).map_err(encode_error)?;
+                }
+                frontend::sync(buf);
+                Ok(())
+            })?;
         Ok(())
     }
 
@@ -181,14 +193,17 @@ impl Client {
         sql: &str,
         param_types: &[Type],
     ) -> Result<Statement, Error> {
-        self.queue_statement_closes()?;
-        let id = self.conn.protocol.queue_request(1, None, |buf| {
-            frontend::parse(name, sql, param_types.iter().map(Type::oid), buf)
-                .map_err(encode_error)?;
-            frontend::describe(b'S', name, buf).map_err(encode_error)?;
-            frontend::sync(buf);
-            Ok(())
-        })?;
+        self.prepare_to_send().await?;
+        let id = self
+            .conn
+            .protocol
+            .queue_request(Flow::Extended(1), None, |buf| {
+                frontend::parse(name, sql, param_types.iter().map(Type::oid), buf)
+                    .map_err(encode_error)?;
+                frontend::describe(b'S', name, buf).map_err(encode_error)?;
+                frontend::sync(buf);
+                Ok(())
+            })?;
         let mut param_oids = Vec::new();
         let mut description = None;
         let mut error = None;
@@ -355,14 +370,17 @@ impl Client {
         if types.len() != params.len() {
             return Err(Error::parameters(types.len(), params.len()));
         }
-        self.queue_statement_closes()?;
+        self.prepare_to_send().await?;
         let columns = statement.columns().len();
-        let id = self.conn.protocol.queue_request(1, Some(columns), |buf| {
-            write_bind(buf, statement.name(), types, params)?;
-            frontend::execute("", 0, buf).map_err(encode_error)?;
-            frontend::sync(buf);
-            Ok(())
-        })?;
+        let id = self
+            .conn
+            .protocol
+            .queue_request(Flow::Extended(1), Some(columns), |buf| {
+                write_bind(buf, statement.name(), types, params)?;
+                frontend::execute("", 0, buf).map_err(encode_error)?;
+                frontend::sync(buf);
+                Ok(())
+            })?;
         self.collect(id).await
     }
 
@@ -399,17 +417,20 @@ impl Client {
         sql: &str,
         params: &[(Param<'_>, Type)],
     ) -> Result<Collected, Error> {
-        self.queue_statement_closes()?;
+        self.prepare_to_send().await?;
         let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
         let values: Vec<Param<'_>> = params.iter().map(|(v, _)| *v).collect();
-        let id = self.conn.protocol.queue_request(1, None, |buf| {
-            frontend::parse("", sql, types.iter().map(Type::oid), buf).map_err(encode_error)?;
-            write_bind(buf, "", &types, &values)?;
-            frontend::describe(b'P', "", buf).map_err(encode_error)?;
-            frontend::execute("", 0, buf).map_err(encode_error)?;
-            frontend::sync(buf);
-            Ok(())
-        })?;
+        let id = self
+            .conn
+            .protocol
+            .queue_request(Flow::Extended(1), None, |buf| {
+                frontend::parse("", sql, types.iter().map(Type::oid), buf).map_err(encode_error)?;
+                write_bind(buf, "", &types, &values)?;
+                frontend::describe(b'P', "", buf).map_err(encode_error)?;
+                frontend::execute("", 0, buf).map_err(encode_error)?;
+                frontend::sync(buf);
+                Ok(())
+            })?;
         self.collect(id).await
     }
 
@@ -440,7 +461,6 @@ impl Client {
                 Backend::Error(db) => {
                     error = Some(Error::db(*db));
                 }
-                Backend::Message(Message::CopyInResponse(_)) => self.refuse_copy_in(),
                 Backend::Message(
                     Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone,
                 ) => {}
@@ -451,14 +471,6 @@ impl Client {
             Some(e) => Err(e),
             None => Ok(collected),
         }
-    }
-
-    /// COPY FROM STDIN through a call that has no data to send: fail it cleanly so the server ends the request.
-    fn refuse_copy_in(&mut self) {
-        self.conn.protocol.queue_raw(|buf| {
-            // The message is a constant without NUL bytes, so encoding cannot fail.
-            let _ = frontend::copy_fail("COPY FROM STDIN is not supported by this call", buf);
-        });
     }
 
     /// Runs one or more SQL statements through the simple query protocol, returning every result.
@@ -487,10 +499,13 @@ impl Client {
         if sql.contains('\0') {
             return Err(Error::config("the SQL text contains a NUL byte"));
         }
-        self.queue_statement_closes()?;
-        let id = self.conn.protocol.queue_request(1, None, |buf| {
-            frontend::query(sql, buf).map_err(encode_error)
-        })?;
+        self.prepare_to_send().await?;
+        let id = self
+            .conn
+            .protocol
+            .queue_request(Flow::Simple, None, |buf| {
+                frontend::query(sql, buf).map_err(encode_error)
+            })?;
         Ok(SimpleQueryStream {
             client: self,
             id,
@@ -572,7 +587,6 @@ impl SimpleQueryStream<'_> {
                 Backend::Error(db) => {
                     self.error = Some(Error::db(*db));
                 }
-                Backend::Message(Message::CopyInResponse(_)) => self.client.refuse_copy_in(),
                 Backend::Message(
                     Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone,
                 ) => {}

@@ -151,6 +151,30 @@ impl Connection {
         }
     }
 
+    /// Reads and discards the responses of every request still pending (left by dropped futures).
+    pub(crate) async fn drain_abandoned(&mut self) -> Result<(), Error> {
+        poll_fn(|cx| {
+            loop {
+                if !self.protocol.has_pending() {
+                    return Poll::Ready(Ok(()));
+                }
+                let response = self.protocol.poll_response();
+                self.collect_events();
+                match response {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                match self.poll_io(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await
+    }
+
     /// Sends everything queued (used by close, where no response follows).
     pub(crate) async fn flush_all(&mut self) -> Result<(), Error> {
         poll_fn(|cx| {

@@ -2,7 +2,7 @@
 //! They drive the real sans-IO core and parsers; nothing here is a reimplementation.
 
 use crate::config::RequireAuth;
-use crate::proto::{Limits, Protocol, StartupParams};
+use crate::proto::{Flow, Limits, Protocol, StartupParams};
 
 /// Feeds `data` to a fresh connection as the server's byte stream, cut into chunks whose sizes come from the
 /// first byte, through startup (any auth method) and then a simple query. Any outcome but a panic, a hang or an
@@ -43,10 +43,14 @@ pub fn backend_stream(data: &[u8]) {
         protocol.advance_transmit(sent);
     }
     // A query, answered by whatever remains.
-    let queued = protocol.queue_request(1, if shape & 0x80 != 0 { Some(2) } else { None }, |buf| {
-        postgres_protocol::message::frontend::query("SELECT 1", buf)
-            .map_err(|e| crate::Error::config(e.to_string()))
-    });
+    let queued = protocol.queue_request(
+        Flow::Simple,
+        if shape & 0x80 != 0 { Some(2) } else { None },
+        |buf| {
+            postgres_protocol::message::frontend::query("SELECT 1", buf)
+                .map_err(|e| crate::Error::config(e.to_string()))
+        },
+    );
     if queued.is_err() {
         return;
     }

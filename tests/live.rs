@@ -44,7 +44,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let native = runtime.block_on(scenarios::run_all(&env, "native"));
+    let native = runtime.block_on(scenarios::run_all(&env, "native", Vec::new()));
 
     let wasm = support::build_wasm(WasmBuild::Test("live"));
     let mut vars = env.to_vars();
@@ -103,10 +103,21 @@ fn write_passfile(cluster: &support::Cluster) -> std::path::PathBuf {
 }
 
 #[cfg(target_os = "wasi")]
-#[wstd::main]
-async fn main() {
+fn main() {
+    use wstd::runtime::block_on;
     let env = Env::from_vars();
-    let result = scenarios::run_all(&env, "wasm32-wasip2").await;
+    // A client made under one reactor must keep working under the next one: the transport leaves no wait
+    // registered between calls.
+    let first = block_on(scenarios::client_for_next_reactor(&env));
+    let result = block_on(async {
+        let carried = scenarios::client_from_previous_reactor(first).await;
+        scenarios::run_all(
+            &env,
+            "wasm32-wasip2",
+            vec![("client_survives_a_second_block_on", carried)],
+        )
+        .await
+    });
     if result.failed > 0 {
         std::process::exit(1);
     }

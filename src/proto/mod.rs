@@ -153,9 +153,19 @@ pub(crate) struct Response {
     pub(crate) message: Backend,
 }
 
+/// Which sub-protocol a request uses; it decides how a request is ended when it cannot go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// One simple Query message: one ReadyForQuery ends it.
+    Simple,
+    /// Extended-protocol messages with this many Syncs, each answered by one ReadyForQuery.
+    Extended(u32),
+}
+
 /// A request waiting for its ReadyForQuery messages.
 struct Pending {
     id: RequestId,
+    flow: Flow,
     /// ReadyForQuery messages still expected (one per Sync or simple Query).
     ready_left: u32,
     /// The column count of rows from an Execute whose statement was described earlier.
@@ -280,7 +290,6 @@ impl Protocol {
     }
 
     /// Whether requests are still waiting for their ReadyForQuery.
-    #[cfg(test)]
     pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
@@ -349,12 +358,12 @@ impl Protocol {
     }
 
     /// Queues a request. `write` appends its messages to the outbound buffer; if it fails, whatever it wrote is
-    /// removed again, so a half-encoded message never reaches the server. `ready_count` is the number of
-    /// ReadyForQuery messages that end the request (Syncs plus simple Queries). `row_columns` is the column count
-    /// of rows an Execute of a previously described statement returns.
+    /// removed again, so a half-encoded message never reaches the server. `flow` says how many ReadyForQuery
+    /// messages end the request. `row_columns` is the column count of rows an Execute of a previously described
+    /// statement returns.
     pub(crate) fn queue_request(
         &mut self,
-        ready_count: u32,
+        flow: Flow,
         row_columns: Option<usize>,
         write: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
     ) -> Result<RequestId, Error> {
@@ -372,18 +381,17 @@ impl Protocol {
         // Bookkeeping happens here, synchronously with queuing, never after an await.
         let id = self.next_request;
         self.next_request += 1;
+        let ready_left = match flow {
+            Flow::Simple => 1,
+            Flow::Extended(syncs) => syncs,
+        };
         self.pending.push_back(Pending {
             id,
-            ready_left: ready_count,
+            flow,
+            ready_left,
             row_columns,
         });
         Ok(id)
-    }
-
-    /// Queues raw frontend bytes that belong to the current request (for example CopyFail in answer to an
-    /// unexpected CopyInResponse).
-    pub(crate) fn queue_raw(&mut self, write: impl FnOnce(&mut BytesMut)) {
-        write(&mut self.outbound);
     }
 
     /// Queues Terminate; nothing can be sent after it.
@@ -464,6 +472,21 @@ impl Protocol {
         };
         let request = pending.id;
         let backend = match message {
+            Message::CopyInResponse(_) => {
+                // No request of this client streams COPY data yet. Answer in the core, so a request whose caller
+                // was dropped is refused too: otherwise the server would take the next request as COPY data.
+                frontend::copy_fail(
+                    "COPY FROM STDIN is not supported by this call",
+                    &mut self.outbound,
+                )
+                .map_err(|e| Error::protocol(format!("BUG: cannot encode CopyFail: {e}")))?;
+                // In the extended protocol the server ignored our Sync while in COPY mode and now discards
+                // messages until the next one.
+                if let Flow::Extended(_) = pending.flow {
+                    frontend::sync(&mut self.outbound);
+                }
+                return Ok(None);
+            }
             Message::ReadyForQuery(body) => {
                 self.transaction_status = TransactionStatus::from_byte(body.status())?;
                 self.result_columns = None;
@@ -509,7 +532,6 @@ impl Protocol {
             | Message::BindComplete
             | Message::CloseComplete
             | Message::ParameterDescription(_)
-            | Message::CopyInResponse(_)
             | Message::CopyOutResponse(_)
             | Message::CopyData(_)
             | Message::CopyDone) => Backend::Message(message),

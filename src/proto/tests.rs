@@ -354,7 +354,7 @@ fn eof_during_startup_is_an_error_not_a_hang() {
 fn simple_query_transcript() {
     let mut p = ready_protocol();
     let id = p
-        .queue_request(1, None, |buf| {
+        .queue_request(Flow::Simple, None, |buf| {
             postgres_protocol::message::frontend::query("SELECT a, b FROM t", buf).unwrap();
             Ok(())
         })
@@ -396,7 +396,9 @@ fn simple_query_transcript() {
 #[test]
 fn query_error_recovers_at_ready_for_query() {
     let mut p = ready_protocol();
-    let id = p.queue_request(1, None, |_| Ok(())).unwrap();
+    let id = p
+        .queue_request(Flow::Extended(1), None, |_| Ok(()))
+        .unwrap();
     p.handle_input(
         &[
             error_response("ERROR", "42P01", "relation \"t\" does not exist"),
@@ -409,7 +411,9 @@ fn query_error_recovers_at_ready_for_query() {
     assert!(matches!(&got[0].message, Backend::Error(db) if db.code() == "42P01"));
     assert!(!p.is_closed());
     // The next request works.
-    let next = p.queue_request(1, None, |_| Ok(())).unwrap();
+    let next = p
+        .queue_request(Flow::Extended(1), None, |_| Ok(()))
+        .unwrap();
     assert!(next > id);
     p.handle_input(&[command_complete("SELECT 0"), ready(b'T')].concat());
     let got = responses(&mut p);
@@ -420,7 +424,8 @@ fn query_error_recovers_at_ready_for_query() {
 #[test]
 fn extended_query_uses_the_described_column_count() {
     let mut p = ready_protocol();
-    p.queue_request(1, Some(2), |_| Ok(())).unwrap();
+    p.queue_request(Flow::Extended(1), Some(2), |_| Ok(()))
+        .unwrap();
     p.handle_input(
         &[
             msg(b'2', &[]),
@@ -432,7 +437,8 @@ fn extended_query_uses_the_described_column_count() {
     );
     assert_eq!(responses(&mut p).len(), 4);
 
-    p.queue_request(1, Some(2), |_| Ok(())).unwrap();
+    p.queue_request(Flow::Extended(1), Some(2), |_| Ok(()))
+        .unwrap();
     p.handle_input(&[msg(b'2', &[]), data_row(&[Some("1")])].concat());
     assert!(p.poll_response().unwrap().is_some());
     let err = p
@@ -447,7 +453,8 @@ fn extended_query_uses_the_described_column_count() {
 #[test]
 fn data_row_field_count_must_match_row_description() {
     let mut p = ready_protocol();
-    p.queue_request(1, None, |_| Ok(())).unwrap();
+    p.queue_request(Flow::Extended(1), None, |_| Ok(()))
+        .unwrap();
     p.handle_input(
         &[
             row_description(&["a", "b"]),
@@ -462,7 +469,8 @@ fn data_row_field_count_must_match_row_description() {
 #[test]
 fn data_row_without_description_is_refused() {
     let mut p = ready_protocol();
-    p.queue_request(1, None, |_| Ok(())).unwrap();
+    p.queue_request(Flow::Extended(1), None, |_| Ok(()))
+        .unwrap();
     p.handle_input(&data_row(&[Some("1")]));
     assert_eq!(p.poll_response().err().unwrap().kind(), ErrorKind::Protocol);
 }
@@ -470,7 +478,8 @@ fn data_row_without_description_is_refused() {
 #[test]
 fn data_row_with_a_field_past_its_end_is_refused() {
     let mut p = ready_protocol();
-    p.queue_request(1, Some(1), |_| Ok(())).unwrap();
+    p.queue_request(Flow::Extended(1), Some(1), |_| Ok(()))
+        .unwrap();
     let mut body = BytesMut::new();
     body.put_u16(1);
     body.put_i32(100); // claims 100 bytes, carries 2
@@ -482,7 +491,8 @@ fn data_row_with_a_field_past_its_end_is_refused() {
 #[test]
 fn oversized_length_is_an_error_before_any_allocation() {
     let mut p = ready_protocol();
-    p.queue_request(1, None, |_| Ok(())).unwrap();
+    p.queue_request(Flow::Extended(1), None, |_| Ok(()))
+        .unwrap();
     // A 5-byte header claiming ~4 GiB.
     p.handle_input(&[b'D', 0xff, 0xff, 0xff, 0xf0]);
     let err = p.poll_response().err().unwrap();
@@ -497,7 +507,8 @@ fn oversized_length_is_an_error_before_any_allocation() {
 #[test]
 fn length_below_four_is_refused() {
     let mut p = ready_protocol();
-    p.queue_request(1, None, |_| Ok(())).unwrap();
+    p.queue_request(Flow::Extended(1), None, |_| Ok(()))
+        .unwrap();
     p.handle_input(&[b'Z', 0, 0, 0, 3]);
     assert_eq!(p.poll_response().err().unwrap().kind(), ErrorKind::Protocol);
 }
@@ -505,7 +516,8 @@ fn length_below_four_is_refused() {
 #[test]
 fn unknown_message_type_is_refused() {
     let mut p = ready_protocol();
-    p.queue_request(1, None, |_| Ok(())).unwrap();
+    p.queue_request(Flow::Extended(1), None, |_| Ok(()))
+        .unwrap();
     p.handle_input(&msg(b'!', &[]));
     let err = p.poll_response().err().unwrap();
     assert!(err.to_string().contains("unknown message type"), "{err}");
@@ -514,7 +526,8 @@ fn unknown_message_type_is_refused() {
 #[test]
 fn truncated_frame_waits_then_fails_at_eof() {
     let mut p = ready_protocol();
-    p.queue_request(1, None, |_| Ok(())).unwrap();
+    p.queue_request(Flow::Extended(1), None, |_| Ok(()))
+        .unwrap();
     let frame = command_complete("SELECT 1");
     p.handle_input(&frame[..frame.len() - 2]);
     assert!(p.poll_response().unwrap().is_none());
@@ -525,7 +538,8 @@ fn truncated_frame_waits_then_fails_at_eof() {
 #[test]
 fn truncated_body_inside_a_complete_frame_is_refused() {
     let mut p = ready_protocol();
-    p.queue_request(1, None, |_| Ok(())).unwrap();
+    p.queue_request(Flow::Extended(1), None, |_| Ok(()))
+        .unwrap();
     // A BackendKeyData-sized ReadyForQuery without its status byte.
     p.handle_input(&msg(b'Z', &[]));
     assert_eq!(p.poll_response().err().unwrap().kind(), ErrorKind::Protocol);
@@ -534,7 +548,8 @@ fn truncated_body_inside_a_complete_frame_is_refused() {
 #[test]
 fn notices_notifications_and_parameters_become_events() {
     let mut p = ready_protocol();
-    p.queue_request(1, None, |_| Ok(())).unwrap();
+    p.queue_request(Flow::Extended(1), None, |_| Ok(()))
+        .unwrap();
     let notification = msg(
         b'A',
         &[7i32.to_be_bytes().to_vec(), cstr("chan"), cstr("payload")].concat(),
@@ -586,7 +601,8 @@ fn fatal_error_breaks_the_connection_at_once() {
     for in_request in [false, true] {
         let mut p = ready_protocol();
         if in_request {
-            p.queue_request(1, None, |_| Ok(())).unwrap();
+            p.queue_request(Flow::Extended(1), None, |_| Ok(()))
+                .unwrap();
         }
         p.handle_input(&error_response(
             "FATAL",
@@ -597,7 +613,9 @@ fn fatal_error_breaks_the_connection_at_once() {
         assert_eq!(err.code(), Some("57P01"));
         assert!(err.is_connection_broken());
         assert!(p.is_closed());
-        let again = p.queue_request(1, None, |_| Ok(())).unwrap_err();
+        let again = p
+            .queue_request(Flow::Extended(1), None, |_| Ok(()))
+            .unwrap_err();
         assert!(again.is_connection_broken());
         assert_eq!(again.kind(), ErrorKind::Db);
     }
@@ -606,8 +624,12 @@ fn fatal_error_breaks_the_connection_at_once() {
 #[test]
 fn responses_are_tagged_with_their_request() {
     let mut p = ready_protocol();
-    let first = p.queue_request(1, None, |_| Ok(())).unwrap();
-    let second = p.queue_request(2, None, |_| Ok(())).unwrap();
+    let first = p
+        .queue_request(Flow::Extended(1), None, |_| Ok(()))
+        .unwrap();
+    let second = p
+        .queue_request(Flow::Extended(2), None, |_| Ok(()))
+        .unwrap();
     p.handle_input(
         &[
             command_complete("A"),
@@ -628,7 +650,7 @@ fn failed_encoding_leaves_nothing_queued() {
     let mut p = ready_protocol();
     let before = p.poll_transmit().len();
     let err = p
-        .queue_request(1, None, |buf| {
+        .queue_request(Flow::Extended(1), None, |buf| {
             buf.extend_from_slice(b"half a message");
             Err(Error::config("encoding failed"))
         })
@@ -645,7 +667,9 @@ fn terminate_closes_the_protocol() {
     assert_eq!(frontend_messages(&drain(&mut p)), vec![(b'X', vec![])]);
     assert!(p.is_closed());
     assert_eq!(
-        p.queue_request(1, None, |_| Ok(())).unwrap_err().kind(),
+        p.queue_request(Flow::Extended(1), None, |_| Ok(()))
+            .unwrap_err()
+            .kind(),
         ErrorKind::Closed
     );
 }
@@ -673,4 +697,39 @@ fn unexpected_message_during_startup_is_refused() {
             .contains("unexpected DataRow during authentication"),
         "{err}"
     );
+}
+
+#[test]
+fn copy_in_is_refused_by_the_core_in_both_flows() {
+    let copy_in = msg(b'G', &[0, 0, 1, 0, 0]);
+    for (flow, expect_sync) in [(Flow::Simple, false), (Flow::Extended(1), true)] {
+        let mut p = ready_protocol();
+        let id = p.queue_request(flow, None, |_| Ok(())).unwrap();
+        drain(&mut p);
+        p.handle_input(&copy_in);
+        assert!(
+            p.poll_response().unwrap().is_none(),
+            "CopyInResponse is answered, not handed out"
+        );
+        let sent = frontend_messages(&drain(&mut p));
+        assert_eq!(sent[0].0, b'f', "CopyFail first");
+        assert_eq!(sent.len(), if expect_sync { 2 } else { 1 });
+        if expect_sync {
+            assert_eq!(sent[1], (b'S', vec![]));
+        }
+        p.handle_input(
+            &[
+                error_response("ERROR", "57014", "COPY from stdin failed"),
+                ready(b'I'),
+            ]
+            .concat(),
+        );
+        let got = responses(&mut p);
+        assert!(got.iter().all(|r| r.request == id));
+        assert!(matches!(
+            got.last().map(|r| &r.message),
+            Some(Backend::Ready)
+        ));
+        assert!(!p.is_closed());
+    }
 }

@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use wasip2::io::poll::Pollable;
 use wasip2::io::streams::{InputStream, OutputStream, StreamError};
 use wasip2::sockets::instance_network::instance_network;
 use wasip2::sockets::ip_name_lookup::resolve_addresses;
@@ -24,14 +25,19 @@ use wstd::runtime::{AsyncPollable, WaitFor};
 
 use super::Transport;
 
+/// A readiness wait registered with wstd's reactor: the pollable and the future waiting on it.
+///
+/// Created only when an operation would block and dropped as soon as it fires or the operation succeeds, so no
+/// registration outlives the wait: an idle client leaves nothing in the reactor for it to spin on, and a client
+/// can move from one `block_on` to the next between calls.
+type Wait = Option<(AsyncPollable, Pin<Box<WaitFor>>)>;
+
 /// A connected wasi:sockets TCP stream.
 ///
 /// Field order matters: WASI requires pollables to be dropped before the stream or socket they watch.
 pub struct WasiTcpStream {
-    read_wait: Option<Pin<Box<WaitFor>>>,
-    write_wait: Option<Pin<Box<WaitFor>>>,
-    read_ready: AsyncPollable,
-    write_ready: AsyncPollable,
+    read_wait: Wait,
+    write_wait: Wait,
     flushing: bool,
     input: InputStream,
     output: OutputStream,
@@ -66,7 +72,7 @@ fn stream_error(e: StreamError) -> io::Error {
 }
 
 /// Waits on a pollable through wstd's reactor.
-async fn wait(pollable: wasip2::io::poll::Pollable) {
+async fn wait(pollable: Pollable) {
     AsyncPollable::new(pollable).wait_for().await
 }
 
@@ -146,8 +152,6 @@ pub async fn connect_addr(network: &Network, addr: SocketAddr) -> io::Result<Was
     Ok(WasiTcpStream {
         read_wait: None,
         write_wait: None,
-        read_ready: AsyncPollable::new(input.subscribe()),
-        write_ready: AsyncPollable::new(output.subscribe()),
         flushing: false,
         input,
         output,
@@ -176,13 +180,17 @@ pub async fn connect_tcp(
     Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address to connect to")))
 }
 
-/// Polls a readiness wait, creating it on first use and clearing it once it fires.
+/// Polls a readiness wait, subscribing on first use and clearing it once it fires.
 fn poll_wait(
-    slot: &mut Option<Pin<Box<WaitFor>>>,
-    ready: &AsyncPollable,
+    slot: &mut Wait,
+    subscribe: impl FnOnce() -> Pollable,
     cx: &mut Context<'_>,
 ) -> Poll<()> {
-    let wait = slot.get_or_insert_with(|| Box::pin(ready.wait_for()));
+    let (_, wait) = slot.get_or_insert_with(|| {
+        let pollable = AsyncPollable::new(subscribe());
+        let wait = Box::pin(pollable.wait_for());
+        (pollable, wait)
+    });
     match wait.as_mut().poll(cx) {
         Poll::Ready(()) => {
             *slot = None;
@@ -202,11 +210,13 @@ impl Transport for WasiTcpStream {
             // back in this call.
             match self.input.read(buf.len() as u64) {
                 Ok(data) if data.is_empty() => {
-                    if poll_wait(&mut self.read_wait, &self.read_ready, cx).is_pending() {
+                    let input = &self.input;
+                    if poll_wait(&mut self.read_wait, || input.subscribe(), cx).is_pending() {
                         return Poll::Pending;
                     }
                 }
                 Ok(data) => {
+                    self.read_wait = None;
                     buf[..data.len()].copy_from_slice(&data);
                     return Poll::Ready(Ok(data.len()));
                 }
@@ -223,11 +233,13 @@ impl Transport for WasiTcpStream {
         loop {
             match self.output.check_write() {
                 Ok(0) => {
-                    if poll_wait(&mut self.write_wait, &self.write_ready, cx).is_pending() {
+                    let output = &self.output;
+                    if poll_wait(&mut self.write_wait, || output.subscribe(), cx).is_pending() {
                         return Poll::Pending;
                     }
                 }
                 Ok(permitted) => {
+                    self.write_wait = None;
                     let n = usize::try_from(permitted)
                         .unwrap_or(usize::MAX)
                         .min(buf.len());
@@ -254,11 +266,13 @@ impl Transport for WasiTcpStream {
         loop {
             match self.output.check_write() {
                 Ok(0) => {
-                    if poll_wait(&mut self.write_wait, &self.write_ready, cx).is_pending() {
+                    let output = &self.output;
+                    if poll_wait(&mut self.write_wait, || output.subscribe(), cx).is_pending() {
                         return Poll::Pending;
                     }
                 }
                 Ok(_) => {
+                    self.write_wait = None;
                     self.flushing = false;
                     return Poll::Ready(Ok(()));
                 }

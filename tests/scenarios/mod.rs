@@ -126,7 +126,8 @@ macro_rules! scenarios {
     };
 }
 
-pub async fn run_all(env: &Env, label: &str) -> Summary {
+/// Runs every scenario; `earlier` holds outcomes of checks the caller ran itself, counted in the summary.
+pub async fn run_all(env: &Env, label: &str, earlier: Vec<(&str, Outcome)>) -> Summary {
     #[allow(unused_mut)]
     let mut list: Vec<(&str, Scenario)> = scenarios![
         auth_trust,
@@ -160,6 +161,7 @@ pub async fn run_all(env: &Env, label: &str) -> Summary {
         dropped_future_mid_query,
         dropped_stream_mid_result,
         dropped_future_before_send,
+        copy_from_stdin_is_refused,
         multi_host_falls_back,
         multi_host_all_fail,
         connect_timeout_fires,
@@ -179,8 +181,12 @@ pub async fn run_all(env: &Env, label: &str) -> Summary {
         passed: 0,
         failed: 0,
     };
+    let mut results = earlier;
     for (name, scenario) in list {
-        match scenario(env).await {
+        results.push((name, scenario(env).await));
+    }
+    for (name, outcome) in results {
+        match outcome {
             Ok(()) => {
                 summary.passed += 1;
                 println!("{label}: ok   {name}");
@@ -196,6 +202,28 @@ pub async fn run_all(env: &Env, label: &str) -> Summary {
         summary.passed, summary.failed
     );
     summary
+}
+
+/// Connects and runs a query; the client is then used under another reactor.
+#[allow(dead_code)]
+pub async fn client_for_next_reactor(env: &Env) -> Result<Client, String> {
+    let mut c = connect(&env.trust).await?;
+    c.query_one("SELECT 1", &[]).await.check("first reactor")?;
+    Ok(c)
+}
+
+/// Uses a client made under an earlier reactor, idle while a timer runs, then for a query.
+#[allow(dead_code)]
+pub async fn client_from_previous_reactor(client: Result<Client, String>) -> Outcome {
+    let mut c = client?;
+    sleep(Duration::from_millis(50)).await;
+    let v: i32 = c
+        .query_one("SELECT $1::int4", &[&7i32])
+        .await
+        .check("second reactor")?
+        .get(0);
+    ensure_eq!(v, 7);
+    c.close().await.check("close")
 }
 
 async fn connect(conninfo: &str) -> Result<Client, String> {
@@ -1148,6 +1176,41 @@ async fn dropped_future_before_send(env: &Env) -> Outcome {
             .get::<_, &str>(0),
         "fresh"
     );
+    Ok(())
+}
+
+async fn copy_from_stdin_is_refused(env: &Env) -> Outcome {
+    let mut c = connect(&env.trust).await?;
+    c.batch_execute("CREATE TEMP TABLE cp (a int)")
+        .await
+        .check("create")?;
+    let err = c
+        .execute("COPY cp FROM STDIN", &[])
+        .await
+        .err()
+        .ok_or("extended COPY succeeded")?;
+    ensure_eq!(err.code(), Some(sqlstate::QUERY_CANCELED));
+    ensure!(!err.is_connection_broken(), "{err}");
+    let err = c
+        .batch_execute("COPY cp FROM STDIN; SELECT 1")
+        .await
+        .err()
+        .ok_or("simple COPY succeeded")?;
+    ensure_eq!(err.code(), Some(sqlstate::QUERY_CANCELED));
+    // A caller dropped right after sending COPY: the core still refuses it, so the session stays in sync.
+    drop(
+        c.simple_query_stream("COPY cp FROM STDIN")
+            .await
+            .check("start copy")?,
+    );
+    ensure_eq!(
+        c.query_one("SELECT 42", &[])
+            .await
+            .check("after copy")?
+            .get::<_, i32>(0),
+        42
+    );
+    ensure_eq!(c.transaction_status(), TransactionStatus::Idle);
     Ok(())
 }
 
