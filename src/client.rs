@@ -11,12 +11,12 @@ use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use postgres_types::{Format, IsNull, ToSql, Type, WrongType};
+use postgres_types::{Format, IsNull, ToSql, Type};
 
 use crate::connection::Connection;
 use crate::proto::{Backend, Flow, Notification, RawRow, RequestId, TransactionStatus};
 use crate::row::{Row, SimpleColumn, SimpleQueryMessage, SimpleQueryRow};
-use crate::statement::{CloseQueue, Column, Statement};
+use crate::statement::{CloseQueue, CloseUnlessPrepared, Column, Statement};
 use crate::typeinfo;
 use crate::{DbError, Error};
 
@@ -184,7 +184,10 @@ impl Client {
     ) -> Result<Statement, Error> {
         let name = format!("wpc{}", self.next_statement);
         self.next_statement += 1;
-        self.prepare_named(&name, sql, param_types).await
+        let guard = CloseUnlessPrepared::new(&self.close_queue, &name);
+        let statement = self.prepare_named(&name, sql, param_types).await?;
+        guard.prepared();
+        Ok(statement)
     }
 
     async fn prepare_named(
@@ -204,6 +207,30 @@ impl Client {
                 frontend::sync(buf);
                 Ok(())
             })?;
+        let described = self.read_statement_description(id).await;
+        let (param_oids, description) = self.conn.check(described)?;
+        let mut params = Vec::with_capacity(param_oids.len());
+        for oid in param_oids {
+            params.push(self.resolve_type(oid).await?);
+        }
+        let columns = self
+            .resolve_columns(description.unwrap_or_default())
+            .await?;
+        let close_queue = (!name.is_empty()).then_some(&self.close_queue);
+        Ok(Statement::new(
+            name.to_string(),
+            self.id,
+            params,
+            columns,
+            close_queue,
+        ))
+    }
+
+    /// Reads the answer to Parse/Describe: parameter type OIDs and the row description, or the server's error.
+    async fn read_statement_description(
+        &mut self,
+        id: RequestId,
+    ) -> Result<(Vec<u32>, Option<Vec<FieldInfo>>), Error> {
         let mut param_oids = Vec::new();
         let mut description = None;
         let mut error = None;
@@ -223,24 +250,10 @@ impl Client {
                 other => return Err(unexpected(other, "Parse/Describe")),
             }
         }
-        if let Some(e) = error {
-            return Err(e);
+        match error {
+            Some(e) => Err(e),
+            None => Ok((param_oids, description)),
         }
-        let mut params = Vec::with_capacity(param_oids.len());
-        for oid in param_oids {
-            params.push(self.resolve_type(oid).await?);
-        }
-        let columns = self
-            .resolve_columns(description.unwrap_or_default())
-            .await?;
-        let close_queue = (!name.is_empty()).then_some(&self.close_queue);
-        Ok(Statement::new(
-            name.to_string(),
-            self.id,
-            params,
-            columns,
-            close_queue,
-        ))
     }
 
     async fn resolve_type(&mut self, oid: u32) -> Result<Type, Error> {
@@ -436,6 +449,11 @@ impl Client {
 
     /// Reads the responses of one Bind/Execute request to its ReadyForQuery.
     async fn collect(&mut self, id: RequestId) -> Result<Collected, Error> {
+        let collected = self.read_results(id).await;
+        self.conn.check(collected)
+    }
+
+    async fn read_results(&mut self, id: RequestId) -> Result<Collected, Error> {
         let mut collected = Collected {
             rows: Vec::new(),
             description: None,
@@ -538,6 +556,14 @@ impl SimpleQueryStream<'_> {
     /// The next result message, `Ok(None)` at the end, or the server's error once the statements before it
     /// were delivered.
     pub async fn next(&mut self) -> Result<Option<SimpleQueryMessage>, Error> {
+        let message = self.next_message().await;
+        if message.is_err() {
+            self.done = true;
+        }
+        self.client.conn.check(message)
+    }
+
+    async fn next_message(&mut self) -> Result<Option<SimpleQueryMessage>, Error> {
         if self.done {
             return Ok(None);
         }
@@ -604,9 +630,6 @@ fn write_bind(
     types: &[Type],
     params: &[Param<'_>],
 ) -> Result<(), Error> {
-    if types.len() != params.len() {
-        return Err(Error::parameters(types.len(), params.len()));
-    }
     let formats: Vec<i16> = params
         .iter()
         .zip(types)
@@ -625,34 +648,24 @@ fn write_bind(
             Ok(IsNull::No) => Ok(postgres_protocol::IsNull::No),
             Ok(IsNull::Yes) => Ok(postgres_protocol::IsNull::Yes),
             Err(e) => {
-                failure = Some(if e.is::<WrongType>() {
-                    Error::to_sql_mismatch(ty, i, &param_type_name(*param))
-                } else {
-                    Error::to_sql(ty, i, e)
-                });
+                // WrongType names the Rust and SQL types; the value itself never enters the message.
+                failure = Some(Error::to_sql(ty, i, e));
                 Err("parameter encoding failed".into())
             }
         },
         Some(1),
         buf,
     );
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
     match result {
         Ok(()) => Ok(()),
-        Err(_) if failure.is_some() => {
-            Err(failure.unwrap_or_else(|| Error::protocol("BUG: lost encode error")))
-        }
         Err(frontend::BindError::Conversion(e)) => {
             Err(Error::config(format!("cannot encode parameters: {e}")))
         }
         Err(frontend::BindError::Serialization(e)) => Err(encode_error(e)),
     }
-}
-
-/// The Rust type behind a parameter, for mismatch errors (ToSql requires Debug, which shows the value's shape).
-fn param_type_name(param: Param<'_>) -> String {
-    let shown = format!("{param:?}");
-    let short: String = shown.chars().take(40).collect();
-    format!("value {short}")
 }
 
 fn read_description(

@@ -5,7 +5,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 
 use crate::client::Client;
-use crate::config::{Host, LoadBalanceHosts, SslMode, Target, TargetSessionAttrs};
+use crate::config::{ChannelBinding, Host, LoadBalanceHosts, SslMode, Target, TargetSessionAttrs};
 use crate::connection::Connection;
 use crate::proto::{Limits, Protocol, StartupParams};
 use crate::row::SimpleQueryMessage;
@@ -41,35 +41,28 @@ impl Client {
         for &wanted in passes {
             for target in &targets {
                 let described = describe(target);
-                let attempt =
-                    runtime::timeout(config.get_connect_timeout(), connect_target(config, target))
-                        .await;
-                let mut client = match attempt {
-                    Ok(Ok(client)) => client,
-                    Ok(Err(e)) => {
-                        failures.push((described, e));
-                        // A server that rejected the password will reject it on every host: libpq goes on too.
-                        continue;
+                // The session check runs inside connect_timeout too: a server that stalls after startup must
+                // not hang connect().
+                let attempt = runtime::timeout(config.get_connect_timeout(), async {
+                    let mut client = connect_target(config, target).await?;
+                    let fits = session_fits(&mut client, wanted).await?;
+                    Ok::<_, Error>((client, fits))
+                })
+                .await;
+                match attempt {
+                    Ok(Ok((client, true))) => return Ok(client),
+                    Ok(Ok((client, false))) => {
+                        let rejected = format!("the session is not {}", wanted.as_str());
+                        failures.push((described, Error::connect_rejected(rejected)));
+                        let _ = client.close().await;
                     }
+                    // A server that rejected the password may still be followed by one that accepts it: libpq
+                    // goes on too.
+                    Ok(Err(e)) => failures.push((described, e)),
                     Err(()) => {
                         let limit = config.get_connect_timeout().unwrap_or_default();
                         failures.push((described, Error::timeout("connecting", limit)));
-                        continue;
                     }
-                };
-                match session_fits(&mut client, wanted).await {
-                    Ok(true) => return Ok(client),
-                    Ok(false) => {
-                        failures.push((
-                            described,
-                            Error::connect_rejected(format!(
-                                "the session is not {}",
-                                attrs_name(wanted)
-                            )),
-                        ));
-                        let _ = client.close().await;
-                    }
-                    Err(e) => failures.push((described, e)),
                 }
             }
         }
@@ -88,39 +81,19 @@ impl Client {
 }
 
 fn check_tls(config: &Config) -> Result<(), Error> {
+    // require must not quietly send a password without the binding it asked for.
+    if config.get_channel_binding() == ChannelBinding::Require {
+        return Err(Error::unsupported(
+            "channel_binding=require needs TLS, which this version of wasi-pg-client does not support yet",
+        ));
+    }
     match config.get_ssl_mode() {
         SslMode::Disable | SslMode::Allow | SslMode::Prefer => Ok(()),
         // allow and prefer fall back to plaintext, as libpq does when TLS is not available.
         other => Err(Error::unsupported(format!(
             "sslmode={} needs TLS, which this version of wasi-pg-client does not support yet",
-            ssl_mode_name(other)
+            other.as_str()
         ))),
-    }
-}
-
-fn attrs_name(attrs: TargetSessionAttrs) -> &'static str {
-    match attrs {
-        TargetSessionAttrs::Any => "any",
-        TargetSessionAttrs::ReadWrite => "read-write",
-        TargetSessionAttrs::ReadOnly => "read-only",
-        TargetSessionAttrs::Primary => "primary",
-        TargetSessionAttrs::Standby => "standby",
-        TargetSessionAttrs::PreferStandby => "prefer-standby",
-        #[allow(unreachable_patterns)]
-        _ => "of the requested kind",
-    }
-}
-
-fn ssl_mode_name(mode: SslMode) -> &'static str {
-    match mode {
-        SslMode::Disable => "disable",
-        SslMode::Allow => "allow",
-        SslMode::Prefer => "prefer",
-        SslMode::Require => "require",
-        SslMode::VerifyCa => "verify-ca",
-        SslMode::VerifyFull => "verify-full",
-        #[allow(unreachable_patterns)]
-        _ => "unknown",
     }
 }
 

@@ -44,7 +44,7 @@ impl Connection {
     fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let result = self.poll_transport(cx);
         if let Poll::Ready(Err(e)) = &result {
-            self.protocol.handle_transport_error(e);
+            self.protocol.mark_broken(e);
         }
         result
     }
@@ -216,6 +216,14 @@ impl Connection {
                 Event::ParameterStatus(name, value) => debug!(%name, %value, "parameter status"),
             }
         }
+    }
+
+    /// Passes an error through, marking the connection broken first if the error says it is.
+    pub(crate) fn check<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
+        if let Err(e) = &result {
+            self.protocol.mark_broken(e);
+        }
+        result
     }
 
     pub(crate) fn take_notifications(&mut self) -> Vec<Notification> {

@@ -218,17 +218,6 @@ impl Error {
         .with_source(source)
     }
 
-    pub(crate) fn to_sql_mismatch(ty: &Type, index: usize, rust_type: &str) -> Error {
-        Error::build(
-            ErrorKind::ToSql,
-            format!(
-                "parameter ${} has type {} but the Rust value is a {rust_type}",
-                index + 1,
-                ty.name()
-            ),
-        )
-    }
-
     pub(crate) fn from_sql(
         column: &str,
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -302,16 +291,14 @@ impl Error {
         }
         match (self.0.kind, self.code()) {
             (ErrorKind::Timeout, _) => ErrorClass::Transient,
+            // Retrying the whole transaction is the documented remedy for these two. A cancelled query
+            // (57014) is not here: our own CopyFail and statement_timeout produce it, and neither goes away on
+            // retry. FATAL errors (57P01 and friends) were already marked broken above.
             (ErrorKind::Db, Some(code))
                 if code == sqlstate::SERIALIZATION_FAILURE
-                    || code == sqlstate::DEADLOCK_DETECTED
-                    || code == sqlstate::QUERY_CANCELED =>
+                    || code == sqlstate::DEADLOCK_DETECTED =>
             {
                 ErrorClass::Transient
-            }
-            // Class 08 (connection exception) and 57P0x (operator intervention) end the session.
-            (ErrorKind::Db, Some(code)) if code.starts_with("08") || code.starts_with("57P0") => {
-                ErrorClass::ConnectionBroken
             }
             _ => ErrorClass::Permanent,
         }

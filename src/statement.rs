@@ -8,6 +8,39 @@ use postgres_types::Type;
 /// Names of statements whose last handle was dropped, closed on the server with the connection's next request.
 pub(crate) type CloseQueue = Arc<Mutex<Vec<String>>>;
 
+/// Closes a named statement on the server unless its prepare finishes: a prepare whose future is dropped
+/// after Parse was sent, or that fails after Parse succeeded, must not leave the statement behind.
+pub(crate) struct CloseUnlessPrepared {
+    queue: CloseQueue,
+    name: Option<String>,
+}
+
+impl CloseUnlessPrepared {
+    /// Armed before the first await of the prepare.
+    pub(crate) fn new(queue: &CloseQueue, name: &str) -> CloseUnlessPrepared {
+        CloseUnlessPrepared {
+            queue: queue.clone(),
+            name: Some(name.to_string()),
+        }
+    }
+
+    /// The prepare finished: the [`Statement`] handle owns the name now.
+    pub(crate) fn prepared(mut self) {
+        self.name = None;
+    }
+}
+
+impl Drop for CloseUnlessPrepared {
+    fn drop(&mut self) {
+        // Closing a statement that was never created is not an error in PostgreSQL.
+        if let Some(name) = self.name.take()
+            && let Ok(mut names) = self.queue.lock()
+        {
+            names.push(name);
+        }
+    }
+}
+
 /// A column of a result: its name and type, and where it comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {

@@ -264,9 +264,10 @@ impl Protocol {
             || (self.eof && self.inbound.is_empty())
     }
 
-    /// Records a transport failure: the byte stream is broken, so nothing more can be sent or trusted.
-    pub(crate) fn handle_transport_error(&mut self, error: &Error) {
-        if !matches!(self.phase, Phase::Closed) {
+    /// Records an error that broke the connection (a transport failure, or a message the client layer found
+    /// malformed or out of place): nothing more can be sent or trusted.
+    pub(crate) fn mark_broken(&mut self, error: &Error) {
+        if error.is_connection_broken() && !matches!(self.phase, Phase::Closed) {
             self.phase = Phase::Failed(error.kind(), error.to_string());
         }
     }

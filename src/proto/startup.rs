@@ -241,7 +241,7 @@ impl Startup {
         if !self.require_auth.allows(method) {
             return Err(Error::auth(format!(
                 "the server requested {} authentication, which require_auth does not allow",
-                method_name(method)
+                method.as_str()
             )));
         }
         self.used = Some(method);
@@ -283,19 +283,6 @@ impl State {
             State::AwaitingSaslOk => "the end of the SCRAM exchange",
             State::Authenticated => "startup after authentication",
         }
-    }
-}
-
-fn method_name(method: AuthMethod) -> &'static str {
-    match method {
-        AuthMethod::Password => "password",
-        AuthMethod::Md5 => "md5",
-        AuthMethod::Gss => "gss",
-        AuthMethod::Sspi => "sspi",
-        AuthMethod::ScramSha256 => "scram-sha-256",
-        AuthMethod::None => "no",
-        #[allow(unreachable_patterns)]
-        _ => "an unknown",
     }
 }
 

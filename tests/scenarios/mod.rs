@@ -246,6 +246,16 @@ async fn sleep(d: Duration) {
     tokio::time::sleep(d).await;
 }
 
+/// Polls `future` exactly once, then drops it: whatever it queued is sent, nothing is read.
+async fn poll_once<F: Future>(future: F) {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        let _ = future.as_mut().poll(cx);
+        std::task::Poll::Ready(())
+    })
+    .await
+}
+
 /// Polls `future` until `limit` passes, then drops it. Returns whether it finished.
 async fn run_for<F: Future>(limit: Duration, future: F) -> Option<F::Output> {
     let mut future = std::pin::pin!(future);
@@ -951,6 +961,10 @@ async fn type_mismatch_is_an_error(env: &Env) -> Outcome {
         .err()
         .ok_or("text for int4 param")?;
     ensure_eq!(err.kind(), ErrorKind::ToSql);
+    ensure!(
+        !err.to_string().contains("not an int"),
+        "the parameter value leaked: {err}"
+    );
     let err = c
         .query("SELECT $1::int8", &[&1i32])
         .await
@@ -1166,9 +1180,9 @@ async fn dropped_future_before_send(env: &Env) -> Outcome {
     let mut c = connect(&env.trust).await?;
     // Polled zero times: nothing was queued, nothing must be left over.
     drop(c.query("SELECT 'never'", &[]));
-    // Dropped right after the first poll: the request may be queued but unanswered.
-    let finished = run_for(Duration::ZERO, c.query("SELECT 'stale'", &[])).await;
-    let _ = finished;
+    // Dropped right after the first poll: the request is sent but unanswered.
+    poll_once(c.query("SELECT 'stale'", &[])).await;
+    poll_once(c.simple_query("SELECT 'stale'")).await;
     ensure_eq!(
         c.query_one("SELECT 'fresh'::text", &[])
             .await
@@ -1418,6 +1432,17 @@ async fn statement_closed_on_drop(env: &Env) -> Outcome {
     drop(s2);
     let after: i64 = c.query_one(count, &[]).await.check("count")?.get(0);
     ensure_eq!(after, before);
+    // Prepares dropped mid-flight (after one poll: Parse sent, no answer read) and prepares that fail leave
+    // nothing behind either.
+    for _ in 0..3 {
+        poll_once(c.prepare("SELECT 3")).await;
+    }
+    ensure!(
+        c.prepare("SELEC 1").await.is_err(),
+        "a bad prepare succeeded"
+    );
+    let after_drops: i64 = c.query_one(count, &[]).await.check("count")?.get(0);
+    ensure_eq!(after_drops, before);
     let mut other = connect(&env.trust).await?;
     let foreign = other.prepare("SELECT 2").await.check("prepare other")?;
     ensure!(
