@@ -119,6 +119,9 @@ impl Client {
     }
 
     /// The transaction status reported by the server's last ReadyForQuery.
+    ///
+    /// A request whose future was dropped is answered during the next call; until then this still shows the
+    /// status from before that request.
     pub fn transaction_status(&self) -> TransactionStatus {
         self.conn.protocol.transaction_status()
     }
@@ -239,7 +242,7 @@ impl Client {
                 Backend::Ready => break,
                 Backend::Message(Message::ParseComplete | Message::NoData) => {}
                 Backend::Message(Message::ParameterDescription(body)) => {
-                    param_oids = body.parameters().collect().map_err(malformed)?;
+                    param_oids = body.parameters().collect().map_err(Error::malformed)?;
                 }
                 Backend::Message(Message::RowDescription(body)) => {
                     description = Some(read_description(&body)?);
@@ -465,7 +468,7 @@ impl Client {
                 Backend::Ready => break,
                 Backend::Row(raw) => collected.rows.push(raw),
                 Backend::Message(Message::CommandComplete(body)) => {
-                    collected.affected = rows_affected(body.tag().map_err(malformed)?);
+                    collected.affected = rows_affected(body.tag().map_err(Error::malformed)?);
                 }
                 Backend::Message(Message::RowDescription(body)) => {
                     collected.description = Some(read_description(&body)?);
@@ -604,7 +607,7 @@ impl SimpleQueryStream<'_> {
                 }
                 Backend::Message(Message::CommandComplete(body)) => {
                     self.columns = None;
-                    let tag = body.tag().map_err(malformed)?;
+                    let tag = body.tag().map_err(Error::malformed)?;
                     return Ok(Some(SimpleQueryMessage::CommandComplete(rows_affected(
                         tag,
                     ))));
@@ -681,7 +684,7 @@ fn read_description(
             })
         })
         .collect()
-        .map_err(malformed)
+        .map_err(Error::malformed)
 }
 
 /// The row count in a CommandComplete tag (`INSERT 0 5`, `UPDATE 3`, `SELECT 10`, ...); 0 for other tags.
@@ -694,10 +697,6 @@ pub(crate) fn rows_affected(tag: &str) -> u64 {
 
 fn encode_error(e: std::io::Error) -> Error {
     Error::config(format!("cannot encode the request: {e}"))
-}
-
-fn malformed(e: std::io::Error) -> Error {
-    Error::protocol(format!("malformed message: {e}"))
 }
 
 fn unexpected(message: Backend, during: &str) -> Error {

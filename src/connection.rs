@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use tracing::{debug, info, warn};
 
@@ -51,29 +51,8 @@ impl Connection {
 
     fn poll_transport(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         // Write first so a request queued by this caller (or left by a dropped one) reaches the server.
-        loop {
-            let pending = self.protocol.poll_transmit();
-            if pending.is_empty() {
-                break;
-            }
-            match self.transport.poll_write(cx, pending) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(Error::io(std::io::ErrorKind::WriteZero.into())));
-                }
-                Poll::Ready(Ok(n)) => {
-                    self.protocol.advance_transmit(n);
-                    self.needs_flush = true;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::io(e))),
-                Poll::Pending => break,
-            }
-        }
-        if self.needs_flush && self.protocol.poll_transmit().is_empty() {
-            match self.transport.poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.needs_flush = false,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::io(e))),
-                Poll::Pending => {}
-            }
+        if let Poll::Ready(Err(e)) = self.poll_write_queued(cx) {
+            return Poll::Ready(Err(e));
         }
         match self.transport.poll_read(cx, &mut self.read_buf) {
             Poll::Ready(Ok(0)) => {
@@ -89,6 +68,35 @@ impl Connection {
         }
     }
 
+    /// Writes queued bytes and flushes them; `Ready(Ok(()))` once everything went out.
+    fn poll_write_queued(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        loop {
+            let queued = self.protocol.poll_transmit();
+            if queued.is_empty() {
+                break;
+            }
+            match self.transport.poll_write(cx, queued) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(Error::io(std::io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.protocol.advance_transmit(n);
+                    self.needs_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::io(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.needs_flush {
+            match self.transport.poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.needs_flush = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::io(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Runs the startup to its first ReadyForQuery.
     pub(crate) async fn startup(&mut self) -> Result<(), Error> {
         poll_fn(|cx| {
@@ -96,17 +104,12 @@ impl Connection {
                 let ready = self.protocol.poll_startup();
                 self.collect_events();
                 match ready {
-                    Ok(true) => {
-                        // Flush whatever is still queued (nothing, normally) before handing the connection out.
-                        return Poll::Ready(Ok(()));
-                    }
+                    Ok(true) => return Poll::Ready(Ok(())),
                     Ok(false) => {}
                     Err(e) => return Poll::Ready(Err(e)),
                 }
-                match self.poll_io(cx) {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
+                if let Err(e) = ready!(self.poll_io(cx)) {
+                    return Poll::Ready(Err(e));
                 }
             }
         })
@@ -116,78 +119,53 @@ impl Connection {
     /// The next response to request `id`. Responses to older requests, whose callers were dropped before they
     /// read everything, are discarded on the way.
     pub(crate) async fn next_response(&mut self, id: RequestId) -> Result<Backend, Error> {
-        poll_fn(|cx| self.poll_response(cx, id)).await
-    }
-
-    fn poll_response(
-        &mut self,
-        cx: &mut Context<'_>,
-        id: RequestId,
-    ) -> Poll<Result<Backend, Error>> {
-        loop {
-            let response = self.protocol.poll_response();
-            self.collect_events();
-            match response {
-                Ok(Some(response)) if response.request == id => {
-                    return Poll::Ready(Ok(response.message));
-                }
-                Ok(Some(response)) if response.request < id => {
-                    // Cancel-safety: an abandoned request's rows and errors end here, not in a later caller's result.
-                    continue;
-                }
-                Ok(Some(_)) => {
-                    return Poll::Ready(Err(Error::protocol(
-                        "BUG: a response for a request queued later arrived first",
-                    )));
-                }
-                Ok(None) => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-            match self.poll_io(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        poll_fn(|cx| self.poll_next(cx, Some(id)))
+            .await?
+            .ok_or_else(|| Error::protocol("BUG: request finished before its responses were read"))
     }
 
     /// Reads and discards the responses of every request still pending (left by dropped futures).
     pub(crate) async fn drain_abandoned(&mut self) -> Result<(), Error> {
-        poll_fn(|cx| {
-            loop {
-                if !self.protocol.has_pending() {
-                    return Poll::Ready(Ok(()));
-                }
-                let response = self.protocol.poll_response();
-                self.collect_events();
-                match response {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => {}
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
-                match self.poll_io(cx) {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-        })
-        .await
+        poll_fn(|cx| self.poll_next(cx, None)).await.map(drop)
     }
 
-    /// Sends everything queued (used by close, where no response follows).
+    /// With `Some(id)`: the next response to `id`, discarding those of older requests. With `None`: discards
+    /// everything until no request is pending, then `Ok(None)`.
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        id: Option<RequestId>,
+    ) -> Poll<Result<Option<Backend>, Error>> {
+        loop {
+            if id.is_none() && !self.protocol.has_pending() {
+                return Poll::Ready(Ok(None));
+            }
+            let response = self.protocol.poll_response();
+            self.collect_events();
+            match (response, id) {
+                (Ok(Some(response)), Some(id)) if response.request == id => {
+                    return Poll::Ready(Ok(Some(response.message)));
+                }
+                (Ok(Some(response)), Some(id)) if response.request > id => {
+                    return Poll::Ready(Err(Error::protocol(
+                        "BUG: a response for a request queued later arrived first",
+                    )));
+                }
+                // Cancel-safety: an abandoned request's rows and errors end here, not in a later caller's result.
+                (Ok(Some(_)), _) => continue,
+                (Ok(None), _) => {}
+                (Err(e), _) => return Poll::Ready(Err(e)),
+            }
+            if let Err(e) = ready!(self.poll_io(cx)) {
+                return Poll::Ready(Err(e));
+            }
+        }
+    }
+
+    /// Sends everything queued and closes the sending side (used by close, where no response follows).
     pub(crate) async fn flush_all(&mut self) -> Result<(), Error> {
         poll_fn(|cx| {
-            while !self.protocol.poll_transmit().is_empty() {
-                match self.transport.poll_write(cx, self.protocol.poll_transmit()) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(Error::io(std::io::ErrorKind::WriteZero.into())));
-                    }
-                    Poll::Ready(Ok(n)) => self.protocol.advance_transmit(n),
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::io(e))),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
+            ready!(self.poll_write_queued(cx))?;
             self.transport.poll_shutdown(cx).map_err(Error::io)
         })
         .await

@@ -184,6 +184,11 @@ impl Error {
         Error::build(ErrorKind::Protocol, message.into()).broken()
     }
 
+    /// A message whose body does not parse.
+    pub(crate) fn malformed(e: io::Error) -> Error {
+        Error::protocol(format!("malformed message: {e}"))
+    }
+
     pub(crate) fn auth(message: impl Into<String>) -> Error {
         Error::build(ErrorKind::Auth, message.into()).broken()
     }

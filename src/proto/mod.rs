@@ -109,7 +109,8 @@ pub(crate) struct RawRow {
 impl RawRow {
     fn check(body: DataRowBody) -> Result<RawRow, Error> {
         let mut iter = body.ranges();
-        let mut ranges = Vec::with_capacity(iter.size_hint().0);
+        // The count comes from the wire; every field takes at least its 4-byte length, which bounds it.
+        let mut ranges = Vec::with_capacity(iter.size_hint().0.min(body.buffer().len() / 4));
         while let Some(range) = iter
             .next()
             .map_err(|e| Error::protocol(format!("malformed DataRow: {e}")))?
@@ -436,15 +437,15 @@ impl Protocol {
             Message::NotificationResponse(body) => {
                 let notification = Notification {
                     process_id: body.process_id(),
-                    channel: body.channel().map_err(malformed)?.to_string(),
-                    payload: body.message().map_err(malformed)?.to_string(),
+                    channel: body.channel().map_err(Error::malformed)?.to_string(),
+                    payload: body.message().map_err(Error::malformed)?.to_string(),
                 };
                 self.events.push_back(Event::Notification(notification));
                 return Ok(None);
             }
             Message::ParameterStatus(body) => {
-                let name = body.name().map_err(malformed)?.to_string();
-                let value = body.value().map_err(malformed)?.to_string();
+                let name = body.name().map_err(Error::malformed)?.to_string();
+                let value = body.value().map_err(Error::malformed)?.to_string();
                 self.set_parameter(name.clone(), value.clone());
                 self.events.push_back(Event::ParameterStatus(name, value));
                 return Ok(None);
@@ -513,7 +514,7 @@ impl Protocol {
             Message::RowDescription(body) => {
                 let mut count = 0usize;
                 let mut fields = body.fields();
-                while fields.next().map_err(malformed)?.is_some() {
+                while fields.next().map_err(Error::malformed)?.is_some() {
                     count += 1;
                 }
                 self.result_columns = Some(count);
@@ -548,10 +549,6 @@ impl Protocol {
             message: backend,
         }))
     }
-}
-
-fn malformed(e: std::io::Error) -> Error {
-    Error::protocol(format!("malformed message: {e}"))
 }
 
 /// The protocol name of a backend message, for error messages.

@@ -143,7 +143,7 @@ impl Startup {
                 self.allow(AuthMethod::ScramSha256)?;
                 let mut has_scram = false;
                 let mut mechanisms = body.mechanisms();
-                while let Some(mechanism) = mechanisms.next().map_err(malformed)? {
+                while let Some(mechanism) = mechanisms.next().map_err(Error::malformed)? {
                     has_scram |= mechanism == sasl::SCRAM_SHA_256;
                 }
                 if !has_scram {
@@ -218,8 +218,8 @@ impl Startup {
                 Err(self.unsupported("SSPI"))
             }
             (State::Authenticated, Message::ParameterStatus(body)) => {
-                let name = body.name().map_err(malformed)?.to_string();
-                let value = body.value().map_err(malformed)?.to_string();
+                let name = body.name().map_err(Error::malformed)?.to_string();
+                let value = body.value().map_err(Error::malformed)?.to_string();
                 Ok((State::Authenticated, Step::Parameter(name, value)))
             }
             (State::Authenticated, Message::BackendKeyData(body)) => Ok((
@@ -288,8 +288,4 @@ impl State {
 
 fn encode_error(e: std::io::Error) -> Error {
     Error::auth(format!("cannot encode an authentication message: {e}"))
-}
-
-fn malformed(e: std::io::Error) -> Error {
-    Error::protocol(format!("malformed message: {e}"))
 }
