@@ -1,8 +1,9 @@
 //! The async client: queries, prepared statements, simple queries.
 //!
-//! Every method queues its whole request synchronously (bookkeeping included) and then awaits responses. If
-//! the caller drops the future at any await, the request stays registered in the protocol core and the next
-//! call discards its remaining responses before reading its own, so the connection stays usable.
+//! Every method first reads out whatever requests of dropped futures still have coming, then queues its whole
+//! request synchronously (bookkeeping included), then awaits responses. If the caller drops the future at any
+//! await, the request stays registered in the protocol core and the next call discards its remaining responses
+//! before sending its own, so the connection stays usable and no result reaches the wrong caller.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
