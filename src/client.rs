@@ -71,6 +71,9 @@ pub struct Client {
     next_statement: u64,
     close_queue: CloseQueue,
     types: typeinfo::TypeCache,
+    /// SQL to run before the next request, queued synchronously by drops that cannot await (a transaction
+    /// dropped without commit leaves its ROLLBACK here).
+    deferred: Vec<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -106,6 +109,7 @@ impl Client {
             next_statement: 1,
             close_queue: CloseQueue::default(),
             types: typeinfo::TypeCache::default(),
+            deferred: Vec::new(),
         }
     }
 
@@ -148,9 +152,42 @@ impl Client {
     ///
     /// A new request is never sent behind an unanswered one: if that one turned into COPY FROM STDIN, the server
     /// would read our next messages as COPY data. If this future is dropped while draining, nothing was queued.
-    async fn prepare_to_send(&mut self) -> Result<(), Error> {
+    pub(crate) async fn prepare_to_send(&mut self) -> Result<(), Error> {
         self.conn.drain_abandoned().await?;
+        // Deferred statements (rollbacks of dropped transactions) go first; their answers are discarded like
+        // those of an abandoned request. If a drop cannot be sent because the connection broke, the server ends
+        // the transaction anyway when the connection goes.
+        for sql in std::mem::take(&mut self.deferred) {
+            self.queue_simple(&sql)?;
+        }
         self.queue_statement_closes()
+    }
+
+    /// Asks for `sql` to run (through the simple protocol, results discarded) before the next request.
+    pub(crate) fn defer(&mut self, sql: String) {
+        self.deferred.push(sql);
+    }
+
+    /// Queues one simple Query; the caller has called [`prepare_to_send`](Self::prepare_to_send).
+    pub(crate) fn queue_simple(&mut self, sql: &str) -> Result<RequestId, Error> {
+        if sql.contains('\0') {
+            return Err(Error::config("the SQL text contains a NUL byte"));
+        }
+        self.conn.protocol.queue_request(Flow::Simple, None, |buf| {
+            frontend::query(sql, buf).map_err(encode_error)
+        })
+    }
+
+    /// The results of a queued simple Query.
+    pub(crate) fn simple_results(&mut self, id: RequestId) -> SimpleQueryStream<'_> {
+        SimpleQueryStream {
+            client: self,
+            id,
+            columns: None,
+            error: None,
+            done: false,
+            last_tag: None,
+        }
     }
 
     /// Queues Close messages for statements whose handles were all dropped. Their responses are discarded like
@@ -522,19 +559,8 @@ impl Client {
             return Err(Error::config("the SQL text contains a NUL byte"));
         }
         self.prepare_to_send().await?;
-        let id = self
-            .conn
-            .protocol
-            .queue_request(Flow::Simple, None, |buf| {
-                frontend::query(sql, buf).map_err(encode_error)
-            })?;
-        Ok(SimpleQueryStream {
-            client: self,
-            id,
-            columns: None,
-            error: None,
-            done: false,
-        })
+        let id = self.queue_simple(sql)?;
+        Ok(self.simple_results(id))
     }
 
     /// Sends Terminate and closes the connection.
@@ -554,9 +580,17 @@ pub struct SimpleQueryStream<'a> {
     columns: Option<Arc<[SimpleColumn]>>,
     error: Option<Error>,
     done: bool,
+    /// The tag of the last CommandComplete (`COMMIT`, `ROLLBACK`, `INSERT 0 1`, ...).
+    last_tag: Option<String>,
 }
 
 impl SimpleQueryStream<'_> {
+    /// Reads to the end and returns the last command tag.
+    pub(crate) async fn finish(mut self) -> Result<Option<String>, Error> {
+        while self.next().await?.is_some() {}
+        Ok(self.last_tag)
+    }
+
     /// The next result message, `Ok(None)` at the end, or the server's error once the statements before it
     /// were delivered.
     pub async fn next(&mut self) -> Result<Option<SimpleQueryMessage>, Error> {
@@ -609,6 +643,7 @@ impl SimpleQueryStream<'_> {
                 Backend::Message(Message::CommandComplete(body)) => {
                     self.columns = None;
                     let tag = body.tag().map_err(Error::malformed)?;
+                    self.last_tag = Some(tag.to_string());
                     return Ok(Some(SimpleQueryMessage::CommandComplete(rows_affected(
                         tag,
                     ))));

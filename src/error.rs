@@ -79,6 +79,8 @@ pub enum ErrorKind {
     RowCount,
     /// The requested feature is not available in this build.
     Unsupported,
+    /// COMMIT rolled the transaction back because a statement in it had failed.
+    TransactionFailed,
 }
 
 /// How a caller should react to an [`Error`].
@@ -257,6 +259,13 @@ impl Error {
 
     pub(crate) fn row_count(message: &str) -> Error {
         Error::build(ErrorKind::RowCount, message.to_string())
+    }
+
+    pub(crate) fn transaction_failed() -> Error {
+        Error::build(
+            ErrorKind::TransactionFailed,
+            "COMMIT rolled the transaction back because a statement in it had failed".to_string(),
+        )
     }
 
     pub(crate) fn unsupported(message: impl Into<String>) -> Error {

@@ -37,6 +37,7 @@ mod proto;
 mod row;
 mod runtime;
 mod statement;
+mod transaction;
 pub mod transport;
 mod typeinfo;
 
@@ -46,6 +47,7 @@ pub use error::{DbError, Error, ErrorClass, ErrorKind, ErrorPosition, sqlstate};
 pub use proto::{Notification, TransactionStatus};
 pub use row::{Row, RowIndex, SimpleColumn, SimpleQueryMessage, SimpleQueryRow, SimpleRowIndex};
 pub use statement::{Column, Statement};
+pub use transaction::{IsolationLevel, Transaction, TransactionBuilder};
 pub use transport::Transport;
 
 /// Re-export of postgres-types: [`ToSql`](types::ToSql), [`FromSql`](types::FromSql), [`Type`](types::Type),

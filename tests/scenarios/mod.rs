@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use wasi_pg_client::types::{Json, Type};
 use wasi_pg_client::{
-    Client, Config, ErrorClass, ErrorKind, SimpleQueryMessage, TransactionStatus, sqlstate,
+    Client, Config, ErrorClass, ErrorKind, IsolationLevel, SimpleQueryMessage, TransactionStatus,
+    sqlstate,
 };
 
 /// Where the cluster is and how to log in, passed to the wasm run as environment variables.
@@ -171,6 +172,11 @@ pub async fn run_all(env: &Env, label: &str, earlier: Vec<(&str, Outcome)>) -> S
         notices_and_notifications,
         statement_closed_on_drop,
         close_sends_terminate,
+        transaction_commit_rollback_and_drop,
+        savepoints_nest,
+        commit_of_failed_transaction_is_an_error,
+        transaction_builder_modes,
+        dropped_futures_never_leak_a_transaction,
         terminated_backend_is_reported,
         target_session_attrs_primary,
     ];
@@ -1472,6 +1478,192 @@ async fn close_sends_terminate(env: &Env) -> Outcome {
         sleep(Duration::from_millis(20)).await;
     }
     Err(format!("backend {pid} still alive 2 s after close"))
+}
+
+async fn table_values(c: &mut Client, table: &str) -> Result<Vec<i32>, String> {
+    let row = c
+        .query_one(
+            &*format!("SELECT coalesce(array_agg(v ORDER BY v), '{{}}') FROM {table}"),
+            &[],
+        )
+        .await
+        .check("values")?;
+    Ok(row.get(0))
+}
+
+async fn transaction_commit_rollback_and_drop(env: &Env) -> Outcome {
+    let mut c = connect(&env.trust).await?;
+    c.batch_execute("CREATE TEMP TABLE txa (v int)")
+        .await
+        .check("create")?;
+    let mut tx = c.transaction().await.check("begin")?;
+    tx.execute("INSERT INTO txa VALUES (1)", &[])
+        .await
+        .check("insert")?;
+    ensure_eq!(tx.transaction_status(), TransactionStatus::InTransaction);
+    tx.commit().await.check("commit")?;
+    ensure_eq!(c.transaction_status(), TransactionStatus::Idle);
+    let mut tx = c.transaction().await.check("begin")?;
+    tx.execute("INSERT INTO txa VALUES (2)", &[])
+        .await
+        .check("insert")?;
+    tx.rollback().await.check("rollback")?;
+    {
+        let mut tx = c.transaction().await.check("begin")?;
+        tx.execute("INSERT INTO txa VALUES (3)", &[])
+            .await
+            .check("insert")?;
+    }
+    ensure_eq!(table_values(&mut c, "txa").await?, vec![1]);
+    ensure_eq!(c.transaction_status(), TransactionStatus::Idle);
+    Ok(())
+}
+
+async fn savepoints_nest(env: &Env) -> Outcome {
+    let mut c = connect(&env.trust).await?;
+    c.batch_execute("CREATE TEMP TABLE txs (v int)")
+        .await
+        .check("create")?;
+    let mut tx = c.transaction().await.check("begin")?;
+    tx.execute("INSERT INTO txs VALUES (10)", &[])
+        .await
+        .check("10")?;
+    {
+        let mut sp = tx.transaction().await.check("savepoint")?;
+        sp.execute("INSERT INTO txs VALUES (11)", &[])
+            .await
+            .check("11")?;
+        sp.rollback().await.check("rollback to savepoint")?;
+    }
+    {
+        let mut sp = tx
+            .savepoint("named \"sp\"")
+            .await
+            .check("named savepoint")?;
+        sp.execute("INSERT INTO txs VALUES (12)", &[])
+            .await
+            .check("12")?;
+        {
+            let mut inner = sp.transaction().await.check("inner")?;
+            inner
+                .execute("INSERT INTO txs VALUES (13)", &[])
+                .await
+                .check("13")?;
+        }
+        sp.commit().await.check("release")?;
+    }
+    {
+        let mut sp = tx.transaction().await.check("savepoint")?;
+        ensure!(
+            sp.batch_execute("SELECT nope").await.is_err(),
+            "error expected"
+        );
+        ensure_eq!(sp.transaction_status(), TransactionStatus::Failed);
+    }
+    tx.execute("INSERT INTO txs VALUES (14)", &[])
+        .await
+        .check("after failed savepoint")?;
+    tx.commit().await.check("commit")?;
+    ensure_eq!(table_values(&mut c, "txs").await?, vec![10, 12, 14]);
+    Ok(())
+}
+
+async fn commit_of_failed_transaction_is_an_error(env: &Env) -> Outcome {
+    let mut c = connect(&env.trust).await?;
+    c.batch_execute("CREATE TEMP TABLE txf (v int)")
+        .await
+        .check("create")?;
+    let mut tx = c.transaction().await.check("begin")?;
+    tx.execute("INSERT INTO txf VALUES (30)", &[])
+        .await
+        .check("insert")?;
+    ensure!(
+        tx.batch_execute("SELECT nope").await.is_err(),
+        "error expected"
+    );
+    let err = tx
+        .commit()
+        .await
+        .err()
+        .ok_or("commit of a failed transaction succeeded")?;
+    ensure_eq!(err.kind(), ErrorKind::TransactionFailed);
+    ensure_eq!(c.transaction_status(), TransactionStatus::Idle);
+    ensure_eq!(table_values(&mut c, "txf").await?, Vec::<i32>::new());
+    Ok(())
+}
+
+async fn transaction_builder_modes(env: &Env) -> Outcome {
+    let mut c = connect(&env.trust).await?;
+    let mut tx = c
+        .build_transaction()
+        .isolation_level(IsolationLevel::Serializable)
+        .read_only(true)
+        .deferrable(true)
+        .start()
+        .await
+        .check("begin")?;
+    let row = tx
+        .query_one(
+            "SELECT current_setting('transaction_isolation'), current_setting('transaction_read_only'), \
+             current_setting('transaction_deferrable')",
+            &[],
+        )
+        .await
+        .check("settings")?;
+    ensure_eq!(row.get::<_, &str>(0), "serializable");
+    ensure_eq!(row.get::<_, &str>(1), "on");
+    ensure_eq!(row.get::<_, &str>(2), "on");
+    let err = tx
+        .batch_execute("CREATE TEMP TABLE nope (v int)")
+        .await
+        .err()
+        .ok_or("write in a read-only transaction")?;
+    ensure_eq!(err.code(), Some("25006"));
+    tx.rollback().await.check("rollback")?;
+    let mut tx = c
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .start()
+        .await
+        .check("begin")?;
+    let level: String = tx
+        .query_one("SELECT current_setting('transaction_isolation')", &[])
+        .await
+        .check("level")?
+        .get(0);
+    ensure_eq!(level, "repeatable read");
+    tx.commit().await.check("commit")?;
+    Ok(())
+}
+
+async fn dropped_futures_never_leak_a_transaction(env: &Env) -> Outcome {
+    let mut c = connect(&env.trust).await?;
+    c.batch_execute("CREATE TEMP TABLE txd (v int)")
+        .await
+        .check("create")?;
+    // BEGIN sent, its answer never read: the transaction value was dropped with it and rolls back.
+    poll_once(c.transaction()).await;
+    ensure_eq!(table_values(&mut c, "txd").await?, Vec::<i32>::new());
+    ensure_eq!(c.transaction_status(), TransactionStatus::Idle);
+    // COMMIT sent, its answer never read: it still commits, and nothing rolls it back.
+    let mut tx = c.transaction().await.check("begin")?;
+    tx.execute("INSERT INTO txd VALUES (40)", &[])
+        .await
+        .check("insert")?;
+    poll_once(tx.commit()).await;
+    ensure_eq!(table_values(&mut c, "txd").await?, vec![40]);
+    ensure_eq!(c.transaction_status(), TransactionStatus::Idle);
+    // A query inside the transaction dropped mid-flight, then the transaction dropped: all rolled back.
+    {
+        let mut tx = c.transaction().await.check("begin")?;
+        tx.execute("INSERT INTO txd VALUES (41)", &[])
+            .await
+            .check("insert")?;
+        poll_once(tx.execute("INSERT INTO txd VALUES (42)", &[])).await;
+    }
+    ensure_eq!(table_values(&mut c, "txd").await?, vec![40]);
+    ensure_eq!(c.transaction_status(), TransactionStatus::Idle);
+    Ok(())
 }
 
 async fn terminated_backend_is_reported(env: &Env) -> Outcome {
