@@ -563,6 +563,10 @@ impl Client {
         Ok(self.simple_results(id))
     }
 
+    pub(crate) fn connection_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
     /// Sends Terminate and closes the connection.
     pub async fn close(mut self) -> Result<(), Error> {
         self.conn.protocol.queue_terminate();

@@ -162,6 +162,44 @@ impl Connection {
         }
     }
 
+    /// The next notification: one already received, or the next to arrive. Requests left by dropped futures
+    /// are drained first. A notification leaves the queue only when this returns it, so dropping the future
+    /// (for example on a timeout) loses nothing.
+    pub(crate) async fn next_notification(&mut self) -> Result<Notification, Error> {
+        poll_fn(|cx| {
+            loop {
+                if let Some(notification) = self.notifications.pop_front() {
+                    return Poll::Ready(Ok(notification));
+                }
+                if self.protocol.has_pending() {
+                    if let Err(e) = ready!(self.poll_next(cx, None)) {
+                        return Poll::Ready(Err(e));
+                    }
+                    continue;
+                }
+                // Idle: whatever arrives now can only be asynchronous; anything else is a protocol error.
+                let idle = self.protocol.poll_response();
+                self.collect_events();
+                match idle {
+                    Ok(Some(_)) => {
+                        return Poll::Ready(Err(Error::protocol(
+                            "BUG: a response arrived with no request pending",
+                        )));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                if !self.notifications.is_empty() {
+                    continue;
+                }
+                if let Err(e) = ready!(self.poll_io(cx)) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+        })
+        .await
+    }
+
     /// Sends everything queued and closes the sending side (used by close, where no response follows).
     pub(crate) async fn flush_all(&mut self) -> Result<(), Error> {
         poll_fn(|cx| {

@@ -33,6 +33,8 @@ mod error;
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod fuzzing;
+mod identifier;
+mod notify;
 mod proto;
 mod row;
 mod runtime;

@@ -7,6 +7,7 @@
 
 use std::ops::{Deref, DerefMut};
 
+use crate::identifier::quote_identifier;
 use crate::{Client, Error};
 
 /// The isolation level of a transaction.
@@ -233,9 +234,4 @@ impl DerefMut for Transaction<'_> {
     fn deref_mut(&mut self) -> &mut Client {
         self.client
     }
-}
-
-/// Quotes an identifier for SQL: double quotes, inner quotes doubled.
-fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }

@@ -170,6 +170,7 @@ pub async fn run_all(env: &Env, label: &str, earlier: Vec<(&str, Outcome)>) -> S
         password_file,
         application_name_and_options,
         notices_and_notifications,
+        listen_and_wait_for_notifications,
         statement_closed_on_drop,
         close_sends_terminate,
         transaction_commit_rollback_and_drop,
@@ -1416,6 +1417,82 @@ async fn notices_and_notifications(env: &Env) -> Outcome {
     ensure_eq!(payloads, vec!["one", "two", "self"]);
     ensure!(got.iter().all(|n| n.channel() == "Live Chan"), "channel");
     ensure_eq!(got[0].process_id(), other.backend_pid().unwrap_or(0));
+    Ok(())
+}
+
+async fn listen_and_wait_for_notifications(env: &Env) -> Outcome {
+    let channel = "Wait \"Chan\"; DROP TABLE x";
+    let mut c = connect(&env.trust).await?;
+    let mut other = connect(&env.trust).await?;
+    c.listen(channel).await.check("listen")?;
+
+    // Nothing sent: the wait really lasts its timeout, then reports none.
+    let started = std::time::Instant::now();
+    let none = c
+        .wait_for_notification(Duration::from_millis(300))
+        .await
+        .check("empty wait")?;
+    let waited = started.elapsed();
+    ensure!(none.is_none(), "got {none:?}");
+    ensure!(
+        waited >= Duration::from_millis(280),
+        "returned after {waited:?}"
+    );
+
+    // Sent while the listener is idle: the wait picks it up from the socket.
+    other.notify(channel, "idle").await.check("notify")?;
+    let n = c
+        .wait_for_notification(Duration::from_secs(10))
+        .await
+        .check("wait")?
+        .ok_or("no notification within 10 s")?;
+    ensure_eq!((n.channel(), n.payload()), (channel, "idle"));
+    ensure_eq!(n.process_id(), other.backend_pid().unwrap_or(0));
+
+    // Sent while the listener runs other queries: kept, delivered in order.
+    other.notify(channel, "one").await.check("notify one")?;
+    c.query_one("SELECT pg_sleep(0.1)", &[])
+        .await
+        .check("busy")?;
+    other.notify(channel, "two").await.check("notify two")?;
+    let mut payloads = Vec::new();
+    while payloads.len() < 2 {
+        let n = c
+            .wait_for_notification(Duration::from_secs(10))
+            .await
+            .check("wait")?
+            .ok_or("a notification was lost")?;
+        payloads.push(n.payload().to_string());
+    }
+    ensure_eq!(payloads, vec!["one".to_string(), "two".to_string()]);
+
+    // A wait dropped midway loses nothing and leaves the connection usable.
+    poll_once(c.next_notification()).await;
+    other.notify(channel, "after drop").await.check("notify")?;
+    let n = c
+        .wait_for_notification(Duration::from_secs(10))
+        .await
+        .check("wait")?;
+    ensure_eq!(
+        n.map(|n| n.payload().to_string()),
+        Some("after drop".to_string())
+    );
+    ensure_eq!(
+        c.query_one("SELECT 1", &[])
+            .await
+            .check("query")?
+            .get::<_, i32>(0),
+        1
+    );
+
+    c.unlisten(channel).await.check("unlisten")?;
+    other.notify(channel, "ignored").await.check("notify")?;
+    let none = c
+        .wait_for_notification(Duration::from_millis(200))
+        .await
+        .check("after unlisten")?;
+    ensure!(none.is_none(), "notified after UNLISTEN: {none:?}");
+    c.unlisten_all().await.check("unlisten all")?;
     Ok(())
 }
 
