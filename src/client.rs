@@ -101,6 +101,15 @@ struct Collected {
     affected: u64,
 }
 
+impl Collected {
+    fn into_rows(self, columns: Arc<[Column]>) -> Result<Vec<Row>, Error> {
+        self.rows
+            .into_iter()
+            .map(|raw| Row::new(columns.clone(), raw))
+            .collect()
+    }
+}
+
 impl Client {
     pub(crate) fn from_connection(conn: Connection) -> Client {
         Client {
@@ -362,12 +371,7 @@ impl Client {
     {
         let statement = self.statement(statement).await?;
         let collected = self.execute_statement(&statement, params).await?;
-        let columns = statement.columns_arc();
-        collected
-            .rows
-            .into_iter()
-            .map(|raw| Row::new(columns.clone(), raw))
-            .collect()
+        collected.into_rows(statement.columns_arc())
     }
 
     /// Runs a statement that must return exactly one row.
@@ -445,16 +449,10 @@ impl Client {
         sql: &str,
         params: &[(Param<'_>, Type)],
     ) -> Result<Vec<Row>, Error> {
-        let collected = self.run_typed(sql, params).await?;
-        let columns: Arc<[Column]> = self
-            .resolve_columns(collected.description.unwrap_or_default())
-            .await?
-            .into();
-        collected
-            .rows
-            .into_iter()
-            .map(|raw| Row::new(columns.clone(), raw))
-            .collect()
+        let mut collected = self.run_typed(sql, params).await?;
+        let description = collected.description.take().unwrap_or_default();
+        let columns = self.resolve_columns(description).await?;
+        collected.into_rows(columns.into())
     }
 
     /// Like [`query_typed`](Self::query_typed), returning the number of rows affected.
@@ -555,9 +553,6 @@ impl Client {
     /// Starts a simple query and returns a stream of its results in order. A server error comes out of
     /// [`SimpleQueryStream::next`] after the rows that preceded it.
     pub async fn simple_query_stream(&mut self, sql: &str) -> Result<SimpleQueryStream<'_>, Error> {
-        if sql.contains('\0') {
-            return Err(Error::config("the SQL text contains a NUL byte"));
-        }
         self.prepare_to_send().await?;
         let id = self.queue_simple(sql)?;
         Ok(self.simple_results(id))

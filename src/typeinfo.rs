@@ -52,7 +52,9 @@ fn lookup_depth(client: &mut Client, oid: u32, depth: u32) -> BoxFuture<'_, Resu
             )));
         }
         client.type_cache().lookups += 1;
-        // The OID is a number we format ourselves: no quoting is needed.
+        // Catalog lookups use the simple protocol: no named statement is left on the server, so they also work
+        // behind transaction-pooling PgBouncer. The price is that they replace the unnamed statement, which the
+        // caller re-parses (see `Client::statement`). The OID is a number we format: no quoting is needed.
         let sql = format!(
             "SELECT t.typname, t.typtype, t.typelem, r.rngsubtype, t.typbasetype, n.nspname, t.typrelid \
              FROM pg_catalog.pg_type t \

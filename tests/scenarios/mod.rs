@@ -151,6 +151,7 @@ pub async fn run_all(env: &Env, label: &str, earlier: Vec<(&str, Outcome)>) -> S
         text_and_bytea_round_trip,
         bool_and_nulls_round_trip,
         date_time_round_trip,
+        time_crate_round_trip,
         uuid_and_json_round_trip,
         arrays_round_trip,
         enum_type_lookup,
@@ -832,6 +833,35 @@ async fn date_time_round_trip(env: &Env) -> Outcome {
         .check("systemtime")?
         .get(0);
     ensure_eq!(st, std::time::UNIX_EPOCH + Duration::from_secs(1));
+    Ok(())
+}
+
+async fn time_crate_round_trip(env: &Env) -> Outcome {
+    use time::macros::{date, datetime};
+    let mut c = connect(&env.trust).await?;
+    let d = date!(1970 - 01 - 01);
+    ensure_eq!(
+        c.query_one("SELECT $1::date", &[&d])
+            .await
+            .check("date")?
+            .get::<_, time::Date>(0),
+        d
+    );
+    let ts = datetime!(2001-02-03 04:05:06.789);
+    ensure_eq!(
+        c.query_one("SELECT $1::timestamp", &[&ts])
+            .await
+            .check("timestamp")?
+            .get::<_, time::PrimitiveDateTime>(0),
+        ts
+    );
+    let tstz = datetime!(2030-06-01 12:00:00.5 +2);
+    let back: time::OffsetDateTime = c
+        .query_one("SELECT $1::timestamptz", &[&tstz])
+        .await
+        .check("tstz")?
+        .get(0);
+    ensure_eq!(back, tstz);
     Ok(())
 }
 
