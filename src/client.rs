@@ -74,6 +74,8 @@ pub struct Client {
     /// SQL to run before the next request, queued synchronously by drops that cannot await (a transaction
     /// dropped without commit leaves its ROLLBACK here).
     deferred: Vec<String>,
+    /// How to reach the same server again for a cancel request (address and TLS settings).
+    pub(crate) cancel_route: Option<crate::connect::CancelRoute>,
 }
 
 impl std::fmt::Debug for Client {
@@ -119,7 +121,13 @@ impl Client {
             close_queue: CloseQueue::default(),
             types: typeinfo::TypeCache::default(),
             deferred: Vec::new(),
+            cancel_route: None,
         }
+    }
+
+    /// Whether the connection is encrypted with TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.cancel_route.as_ref().is_some_and(|r| r.tls.is_some())
     }
 
     /// Whether the connection is closed or broken; a closed client only returns errors.
@@ -469,6 +477,7 @@ impl Client {
         sql: &str,
         params: &[(Param<'_>, Type)],
     ) -> Result<Collected, Error> {
+        crate::proto::check_parameter_count(params.len())?;
         self.prepare_to_send().await?;
         let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
         let values: Vec<Param<'_>> = params.iter().map(|(v, _)| *v).collect();
@@ -668,6 +677,7 @@ fn write_bind(
     types: &[Type],
     params: &[Param<'_>],
 ) -> Result<(), Error> {
+    crate::proto::check_parameter_count(params.len())?;
     let formats: Vec<i16> = params
         .iter()
         .zip(types)

@@ -5,12 +5,15 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 
 use crate::client::Client;
-use crate::config::{ChannelBinding, Host, LoadBalanceHosts, SslMode, Target, TargetSessionAttrs};
+use tracing::debug;
+
+use crate::config::{Host, LoadBalanceHosts, SslMode, Target, TargetSessionAttrs};
 use crate::connection::Connection;
 use crate::proto::{Limits, Protocol, StartupParams};
 use crate::row::SimpleQueryMessage;
+use crate::tls::{self, SslResponse, TlsConnector};
 use crate::transport::Transport;
-use crate::{Config, Error, runtime};
+use crate::{Config, Error, ErrorKind, runtime};
 
 impl Client {
     /// Connects with a [`Config`]: each host is tried in turn until one accepts the startup and fits
@@ -25,7 +28,8 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn connect(config: &Config) -> Result<Client, Error> {
-        check_tls(config)?;
+        // Files are read and certificates parsed once, for every host.
+        let tls = TlsConnector::from_config(config)?;
         let mut targets = config.targets()?;
         if config.get_load_balance_hosts() == LoadBalanceHosts::Random {
             shuffle(&mut targets);
@@ -44,7 +48,7 @@ impl Client {
                 // The session check runs inside connect_timeout too: a server that stalls after startup must
                 // not hang connect().
                 let attempt = runtime::timeout(config.get_connect_timeout(), async {
-                    let mut client = connect_target(config, target).await?;
+                    let mut client = connect_target(config, target, tls.as_ref()).await?;
                     let fits = session_fits(&mut client, wanted).await?;
                     Ok::<_, Error>((client, fits))
                 })
@@ -71,29 +75,74 @@ impl Client {
 
     /// Runs the startup over a transport the caller opened (a custom transport, a test pipe, a tunnel).
     /// Host, port and connect_timeout from `config` are not used.
+    ///
+    /// TLS is negotiated on it as `sslmode` says, and verified against `host` (the first host of `config`;
+    /// `localhost` when none is given).
     pub async fn connect_with_transport(
         transport: Box<dyn Transport>,
         config: &Config,
     ) -> Result<Client, Error> {
-        check_tls(config)?;
-        startup(transport, config, None).await
+        let tls = TlsConnector::from_config(config)?;
+        let host = match config.get_hosts().first() {
+            Some(Host::Tcp(name)) if !name.is_empty() => name.clone(),
+            _ => "localhost".to_string(),
+        };
+        let Some(tls) = tls else {
+            return startup(transport, config, None, None).await;
+        };
+        let mode = config.get_ssl_mode();
+        let plain_if_refused = matches!(mode, SslMode::Allow | SslMode::Prefer);
+        let mut transport = transport;
+        match secure(&mut transport, &tls, plain_if_refused).await? {
+            Negotiated::Plain => startup(transport, config, None, None).await,
+            Negotiated::Tls => {
+                let established = tls::handshake(&tls, transport, &host).await?;
+                let binding = Some(established.channel_binding);
+                let mut client =
+                    startup(Box::new(established.stream), config, None, binding).await?;
+                client.cancel_route = Some(CancelRoute {
+                    target: None,
+                    tls: Some((tls, host)),
+                });
+                Ok(client)
+            }
+        }
     }
 }
 
-fn check_tls(config: &Config) -> Result<(), Error> {
-    // require must not quietly send a password without the binding it asked for.
-    if config.get_channel_binding() == ChannelBinding::Require {
-        return Err(Error::unsupported(
-            "channel_binding=require needs TLS, which this version of wasi-pg-client does not support yet",
-        ));
+/// Where and how a cancel request for a session must be sent: the same server, and TLS when the session used
+/// it (libpq sends cancel requests over TLS too since PostgreSQL 17).
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // Read by cancellation, which comes with the session features.
+pub(crate) struct CancelRoute {
+    pub(crate) target: Option<Target>,
+    /// The connector and the host name its certificate was checked against.
+    pub(crate) tls: Option<(TlsConnector, String)>,
+}
+
+/// What the negotiation before the startup settled on.
+enum Negotiated {
+    Plain,
+    Tls,
+}
+
+/// Negotiates TLS on a fresh connection: direct TLS starts the handshake at once; otherwise an SSLRequest asks,
+/// and a refusal continues in plaintext only where the sslmode allows it.
+async fn secure(
+    transport: &mut Box<dyn Transport>,
+    tls: &TlsConnector,
+    plain_if_refused: bool,
+) -> Result<Negotiated, Error> {
+    if tls.direct() {
+        return Ok(Negotiated::Tls);
     }
-    match config.get_ssl_mode() {
-        SslMode::Disable | SslMode::Allow | SslMode::Prefer => Ok(()),
-        // allow and prefer fall back to plaintext, as libpq does when TLS is not available.
-        other => Err(Error::unsupported(format!(
-            "sslmode={} needs TLS, which this version of wasi-pg-client does not support yet",
-            other.as_str()
-        ))),
+    match tls::request_ssl(transport.as_mut()).await? {
+        SslResponse::Accepted => Ok(Negotiated::Tls),
+        SslResponse::Refused if plain_if_refused => Ok(Negotiated::Plain),
+        SslResponse::Refused => Err(Error::tls(
+            "server does not support SSL, but SSL was required",
+            None,
+        )),
     }
 }
 
@@ -105,10 +154,114 @@ fn describe(target: &Target) -> String {
     }
 }
 
-/// Opens the transport for one target and runs the startup on it.
-async fn connect_target(config: &Config, target: &Target) -> Result<Client, Error> {
-    let transport = open_transport(&target.host, target.hostaddr, target.port).await?;
-    startup(transport, config, Some(target)).await
+/// Where a connection attempt failed, which decides whether libpq's sslmode fallbacks apply.
+enum Stage {
+    /// Opening the connection or negotiating TLS.
+    Setup,
+    /// The TLS handshake (including certificate verification).
+    Handshake,
+    /// The startup, over TLS or not.
+    Startup { tls: bool },
+}
+
+/// Connects to one target with libpq's sslmode behaviour:
+/// - `disable`, and Unix-domain sockets in every mode (libpq never uses TLS on them): plaintext.
+/// - `allow`: plaintext first; if the server rejects that startup, again with TLS.
+/// - `prefer`: TLS if the server accepts the SSLRequest, else plaintext on the same connection; if the
+///   handshake fails or the server rejects the startup over TLS, again in plaintext.
+/// - `require`, `verify-ca`, `verify-full`: TLS or nothing.
+async fn connect_target(
+    config: &Config,
+    target: &Target,
+    tls: Option<&TlsConnector>,
+) -> Result<Client, Error> {
+    let tls = tls.filter(|_| matches!(target.host, Host::Tcp(_)));
+    let Some(tls) = tls else {
+        return attempt(config, target, None).await.map_err(|(e, _)| e);
+    };
+    match config.get_ssl_mode() {
+        SslMode::Allow => match attempt(config, target, None).await {
+            Err((e, Stage::Startup { tls: false })) if e.kind() == ErrorKind::Db => {
+                debug!(error = %e, "the server rejected the plaintext startup; retrying with TLS (sslmode=allow)");
+                retry(attempt(config, target, Some((tls, true))).await, e)
+            }
+            other => other.map_err(|(e, _)| e),
+        },
+        SslMode::Prefer => match attempt(config, target, Some((tls, true))).await {
+            Err((e, Stage::Handshake)) => {
+                debug!(error = %e, "the TLS handshake failed; retrying in plaintext (sslmode=prefer)");
+                retry(attempt(config, target, None).await, e)
+            }
+            Err((e, Stage::Startup { tls: true })) if e.kind() == ErrorKind::Db => {
+                debug!(error = %e, "the server rejected the startup over TLS; retrying in plaintext (sslmode=prefer)");
+                retry(attempt(config, target, None).await, e)
+            }
+            other => other.map_err(|(e, _)| e),
+        },
+        _ => attempt(config, target, Some((tls, false)))
+            .await
+            .map_err(|(e, _)| e),
+    }
+}
+
+/// The outcome of a fallback attempt; if it fails too, its error also says why the first one did.
+fn retry(second: Result<Client, (Error, Stage)>, first: Error) -> Result<Client, Error> {
+    second.map_err(|(e, _)| e.context(format!("first attempt: {first}; second attempt")))
+}
+
+/// One connection attempt: open, negotiate TLS (`Some((connector, plain_if_refused))`), start up.
+async fn attempt(
+    config: &Config,
+    target: &Target,
+    tls: Option<(&TlsConnector, bool)>,
+) -> Result<Client, (Error, Stage)> {
+    let mut transport = open_transport(&target.host, target.hostaddr, target.port)
+        .await
+        .map_err(|e| (e, Stage::Setup))?;
+    let plain = |transport| async move {
+        let mut client = startup(transport, config, Some(target), None)
+            .await
+            .map_err(|e| (e, Stage::Startup { tls: false }))?;
+        client.cancel_route = Some(CancelRoute {
+            target: Some(target.clone()),
+            tls: None,
+        });
+        Ok(client)
+    };
+    let Some((connector, plain_if_refused)) = tls else {
+        return plain(transport).await;
+    };
+    match secure(&mut transport, connector, plain_if_refused)
+        .await
+        .map_err(|e| (e, Stage::Setup))?
+    {
+        Negotiated::Plain => plain(transport).await,
+        Negotiated::Tls => {
+            let host = tls_host(target);
+            let established = tls::handshake(connector, transport, &host)
+                .await
+                .map_err(|e| (e, Stage::Handshake))?;
+            let binding = Some(established.channel_binding);
+            let mut client = startup(Box::new(established.stream), config, Some(target), binding)
+                .await
+                .map_err(|e| (e, Stage::Startup { tls: true }))?;
+            client.cancel_route = Some(CancelRoute {
+                target: Some(target.clone()),
+                tls: Some((connector.clone(), host)),
+            });
+            Ok(client)
+        }
+    }
+}
+
+/// The name the server certificate is checked against: the host name, else the numeric `hostaddr`.
+fn tls_host(target: &Target) -> String {
+    match (&target.host, target.hostaddr) {
+        (Host::Tcp(name), _) if !name.is_empty() => name.clone(),
+        (_, Some(addr)) => addr.to_string(),
+        (Host::Tcp(name), None) => name.clone(),
+        (Host::Unix(dir), None) => dir.display().to_string(),
+    }
 }
 
 #[cfg(target_os = "wasi")]
@@ -157,10 +310,13 @@ async fn open_transport(
 }
 
 /// The startup message parameters and credentials from the configuration.
+///
+/// `tls_binding` is `None` without TLS, else the channel binding data of the TLS session (or why it has none).
 async fn startup(
     transport: Box<dyn Transport>,
     config: &Config,
     target: Option<&Target>,
+    tls_binding: Option<Result<Vec<u8>, String>>,
 ) -> Result<Client, Error> {
     let user = config.effective_user()?;
     let dbname = config.effective_dbname()?;
@@ -189,6 +345,13 @@ async fn startup(
         params,
         password,
         require_auth: config.get_require_auth().clone(),
+        channel_binding: crate::proto::ChannelBindingPolicy {
+            mode: config.get_channel_binding(),
+            tls: tls_binding,
+        },
+        scram_max_iterations: config.get_scram_max_iterations(),
+        min_protocol_version: config.get_min_protocol_version(),
+        max_protocol_version: config.get_max_protocol_version(),
     };
     let limits = Limits {
         max_message_size: config.get_max_message_size(),

@@ -79,6 +79,9 @@ pub enum ErrorKind {
     RowCount,
     /// The requested feature is not available in this build.
     Unsupported,
+    /// TLS could not be set up: the server refused it, the handshake failed, or the server's certificate
+    /// did not pass verification.
+    Tls,
     /// COMMIT rolled the transaction back because a statement in it had failed.
     TransactionFailed,
 }
@@ -203,6 +206,18 @@ impl Error {
     /// The error every call returns after the connection broke: same kind, the original message.
     pub(crate) fn still_broken(kind: ErrorKind, message: &str) -> Error {
         Error::build(kind, format!("the connection is broken: {message}")).broken()
+    }
+
+    /// A TLS failure; `source` keeps the underlying rustls or I/O error.
+    pub(crate) fn tls(
+        message: impl Into<String>,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        let e = Error::build(ErrorKind::Tls, message.into()).broken();
+        match source {
+            Some(source) => e.with_source(source),
+            None => e,
+        }
     }
 
     pub(crate) fn closed() -> Error {

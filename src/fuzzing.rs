@@ -19,6 +19,14 @@ pub fn backend_stream(data: &[u8]) {
         ],
         password: Some(b"password".to_vec()),
         require_auth: RequireAuth::default(),
+        channel_binding: crate::proto::ChannelBindingPolicy {
+            mode: crate::config::ChannelBinding::Prefer,
+            tls: None,
+        },
+        scram_max_iterations: 4096,
+        // 3.2 so that negotiation and long cancel keys are reached too.
+        min_protocol_version: crate::config::ProtocolVersion::V3_0,
+        max_protocol_version: crate::config::ProtocolVersion::V3_2,
     };
     let Ok(mut protocol) = Protocol::new(
         params,

@@ -39,6 +39,7 @@ mod proto;
 mod row;
 mod runtime;
 mod statement;
+mod tls;
 mod transaction;
 pub mod transport;
 mod typeinfo;

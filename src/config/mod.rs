@@ -17,6 +17,7 @@ mod require_auth;
 mod settings;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -26,14 +27,17 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::Error;
+use modes::Keyword as _;
 
-pub use modes::{ChannelBinding, LoadBalanceHosts, SslMode, TargetSessionAttrs};
+pub use modes::{ChannelBinding, LoadBalanceHosts, ProtocolVersion, SslMode, TargetSessionAttrs};
 #[allow(
     unused_imports,
     reason = "the connection code does not read .pgpass yet"
 )]
 pub(crate) use pgpass::passfile_lookup;
 pub use require_auth::{AuthMethod, RequireAuth};
+pub(crate) use tls::InMemoryTls;
+pub use tls::{SslCertMode, SslNegotiation};
 
 /// The port used when none is given.
 const DEFAULT_PORT: u16 = 5432;
@@ -44,6 +48,9 @@ const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 
 /// The default cap on the size of one message from the server.
 const DEFAULT_MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
+
+/// The default cap on the SCRAM iteration count a server may ask for (PostgreSQL's own default is 4096).
+const DEFAULT_SCRAM_MAX_ITERATIONS: u32 = 100_000;
 
 /// libpq waits at least this long when a connect timeout is set, because a timeout rounded down to whole
 /// seconds could otherwise expire almost at once.
@@ -139,12 +146,15 @@ pub struct Config {
     channel_binding: Option<ChannelBinding>,
     params: Vec<(String, String)>,
     max_message_size: Option<usize>,
+    scram_max_iterations: Option<u32>,
     /// Settings kept as text, by libpq keyword (TLS files, keepalives, ...). Empty values are kept too:
     /// for some keys (`sslsni`) libpq gives them a meaning.
     raw: BTreeMap<&'static str, String>,
     /// Keywords given with an empty value. They read as "default", but like libpq they still keep the
     /// environment variable from supplying a value.
     given_empty: BTreeSet<&'static str>,
+    /// Root certificates and a client identity given through the API.
+    in_memory_tls: InMemoryTls,
 }
 
 impl Config {
@@ -293,6 +303,41 @@ impl Config {
         self
     }
 
+    /// Sets the highest SCRAM iteration count the client accepts from the server (default 100 000).
+    ///
+    /// The server chooses the count, and the client must run that many rounds of PBKDF2 before the server
+    /// has proved anything, so a server (or an impostor) asking for billions would tie up the client. A larger
+    /// count is refused before any work is done. PostgreSQL's default is 4096. Not a libpq setting.
+    ///
+    /// postgres-protocol, which computes the SCRAM proof, refuses counts above 100 000 on its own, so a cap
+    /// above that has no effect yet.
+    ///
+    /// ```
+    /// let mut config = wasi_pg_client::Config::new();
+    /// config.scram_max_iterations(10_000);
+    /// assert_eq!(config.get_scram_max_iterations(), 10_000);
+    /// ```
+    pub fn scram_max_iterations(&mut self, scram_max_iterations: u32) -> &mut Config {
+        self.scram_max_iterations = Some(scram_max_iterations);
+        self
+    }
+
+    /// Sets the lowest protocol version the server may negotiate down to (libpq's `min_protocol_version`).
+    pub fn min_protocol_version(&mut self, version: ProtocolVersion) -> &mut Config {
+        self.raw
+            .insert("min_protocol_version", version.as_str().to_string());
+        self.given_empty.remove("min_protocol_version");
+        self
+    }
+
+    /// Sets the protocol version requested from the server (libpq's `max_protocol_version`).
+    pub fn max_protocol_version(&mut self, version: ProtocolVersion) -> &mut Config {
+        self.raw
+            .insert("max_protocol_version", version.as_str().to_string());
+        self.given_empty.remove("max_protocol_version");
+        self
+    }
+
     /// The hosts given, in order. Empty if none was (the default host is then used).
     pub fn get_hosts(&self) -> &[Host] {
         &self.hosts
@@ -386,6 +431,36 @@ impl Config {
     /// The largest message accepted from the server, in bytes (default 256 MiB).
     pub fn get_max_message_size(&self) -> usize {
         self.max_message_size.unwrap_or(DEFAULT_MAX_MESSAGE_SIZE)
+    }
+
+    /// The highest SCRAM iteration count accepted from the server (default 100 000).
+    pub fn get_scram_max_iterations(&self) -> u32 {
+        self.scram_max_iterations
+            .unwrap_or(DEFAULT_SCRAM_MAX_ITERATIONS)
+    }
+
+    /// The lowest protocol version the server may negotiate down to: `min_protocol_version`, else
+    /// [`ProtocolVersion::V3_0`] (as in libpq 18).
+    pub fn get_min_protocol_version(&self) -> ProtocolVersion {
+        self.get_raw("min_protocol_version")
+            .and_then(ProtocolVersion::from_keyword)
+            .unwrap_or_default()
+    }
+
+    /// The protocol version requested from the server: `max_protocol_version`; else, as in libpq 18,
+    /// [`ProtocolVersion::V3_2`] when `min_protocol_version` asks for more than 3.0, and
+    /// [`ProtocolVersion::V3_0`] otherwise (some poolers and old servers cannot negotiate a newer version).
+    pub fn get_max_protocol_version(&self) -> ProtocolVersion {
+        match self
+            .get_raw("max_protocol_version")
+            .and_then(ProtocolVersion::from_keyword)
+        {
+            Some(version) => version,
+            None if self.get_min_protocol_version() > ProtocolVersion::V3_0 => {
+                ProtocolVersion::V3_2
+            }
+            None => ProtocolVersion::V3_0,
+        }
     }
 
     /// The file of trusted root certificates (`sslrootcert`), if given; `system` means the platform's store.
@@ -613,8 +688,10 @@ impl fmt::Debug for Config {
             channel_binding,
             params,
             max_message_size,
+            scram_max_iterations,
             raw,
             given_empty,
+            in_memory_tls,
         } = self;
         // Destructuring makes a new field a compile error here until it is shown (or deliberately hidden).
         let raw: BTreeMap<_, _> = raw
@@ -648,8 +725,10 @@ impl fmt::Debug for Config {
             .field("channel_binding", channel_binding)
             .field("params", params)
             .field("max_message_size", max_message_size)
+            .field("scram_max_iterations", scram_max_iterations)
             .field("raw", &raw)
             .field("given_empty", given_empty)
+            .field("in_memory_tls", in_memory_tls)
             .finish()
     }
 }

@@ -1,4 +1,5 @@
-//! The enumerated settings (`sslmode`, `target_session_attrs`, `load_balance_hosts`, `channel_binding`).
+//! The enumerated settings (`sslmode`, `target_session_attrs`, `load_balance_hosts`, `channel_binding`,
+//! `min_protocol_version` and `max_protocol_version`).
 //!
 //! Each is spelled exactly as libpq spells it; like libpq, the spelling is case-sensitive.
 
@@ -178,6 +179,55 @@ impl Keyword for ChannelBinding {
             "disable" => Some(ChannelBinding::Disable),
             "prefer" => Some(ChannelBinding::Prefer),
             "require" => Some(ChannelBinding::Require),
+            _ => None,
+        }
+    }
+}
+
+/// A version of the frontend/backend protocol (libpq's `min_protocol_version` and `max_protocol_version`).
+///
+/// Protocol 3.2 (PostgreSQL 18) differs from 3.0 in one way a client sees: the cancel key may be longer than
+/// 4 bytes (up to 256). Like libpq 18, a connection requests 3.0 unless told otherwise, because some poolers
+/// and older servers do not answer a request for a newer version with NegotiateProtocolVersion.
+///
+/// ```
+/// use wasi_pg_client::Config;
+/// use wasi_pg_client::config::ProtocolVersion;
+///
+/// let config = Config::parse("max_protocol_version=latest")?;
+/// assert_eq!(config.get_max_protocol_version(), ProtocolVersion::V3_2);
+/// assert_eq!(config.get_min_protocol_version(), ProtocolVersion::V3_0);
+/// assert_eq!(ProtocolVersion::V3_2.as_str(), "3.2");
+/// # Ok::<(), wasi_pg_client::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[non_exhaustive]
+pub enum ProtocolVersion {
+    /// Protocol 3.0, spoken by PostgreSQL 7.4 and later.
+    #[default]
+    V3_0,
+    /// Protocol 3.2, spoken by PostgreSQL 18 and later (3.1 was never used).
+    V3_2,
+}
+
+impl ProtocolVersion {
+    /// The version as libpq spells it (`"3.0"`, `"3.2"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtocolVersion::V3_0 => "3.0",
+            ProtocolVersion::V3_2 => "3.2",
+        }
+    }
+}
+
+impl Keyword for ProtocolVersion {
+    const EXPECTED: &'static str = "3.0, 3.2, latest";
+
+    fn from_keyword(keyword: &str) -> Option<ProtocolVersion> {
+        match keyword {
+            "3.0" => Some(ProtocolVersion::V3_0),
+            // libpq's `latest` is the newest version it speaks, which is 3.2 for libpq 18 and for us.
+            "3.2" | "latest" => Some(ProtocolVersion::V3_2),
             _ => None,
         }
     }

@@ -1025,3 +1025,49 @@ fn pgpass_edge_cases() {
     assert_eq!(passfile_lookup("", "h", 5432, "d", "u"), None);
     assert_eq!(passfile_lookup("\n\n#x\n", "h", 5432, "d", "u"), None);
 }
+
+#[test]
+fn protocol_versions_follow_libpq_18() {
+    let c = Config::new();
+    assert_eq!(c.get_min_protocol_version(), ProtocolVersion::V3_0);
+    assert_eq!(c.get_max_protocol_version(), ProtocolVersion::V3_0);
+    let c = parse("max_protocol_version=latest");
+    assert_eq!(c.get_max_protocol_version(), ProtocolVersion::V3_2);
+    assert_eq!(c.get_min_protocol_version(), ProtocolVersion::V3_0);
+    let c = parse("min_protocol_version=3.0 max_protocol_version=3.2");
+    assert_eq!(c.get_max_protocol_version(), ProtocolVersion::V3_2);
+    // A minimum above 3.0 raises the default maximum to the latest version, as in libpq 18.
+    let c = parse("min_protocol_version=latest");
+    assert_eq!(c.get_min_protocol_version(), ProtocolVersion::V3_2);
+    assert_eq!(c.get_max_protocol_version(), ProtocolVersion::V3_2);
+    // An empty value reads as the default.
+    let c = parse("max_protocol_version=''");
+    assert_eq!(c.get_max_protocol_version(), ProtocolVersion::V3_0);
+    assert_eq!(ProtocolVersion::V3_0.as_str(), "3.0");
+    assert_eq!(ProtocolVersion::V3_2.as_str(), "3.2");
+    assert!(ProtocolVersion::V3_0 < ProtocolVersion::V3_2);
+}
+
+#[test]
+fn protocol_version_setters() {
+    let mut c = parse("max_protocol_version=''");
+    c.max_protocol_version(ProtocolVersion::V3_2);
+    assert_eq!(c.get_max_protocol_version(), ProtocolVersion::V3_2);
+    assert_eq!(c.get_raw("max_protocol_version"), Some("3.2"));
+    assert!(c.is_given("max_protocol_version"));
+    c.min_protocol_version(ProtocolVersion::V3_2);
+    assert_eq!(c.get_min_protocol_version(), ProtocolVersion::V3_2);
+    c.targets().unwrap();
+    // The range is checked like one given in a connection string.
+    c.max_protocol_version(ProtocolVersion::V3_0);
+    assert!(c.targets().unwrap_err().to_string().contains("range"));
+}
+
+#[test]
+fn scram_max_iterations_setting() {
+    let mut c = Config::new();
+    assert_eq!(c.get_scram_max_iterations(), 100_000);
+    c.scram_max_iterations(4096);
+    assert_eq!(c.get_scram_max_iterations(), 4096);
+    assert!(format!("{c:?}").contains("scram_max_iterations: Some(4096)"));
+}

@@ -1,13 +1,17 @@
 //! Backend message framing with explicit limits.
 //!
-//! `postgres_protocol::message::backend::Message::parse` reserves whatever length a header claims and does not
-//! know NegotiateProtocolVersion, so every frame passes through [`next_frame`] first: the header is checked against
-//! the configured cap before a single byte is reserved, and only complete frames reach the parser.
+//! `postgres_protocol::message::backend::Message::parse` reserves whatever length a header claims, does not know
+//! NegotiateProtocolVersion and reads a 4-byte cancel key, so every frame passes through [`next_frame`] first:
+//! the header is checked against the configured cap before a single byte is reserved, only complete frames
+//! reach a parser, and `v` and `K` go to our own parsers in [`wire`](super::wire) instead of postgres-protocol's.
 
 use bytes::BytesMut;
 use postgres_protocol::message::backend::Message;
 
+use super::BackendKey;
+use super::wire::{self, NegotiateProtocolVersion};
 use crate::Error;
+use crate::config::ProtocolVersion;
 
 /// The size of a backend message header: one tag byte and a 4-byte length that counts itself.
 pub(crate) const HEADER_LEN: usize = 5;
@@ -15,7 +19,20 @@ pub(crate) const HEADER_LEN: usize = 5;
 /// Tag of NegotiateProtocolVersion, which postgres-protocol does not parse.
 const NEGOTIATE_PROTOCOL_VERSION_TAG: u8 = b'v';
 
-/// Tags the backend may send in protocol 3.0; anything else is a protocol violation.
+/// Tag of BackendKeyData, whose protocol 3.2 form postgres-protocol does not parse.
+const BACKEND_KEY_DATA_TAG: u8 = b'K';
+
+/// One backend message.
+pub(crate) enum Frame {
+    /// Any message postgres-protocol parses (never `v` or `K`).
+    Message(Message),
+    /// NegotiateProtocolVersion (`v`).
+    NegotiateProtocolVersion(NegotiateProtocolVersion),
+    /// BackendKeyData (`K`), checked against the protocol version in use.
+    BackendKeyData(BackendKey),
+}
+
+/// Tags the backend may send in protocol 3.0 and 3.2; anything else is a protocol violation.
 const KNOWN_TAGS: &[u8] = b"123AcCdDEGHIKnNRsStTZWv";
 
 /// Checks the header of the frame at the start of `inbound` and returns the total frame length (tag
@@ -55,26 +72,28 @@ pub(crate) fn complete_frame_len(
     Ok((inbound.len() >= total).then_some(total))
 }
 
-/// Splits the next complete frame off `inbound` and parses it.
+/// Splits the next complete frame off `inbound` and parses it; `version` is the protocol version in use, which
+/// decides how long a cancel key may be.
 pub(crate) fn next_frame(
     inbound: &mut BytesMut,
     max_message_size: usize,
-) -> Result<Option<Message>, Error> {
+    version: ProtocolVersion,
+) -> Result<Option<Frame>, Error> {
     let Some(total) = complete_frame_len(inbound, max_message_size)? else {
         return Ok(None);
     };
-    if inbound[0] == NEGOTIATE_PROTOCOL_VERSION_TAG {
-        // We request protocol 3.0 with no `_pq_` options, so a server has nothing to negotiate down.
-        return Err(Error::protocol(
-            "the server sent NegotiateProtocolVersion although protocol 3.0 without options was requested",
-        ));
-    }
     let mut frame = inbound.split_to(total);
-    match Message::parse(&mut frame) {
-        Ok(Some(message)) if frame.is_empty() => Ok(Some(message)),
-        Ok(Some(_)) => Err(Error::protocol("trailing bytes after a message")),
-        // Unreachable with a complete frame, but an error is the honest answer if it happens.
-        Ok(None) => Err(Error::protocol("incomplete message after framing")),
-        Err(e) => Err(Error::protocol(format!("malformed message: {e}"))),
+    match frame[0] {
+        NEGOTIATE_PROTOCOL_VERSION_TAG => NegotiateProtocolVersion::parse(&frame[HEADER_LEN..])
+            .map(|n| Some(Frame::NegotiateProtocolVersion(n))),
+        BACKEND_KEY_DATA_TAG => wire::backend_key_data(&frame[HEADER_LEN..], version)
+            .map(|key| Some(Frame::BackendKeyData(key))),
+        _ => match Message::parse(&mut frame) {
+            Ok(Some(message)) if frame.is_empty() => Ok(Some(Frame::Message(message))),
+            Ok(Some(_)) => Err(Error::protocol("trailing bytes after a message")),
+            // Unreachable with a complete frame, but an error is the honest answer if it happens.
+            Ok(None) => Err(Error::protocol("incomplete message after framing")),
+            Err(e) => Err(Error::protocol(format!("malformed message: {e}"))),
+        },
     }
 }

@@ -14,6 +14,7 @@ mod frame;
 mod startup;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -23,10 +24,13 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::{DataRowBody, Message};
 use postgres_protocol::message::frontend;
 
+use crate::config::ProtocolVersion;
 use crate::{DbError, Error, ErrorKind};
 
-pub(crate) use startup::StartupParams;
+use frame::Frame;
+pub(crate) use startup::{ChannelBindingPolicy, StartupParams};
 use startup::{Startup, Step};
+pub(crate) use wire::check_parameter_count;
 
 /// Identifies a queued request; responses carry the id of the request they answer.
 pub(crate) type RequestId = u64;
@@ -92,11 +96,25 @@ impl Notification {
     }
 }
 
-/// The key a cancel request needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The key a cancel request needs, from BackendKeyData.
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct BackendKey {
     pub(crate) process_id: i32,
-    pub(crate) secret_key: i32,
+    /// 4 bytes in protocol 3.0, 4 to 256 in protocol 3.2.
+    pub(crate) secret_key: Box<[u8]>,
+}
+
+impl std::fmt::Debug for BackendKey {
+    /// Leaves the secret out: anyone holding it can cancel the session's queries.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendKey")
+            .field("process_id", &self.process_id)
+            .field(
+                "secret_key",
+                &format_args!("<{} bytes>", self.secret_key.len()),
+            )
+            .finish()
+    }
 }
 
 /// A DataRow whose field boundaries were checked once, when it was framed.
@@ -203,6 +221,8 @@ pub(crate) struct Protocol {
     result_columns: Option<usize>,
     parameters: Vec<(String, String)>,
     backend_key: Option<BackendKey>,
+    /// The version asked for, until the server negotiates it down.
+    protocol_version: ProtocolVersion,
     transaction_status: TransactionStatus,
     eof: bool,
 }
@@ -211,6 +231,7 @@ impl Protocol {
     /// Starts a connection: the StartupMessage is queued for transmission.
     pub(crate) fn new(params: StartupParams, limits: Limits) -> Result<Protocol, Error> {
         let mut outbound = BytesMut::new();
+        let protocol_version = params.max_protocol_version;
         let startup = Startup::begin(params, &mut outbound)?;
         Ok(Protocol {
             phase: Phase::Startup(Box::new(startup)),
@@ -223,6 +244,7 @@ impl Protocol {
             result_columns: None,
             parameters: Vec::new(),
             backend_key: None,
+            protocol_version,
             transaction_status: TransactionStatus::Idle,
             eof: false,
         })
@@ -282,8 +304,18 @@ impl Protocol {
     }
 
     /// The cancel key from BackendKeyData.
-    pub(crate) fn backend_key(&self) -> Option<BackendKey> {
-        self.backend_key
+    pub(crate) fn backend_key(&self) -> Option<&BackendKey> {
+        self.backend_key.as_ref()
+    }
+
+    /// The protocol version in use: the one requested (`max_protocol_version`), or the older one the server
+    /// negotiated down to.
+    #[allow(
+        dead_code,
+        reason = "for query cancellation and a public accessor on Client, which come later"
+    )]
+    pub(crate) fn protocol_version(&self) -> ProtocolVersion {
+        self.protocol_version
     }
 
     /// The status byte of the last ReadyForQuery.
@@ -320,23 +352,28 @@ impl Protocol {
                 self.check_usable()?;
                 return Ok(true);
             };
-            let message = match frame::next_frame(&mut self.inbound, self.limits.max_message_size) {
-                Ok(Some(message)) => message,
+            let frame = match frame::next_frame(
+                &mut self.inbound,
+                self.limits.max_message_size,
+                self.protocol_version,
+            ) {
+                Ok(Some(frame)) => frame,
                 Ok(None) if self.eof => {
                     return Err(self.fail(Error::io(std::io::ErrorKind::UnexpectedEof.into())));
                 }
                 Ok(None) => return Ok(false),
                 Err(e) => return Err(self.fail(e)),
             };
-            match startup.handle(message, &mut self.outbound) {
+            let mark = self.outbound.len();
+            let step = startup.handle(frame, &mut self.outbound).and_then(|step| {
+                wire::check_frontend_messages(&self.outbound[mark..])?;
+                Ok(step)
+            });
+            match step {
                 Ok(Step::Continue) => {}
+                Ok(Step::Negotiated(version)) => self.protocol_version = version,
                 Ok(Step::Parameter(name, value)) => self.set_parameter(name, value),
-                Ok(Step::BackendKey(process_id, secret_key)) => {
-                    self.backend_key = Some(BackendKey {
-                        process_id,
-                        secret_key,
-                    });
-                }
+                Ok(Step::BackendKey(key)) => self.backend_key = Some(key),
                 Ok(Step::Notice(notice)) => self.events.push_back(Event::Notice(notice)),
                 Ok(Step::Ready(status)) => {
                     self.transaction_status =
@@ -345,6 +382,8 @@ impl Protocol {
                     return Ok(true);
                 }
                 Err(e) => {
+                    // Nothing of a refused step may reach the server (a password above all).
+                    self.outbound.truncate(mark);
                     let e = e.broken();
                     return Err(self.fail(e));
                 }
@@ -359,8 +398,9 @@ impl Protocol {
         }
     }
 
-    /// Queues a request. `write` appends its messages to the outbound buffer; if it fails, whatever it wrote is
-    /// removed again, so a half-encoded message never reaches the server. `flow` says how many ReadyForQuery
+    /// Queues a request. `write` appends its messages to the outbound buffer; if it fails, or writes a message
+    /// longer than the server accepts, whatever it wrote is removed again, so a half-encoded or oversized
+    /// message never reaches the server and the connection stays usable. `flow` says how many ReadyForQuery
     /// messages end the request. `row_columns` is the column count of rows an Execute of a previously described
     /// statement returns.
     pub(crate) fn queue_request(
@@ -376,7 +416,9 @@ impl Protocol {
             ));
         }
         let mark = self.outbound.len();
-        if let Err(e) = write(&mut self.outbound) {
+        let written = write(&mut self.outbound)
+            .and_then(|()| wire::check_frontend_messages(&self.outbound[mark..]));
+        if let Err(e) = written {
             self.outbound.truncate(mark);
             return Err(e);
         }
@@ -410,15 +452,19 @@ impl Protocol {
             if let Phase::Failed(kind, why) = &self.phase {
                 return Err(Error::still_broken(*kind, why));
             }
-            let message = match frame::next_frame(&mut self.inbound, self.limits.max_message_size) {
-                Ok(Some(message)) => message,
+            let frame = match frame::next_frame(
+                &mut self.inbound,
+                self.limits.max_message_size,
+                self.protocol_version,
+            ) {
+                Ok(Some(frame)) => frame,
                 Ok(None) if self.eof => {
                     return Err(self.fail(Error::io(std::io::ErrorKind::UnexpectedEof.into())));
                 }
                 Ok(None) => return Ok(None),
                 Err(e) => return Err(self.fail(e)),
             };
-            match self.route(message) {
+            match self.route(frame) {
                 Ok(Some(response)) => return Ok(Some(response)),
                 Ok(None) => {}
                 Err(e) => return Err(self.fail(e.broken())),
@@ -427,7 +473,18 @@ impl Protocol {
     }
 
     /// Sorts one message: asynchronous ones become events, the rest answer the oldest pending request.
-    fn route(&mut self, message: Message) -> Result<Option<Response>, Error> {
+    fn route(&mut self, frame: Frame) -> Result<Option<Response>, Error> {
+        let message = match frame {
+            Frame::Message(message) => message,
+            Frame::NegotiateProtocolVersion(_) => {
+                return Err(Error::protocol(
+                    "unexpected NegotiateProtocolVersion after startup",
+                ));
+            }
+            Frame::BackendKeyData(_) => {
+                return Err(Error::protocol("unexpected BackendKeyData after startup"));
+            }
+        };
         match message {
             Message::NoticeResponse(body) => {
                 self.events

@@ -1,17 +1,21 @@
 //! Startup and authentication: from StartupMessage to the first ReadyForQuery.
 //!
 //! The flow is an explicit state enum; [`Startup::handle`] is the one place that moves it, and every message
-//! that does not fit the current state is a protocol error. TLS and SCRAM channel binding slot in by giving
-//! [`StartupParams`] a channel-binding value before the exchange starts.
+//! that does not fit the current state is a protocol error. The TLS layer gives [`StartupParams`] the
+//! channel-binding data of the server certificate before the exchange starts; which SCRAM variant is used, and
+//! which requests are refused, follows `channel_binding` exactly as libpq does.
 
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
+use postgres_protocol::authentication::sasl::{self, ScramSha256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
-use crate::config::{AuthMethod, RequireAuth};
+use super::BackendKey;
+use super::frame::Frame;
+use super::wire::{self, NegotiateProtocolVersion};
+use crate::config::{AuthMethod, ChannelBinding, ProtocolVersion, RequireAuth};
 use crate::{DbError, Error};
 
 /// What the startup needs to know; built by the client from a [`Config`](crate::Config).
@@ -22,19 +26,41 @@ pub(crate) struct StartupParams {
     pub(crate) password: Option<Vec<u8>>,
     /// Which authentication methods the server may ask for.
     pub(crate) require_auth: RequireAuth,
+    /// Whether SCRAM channel binding is used, and what the TLS layer provides for it.
+    pub(crate) channel_binding: ChannelBindingPolicy,
+    /// The highest SCRAM iteration count accepted from the server.
+    pub(crate) scram_max_iterations: u32,
+    /// The lowest protocol version the server may negotiate down to.
+    pub(crate) min_protocol_version: ProtocolVersion,
+    /// The protocol version the StartupMessage asks for.
+    pub(crate) max_protocol_version: ProtocolVersion,
+}
+
+/// The `channel_binding` setting and what the connection can bind to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChannelBindingPolicy {
+    /// `disable`, `prefer` or `require`.
+    pub(crate) mode: ChannelBinding,
+    /// None: the connection has no TLS. Some(Ok(data)): tls-server-end-point binding data (the hash of the
+    /// server certificate, computed by the TLS layer). Some(Err(reason)): TLS is in use but the binding is
+    /// undefined for this certificate (e.g. Ed25519), with a human reason.
+    pub(crate) tls: Option<Result<Vec<u8>, String>>,
 }
 
 /// Where the startup is.
 enum State {
     /// Waiting for the server's first Authentication request, or the result of a password we sent.
     AwaitingAuth,
-    /// A SCRAM exchange is in progress; `final_sent` says whether the client-final message went out.
+    /// A SCRAM exchange is in progress; `final_sent` says whether the client-final message went out, `bound`
+    /// whether it is SCRAM-SHA-256-PLUS.
     Sasl {
         scram: Box<ScramSha256>,
         final_sent: bool,
+        bound: bool,
     },
-    /// Waiting for AuthenticationOk after a SCRAM exchange completed (server signature verified).
-    AwaitingSaslOk,
+    /// Waiting for AuthenticationOk after a SCRAM exchange completed (server signature verified); `bound` says
+    /// whether the exchange was bound to the TLS channel.
+    AwaitingSaslOk { bound: bool },
     /// Authenticated: collecting BackendKeyData and ParameterStatus until ReadyForQuery.
     Authenticated,
 }
@@ -43,10 +69,12 @@ enum State {
 pub(crate) enum Step {
     /// Keep reading.
     Continue,
+    /// The server negotiated the protocol down to this version.
+    Negotiated(ProtocolVersion),
     /// A ParameterStatus arrived (name, value).
     Parameter(String, String),
-    /// BackendKeyData arrived (process id, secret key).
-    BackendKey(i32, i32),
+    /// BackendKeyData arrived.
+    BackendKey(BackendKey),
     /// A notice arrived.
     Notice(Box<DbError>),
     /// The first ReadyForQuery arrived, with its transaction status byte.
@@ -61,6 +89,13 @@ pub(crate) struct Startup {
     require_auth: RequireAuth,
     /// The authentication method the server used, recorded for `require_auth` and diagnostics.
     used: Option<AuthMethod>,
+    channel_binding: ChannelBindingPolicy,
+    scram_max_iterations: u32,
+    min_version: ProtocolVersion,
+    /// The version asked for in the StartupMessage.
+    requested_version: ProtocolVersion,
+    /// Whether NegotiateProtocolVersion may still come: only before anything else but notices.
+    negotiation_open: bool,
 }
 
 impl Startup {
@@ -72,29 +107,43 @@ impl Startup {
             .find(|(k, _)| k == "user")
             .map(|(_, v)| v.clone())
             .ok_or_else(|| Error::config("no user name given"))?;
-        for (k, v) in &params.params {
-            if k.contains('\0') || v.contains('\0') {
-                return Err(Error::config(format!(
-                    "startup parameter {k:?} contains a NUL byte"
-                )));
-            }
+        if params.min_protocol_version > params.max_protocol_version {
+            return Err(Error::config(format!(
+                "min_protocol_version {} is above max_protocol_version {}",
+                params.min_protocol_version.as_str(),
+                params.max_protocol_version.as_str()
+            )));
         }
-        frontend::startup_message(
-            params.params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            out,
-        )
-        .map_err(|e| Error::config(format!("cannot encode the startup message: {e}")))?;
+        wire::startup_message(params.max_protocol_version, &params.params, out)?;
         Ok(Startup {
             state: State::AwaitingAuth,
             password: params.password,
             user,
             require_auth: params.require_auth,
             used: None,
+            channel_binding: params.channel_binding,
+            scram_max_iterations: params.scram_max_iterations,
+            min_version: params.min_protocol_version,
+            requested_version: params.max_protocol_version,
+            negotiation_open: true,
         })
     }
 
     /// Feeds one backend message; responses (password, SASL) are written to `out`.
-    pub(crate) fn handle(&mut self, message: Message, out: &mut BytesMut) -> Result<Step, Error> {
+    pub(crate) fn handle(&mut self, frame: Frame, out: &mut BytesMut) -> Result<Step, Error> {
+        let message = match frame {
+            Frame::Message(message) => message,
+            Frame::NegotiateProtocolVersion(negotiate) => return self.negotiate(&negotiate),
+            Frame::BackendKeyData(key) => {
+                return match self.state {
+                    State::Authenticated => Ok(Step::BackendKey(key)),
+                    ref state => Err(Error::protocol(format!(
+                        "unexpected BackendKeyData during {}",
+                        state.describe()
+                    ))),
+                };
+            }
+        };
         match message {
             Message::ErrorResponse(body) => {
                 let db = DbError::parse(&mut body.fields())?;
@@ -105,10 +154,25 @@ impl Startup {
             }
             _ => {}
         }
+        // The server has moved past the version negotiation.
+        self.negotiation_open = false;
         let state = std::mem::replace(&mut self.state, State::AwaitingAuth);
         let (next, step) = self.transition(state, message, out)?;
         self.state = next;
         Ok(step)
+    }
+
+    /// Takes the server's answer to a version it does not speak; only the first message may be one.
+    fn negotiate(&mut self, negotiate: &NegotiateProtocolVersion) -> Result<Step, Error> {
+        if !self.negotiation_open {
+            return Err(Error::protocol(format!(
+                "unexpected NegotiateProtocolVersion during {}",
+                self.state.describe()
+            )));
+        }
+        self.negotiation_open = false;
+        let version = negotiate.accept(self.requested_version, self.min_version)?;
+        Ok(Step::Negotiated(version))
     }
 
     /// The single checked transition function: the current state and a message give the next state.
@@ -121,11 +185,13 @@ impl Startup {
         match (state, message) {
             (State::AwaitingAuth, Message::AuthenticationOk) => {
                 self.check_auth_ok()?;
+                self.check_bound(false)?;
                 self.password = None;
                 Ok((State::Authenticated, Step::Continue))
             }
             (State::AwaitingAuth, Message::AuthenticationCleartextPassword) => {
                 self.allow(AuthMethod::Password)?;
+                self.refuse_unbound("password")?;
                 let password = self.password_or_error()?;
                 frontend::password_message(password, out).map_err(encode_error)?;
                 self.password = None;
@@ -133,6 +199,7 @@ impl Startup {
             }
             (State::AwaitingAuth, Message::AuthenticationMd5Password(body)) => {
                 self.allow(AuthMethod::Md5)?;
+                self.refuse_unbound("MD5")?;
                 let password = self.password_or_error()?;
                 let hash = md5_hash(self.user.as_bytes(), password, body.salt());
                 frontend::password_message(hash.as_bytes(), out).map_err(encode_error)?;
@@ -142,25 +209,24 @@ impl Startup {
             (State::AwaitingAuth, Message::AuthenticationSasl(body)) => {
                 self.allow(AuthMethod::ScramSha256)?;
                 let mut has_scram = false;
+                let mut has_plus = false;
                 let mut mechanisms = body.mechanisms();
                 while let Some(mechanism) = mechanisms.next().map_err(Error::malformed)? {
                     has_scram |= mechanism == sasl::SCRAM_SHA_256;
+                    has_plus |= mechanism == sasl::SCRAM_SHA_256_PLUS;
                 }
-                if !has_scram {
-                    return Err(Error::auth(
-                        "the server offers no SASL mechanism this client supports",
-                    ));
-                }
+                let (mechanism, binding) = self.choose_mechanism(has_scram, has_plus)?;
+                let bound = mechanism == sasl::SCRAM_SHA_256_PLUS;
                 let password = self.password_or_error()?;
-                // Channel binding needs TLS; without it we say so honestly with the "n" flag.
-                let scram = ScramSha256::new(password, ChannelBinding::unsupported());
-                frontend::sasl_initial_response(sasl::SCRAM_SHA_256, scram.message(), out)
+                let scram = ScramSha256::new(password, binding);
+                frontend::sasl_initial_response(mechanism, scram.message(), out)
                     .map_err(encode_error)?;
                 self.password = None;
                 Ok((
                     State::Sasl {
                         scram: Box::new(scram),
                         final_sent: false,
+                        bound,
                     },
                     Step::Continue,
                 ))
@@ -169,9 +235,19 @@ impl Startup {
                 State::Sasl {
                     mut scram,
                     final_sent: false,
+                    bound,
                 },
                 Message::AuthenticationSaslContinue(body),
             ) => {
+                // The count drives PBKDF2 before the server has proved anything: check it before any work.
+                let iterations = scram_iteration_count(body.data())?;
+                if iterations > u64::from(self.scram_max_iterations) {
+                    return Err(Error::auth(format!(
+                        "the server asked for {iterations} SCRAM iterations, above the limit of {} \
+                         (scram_max_iterations)",
+                        self.scram_max_iterations
+                    )));
+                }
                 scram
                     .update(body.data())
                     .map_err(|e| Error::auth(format!("invalid SCRAM server-first message: {e}")))?;
@@ -180,6 +256,7 @@ impl Startup {
                     State::Sasl {
                         scram,
                         final_sent: true,
+                        bound,
                     },
                     Step::Continue,
                 ))
@@ -188,6 +265,7 @@ impl Startup {
                 State::Sasl {
                     mut scram,
                     final_sent: true,
+                    bound,
                 },
                 Message::AuthenticationSaslFinal(body),
             ) => {
@@ -195,15 +273,18 @@ impl Startup {
                 scram
                     .finish(body.data())
                     .map_err(|e| Error::auth(format!("SCRAM server verification failed: {e}")))?;
-                Ok((State::AwaitingSaslOk, Step::Continue))
+                Ok((State::AwaitingSaslOk { bound }, Step::Continue))
             }
-            (State::AwaitingSaslOk, Message::AuthenticationOk) => {
+            (State::AwaitingSaslOk { bound }, Message::AuthenticationOk) => {
+                self.check_bound(bound)?;
                 Ok((State::Authenticated, Step::Continue))
             }
             (State::AwaitingAuth, Message::AuthenticationKerberosV5) => {
+                self.refuse_unbound("Kerberos V5")?;
                 Err(self.unsupported("Kerberos V5"))
             }
             (State::AwaitingAuth, Message::AuthenticationScmCredential) => {
+                self.refuse_unbound("SCM credentials")?;
                 Err(self.unsupported("SCM credentials"))
             }
             (
@@ -211,10 +292,12 @@ impl Startup {
                 Message::AuthenticationGss | Message::AuthenticationGssContinue(_),
             ) => {
                 self.allow(AuthMethod::Gss)?;
+                self.refuse_unbound("GSSAPI")?;
                 Err(self.unsupported("GSSAPI"))
             }
             (State::AwaitingAuth, Message::AuthenticationSspi) => {
                 self.allow(AuthMethod::Sspi)?;
+                self.refuse_unbound("SSPI")?;
                 Err(self.unsupported("SSPI"))
             }
             (State::Authenticated, Message::ParameterStatus(body)) => {
@@ -222,10 +305,6 @@ impl Startup {
                 let value = body.value().map_err(Error::malformed)?.to_string();
                 Ok((State::Authenticated, Step::Parameter(name, value)))
             }
-            (State::Authenticated, Message::BackendKeyData(body)) => Ok((
-                State::Authenticated,
-                Step::BackendKey(body.process_id(), body.secret_key()),
-            )),
             (State::Authenticated, Message::ReadyForQuery(body)) => {
                 Ok((State::Authenticated, Step::Ready(body.status())))
             }
@@ -262,6 +341,69 @@ impl Startup {
         }
     }
 
+    /// Picks the SASL mechanism and the gs2 channel-binding flag as libpq does.
+    fn choose_mechanism(
+        &self,
+        has_scram: bool,
+        has_plus: bool,
+    ) -> Result<(&'static str, sasl::ChannelBinding), Error> {
+        let mode = self.channel_binding.mode;
+        match (&self.channel_binding.tls, has_plus) {
+            // A server offers -PLUS only over TLS; without TLS here, something in between stripped it.
+            (None, true) => Err(Error::auth(
+                "the server offered SCRAM-SHA-256-PLUS authentication over a connection without TLS",
+            )),
+            (Some(tls), true) if mode != ChannelBinding::Disable => match tls {
+                Ok(data) => Ok((
+                    sasl::SCRAM_SHA_256_PLUS,
+                    sasl::ChannelBinding::tls_server_end_point(data.clone()),
+                )),
+                // Never downgrade silently: the server would accept it, and an attacker could arrange it.
+                Err(reason) => Err(Error::auth(format!(
+                    "the server offered SCRAM channel binding, but it is not possible with this server \
+                     certificate: {reason}"
+                ))),
+            },
+            (None, false) if mode == ChannelBinding::Require => Err(Error::auth(
+                "channel_binding=require, but the connection does not use TLS",
+            )),
+            _ if mode == ChannelBinding::Require => Err(Error::auth(
+                "channel_binding=require, but the server did not offer SCRAM-SHA-256-PLUS, the only \
+                 authentication method that supports channel binding",
+            )),
+            _ if !has_scram => Err(Error::auth(
+                "the server offers no SASL mechanism this client supports",
+            )),
+            // "y": we could bind, but the server did not offer to.
+            (Some(_), _) if mode != ChannelBinding::Disable => {
+                Ok((sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested()))
+            }
+            // "n": no TLS, or binding disabled.
+            _ => Ok((sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported())),
+        }
+    }
+
+    /// With `channel_binding=require` only SASL may run: any other request is refused before anything is sent.
+    fn refuse_unbound(&self, what: &str) -> Result<(), Error> {
+        if self.channel_binding.mode == ChannelBinding::Require {
+            return Err(Error::auth(format!(
+                "channel_binding=require, but the server requested {what} authentication, which does not \
+                 support channel binding"
+            )));
+        }
+        Ok(())
+    }
+
+    /// With `channel_binding=require` the server must have proved itself through a bound SCRAM exchange.
+    fn check_bound(&self, bound: bool) -> Result<(), Error> {
+        if self.channel_binding.mode == ChannelBinding::Require && !bound {
+            return Err(Error::auth(
+                "channel_binding=require, but the server authenticated the client without channel binding",
+            ));
+        }
+        Ok(())
+    }
+
     fn password_or_error(&self) -> Result<&[u8], Error> {
         self.password
             .as_deref()
@@ -280,7 +422,7 @@ impl State {
         match self {
             State::AwaitingAuth => "authentication",
             State::Sasl { .. } => "the SCRAM exchange",
-            State::AwaitingSaslOk => "the end of the SCRAM exchange",
+            State::AwaitingSaslOk { .. } => "the end of the SCRAM exchange",
             State::Authenticated => "startup after authentication",
         }
     }
@@ -288,4 +430,41 @@ impl State {
 
 fn encode_error(e: std::io::Error) -> Error {
     Error::auth(format!("cannot encode an authentication message: {e}"))
+}
+
+/// The iteration count of a SCRAM server-first message, which must be exactly `r=<nonce>,s=<salt>,i=<count>`
+/// (what PostgreSQL sends; postgres-protocol refuses anything else too). Read strictly: at most ten digits, no
+/// leading zero, so the number is bounded before it is compared with the cap.
+fn scram_iteration_count(server_first: &[u8]) -> Result<u64, Error> {
+    let invalid = |what: &str| Error::auth(format!("invalid SCRAM server-first message: {what}"));
+    let mut attributes = server_first.splitn(3, |&b| b == b',');
+    let (Some(nonce), Some(salt), Some(count)) =
+        (attributes.next(), attributes.next(), attributes.next())
+    else {
+        return Err(invalid("expected r=, s= and i= attributes"));
+    };
+    match nonce.strip_prefix(b"r=") {
+        Some(nonce) if !nonce.is_empty() && nonce.iter().all(|&b| (0x21..=0x7e).contains(&b)) => {}
+        _ => return Err(invalid("a missing or malformed nonce")),
+    }
+    match salt.strip_prefix(b"s=") {
+        Some(salt)
+            if !salt.is_empty()
+                && salt
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')) => {}
+        _ => return Err(invalid("a missing or malformed salt")),
+    }
+    let Some(digits) = count.strip_prefix(b"i=") else {
+        return Err(invalid("a missing iteration count"));
+    };
+    let well_formed = matches!(digits.first(), Some(b'1'..=b'9'))
+        && digits.len() <= 10
+        && digits.iter().all(u8::is_ascii_digit);
+    if !well_formed {
+        return Err(invalid("a malformed iteration count"));
+    }
+    Ok(digits
+        .iter()
+        .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
 }

@@ -5,7 +5,7 @@ use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::message::backend::Message;
 
 use super::*;
-use crate::config::RequireAuth;
+use crate::config::{ChannelBinding, RequireAuth};
 use crate::{ErrorClass, ErrorKind};
 
 const MAX: usize = 1 << 20;
@@ -103,12 +103,23 @@ fn startup_params(password: Option<&str>, require_auth: &str) -> StartupParams {
         } else {
             RequireAuth::parse(require_auth).unwrap()
         },
+        channel_binding: ChannelBindingPolicy {
+            mode: ChannelBinding::Prefer,
+            tls: None,
+        },
+        scram_max_iterations: 100_000,
+        min_protocol_version: ProtocolVersion::V3_0,
+        max_protocol_version: ProtocolVersion::V3_0,
     }
 }
 
 fn new_protocol(password: Option<&str>, require_auth: &str) -> Protocol {
+    protocol_with(startup_params(password, require_auth))
+}
+
+fn protocol_with(params: StartupParams) -> Protocol {
     Protocol::new(
-        startup_params(password, require_auth),
+        params,
         Limits {
             max_message_size: MAX,
         },
@@ -184,9 +195,9 @@ fn trust_startup_collects_parameters_and_key() {
     assert_eq!(p.parameter("server_version"), Some("15.0"));
     assert_eq!(
         p.backend_key(),
-        Some(BackendKey {
+        Some(&BackendKey {
             process_id: 42,
-            secret_key: 7
+            secret_key: 7i32.to_be_bytes().into(),
         })
     );
     assert_eq!(p.transaction_status(), TransactionStatus::Idle);
@@ -732,4 +743,721 @@ fn copy_in_is_refused_by_the_core_in_both_flows() {
         ));
         assert!(!p.is_closed());
     }
+}
+
+// ---- Protocol 3.2: StartupMessage, NegotiateProtocolVersion, BackendKeyData ----
+
+fn versions(min: ProtocolVersion, max: ProtocolVersion) -> Protocol {
+    let mut params = startup_params(None, "");
+    params.min_protocol_version = min;
+    params.max_protocol_version = max;
+    let mut p = protocol_with(params);
+    drain(&mut p);
+    p
+}
+
+/// A NegotiateProtocolVersion message with the given version code and option names.
+fn negotiate(version: u32, options: &[&str]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    body.extend_from_slice(&u32::try_from(options.len()).unwrap().to_be_bytes());
+    for option in options {
+        body.extend_from_slice(&cstr(option));
+    }
+    msg(b'v', &body)
+}
+
+const V3_0: u32 = 196_608;
+const V3_2: u32 = 196_610;
+
+#[test]
+fn startup_message_carries_the_requested_version() {
+    for (max, code) in [(ProtocolVersion::V3_0, V3_0), (ProtocolVersion::V3_2, V3_2)] {
+        let mut params = startup_params(None, "");
+        params.max_protocol_version = max;
+        let out = drain(&mut protocol_with(params));
+        assert_eq!(&out[4..8], &code.to_be_bytes(), "{max:?}");
+        assert_eq!(&out[8..], b"user\0alice\0database\0db\0\0");
+    }
+}
+
+#[test]
+fn min_above_max_is_a_config_error() {
+    let mut params = startup_params(None, "");
+    params.min_protocol_version = ProtocolVersion::V3_2;
+    let err = Protocol::new(
+        params,
+        Limits {
+            max_message_size: MAX,
+        },
+    )
+    .err()
+    .unwrap();
+    assert_eq!(err.kind(), ErrorKind::Config);
+}
+
+#[test]
+fn negotiation_down_to_3_0_is_accepted() {
+    let mut p = versions(ProtocolVersion::V3_0, ProtocolVersion::V3_2);
+    assert_eq!(p.protocol_version(), ProtocolVersion::V3_2);
+    p.handle_input(&[negotiate(V3_0, &[]), auth(0, &[])].concat());
+    assert!(!p.poll_startup().unwrap());
+    assert_eq!(p.protocol_version(), ProtocolVersion::V3_0);
+    finish_startup(&mut p);
+    assert_eq!(p.protocol_version(), ProtocolVersion::V3_0);
+}
+
+#[test]
+fn negotiated_3_0_holds_the_server_to_a_4_byte_key() {
+    let mut p = versions(ProtocolVersion::V3_0, ProtocolVersion::V3_2);
+    p.handle_input(
+        &[
+            negotiate(V3_0, &[]),
+            auth(0, &[]),
+            backend_key_bytes(1, &[7; 32]),
+        ]
+        .concat(),
+    );
+    let err = p.poll_startup().unwrap_err();
+    assert!(err.to_string().contains("protocol 3.0"), "{err}");
+}
+
+#[test]
+fn negotiation_below_min_is_refused() {
+    let mut p = versions(ProtocolVersion::V3_2, ProtocolVersion::V3_2);
+    p.handle_input(&negotiate(V3_0, &[]));
+    let err = p.poll_startup().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol);
+    let text = err.to_string();
+    assert!(
+        text.contains("3.0") && text.contains("min_protocol_version is 3.2"),
+        "{text}"
+    );
+    assert!(p.is_closed());
+}
+
+#[test]
+fn negotiation_refusing_an_option_is_an_error() {
+    // We never send `_pq_.` options, so a refusal of one is a broken (or lying) server, even with a downgrade.
+    for version in [V3_2, V3_0] {
+        let mut p = versions(ProtocolVersion::V3_0, ProtocolVersion::V3_2);
+        p.handle_input(&negotiate(version, &["_pq_.compression"]));
+        let err = p.poll_startup().unwrap_err();
+        assert!(err.to_string().contains("\"_pq_.compression\""), "{err}");
+    }
+}
+
+#[test]
+fn negotiation_must_go_down_to_a_real_version() {
+    for (version, expect) in [
+        (V3_2, "asked for no change"),
+        (0x0003_0003, "offers protocol 3.3"),
+        (0x0003_0001, "3.1, which does not exist"),
+        (0x0002_0000, "2.0, which does not exist"),
+        (0x0004_0000, "offers protocol 4.0"),
+    ] {
+        let mut p = versions(ProtocolVersion::V3_0, ProtocolVersion::V3_2);
+        p.handle_input(&negotiate(version, &[]));
+        let err = p.poll_startup().unwrap_err();
+        assert!(err.to_string().contains(expect), "{err}");
+    }
+    // A 3.0 client can only be offered a higher version, which is refused.
+    let mut p = versions(ProtocolVersion::V3_0, ProtocolVersion::V3_0);
+    p.handle_input(&negotiate(V3_2, &[]));
+    assert!(p.poll_startup().is_err());
+}
+
+#[test]
+fn negotiation_with_bad_counts_is_refused() {
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        // Announces a million options in 2 bytes: refused before anything is reserved.
+        (
+            [V3_0.to_be_bytes(), 1_000_000u32.to_be_bytes()]
+                .concat()
+                .into_iter()
+                .chain(*b"a\0")
+                .collect(),
+            "1000000 options announced in 2 bytes",
+        ),
+        (
+            [V3_0.to_be_bytes(), u32::MAX.to_be_bytes()].concat(),
+            "negative option count",
+        ),
+        (
+            [
+                V3_0.to_be_bytes().to_vec(),
+                1u32.to_be_bytes().to_vec(),
+                b"x".to_vec(),
+            ]
+            .concat(),
+            "without its NUL",
+        ),
+        (
+            [
+                V3_0.to_be_bytes().to_vec(),
+                0u32.to_be_bytes().to_vec(),
+                b"x\0".to_vec(),
+            ]
+            .concat(),
+            "trailing bytes",
+        ),
+        (V3_0.to_be_bytes().to_vec(), "missing the option count"),
+        (vec![0, 3], "missing the version"),
+    ];
+    for (body, expect) in cases {
+        let mut p = versions(ProtocolVersion::V3_0, ProtocolVersion::V3_2);
+        p.handle_input(&msg(b'v', &body));
+        let err = p.poll_startup().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+        assert!(err.to_string().contains(expect), "{expect}: {err}");
+    }
+}
+
+#[test]
+fn negotiation_after_authentication_started_is_refused() {
+    let mut params = startup_params(Some("secret"), "");
+    params.max_protocol_version = ProtocolVersion::V3_2;
+    let mut p = protocol_with(params);
+    drain(&mut p);
+    p.handle_input(&auth(3, &[]));
+    p.poll_startup().unwrap();
+    drain(&mut p);
+    p.handle_input(&negotiate(V3_0, &[]));
+    let err = p.poll_startup().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol);
+    assert!(
+        err.to_string()
+            .contains("unexpected NegotiateProtocolVersion during authentication"),
+        "{err}"
+    );
+
+    // A second one, even first thing, is refused too.
+    let mut p = versions(ProtocolVersion::V3_0, ProtocolVersion::V3_2);
+    p.handle_input(&[negotiate(V3_0, &[]), negotiate(V3_0, &[])].concat());
+    assert!(p.poll_startup().is_err());
+
+    // And so is one after startup.
+    let mut p = ready_protocol();
+    p.handle_input(&negotiate(V3_0, &[]));
+    let err = p.poll_response().err().unwrap();
+    assert!(err.to_string().contains("after startup"), "{err}");
+}
+
+fn backend_key_bytes(pid: i32, key: &[u8]) -> Vec<u8> {
+    msg(b'K', &[&pid.to_be_bytes()[..], key].concat())
+}
+
+#[test]
+fn backend_key_length_depends_on_the_protocol_version() {
+    for version in [ProtocolVersion::V3_0, ProtocolVersion::V3_2] {
+        for len in [4usize, 32, 256, 0, 257] {
+            let allowed = match version {
+                ProtocolVersion::V3_0 => len == 4,
+                _ => (4..=256).contains(&len),
+            };
+            let mut p = versions(ProtocolVersion::V3_0, version);
+            let key: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            p.handle_input(&[auth(0, &[]), backend_key_bytes(-5, &key), ready(b'I')].concat());
+            let result = p.poll_startup();
+            if allowed {
+                assert!(result.unwrap(), "{version:?} {len}");
+                assert_eq!(
+                    p.backend_key(),
+                    Some(&BackendKey {
+                        process_id: -5,
+                        secret_key: key.into(),
+                    })
+                );
+            } else {
+                let err = result.unwrap_err();
+                assert_eq!(err.kind(), ErrorKind::Protocol, "{version:?} {len}");
+                assert!(err.to_string().contains("BackendKeyData"), "{err}");
+                assert!(p.is_closed());
+            }
+        }
+    }
+}
+
+#[test]
+fn backend_key_data_out_of_place_is_refused() {
+    // Before authentication ended.
+    let mut p = versions(ProtocolVersion::V3_0, ProtocolVersion::V3_0);
+    p.handle_input(&backend_key(1, 2));
+    assert!(p.poll_startup().is_err());
+    // After startup.
+    let mut p = ready_protocol();
+    p.handle_input(&backend_key(1, 2));
+    let err = p.poll_response().err().unwrap();
+    assert!(err.to_string().contains("after startup"), "{err}");
+}
+
+#[test]
+fn backend_key_debug_hides_the_secret() {
+    let key = BackendKey {
+        process_id: 9,
+        secret_key: vec![0x5a; 32].into(),
+    };
+    let shown = format!("{key:?}");
+    assert!(
+        shown.contains("<32 bytes>") && !shown.contains("90"),
+        "{shown}"
+    );
+}
+
+// ---- SCRAM and channel binding ----
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn b64(data: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(B64[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn unb64(text: &str) -> Vec<u8> {
+    let sextets: Vec<u32> = text
+        .bytes()
+        .filter(|&c| c != b'=')
+        .map(|c| B64.iter().position(|&b| b == c).unwrap() as u32)
+        .collect();
+    let mut out = Vec::new();
+    for chunk in sextets.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &s)| n | s << (18 - 6 * i));
+        for i in 0..chunk.len() - 1 {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    ring::hmac::sign(&key, data).as_ref().to_vec()
+}
+
+/// The server side of one SCRAM-SHA-256 exchange, computed from the password as PostgreSQL does.
+struct ScramServer {
+    salted_password: [u8; 32],
+    client_first_bare: String,
+    server_first: String,
+}
+
+impl ScramServer {
+    /// Answers a client-first message (gs2 header included).
+    fn start(password: &str, client_first: &str, iterations: u32) -> ScramServer {
+        let bare_at = client_first.find(",,").unwrap() + 2;
+        let client_first_bare = client_first[bare_at..].to_string();
+        let nonce = client_first_bare.strip_prefix("n=,r=").unwrap();
+        let salt = b"pepper and salt!";
+        let mut salted_password = [0u8; 32];
+        ring::pbkdf2::derive(
+            ring::pbkdf2::PBKDF2_HMAC_SHA256,
+            std::num::NonZeroU32::new(iterations).unwrap(),
+            salt,
+            password.as_bytes(),
+            &mut salted_password,
+        );
+        ScramServer {
+            salted_password,
+            server_first: format!("r={nonce}SERVERNONCE,s={},i={iterations}", b64(salt)),
+            client_first_bare,
+        }
+    }
+
+    /// Checks the client proof of a client-final message and returns the channel-binding input it carries and
+    /// the server signature.
+    fn finish(&self, client_final: &str) -> (Vec<u8>, String) {
+        let (without_proof, proof) = client_final.split_once(",p=").unwrap();
+        let auth_message = format!(
+            "{},{},{without_proof}",
+            self.client_first_bare, self.server_first
+        );
+        let client_key = hmac(&self.salted_password, b"Client Key");
+        let stored_key = ring::digest::digest(&ring::digest::SHA256, &client_key);
+        let client_signature = hmac(stored_key.as_ref(), auth_message.as_bytes());
+        let expected: Vec<u8> = client_key
+            .iter()
+            .zip(&client_signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
+        assert_eq!(unb64(proof), expected, "client proof");
+        let cbind = without_proof
+            .strip_prefix("c=")
+            .and_then(|rest| rest.split(',').next())
+            .unwrap();
+        let server_key = hmac(&self.salted_password, b"Server Key");
+        let signature = hmac(&server_key, auth_message.as_bytes());
+        (unb64(cbind), format!("v={}", b64(&signature)))
+    }
+}
+
+fn sasl_offer(mechanisms: &[&str]) -> Vec<u8> {
+    let mut body: Vec<u8> = mechanisms.iter().flat_map(|m| cstr(m)).collect();
+    body.push(0);
+    auth(10, &body)
+}
+
+/// The mechanism and client-first message of a SASLInitialResponse.
+fn initial_response(sent: &[u8]) -> (String, String) {
+    let messages = frontend_messages(sent);
+    assert_eq!(messages.len(), 1);
+    let (tag, body) = &messages[0];
+    assert_eq!(*tag, b'p');
+    let end = body.iter().position(|&b| b == 0).unwrap();
+    let mechanism = String::from_utf8(body[..end].to_vec()).unwrap();
+    let len = i32::from_be_bytes(body[end + 1..end + 5].try_into().unwrap());
+    let data = &body[end + 5..];
+    assert_eq!(usize::try_from(len).unwrap(), data.len());
+    (mechanism, String::from_utf8(data.to_vec()).unwrap())
+}
+
+fn sasl_response(sent: &[u8]) -> String {
+    let messages = frontend_messages(sent);
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].0, b'p');
+    String::from_utf8(messages[0].1.clone()).unwrap()
+}
+
+/// What the TLS layer hands the startup for channel binding.
+type TlsBinding = Option<Result<Vec<u8>, String>>;
+
+fn scram_protocol(mode: ChannelBinding, tls: TlsBinding) -> Protocol {
+    let mut params = startup_params(Some("secret"), "");
+    params.channel_binding = ChannelBindingPolicy { mode, tls };
+    let mut p = protocol_with(params);
+    drain(&mut p);
+    p
+}
+
+const ITERATIONS: u32 = 64;
+
+/// Runs the SCRAM exchange to AuthenticationOk after the client-first message; returns the channel-binding
+/// input the client sent.
+fn complete_scram(p: &mut Protocol, client_first: &str) -> Vec<u8> {
+    let server = ScramServer::start("secret", client_first, ITERATIONS);
+    p.handle_input(&auth(11, server.server_first.as_bytes()));
+    assert!(!p.poll_startup().unwrap());
+    let client_final = sasl_response(&drain(p));
+    let (cbind, server_final) = server.finish(&client_final);
+    p.handle_input(&[auth(12, server_final.as_bytes()), auth(0, &[])].concat());
+    finish_startup(p);
+    cbind
+}
+
+#[test]
+fn scram_channel_binding_follows_libpq() {
+    let cert_hash = vec![0xc3; 32];
+    let tls_cases: [(&str, TlsBinding); 3] = [
+        ("no TLS", None),
+        ("TLS", Some(Ok(cert_hash.clone()))),
+        (
+            "TLS, undefined binding",
+            Some(Err("Ed25519 certificate".to_string())),
+        ),
+    ];
+    // The expected gs2 header, or None for an authentication error before anything is sent.
+    let expect = |mode: ChannelBinding, tls: usize, plus: bool| -> Option<&'static str> {
+        use ChannelBinding::*;
+        match (mode, tls, plus) {
+            (_, 0, true) => None,
+            (Disable, _, _) => Some("n,,"),
+            (Prefer, 0, false) => Some("n,,"),
+            (Prefer, _, false) => Some("y,,"),
+            (Prefer | Require, 1, true) => Some("p=tls-server-end-point,,"),
+            (Prefer, 2, true) => None,
+            (Require, _, _) => None,
+            _ => unreachable!(),
+        }
+    };
+    for mode in [
+        ChannelBinding::Disable,
+        ChannelBinding::Prefer,
+        ChannelBinding::Require,
+    ] {
+        for (tls_index, (tls_name, tls)) in tls_cases.iter().enumerate() {
+            for plus in [false, true] {
+                let case = format!("{mode:?}, {tls_name}, server offers -PLUS: {plus}");
+                let mut p = scram_protocol(mode, tls.clone());
+                let offer: &[&str] = if plus {
+                    &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]
+                } else {
+                    &["SCRAM-SHA-256"]
+                };
+                p.handle_input(&sasl_offer(offer));
+                match expect(mode, tls_index, plus) {
+                    None => {
+                        let err = p.poll_startup().unwrap_err();
+                        assert_eq!(err.kind(), ErrorKind::Auth, "{case}: {err}");
+                        assert!(drain(&mut p).is_empty(), "{case}: nothing may be sent");
+                        if tls_index == 2 && plus {
+                            assert!(err.to_string().contains("Ed25519 certificate"), "{err}");
+                        }
+                    }
+                    Some(gs2) => {
+                        assert!(!p.poll_startup().unwrap(), "{case}");
+                        let (mechanism, client_first) = initial_response(&drain(&mut p));
+                        let bound = gs2.starts_with('p');
+                        let expected_mechanism = if bound {
+                            "SCRAM-SHA-256-PLUS"
+                        } else {
+                            "SCRAM-SHA-256"
+                        };
+                        assert_eq!(mechanism, expected_mechanism, "{case}");
+                        assert!(
+                            client_first.starts_with(&format!("{gs2}n=,r=")),
+                            "{case}: {client_first}"
+                        );
+                        // The client-final message binds the header, and with -PLUS the certificate hash.
+                        let cbind = complete_scram(&mut p, &client_first);
+                        let mut expected = gs2.as_bytes().to_vec();
+                        if bound {
+                            expected.extend_from_slice(&cert_hash);
+                        }
+                        assert_eq!(cbind, expected, "{case}");
+                        assert!(p.is_ready(), "{case}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn channel_binding_require_refuses_other_methods_before_sending_anything() {
+    for (code, extra, what) in [
+        (3u32, vec![], "password"),
+        (5, vec![1, 2, 3, 4], "MD5"),
+        (7, vec![], "GSSAPI"),
+    ] {
+        let mut p = scram_protocol(ChannelBinding::Require, Some(Ok(vec![1; 32])));
+        p.handle_input(&auth(code, &extra));
+        let err = p.poll_startup().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Auth);
+        assert!(
+            err.to_string()
+                .contains(&format!("requested {what} authentication")),
+            "{err}"
+        );
+        assert!(drain(&mut p).is_empty(), "{what}: no password may leave");
+    }
+}
+
+#[test]
+fn require_auth_is_checked_before_channel_binding() {
+    let mut params = startup_params(Some("secret"), "scram-sha-256");
+    params.channel_binding = ChannelBindingPolicy {
+        mode: ChannelBinding::Require,
+        tls: Some(Ok(vec![1; 32])),
+    };
+    let mut p = protocol_with(params);
+    drain(&mut p);
+    p.handle_input(&auth(5, &[1, 2, 3, 4]));
+    let err = p.poll_startup().unwrap_err();
+    assert!(err.to_string().contains("require_auth"), "{err}");
+    assert!(drain(&mut p).is_empty());
+}
+
+#[test]
+fn channel_binding_require_refuses_authentication_ok_without_exchange() {
+    for require_auth in ["", "none"] {
+        let mut params = startup_params(Some("secret"), require_auth);
+        params.channel_binding = ChannelBindingPolicy {
+            mode: ChannelBinding::Require,
+            tls: Some(Ok(vec![1; 32])),
+        };
+        let mut p = protocol_with(params);
+        drain(&mut p);
+        p.handle_input(&auth(0, &[]));
+        let err = p.poll_startup().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Auth);
+        assert!(err.to_string().contains("without channel binding"), "{err}");
+    }
+}
+
+#[test]
+fn authentication_ok_before_the_scram_exchange_ends_is_refused() {
+    let mut p = scram_protocol(ChannelBinding::Require, Some(Ok(vec![1; 32])));
+    p.handle_input(&sasl_offer(&["SCRAM-SHA-256-PLUS"]));
+    p.poll_startup().unwrap();
+    drain(&mut p);
+    p.handle_input(&auth(0, &[]));
+    assert_eq!(p.poll_startup().unwrap_err().kind(), ErrorKind::Protocol);
+}
+
+/// Starts SCRAM and returns the protocol and the client nonce.
+fn scram_started(max_iterations: u32) -> (Protocol, String) {
+    let mut params = startup_params(Some("secret"), "");
+    params.scram_max_iterations = max_iterations;
+    let mut p = protocol_with(params);
+    drain(&mut p);
+    p.handle_input(&sasl_offer(&["SCRAM-SHA-256"]));
+    p.poll_startup().unwrap();
+    let (_, client_first) = initial_response(&drain(&mut p));
+    let nonce = client_first.strip_prefix("n,,n=,r=").unwrap().to_string();
+    (p, nonce)
+}
+
+#[test]
+fn scram_iteration_count_above_the_cap_is_refused_before_any_work() {
+    let (mut p, nonce) = scram_started(100_000);
+    p.handle_input(&auth(
+        11,
+        format!("r={nonce}x,s=c2FsdA==,i=1000000000").as_bytes(),
+    ));
+    let err = p.poll_startup().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth);
+    let text = err.to_string();
+    assert!(
+        text.contains("1000000000") && text.contains("100000"),
+        "{text}"
+    );
+    assert!(drain(&mut p).is_empty(), "no client-final message");
+}
+
+#[test]
+fn scram_iteration_cap_is_configurable() {
+    let (mut p, nonce) = scram_started(ITERATIONS - 1);
+    let server_first = format!("r={nonce}x,s=c2FsdA==,i={ITERATIONS}");
+    p.handle_input(&auth(11, server_first.as_bytes()));
+    assert!(
+        p.poll_startup()
+            .unwrap_err()
+            .to_string()
+            .contains("scram_max_iterations")
+    );
+    assert!(drain(&mut p).is_empty());
+
+    let (mut p, nonce) = scram_started(ITERATIONS);
+    let server_first = format!("r={nonce}x,s=c2FsdA==,i={ITERATIONS}");
+    p.handle_input(&auth(11, server_first.as_bytes()));
+    assert!(!p.poll_startup().unwrap());
+    assert!(sasl_response(&drain(&mut p)).starts_with("c=biws,r="));
+}
+
+#[test]
+fn malformed_scram_server_first_is_refused() {
+    for tail in [
+        "s=c2FsdA==,i=4096",                     // no nonce
+        "r=NONCE,i=4096",                        // no salt
+        "r=NONCE,s=c2FsdA==",                    // no count
+        "r=NONCE,s=c2FsdA==,i=0",                // zero
+        "r=NONCE,s=c2FsdA==,i=04096",            // leading zero
+        "r=NONCE,s=c2FsdA==,i=4096,x=extension", // trailing attribute
+        "r=NONCE,s=c2FsdA==,i=99999999999",      // more than ten digits
+        "r=NONCE,s=c2F sdA==,i=4096",            // not base64
+        "m=mandatory,r=NONCE,s=c2FsdA==,i=4096", // mandatory extension
+    ] {
+        let (mut p, nonce) = scram_started(100_000);
+        let server_first = tail.replace("NONCE", &format!("{nonce}x"));
+        p.handle_input(&auth(11, server_first.as_bytes()));
+        let err = p.poll_startup().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Auth, "{tail}");
+        assert!(drain(&mut p).is_empty(), "{tail}");
+    }
+}
+
+#[test]
+fn scram_wrong_server_signature_is_refused() {
+    let (mut p, nonce) = scram_started(100_000);
+    let server = ScramServer::start("secret", &format!("n,,n=,r={nonce}"), ITERATIONS);
+    p.handle_input(&auth(11, server.server_first.as_bytes()));
+    p.poll_startup().unwrap();
+    let client_final = sasl_response(&drain(&mut p));
+    let (_, good) = server.finish(&client_final);
+    // A server that does not know the password (here: one bit of its signature off).
+    let mut signature = unb64(good.strip_prefix("v=").unwrap());
+    signature[0] ^= 1;
+    p.handle_input(&auth(12, format!("v={}", b64(&signature)).as_bytes()));
+    let err = p.poll_startup().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth);
+    assert!(err.to_string().contains("verification"), "{err}");
+    assert!(p.is_closed());
+    // The genuine signature would have passed.
+    let (mut p, nonce) = scram_started(100_000);
+    let client_first = format!("n,,n=,r={nonce}");
+    complete_scram(&mut p, &client_first);
+}
+
+// ---- Outbound limits ----
+
+#[test]
+fn oversized_frontend_message_is_refused_and_the_connection_stays_usable() {
+    let mut p = ready_protocol();
+    let before = p.poll_transmit().len();
+    // A Query whose length word claims one byte more than the server accepts: only the header is written,
+    // since the check reads headers (writing a real 1 GiB message would be the same path, only slower).
+    let err = p
+        .queue_request(Flow::Simple, None, |buf| {
+            buf.put_u8(b'Q');
+            buf.put_u32(0x3fff_ffff);
+            Ok(())
+        })
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(!err.is_connection_broken());
+    assert!(
+        err.to_string()
+            .contains("Query message of 1073741823 bytes"),
+        "{err}"
+    );
+    assert_eq!(p.poll_transmit().len(), before, "nothing was queued");
+    assert!(!p.has_pending());
+    assert!(!p.is_closed());
+    // The next request goes through.
+    let id = p
+        .queue_request(Flow::Simple, None, |buf| {
+            postgres_protocol::message::frontend::query("SELECT 1", buf).unwrap();
+            Ok(())
+        })
+        .unwrap();
+    drain(&mut p);
+    p.handle_input(&[command_complete("SELECT 0"), ready(b'I')].concat());
+    assert!(responses(&mut p).iter().all(|r| r.request == id));
+}
+
+#[test]
+fn bind_carries_up_to_65535_parameters() {
+    let mut p = ready_protocol();
+    p.queue_request(Flow::Extended(1), None, |buf| {
+        check_parameter_count(65_535)?;
+        postgres_protocol::message::frontend::bind(
+            "",
+            "",
+            [1i16],
+            std::iter::repeat_n((), 65_535),
+            |(), _| Ok(postgres_protocol::IsNull::Yes),
+            [1i16],
+            buf,
+        )
+        .map_err(|_| Error::config("encoding failed"))?;
+        Ok(())
+    })
+    .unwrap();
+    let sent = frontend_messages(&drain(&mut p));
+    // portal, statement, one format, then the parameter count read as unsigned.
+    assert_eq!(&sent[0].1[6..8], &[0xff, 0xff]);
+
+    // One more is refused with the limit named, before anything is encoded.
+    let err = p
+        .queue_request(Flow::Extended(1), None, |_| check_parameter_count(65_536))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("at most 65535 parameters"),
+        "{err}"
+    );
+    assert_eq!(p.pending.len(), 1, "only the first request is pending");
 }

@@ -1,0 +1,401 @@
+//! From a [`Config`] to rustls sessions, with libpq's meaning for every TLS keyword.
+//!
+//! - Roots: in-memory PEM, else `sslrootcert` (a PEM file, or `system` for webpki-roots), else
+//!   `~/.postgresql/root.crt` if it exists. With roots, the chain is verified in every mode (libpq does the
+//!   same, so `require` with a root file acts as `verify-ca`); `verify-full` also checks the host name against
+//!   the certificate's subjectAltNames (DNS and IP). `verify-ca` and `verify-full` without roots are errors.
+//! - Client identity: in-memory PEM, else `sslcert`/`sslkey` (default `~/.postgresql/postgresql.crt` and
+//!   `.key`, used when the certificate file exists), sent as `sslcertmode` says.
+//! - `ssl_min_protocol_version` (default TLSv1.2) and `ssl_max_protocol_version`: rustls speaks TLS 1.2 and
+//!   1.3, so older minimums mean 1.2 and older maximums are an error.
+//! - `sslsni`: SNI for host names (never for IP addresses); ALPN `postgresql` is always offered.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
+use rustls::sign::CertifiedKey;
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    SupportedProtocolVersion,
+};
+
+use crate::config::{SslCertMode, SslMode, SslNegotiation};
+use crate::{Config, Error};
+
+/// The ALPN protocol name PostgreSQL 17 registered for direct TLS.
+pub(crate) const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+/// Everything TLS needs for one `connect`, loaded once (files read, PEM parsed) and shared by every host.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsConnector {
+    provider: Arc<CryptoProvider>,
+    roots: Option<Arc<RootCertStore>>,
+    verify_host: bool,
+    identity: Option<Arc<CertifiedKey>>,
+    cert_mode: SslCertMode,
+    sni: bool,
+    versions: Vec<&'static SupportedProtocolVersion>,
+    negotiation: SslNegotiation,
+}
+
+/// One TLS session about to start, and the flag its client-certificate resolver sets when the server asks.
+pub(crate) struct NewSession {
+    pub(crate) session: ClientConnection,
+    pub(crate) certificate_requested: Arc<AtomicBool>,
+}
+
+impl TlsConnector {
+    /// Loads what `config` asks for; `None` when `sslmode=disable`.
+    pub(crate) fn from_config(config: &Config) -> Result<Option<TlsConnector>, Error> {
+        let mode = config.get_ssl_mode();
+        if mode == SslMode::Disable {
+            return Ok(None);
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = load_roots(config, mode)?;
+        let identity = match config.get_ssl_cert_mode() {
+            SslCertMode::Disable => None,
+            _ => load_identity(config, &provider)?,
+        };
+        Ok(Some(TlsConnector {
+            provider,
+            roots,
+            verify_host: mode == SslMode::VerifyFull,
+            identity,
+            cert_mode: config.get_ssl_cert_mode(),
+            sni: config.get_ssl_sni(),
+            versions: protocol_versions(config)?,
+            negotiation: config.get_ssl_negotiation(),
+        }))
+    }
+
+    /// Whether the handshake starts at once instead of after an SSLRequest.
+    pub(crate) fn direct(&self) -> bool {
+        self.negotiation == SslNegotiation::Direct
+    }
+
+    /// Whether `sslcertmode=require` asks the server to have requested a certificate.
+    pub(crate) fn certificate_required(&self) -> bool {
+        self.cert_mode == SslCertMode::Require
+    }
+
+    /// A new session for the server called `host` (a DNS name or an IP literal).
+    pub(crate) fn session(&self, host: &str) -> Result<NewSession, Error> {
+        let server_name = ServerName::try_from(host.to_string()).map_err(|e| {
+            Error::config(format!(
+                "host {host:?} is neither a DNS name nor an IP address usable for TLS: {e}"
+            ))
+        })?;
+        let verifier = Arc::new(Verifier {
+            roots: self.roots.clone(),
+            verify_host: self.verify_host,
+            provider: self.provider.clone(),
+        });
+        let certificate_requested = Arc::new(AtomicBool::new(false));
+        let resolver = Arc::new(ClientIdentity {
+            identity: self.identity.clone(),
+            requested: certificate_requested.clone(),
+        });
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&self.versions)
+            .map_err(|e| Error::config(format!("unusable TLS protocol versions: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(resolver);
+        config.enable_sni = self.sni;
+        config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+        let session = ClientConnection::new(Arc::new(config), server_name)
+            .map_err(|e| Error::tls(format!("cannot start TLS: {e}"), Some(Box::new(e))))?;
+        Ok(NewSession {
+            session,
+            certificate_requested,
+        })
+    }
+}
+
+/// The user's home directory, where libpq looks for `.postgresql/`.
+fn home_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+fn default_file(name: &str) -> Option<PathBuf> {
+    home_dir().map(|home| home.join(".postgresql").join(name))
+}
+
+fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| {
+        Error::config(format!(
+            "could not read {what} file \"{}\": {e}",
+            path.display()
+        ))
+    })
+}
+
+/// The root store, or `None` when the server certificate is not to be verified.
+fn load_roots(config: &Config, mode: SslMode) -> Result<Option<Arc<RootCertStore>>, Error> {
+    let verify = matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull);
+    let mut store = RootCertStore::empty();
+    if let Some(pem) = &config.get_in_memory_tls().root_certs_pem {
+        add_pem_roots(&mut store, pem, "the root certificates given in memory")?;
+        return Ok(Some(Arc::new(store)));
+    }
+    let path = match config.get_ssl_root_cert() {
+        Some("system") => {
+            store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            return Ok(Some(Arc::new(store)));
+        }
+        Some(file) if !file.is_empty() => Some(PathBuf::from(file)),
+        _ => default_file("root.crt"),
+    };
+    match path {
+        Some(path) if path.exists() => {
+            let pem = read_file(&path, "root certificate")?;
+            add_pem_roots(
+                &mut store,
+                &pem,
+                &format!("root certificate file \"{}\"", path.display()),
+            )?;
+            Ok(Some(Arc::new(store)))
+        }
+        Some(path) if verify => Err(Error::config(format!(
+            "root certificate file \"{}\" does not exist; either provide the file, use the system's trusted \
+             roots with sslrootcert=system, or change sslmode to disable server certificate verification",
+            path.display()
+        ))),
+        None if verify => Err(Error::config(format!(
+            "sslmode={} needs root certificates, and there is no home directory to find \
+             ~/.postgresql/root.crt in: set sslrootcert",
+            mode.as_str()
+        ))),
+        // Like libpq: without a root file, require (and prefer, allow) encrypt without verifying.
+        _ => Ok(None),
+    }
+}
+
+fn add_pem_roots(store: &mut RootCertStore, pem: &[u8], what: &str) -> Result<(), Error> {
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| Error::config(format!("cannot parse {what}: {e}")))?;
+        store
+            .add(cert)
+            .map_err(|e| Error::config(format!("unusable certificate in {what}: {e}")))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(Error::config(format!("{what} holds no PEM certificate")));
+    }
+    Ok(())
+}
+
+/// The client certificate and key, if configured.
+fn load_identity(
+    config: &Config,
+    provider: &CryptoProvider,
+) -> Result<Option<Arc<CertifiedKey>>, Error> {
+    let memory = config.get_in_memory_tls();
+    let (cert_pem, key_pem, what) = match (&memory.client_cert_pem, &memory.client_key_pem) {
+        (Some(cert), Some(key)) => (cert.to_vec(), key.to_vec(), "in memory".to_string()),
+        _ => {
+            let cert_path = match config.get_ssl_cert() {
+                Some(file) if !file.is_empty() => Some(PathBuf::from(file)),
+                _ => default_file("postgresql.crt"),
+            };
+            // libpq sends no certificate when the certificate file does not exist.
+            let Some(cert_path) = cert_path.filter(|p| p.exists()) else {
+                return Ok(None);
+            };
+            let key_path = match config.get_ssl_key() {
+                Some(file) if !file.is_empty() => Some(PathBuf::from(file)),
+                _ => default_file("postgresql.key"),
+            };
+            let key_path = key_path.filter(|p| p.exists()).ok_or_else(|| {
+                Error::config(format!(
+                    "certificate present, but not private key file (certificate \"{}\")",
+                    cert_path.display()
+                ))
+            })?;
+            check_key_permissions(&key_path)?;
+            (
+                read_file(&cert_path, "client certificate")?,
+                read_file(&key_path, "private key")?,
+                format!("\"{}\"", cert_path.display()),
+            )
+        }
+    };
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::config(format!("cannot parse the client certificate {what}: {e}")))?;
+    if chain.is_empty() {
+        return Err(Error::config(format!(
+            "the client certificate {what} holds no PEM certificate"
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        Error::config(format!(
+            "cannot parse the private key for the client certificate {what} \
+             (PKCS#8, PKCS#1 or SEC1 PEM, unencrypted): {e}"
+        ))
+    })?;
+    let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        Error::config(format!(
+            "unusable private key for the client certificate {what}: {e}"
+        ))
+    })?;
+    Ok(Some(Arc::new(key)))
+}
+
+/// libpq refuses a private key file that others can read: u=rw (0600) or less, or u=rw,g=r (0640) when owned
+/// by root.
+fn check_key_permissions(path: &Path) -> Result<(), Error> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(path).map_err(|e| {
+            Error::config(format!(
+                "could not read private key file \"{}\": {e}",
+                path.display()
+            ))
+        })?;
+        let mode = metadata.mode();
+        let allowed = if metadata.uid() == 0 { 0o037 } else { 0o077 };
+        if mode & allowed != 0 {
+            return Err(Error::config(format!(
+                "private key file \"{}\" has group or world access; file must have permissions u=rw (0600) \
+                 or less if owned by the current user, or permissions u=rw,g=r (0640) or less if owned by root",
+                path.display()
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// The TLS versions to offer.
+fn protocol_versions(config: &Config) -> Result<Vec<&'static SupportedProtocolVersion>, Error> {
+    let rank = |key: &str, default: u8| match config.get_raw(key) {
+        Some("TLSv1") => 0,
+        Some("TLSv1.1") => 1,
+        Some("TLSv1.2") => 2,
+        Some("TLSv1.3") => 3,
+        _ => default,
+    };
+    let min = rank("ssl_min_protocol_version", 2);
+    let max = rank("ssl_max_protocol_version", 3);
+    let mut versions = Vec::new();
+    if min <= 2 && max >= 2 {
+        versions.push(&rustls::version::TLS12);
+    }
+    if max >= 3 {
+        versions.push(&rustls::version::TLS13);
+    }
+    if versions.is_empty() {
+        return Err(Error::unsupported(
+            "ssl_max_protocol_version is below TLSv1.2; this client speaks TLS 1.2 and 1.3 only",
+        ));
+    }
+    Ok(versions)
+}
+
+/// Server certificate verification as the sslmode says.
+#[derive(Debug)]
+struct Verifier {
+    /// `None`: no verification (encryption only), as libpq's `require` without a root file.
+    roots: Option<Arc<RootCertStore>>,
+    verify_host: bool,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Verifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(roots) = &self.roots else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        if self.verify_host {
+            rustls::client::verify_server_name(&cert, server_name)?;
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    // The handshake signatures are checked in every mode: without them even encryption-only TLS would not
+    // prove that the peer holds the key of the certificate it showed.
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Hands rustls the client identity and records that the server asked for one (for `sslcertmode=require`).
+#[derive(Debug)]
+struct ClientIdentity {
+    identity: Option<Arc<CertifiedKey>>,
+    requested: Arc<AtomicBool>,
+}
+
+impl ResolvesClientCert for ClientIdentity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.requested.store(true, Ordering::Relaxed);
+        self.identity.clone()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.identity.is_some()
+    }
+}
