@@ -5,6 +5,10 @@
 //! [`Transport`]: wasi:sockets on `wasm32-wasip2`, tokio TCP and Unix-domain sockets natively. There is no
 //! background task, so the same client works on WASI's single-threaded runtime without spawning.
 //!
+//! TLS (rustls with the ring provider, on both targets) follows libpq's `sslmode`, `sslrootcert`, `sslcert`,
+//! `sslkey`, `sslnegotiation` and `channel_binding` exactly, so a connection string means the same here as in
+//! psql; SCRAM-SHA-256-PLUS binds the session to the server certificate when the server offers it.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), wasi_pg_client::Error> {
 //! use wasi_pg_client::{Client, Config};
