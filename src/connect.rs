@@ -28,6 +28,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn connect(config: &Config) -> Result<Client, Error> {
+        startup_parameters(config)?;
         // Files are read and certificates parsed once, for every host.
         let tls = TlsConnector::from_config(config)?;
         let mut targets = config.targets()?;
@@ -82,6 +83,7 @@ impl Client {
         transport: Box<dyn Transport>,
         config: &Config,
     ) -> Result<Client, Error> {
+        startup_parameters(config)?;
         let tls = TlsConnector::from_config(config)?;
         let host = match config.get_hosts().first() {
             Some(Host::Tcp(name)) if !name.is_empty() => name.clone(),
@@ -318,29 +320,12 @@ async fn startup(
     target: Option<&Target>,
     tls_binding: Option<Result<Vec<u8>, String>>,
 ) -> Result<Client, Error> {
-    let user = config.effective_user()?;
-    let dbname = config.effective_dbname()?;
+    let (params, user, dbname) = startup_parameters(config)?;
     let password = match (config.get_password(), target) {
         (Some(password), _) => Some(password.to_vec()),
         (None, Some(target)) => password_from_file(config, target, &dbname, &user),
         (None, None) => None,
     };
-    let mut params = vec![
-        ("user".to_string(), user.clone()),
-        ("database".to_string(), dbname),
-        // Text results are decoded as UTF-8, so the session must send UTF-8.
-        ("client_encoding".to_string(), "UTF8".to_string()),
-    ];
-    if let Some(name) = config.get_application_name() {
-        params.push(("application_name".to_string(), name.to_string()));
-    }
-    if let Some(options) = config.get_options() {
-        params.push(("options".to_string(), options.to_string()));
-    }
-    for (name, value) in config.get_params() {
-        params.retain(|(k, _)| k != name);
-        params.push((name.clone(), value.clone()));
-    }
     let startup = StartupParams {
         params,
         password,
@@ -360,6 +345,37 @@ async fn startup(
     let mut conn = Connection::new(transport, protocol);
     conn.startup().await?;
     Ok(Client::from_connection(conn))
+}
+
+/// The StartupMessage parameters, with the user and database names they carry. Called before any connection is
+/// opened too, so a value the server could never receive (a NUL byte, an oversized packet) fails before a byte
+/// is sent.
+fn startup_parameters(config: &Config) -> Result<(Vec<(String, String)>, String, String), Error> {
+    let user = config.effective_user()?;
+    let dbname = config.effective_dbname()?;
+    let mut params = vec![
+        ("user".to_string(), user.clone()),
+        ("database".to_string(), dbname.clone()),
+        // Text results are decoded as UTF-8, so the session must send UTF-8.
+        ("client_encoding".to_string(), "UTF8".to_string()),
+    ];
+    if let Some(name) = config.get_application_name() {
+        params.push(("application_name".to_string(), name.to_string()));
+    }
+    if let Some(options) = config.get_options() {
+        params.push(("options".to_string(), options.to_string()));
+    }
+    for (name, value) in config.get_params() {
+        params.retain(|(k, _)| k != name);
+        params.push((name.clone(), value.clone()));
+    }
+    // The same encoder the startup uses checks NUL bytes and the packet size.
+    crate::proto::startup_message(
+        config.get_max_protocol_version(),
+        &params,
+        &mut bytes::BytesMut::new(),
+    )?;
+    Ok((params, user, dbname))
 }
 
 /// The password for `target` from the password file (`passfile`, `PGPASSFILE` or `~/.pgpass`), as libpq finds

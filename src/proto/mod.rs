@@ -30,7 +30,7 @@ use crate::{DbError, Error, ErrorKind};
 use frame::Frame;
 pub(crate) use startup::{ChannelBindingPolicy, StartupParams};
 use startup::{Startup, Step};
-pub(crate) use wire::check_parameter_count;
+pub(crate) use wire::{check_parameter_count, startup_message};
 
 /// Identifies a queued request; responses carry the id of the request they answer.
 pub(crate) type RequestId = u64;

@@ -154,11 +154,11 @@ fn handshake_error(e: std::io::Error, host: &str) -> Error {
             "server certificate verification failed: it is not signed by a trusted root certificate"
                 .to_string()
         }
-        Some(rustls::Error::InvalidCertificate(other)) => {
-            format!("server certificate verification failed: {other:?}")
+        Some(rustls::Error::InvalidCertificate(_)) => {
+            "server certificate verification failed".to_string()
         }
-        Some(other) => format!("TLS handshake failed: {other}"),
-        None => format!("TLS handshake failed: {e}"),
+        // The source (shown after the message) says what went wrong.
+        _ => "TLS handshake failed".to_string(),
     };
     Error::tls(message, Some(Box::new(e)))
 }
