@@ -320,7 +320,11 @@ async fn startup(
     target: Option<&Target>,
     tls_binding: Option<Result<Vec<u8>, String>>,
 ) -> Result<Client, Error> {
-    let (params, user, dbname) = startup_parameters(config)?;
+    let StartupParameters {
+        params,
+        user,
+        dbname,
+    } = startup_parameters(config)?;
     let password = match (config.get_password(), target) {
         (Some(password), _) => Some(password.to_vec()),
         (None, Some(target)) => password_from_file(config, target, &dbname, &user),
@@ -347,10 +351,17 @@ async fn startup(
     Ok(Client::from_connection(conn))
 }
 
+/// The StartupMessage parameters and the user and database names among them.
+struct StartupParameters {
+    params: Vec<(String, String)>,
+    user: String,
+    dbname: String,
+}
+
 /// The StartupMessage parameters, with the user and database names they carry. Called before any connection is
 /// opened too, so a value the server could never receive (a NUL byte, an oversized packet) fails before a byte
 /// is sent.
-fn startup_parameters(config: &Config) -> Result<(Vec<(String, String)>, String, String), Error> {
+fn startup_parameters(config: &Config) -> Result<StartupParameters, Error> {
     let user = config.effective_user()?;
     let dbname = config.effective_dbname()?;
     let mut params = vec![
@@ -375,7 +386,11 @@ fn startup_parameters(config: &Config) -> Result<(Vec<(String, String)>, String,
         &params,
         &mut bytes::BytesMut::new(),
     )?;
-    Ok((params, user, dbname))
+    Ok(StartupParameters {
+        params,
+        user,
+        dbname,
+    })
 }
 
 /// The password for `target` from the password file (`passfile`, `PGPASSFILE` or `~/.pgpass`), as libpq finds
