@@ -1,8 +1,13 @@
 //! The live scenario suite, written once and run on both targets against a real PostgreSQL 15.
 //!
-//! Natively this binary starts a throwaway cluster, runs every scenario on tokio, then builds this same file for
-//! wasm32-wasip2 and runs it under the real wasmtime CLI against the same cluster (the conninfo strings travel
-//! as environment variables). Each target prints `<target>: N passed, M failed`; any failure fails the test.
+//! Natively this binary starts throwaway clusters, runs every scenario on tokio, then runs this same file built
+//! for wasm32-wasip2 under the real wasmtime CLI against the same clusters (the conninfo strings travel as
+//! environment variables, the password file and the certificates through preopened directories). Each target
+//! prints `<target>: N passed, M failed`; any failure fails the test.
+//!
+//! The clusters: the main one (`ssl = off`), and three with `ssl = on` for `scenarios/tls.rs`, each presenting
+//! a different server certificate (PostgreSQL 15 has one per server). They start in parallel, while cargo
+//! builds the wasm artifact.
 
 mod scenarios;
 
@@ -15,9 +20,35 @@ mod support;
 #[cfg(not(target_os = "wasi"))]
 fn main() {
     use std::net::TcpListener;
-    use support::{Cluster, Role, WasmBuild};
+    use support::tls::{ServerCert, TestCerts};
+    use support::{Cluster, Role, Setup, WasmBuild};
 
-    let cluster = Cluster::start();
+    // The build needs no cluster and the clusters need no build: overlap them.
+    let wasm_build = std::thread::spawn(|| support::build_wasm(WasmBuild::Test("live")));
+    let certs = TestCerts::generate();
+    let tls_setup = |cert, client_ca| Setup {
+        ssl: Some(certs.server_tls(cert, client_ca)),
+        tls_roles: true,
+    };
+    let setups = [
+        Setup {
+            ssl: None,
+            tls_roles: true,
+        },
+        tls_setup(ServerCert::Good, true),
+        tls_setup(ServerCert::NoName, false),
+        tls_setup(ServerCert::Ed25519, false),
+    ];
+    let [cluster, tls, no_name, ed25519] = std::thread::scope(|scope| {
+        setups
+            .each_ref()
+            .map(|setup| scope.spawn(move || Cluster::start_with(setup)))
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+    });
     // A listener that accepts connections (the kernel completes the handshake) but never answers: the
     // connect_timeout scenario needs one.
     let silent = TcpListener::bind("127.0.0.1:0").expect("bind the silent listener");
@@ -38,27 +69,53 @@ fn main() {
         closed_port: support::free_port(),
         socket_dir: Some(cluster.socket_dir.display().to_string()),
         passfile: passfile.display().to_string(),
+        tls: scenarios::TlsEnv {
+            port: tls.port,
+            no_name_port: no_name.port,
+            ed25519_port: ed25519.port,
+            certs: certs.dir().display().to_string(),
+            logins: scenarios::Login::ALL
+                .iter()
+                .map(|login| {
+                    Cluster::login(match login {
+                        scenarios::Login::Trust => Role::Trust,
+                        scenarios::Login::Password => Role::Password,
+                        scenarios::Login::Md5 => Role::Md5,
+                        scenarios::Login::Scram => Role::Scram,
+                        scenarios::Login::Cert => Role::Cert,
+                        scenarios::Login::SslOnly => Role::SslOnly,
+                        scenarios::Login::NoSsl => Role::NoSsl,
+                    })
+                })
+                .collect(),
+        },
     };
 
+    // Wait for the build before the native run, so that it does not compete with the scenarios for CPU.
+    let wasm = wasm_build
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     let native = runtime.block_on(scenarios::run_all(&env, "native", Vec::new()));
 
-    let wasm = support::build_wasm(WasmBuild::Test("live"));
     let mut vars = env.to_vars();
-    // The component sees the password file through a preopened directory.
+    // The component sees the password file and the certificates through preopened directories.
     vars.push(("LIVE_PASSFILE", "/pgpass/pgpass".to_string()));
+    vars.push(("LIVE_TLS_CERTS", "/certs".to_string()));
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let output = support::wasmtime(
         &wasm,
         &[],
         &vars,
-        &[(passfile_dir.as_path(), "/pgpass")],
+        &[(passfile_dir.as_path(), "/pgpass"), (certs.dir(), "/certs")],
         None,
     );
     let _ = std::fs::remove_dir_all(&passfile_dir);
+    // Deletes the certificate dir; exit() below would skip it.
+    drop(certs);
     let stdout = String::from_utf8_lossy(&output.stdout);
     print!("{stdout}");
     eprint!("{}", String::from_utf8_lossy(&output.stderr));

@@ -105,7 +105,7 @@ pub(crate) struct Established {
 }
 
 /// Runs the TLS handshake with `host` over `transport`, and checks what libpq checks after it: the ALPN
-/// protocol for direct TLS and, with `sslcertmode=require`, that the server asked for a certificate.
+/// protocol for direct TLS and, with `sslcertmode=require`, that a client certificate was sent.
 pub(crate) async fn handshake(
     connector: &TlsConnector,
     transport: Box<dyn Transport>,
@@ -123,9 +123,11 @@ pub(crate) async fn handshake(
             None,
         ));
     }
-    if connector.certificate_required() && !new.certificate_requested.load(Ordering::Relaxed) {
+    // libpq's rule: with sslcertmode=require a certificate must have gone out, which needs both a configured
+    // one and a server that asked for it.
+    if connector.certificate_required() && !new.certificate_sent.load(Ordering::Relaxed) {
         return Err(Error::tls(
-            "server did not request an SSL certificate (sslcertmode=require)",
+            "server accepted connection without a valid SSL certificate (sslcertmode=require)",
             None,
         ));
     }

@@ -45,10 +45,11 @@ pub(crate) struct TlsConnector {
     negotiation: SslNegotiation,
 }
 
-/// One TLS session about to start, and the flag its client-certificate resolver sets when the server asks.
+/// One TLS session about to start, and the flag its client-certificate resolver sets when it hands the server
+/// a certificate.
 pub(crate) struct NewSession {
     pub(crate) session: ClientConnection,
-    pub(crate) certificate_requested: Arc<AtomicBool>,
+    pub(crate) certificate_sent: Arc<AtomicBool>,
 }
 
 impl TlsConnector {
@@ -81,7 +82,7 @@ impl TlsConnector {
         self.negotiation == SslNegotiation::Direct
     }
 
-    /// Whether `sslcertmode=require` asks the server to have requested a certificate.
+    /// Whether `sslcertmode=require` asks for a client certificate to have been sent.
     pub(crate) fn certificate_required(&self) -> bool {
         self.cert_mode == SslCertMode::Require
     }
@@ -98,10 +99,10 @@ impl TlsConnector {
             verify_host: self.verify_host,
             provider: self.provider.clone(),
         });
-        let certificate_requested = Arc::new(AtomicBool::new(false));
+        let certificate_sent = Arc::new(AtomicBool::new(false));
         let resolver = Arc::new(ClientIdentity {
             identity: self.identity.clone(),
-            requested: certificate_requested.clone(),
+            sent: certificate_sent.clone(),
         });
         let mut config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&self.versions)
@@ -115,7 +116,7 @@ impl TlsConnector {
             .map_err(|e| Error::tls(format!("cannot start TLS: {e}"), Some(Box::new(e))))?;
         Ok(NewSession {
             session,
-            certificate_requested,
+            certificate_sent,
         })
     }
 }
@@ -378,11 +379,11 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
-/// Hands rustls the client identity and records that the server asked for one (for `sslcertmode=require`).
+/// Hands rustls the client identity and records that one was sent (for `sslcertmode=require`).
 #[derive(Debug)]
 struct ClientIdentity {
     identity: Option<Arc<CertifiedKey>>,
-    requested: Arc<AtomicBool>,
+    sent: Arc<AtomicBool>,
 }
 
 impl ResolvesClientCert for ClientIdentity {
@@ -391,7 +392,8 @@ impl ResolvesClientCert for ClientIdentity {
         _root_hint_subjects: &[&[u8]],
         _sigschemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
-        self.requested.store(true, Ordering::Relaxed);
+        // Asked by the server's CertificateRequest; answering with a certificate is what libpq calls "sent".
+        self.sent.store(self.identity.is_some(), Ordering::Relaxed);
         self.identity.clone()
     }
 

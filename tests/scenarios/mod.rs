@@ -32,12 +32,14 @@ pub struct Env {
     pub socket_dir: Option<String>,
     /// A password file with entries for the scram and md5 roles.
     pub passfile: String,
+    /// The TLS servers and certificates (`tls.rs`).
+    pub tls: tls::TlsEnv,
 }
 
 impl Env {
     #[allow(dead_code)]
     pub fn to_vars(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut vars = vec![
             ("LIVE_HOST", self.host.clone()),
             ("LIVE_PORT", self.port.to_string()),
             ("LIVE_TRUST", self.trust.clone()),
@@ -48,7 +50,9 @@ impl Env {
             ("LIVE_SCRAM_PASSWORD", self.scram_password.clone()),
             ("LIVE_SILENT_PORT", self.silent_port.to_string()),
             ("LIVE_CLOSED_PORT", self.closed_port.to_string()),
-        ]
+        ];
+        vars.extend(self.tls.to_vars());
+        vars
     }
 
     #[allow(dead_code)]
@@ -69,6 +73,7 @@ impl Env {
             closed_port: var("LIVE_CLOSED_PORT").parse().expect("LIVE_CLOSED_PORT"),
             socket_dir: None,
             passfile: var("LIVE_PASSFILE"),
+            tls: tls::TlsEnv::from_vars(var),
         }
     }
 }
@@ -127,6 +132,10 @@ macro_rules! scenarios {
     };
 }
 
+mod tls;
+#[allow(unused_imports)]
+pub use tls::{Login, TlsEnv};
+
 /// Runs every scenario; `earlier` holds outcomes of checks the caller ran itself, counted in the summary.
 pub async fn run_all(env: &Env, label: &str, earlier: Vec<(&str, Outcome)>) -> Summary {
     #[allow(unused_mut)]
@@ -182,6 +191,7 @@ pub async fn run_all(env: &Env, label: &str, earlier: Vec<(&str, Outcome)>) -> S
         terminated_backend_is_reported,
         target_session_attrs_primary,
     ];
+    list.extend(tls::scenarios());
     #[cfg(not(target_os = "wasi"))]
     list.push(("unix_socket", |env| Box::pin(unix_socket(env))));
 

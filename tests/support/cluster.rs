@@ -4,6 +4,8 @@
 //! loopback port, so tests in one process (or several processes) can each run their own.
 //! pg_hba.conf has one role per authentication method, as pgx's test setup does, so a login
 //! as [`Role::Md5`] really runs the md5 exchange and a wrong password really fails.
+//! [`Cluster::start_with`] can also turn TLS on and add roles that only TLS (or only plaintext)
+//! lets in, and one that logs in with a client certificate.
 //!
 //! Cleanup happens twice over: [`Cluster::stop`] (also run by `Drop`, so a panicking test
 //! stops its server) and a small reaper process that stops the server and deletes the dir when
@@ -33,6 +35,10 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 const START_ATTEMPTS: u32 = 5;
 /// Server log lines included in panic messages.
 const LOG_TAIL_LINES: usize = 40;
+/// Names of a TLS cluster's copies of [`ServerTls`]'s files, in [`Cluster::tls_dir`].
+const SERVER_CERT_FILE: &str = "server.crt";
+const SERVER_KEY_FILE: &str = "server.key";
+const CLIENT_CA_FILE: &str = "client-ca.crt";
 
 /// Serialises "pick a free port, start the server on it" within this process, so two
 /// clusters starting at once never pick the same port. initdb runs outside it, in parallel.
@@ -51,19 +57,32 @@ pub enum Role {
     Md5,
     /// `pgc_scram`: `scram-sha-256` method, password stored as a SCRAM verifier.
     Scram,
+    /// `pgc_cert`: `cert` method on `hostssl` lines only (a client certificate with CN
+    /// `pgc_cert`); only with [`Setup::tls_roles`].
+    Cert,
+    /// `pgc_sslonly`: `scram-sha-256` on `hostssl` lines, `reject` on `hostnossl` lines; only
+    /// with [`Setup::tls_roles`].
+    SslOnly,
+    /// `pgc_nossl`: `scram-sha-256` on `hostnossl` lines, `reject` on `hostssl` lines; only
+    /// with [`Setup::tls_roles`].
+    NoSsl,
 }
 
 impl Role {
-    /// Every role, in a fixed order.
+    /// Every role on `host` lines (with or without TLS), in a fixed order; every cluster has them.
     pub const ALL: [Role; 4] = [Role::Trust, Role::Password, Role::Md5, Role::Scram];
+    /// The roles [`Setup::tls_roles`] adds, in a fixed order.
+    pub const TLS: [Role; 3] = [Role::Cert, Role::SslOnly, Role::NoSsl];
 
-    /// The pg_hba.conf method for this role's TCP connections.
+    /// The pg_hba.conf method for this role's TCP connections (over TLS for [`Role::Cert`] and
+    /// [`Role::SslOnly`], in plaintext for [`Role::NoSsl`]).
     pub fn hba_method(self) -> &'static str {
         match self {
             Role::Trust => "trust",
             Role::Password => "password",
             Role::Md5 => "md5",
-            Role::Scram => "scram-sha-256",
+            Role::Scram | Role::SslOnly | Role::NoSsl => "scram-sha-256",
+            Role::Cert => "cert",
         }
     }
 
@@ -71,11 +90,36 @@ impl Role {
     /// hash in `pg_authid.rolpassword` must then have. `None` for the password-less role.
     fn storage(self) -> Option<(&'static str, &'static str)> {
         match self {
-            Role::Trust => None,
+            Role::Trust | Role::Cert => None,
             Role::Md5 => Some(("md5", "md5")),
-            Role::Password | Role::Scram => Some(("scram-sha-256", "SCRAM-SHA-256$")),
+            Role::Password | Role::Scram | Role::SslOnly | Role::NoSsl => {
+                Some(("scram-sha-256", "SCRAM-SHA-256$"))
+            }
         }
     }
+}
+
+/// How [`Cluster::start_with`] sets a cluster up; the default is what [`Cluster::start`] does.
+#[derive(Clone, Debug, Default)]
+pub struct Setup {
+    /// `ssl = on` with these files; `None` leaves `ssl = off`.
+    pub ssl: Option<ServerTls>,
+    /// Also create [`Role::TLS`] with their `hostssl` / `hostnossl` lines (`hostssl` lines only
+    /// when `ssl` is set: the server flags them as errors otherwise).
+    pub tls_roles: bool,
+}
+
+/// The files a TLS server needs. [`Cluster::start_with`] copies them into the cluster's dir,
+/// owned by the server's user with the key at mode 0600, as the server demands.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// The server's certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// `ssl_ca_file`: when set, the server requests a client certificate and checks it against
+    /// these roots (and `cert` logins need one).
+    pub ca: Option<PathBuf>,
 }
 
 /// A running PostgreSQL cluster private to one test. Stopped and deleted on drop.
@@ -93,6 +137,7 @@ pub struct Cluster {
     bin_dir: PathBuf,
     /// Running as root: initdb refuses root, so cluster commands run as `postgres`.
     as_postgres: bool,
+    setup: Setup,
     /// A server may be running (set before `pg_ctl start` returns, cleared by `stop`).
     running: bool,
     /// The temp dir has been deleted.
@@ -104,11 +149,17 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Creates, configures and starts a fresh cluster with the test roles.
+    /// Creates, configures and starts a fresh cluster with the test roles ([`Role::ALL`]), with
+    /// `ssl = off`.
     ///
     /// Panics with the failing command's output and the tail of the server log if anything
     /// goes wrong. It never skips: a test that asks for a cluster needs one.
     pub fn start() -> Cluster {
+        Cluster::start_with(&Setup::default())
+    }
+
+    /// Like [`Cluster::start`], with TLS and the TLS roles as `setup` says.
+    pub fn start_with(setup: &Setup) -> Cluster {
         let bin_dir = server_bin_dir();
         let as_postgres = running_as_root();
         let root = create_root_dir();
@@ -121,6 +172,7 @@ impl Cluster {
             root,
             bin_dir,
             as_postgres,
+            setup: setup.clone(),
             running: false,
             removed: false,
             log_reported: AtomicBool::new(false),
@@ -130,6 +182,7 @@ impl Cluster {
         cluster.reaper = cluster.spawn_reaper();
         fs::create_dir(&cluster.socket_dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", cluster.socket_dir.display()));
+        cluster.copy_tls_files();
         if as_postgres {
             let mut chown = Command::new("chown");
             chown.arg("-R").arg("postgres:postgres").arg(&cluster.root);
@@ -149,6 +202,9 @@ impl Cluster {
             Role::Password => "pgc_password",
             Role::Md5 => "pgc_md5",
             Role::Scram => "pgc_scram",
+            Role::Cert => "pgc_cert",
+            Role::SslOnly => "pgc_sslonly",
+            Role::NoSsl => "pgc_nossl",
         }
     }
 
@@ -156,27 +212,34 @@ impl Cluster {
     /// `/` on purpose, to exercise conninfo quoting and URL percent-encoding.
     pub fn password(role: Role) -> Option<&'static str> {
         match role {
-            Role::Trust => None,
+            Role::Trust | Role::Cert => None,
             Role::Password => Some("pass_word1"),
             Role::Md5 => Some("md5 p@ss:1"),
             Role::Scram => Some("scr@m/pw:2"),
+            Role::SslOnly => Some("ssl only:3"),
+            Role::NoSsl => Some("no ssl:4"),
         }
+    }
+
+    /// The user (and password, if any) of `role` as conninfo pairs, e.g.
+    /// `user=pgc_md5 password='md5 p@ss:1'`.
+    pub fn login(role: Role) -> String {
+        let mut login = format!("user={}", conninfo_value(Cluster::user(role)));
+        if let Some(password) = Cluster::password(role) {
+            let _ = write!(login, " password={}", conninfo_quoted(password));
+        }
+        login
     }
 
     /// A libpq key=value connection string for `role` over TCP, e.g.
     /// `host=127.0.0.1 port=5433 user=pgc_md5 password='md5 p@ss:1' dbname=postgres`.
     pub fn conninfo(&self, role: Role) -> String {
-        let mut info = format!(
-            "host={} port={} user={}",
+        format!(
+            "host={} port={} {} dbname=postgres",
             conninfo_value(&self.host),
             self.port,
-            conninfo_value(Cluster::user(role)),
-        );
-        if let Some(password) = Cluster::password(role) {
-            let _ = write!(info, " password={}", conninfo_quoted(password));
-        }
-        info.push_str(" dbname=postgres");
-        info
+            Cluster::login(role),
+        )
     }
 
     /// A `postgresql://` URL for `role` over TCP, with user and password percent-encoded, e.g.
@@ -281,7 +344,7 @@ impl Cluster {
         self.check("initdb", cmd, None);
 
         let hba = self.data_dir.join("pg_hba.conf");
-        fs::write(&hba, hba_conf())
+        fs::write(&hba, hba_conf(&self.setup))
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", hba.display()));
     }
 
@@ -334,6 +397,18 @@ impl Cluster {
     /// The settings appended to initdb's postgresql.conf (later lines win).
     fn server_settings(&self, port: u16) -> String {
         let socket_dir = self.socket_dir.to_string_lossy();
+        let mut ssl = vec!["ssl = off".to_owned()];
+        if let Some(tls) = &self.setup.ssl {
+            let file = |name: &str| sql_literal(&self.tls_dir().join(name).to_string_lossy());
+            ssl = vec![
+                "ssl = on".to_owned(),
+                format!("ssl_cert_file = {}", file(SERVER_CERT_FILE)),
+                format!("ssl_key_file = {}", file(SERVER_KEY_FILE)),
+            ];
+            if tls.ca.is_some() {
+                ssl.push(format!("ssl_ca_file = {}", file(CLIENT_CA_FILE)));
+            }
+        }
         [
             "# wasi-pg-client test harness".to_owned(),
             "listen_addresses = '127.0.0.1,::1'".to_owned(),
@@ -343,15 +418,60 @@ impl Cluster {
             "fsync = off".to_owned(),
             "max_connections = 100".to_owned(),
             "shared_buffers = 16MB".to_owned(),
-            String::new(),
         ]
+        .into_iter()
+        .chain(ssl)
+        .chain([String::new()])
+        .collect::<Vec<_>>()
         .join("\n")
     }
 
-    /// Creates the four SUPERUSER LOGIN roles, each password hashed as its method needs.
+    /// Where a TLS cluster keeps its copies of the server files.
+    fn tls_dir(&self) -> PathBuf {
+        self.root.join("tls")
+    }
+
+    /// Copies the server's certificate, key and client CA into [`Cluster::tls_dir`] (the
+    /// `chown -R` that follows gives them to the server's user); the key gets mode 0600.
+    fn copy_tls_files(&self) {
+        let Some(tls) = &self.setup.ssl else {
+            return;
+        };
+        let dir = self.tls_dir();
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        let mut files = vec![(&tls.cert, SERVER_CERT_FILE), (&tls.key, SERVER_KEY_FILE)];
+        if let Some(ca) = &tls.ca {
+            files.push((ca, CLIENT_CA_FILE));
+        }
+        for (from, name) in files {
+            let to = dir.join(name);
+            fs::copy(from, &to).unwrap_or_else(|e| {
+                panic!("cannot copy {} to {}: {e}", from.display(), to.display())
+            });
+        }
+        // Unix only because the harness also compiles (but never runs) for wasm32-wasip2.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let key = dir.join(SERVER_KEY_FILE);
+            fs::set_permissions(&key, fs::Permissions::from_mode(0o600))
+                .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", key.display()));
+        }
+    }
+
+    /// The roles this cluster has: [`Role::ALL`], plus [`Role::TLS`] if the setup asks for them.
+    fn roles(&self) -> Vec<Role> {
+        let mut roles = Role::ALL.to_vec();
+        if self.setup.tls_roles {
+            roles.extend(Role::TLS);
+        }
+        roles
+    }
+
+    /// Creates the SUPERUSER LOGIN roles, each password hashed as its method needs.
     fn create_roles(&self) {
         let mut sql = String::new();
-        for role in Role::ALL {
+        for role in self.roles() {
             let user = Cluster::user(role);
             match (role.storage(), Cluster::password(role)) {
                 (Some((encryption, _)), Some(password)) => {
@@ -383,7 +503,7 @@ impl Cluster {
             "SELECT rolname || ' ' || coalesce(rolpassword, '<none>') \
              FROM pg_authid WHERE rolname LIKE 'pgc\\_%' ORDER BY rolname;",
         );
-        for role in Role::ALL {
+        for role in self.roles() {
             let user = Cluster::user(role);
             let stored = found
                 .lines()
@@ -530,8 +650,9 @@ pub fn free_port() -> u16 {
 }
 
 /// pg_hba.conf: the socket is trusted (for setup); over TCP each role may only use its own
-/// method, and there is deliberately no catch-all line.
-fn hba_conf() -> String {
+/// method, and there is deliberately no catch-all line. The TLS roles come last, with an
+/// explicit `reject` on the transport each one must not use.
+fn hba_conf(setup: &Setup) -> String {
     let mut hba = String::from("local all all trust\n");
     for address in ["127.0.0.1/32", "::1/128"] {
         for role in Role::ALL {
@@ -543,6 +664,23 @@ fn hba_conf() -> String {
             );
         }
         let _ = writeln!(hba, "host all postgres {address} trust");
+        if !setup.tls_roles {
+            continue;
+        }
+        let ssl = setup.ssl.is_some();
+        for (role, kind, method) in [
+            (Role::Cert, "hostssl", Role::Cert.hba_method()),
+            (Role::SslOnly, "hostssl", Role::SslOnly.hba_method()),
+            (Role::SslOnly, "hostnossl", "reject"),
+            (Role::NoSsl, "hostnossl", Role::NoSsl.hba_method()),
+            (Role::NoSsl, "hostssl", "reject"),
+        ] {
+            if kind == "hostssl" && !ssl {
+                continue;
+            }
+            let user = Cluster::user(role);
+            let _ = writeln!(hba, "{kind} all {user} {address} {method}");
+        }
     }
     hba
 }

@@ -4,23 +4,30 @@
 //!   authentication method (trust, password, md5, SCRAM), stopped and deleted on drop.
 //! - [`build_wasm`] and [`wasmtime`]: build a target for wasm32-wasip2 and run the artifact
 //!   under the real wasmtime CLI, so the wasm build itself is what gets tested.
+//! - [`tls`]: a private CA and the server and client certificates of the TLS tests (native
+//!   only: it uses rcgen).
 //!
 //! Each test file includes this with `mod support;` and uses only part of it, hence the allows.
 //! They sit on the submodules and re-exports rather than on this module, so a test file that
 //! writes `#[allow(dead_code)] mod support;` does not trip clippy's `duplicated_attributes`.
-//! Only std is used, so the harness adds no dependencies and also compiles for wasm32-wasip2
-//! (where nothing in it is expected to run).
+//! Apart from [`tls`], only std is used, so the harness adds no dependencies and also compiles
+//! for wasm32-wasip2 (where nothing in it is expected to run).
 
 #[allow(dead_code, unreachable_pub)]
 mod child;
 #[allow(dead_code, unreachable_pub)]
 mod cluster;
+pub mod fake_server;
 #[allow(dead_code, unreachable_pub)]
 mod wasm;
+// rcgen is a native dev-dependency only.
+#[cfg(not(target_os = "wasi"))]
+#[allow(dead_code, unreachable_pub)]
+pub mod tls;
 
 #[allow(unused_imports, unreachable_pub)]
 pub use child::run_with_timeout;
 #[allow(unused_imports, unreachable_pub)]
-pub use cluster::{Cluster, Role, free_port};
+pub use cluster::{Cluster, Role, ServerTls, Setup, free_port};
 #[allow(unused_imports, unreachable_pub)]
 pub use wasm::{WasmBuild, build_wasm, wasmtime};

@@ -1,0 +1,1027 @@
+//! TLS scenarios: every sslmode against servers with and without TLS, certificate and host name
+//! verification, client certificates, channel binding, require_auth over TLS, protocol versions, and bulk
+//! traffic through TLS.
+//!
+//! The contract is libpq's: each expectation is what libpq gives for the same connection string. Those
+//! libpq 15 knows were checked with psql 15 against the same servers; `sslcertmode`, `require_auth` and
+//! `sslrootcert=system` arrived in libpq 16 and follow its documentation. An expected failure names a
+//! fragment its message must contain, matched without regard to case.
+//!
+//! The servers (see `tests/live.rs` and `tests/support/tls.rs`):
+//! - [`Server::Plain`]: the main cluster, `ssl = off`.
+//! - [`Server::Tls`]: `ssl = on`, a certificate for `localhost`, `127.0.0.1` and `::1` signed by `root.crt`;
+//!   it requests a client certificate and checks it against `root.crt`.
+//! - [`Server::NoName`]: `ssl = on`, a certificate signed by `root.crt` that names no host; requests no
+//!   client certificate.
+//! - [`Server::Ed25519`]: `ssl = on`, a certificate for the same names signed with Ed25519 by
+//!   `ed25519-root.crt`, so tls-server-end-point channel binding is undefined; requests no client
+//!   certificate.
+//!
+//! Each has the roles of the main cluster on `host` lines (usable with and without TLS) plus `pgc_cert`
+//! (`cert` over TLS only), `pgc_sslonly` (TLS only) and `pgc_nossl` (plaintext only).
+
+use std::time::Instant;
+
+use wasi_pg_client::{Client, Config, ErrorKind, SimpleQueryMessage};
+
+use super::{Check, Env, Outcome, Scenario};
+
+/// The TLS servers and how to log in to them; travels to the wasm run as `LIVE_TLS_*` variables.
+pub struct TlsEnv {
+    /// [`Server::Tls`].
+    pub port: u16,
+    /// [`Server::NoName`].
+    pub no_name_port: u16,
+    /// [`Server::Ed25519`].
+    pub ed25519_port: u16,
+    /// The dir of PEM files written by `tests/support/tls.rs`, as the client sees it.
+    pub certs: String,
+    /// `user=... password=...` for each of [`Login::ALL`], in that order.
+    pub logins: Vec<String>,
+}
+
+/// A login role of the test clusters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Login {
+    Trust,
+    Password,
+    Md5,
+    Scram,
+    /// `cert` authentication, over TLS only.
+    Cert,
+    /// SCRAM, over TLS only (`hostnossl ... reject`).
+    SslOnly,
+    /// SCRAM, in plaintext only (`hostssl ... reject`).
+    NoSsl,
+}
+
+impl Login {
+    pub const ALL: [Login; 7] = [
+        Login::Trust,
+        Login::Password,
+        Login::Md5,
+        Login::Scram,
+        Login::Cert,
+        Login::SslOnly,
+        Login::NoSsl,
+    ];
+
+    fn var(self) -> &'static str {
+        match self {
+            Login::Trust => "LIVE_TLS_LOGIN_TRUST",
+            Login::Password => "LIVE_TLS_LOGIN_PASSWORD",
+            Login::Md5 => "LIVE_TLS_LOGIN_MD5",
+            Login::Scram => "LIVE_TLS_LOGIN_SCRAM",
+            Login::Cert => "LIVE_TLS_LOGIN_CERT",
+            Login::SslOnly => "LIVE_TLS_LOGIN_SSLONLY",
+            Login::NoSsl => "LIVE_TLS_LOGIN_NOSSL",
+        }
+    }
+}
+
+impl TlsEnv {
+    /// Every field but `certs`, whose path differs inside the component (live.rs sets `LIVE_TLS_CERTS`).
+    #[allow(dead_code)]
+    pub fn to_vars(&self) -> Vec<(&'static str, String)> {
+        let mut vars = vec![
+            ("LIVE_TLS_PORT", self.port.to_string()),
+            ("LIVE_TLS_NO_NAME_PORT", self.no_name_port.to_string()),
+            ("LIVE_TLS_ED25519_PORT", self.ed25519_port.to_string()),
+        ];
+        vars.extend(
+            Login::ALL
+                .iter()
+                .zip(&self.logins)
+                .map(|(l, v)| (l.var(), v.clone())),
+        );
+        vars
+    }
+
+    #[allow(dead_code)]
+    pub fn from_vars(var: impl Fn(&str) -> String) -> TlsEnv {
+        TlsEnv {
+            port: var("LIVE_TLS_PORT").parse().expect("LIVE_TLS_PORT"),
+            no_name_port: var("LIVE_TLS_NO_NAME_PORT")
+                .parse()
+                .expect("LIVE_TLS_NO_NAME_PORT"),
+            ed25519_port: var("LIVE_TLS_ED25519_PORT")
+                .parse()
+                .expect("LIVE_TLS_ED25519_PORT"),
+            certs: var("LIVE_TLS_CERTS"),
+            logins: Login::ALL.iter().map(|l| var(l.var())).collect(),
+        }
+    }
+
+    fn login(&self, login: Login) -> &str {
+        let index = Login::ALL
+            .iter()
+            .position(|l| *l == login)
+            .expect("BUG: Login::ALL lists every login");
+        &self.logins[index]
+    }
+
+    /// The path of a file in the certificate dir.
+    fn file(&self, name: &str) -> String {
+        format!("{}/{name}", self.certs)
+    }
+}
+
+/// A test server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Server {
+    Plain,
+    Tls,
+    NoName,
+    Ed25519,
+}
+
+impl Server {
+    fn port(self, env: &Env) -> u16 {
+        match self {
+            Server::Plain => env.port,
+            Server::Tls => env.tls.port,
+            Server::NoName => env.tls.no_name_port,
+            Server::Ed25519 => env.tls.ed25519_port,
+        }
+    }
+}
+
+/// What a connection attempt must give.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// Connected, and `pg_stat_ssl` says the session is not encrypted.
+    Plain,
+    /// Connected, and `pg_stat_ssl` says the session is encrypted.
+    Tls,
+    /// `Client::connect` fails with an error containing this fragment.
+    Fails(&'static str),
+    /// `Config::parse` refuses the connection string (a config error) with this fragment.
+    BadConfig(&'static str),
+}
+
+/// One connection attempt.
+struct Case {
+    server: Server,
+    host: &'static str,
+    login: Login,
+    settings: String,
+    expect: Expect,
+}
+
+/// A case against `127.0.0.1`.
+fn case(server: Server, login: Login, settings: impl Into<String>, expect: Expect) -> Case {
+    case_at(server, "127.0.0.1", login, settings, expect)
+}
+
+fn case_at(
+    server: Server,
+    host: &'static str,
+    login: Login,
+    settings: impl Into<String>,
+    expect: Expect,
+) -> Case {
+    Case {
+        server,
+        host,
+        login,
+        settings: settings.into(),
+        expect,
+    }
+}
+
+impl Case {
+    fn conninfo(&self, env: &Env) -> String {
+        format!(
+            "host={} port={} dbname=postgres connect_timeout=10 {} {}",
+            self.host,
+            self.server.port(env),
+            env.tls.login(self.login),
+            self.settings
+        )
+    }
+
+    fn label(&self) -> String {
+        format!(
+            "{:?} host={} {:?} {}",
+            self.server, self.host, self.login, self.settings
+        )
+    }
+}
+
+/// Runs every case (a failing one does not stop the others) and reports all that did not go as expected.
+async fn check_cases(env: &Env, cases: &[Case]) -> Outcome {
+    let mut failures = Vec::new();
+    for case in cases {
+        if let Err(e) = check_case(env, case).await {
+            failures.push(e);
+        }
+    }
+    if failures.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{} of {} cases failed:\n    {}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n    ")
+    ))
+}
+
+async fn check_case(env: &Env, case: &Case) -> Result<(), String> {
+    let label = case.label();
+    let config = match (Config::parse(&case.conninfo(env)), case.expect) {
+        (Err(e), Expect::BadConfig(fragment)) => {
+            if e.kind() != ErrorKind::Config {
+                return Err(format!("{label}: a {:?} error, not Config: {e}", e.kind()));
+            }
+            return expect_fragment(&label, &e, fragment);
+        }
+        (Ok(_), Expect::BadConfig(fragment)) => {
+            return Err(format!(
+                "{label}: parsed, expected a config error with {fragment:?}"
+            ));
+        }
+        (Err(e), _) => return Err(format!("{label}: parse: {}", error_text(&e))),
+        (Ok(config), _) => config,
+    };
+    match (Client::connect(&config).await, case.expect) {
+        (Ok(mut client), Expect::Plain | Expect::Tls) => {
+            let want = matches!(case.expect, Expect::Tls);
+            let ssl = ssl_in_use(&mut client)
+                .await
+                .map_err(|e| format!("{label}: {e}"))?;
+            if ssl != want {
+                return Err(format!(
+                    "{label}: connected with ssl={ssl}, expected {want}"
+                ));
+            }
+            client.close().await.check(&label)
+        }
+        (Err(e), Expect::Fails(fragment)) => expect_fragment(&label, &e, fragment),
+        (Ok(mut client), expect) => {
+            let ssl = match ssl_in_use(&mut client).await {
+                Ok(ssl) => ssl.to_string(),
+                Err(e) => e,
+            };
+            Err(format!(
+                "{label}: connected (ssl={ssl}), expected {expect:?}"
+            ))
+        }
+        (Err(e), expect) => Err(format!(
+            "{label}: expected {expect:?}, got: {}",
+            error_text(&e)
+        )),
+    }
+}
+
+fn expect_fragment(label: &str, error: &wasi_pg_client::Error, fragment: &str) -> Outcome {
+    let text = error_text(error);
+    if text.to_lowercase().contains(&fragment.to_lowercase()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{label}: the error does not mention {fragment:?}: {text}"
+        ))
+    }
+}
+
+/// The error's message followed by its sources, so a fragment is found wherever the detail sits.
+fn error_text(error: &wasi_pg_client::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        text.push_str(" | ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// What the server says about this session's encryption.
+async fn ssl_in_use(client: &mut Client) -> Result<bool, String> {
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .check("pg_stat_ssl")?;
+    Ok(row.get(0))
+}
+
+const MODES: [&str; 6] = [
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
+/// Every sslmode with `root.crt` as the root (so the verifying modes can verify), for each login.
+fn sslmode_cases(env: &Env, server: Server, table: &[(Login, [Expect; 6])]) -> Vec<Case> {
+    let root = env.tls.file("root.crt");
+    let mut cases = Vec::new();
+    for (login, expects) in table {
+        for (mode, expect) in MODES.iter().zip(expects) {
+            let settings = format!("sslmode={mode} sslrootcert={root}");
+            cases.push(case(server, *login, settings, *expect));
+        }
+    }
+    cases
+}
+
+/// libpq: `prefer` and `allow` settle on whatever the server lets in: `allow` tries plaintext first and
+/// retries with TLS when rejected, `prefer` tries TLS first and retries in plaintext when rejected.
+async fn tls_sslmode_against_tls_server(env: &Env) -> Outcome {
+    use Expect::{Fails, Plain, Tls};
+    let no_tls = Fails("no encryption");
+    let tls_refused = Fails("SSL encryption");
+    let table = [
+        (Login::Scram, [Plain, Plain, Tls, Tls, Tls, Tls]),
+        (Login::SslOnly, [no_tls, Tls, Tls, Tls, Tls, Tls]),
+        (
+            Login::NoSsl,
+            [Plain, Plain, Plain, tls_refused, tls_refused, tls_refused],
+        ),
+    ];
+    check_cases(env, &sslmode_cases(env, Server::Tls, &table)).await
+}
+
+/// Against `ssl = off` the modes that need TLS fail before any login; the others connect in plaintext.
+async fn tls_sslmode_against_plain_server(env: &Env) -> Outcome {
+    use Expect::{Fails, Plain};
+    let unsupported = Fails("server does not support SSL");
+    let no_tls = Fails("no encryption");
+    let table = [
+        (
+            Login::Scram,
+            [Plain, Plain, Plain, unsupported, unsupported, unsupported],
+        ),
+        (
+            Login::SslOnly,
+            [
+                no_tls,
+                no_tls,
+                no_tls,
+                unsupported,
+                unsupported,
+                unsupported,
+            ],
+        ),
+        (
+            Login::NoSsl,
+            [Plain, Plain, Plain, unsupported, unsupported, unsupported],
+        ),
+    ];
+    check_cases(env, &sslmode_cases(env, Server::Plain, &table)).await
+}
+
+/// libpq: `require` verifies the chain only when a root file exists (then like verify-ca); verify-ca and
+/// verify-full need one (by default `~/.postgresql/root.crt`, which the tests expect to be absent). `prefer`
+/// that fails verification falls back to plaintext.
+async fn tls_root_certificate_files(env: &Env) -> Outcome {
+    use Expect::{Fails, Plain, Tls};
+    let root = env.tls.file("root.crt");
+    let wrong_root = env.tls.file("wrong-root.crt");
+    let missing = env.tls.file("missing.crt");
+    let s = Login::Scram;
+    let cases = [
+        case(Server::Tls, s, "sslmode=require", Tls),
+        case_at(
+            Server::NoName,
+            "wrong.example",
+            s,
+            "sslmode=require hostaddr=127.0.0.1",
+            Tls,
+        ),
+        case(
+            Server::Tls,
+            s,
+            "sslmode=verify-ca",
+            Fails("root certificate"),
+        ),
+        case(
+            Server::Tls,
+            s,
+            "sslmode=verify-full",
+            Fails("root certificate"),
+        ),
+        case(
+            Server::Tls,
+            s,
+            format!("sslmode=verify-ca sslrootcert={missing}"),
+            Fails("missing.crt"),
+        ),
+        case(
+            Server::Tls,
+            s,
+            format!("sslmode=verify-full sslrootcert={missing}"),
+            Fails("missing.crt"),
+        ),
+        case(
+            Server::Tls,
+            s,
+            format!("sslmode=require sslrootcert={missing}"),
+            Tls,
+        ),
+        case(
+            Server::Tls,
+            s,
+            format!("sslmode=require sslrootcert={wrong_root}"),
+            Fails("certificate"),
+        ),
+        case(
+            Server::Tls,
+            s,
+            format!("sslmode=verify-ca sslrootcert={wrong_root}"),
+            Fails("certificate"),
+        ),
+        case(
+            Server::Tls,
+            s,
+            format!("sslmode=prefer sslrootcert={wrong_root}"),
+            Plain,
+        ),
+        case(
+            Server::Tls,
+            s,
+            format!("sslmode=verify-ca sslrootcert={root}"),
+            Tls,
+        ),
+    ];
+    check_cases(env, &cases).await
+}
+
+/// verify-full checks the name the client was given (`host`, not `hostaddr`) against the certificate's
+/// DNS and IP names; verify-ca and require with a root file do not check names.
+async fn tls_host_name_verification(env: &Env) -> Outcome {
+    use Expect::{Fails, Tls};
+    let root = env.tls.file("root.crt");
+    let full = format!("sslmode=verify-full sslrootcert={root}");
+    let ca = format!("sslmode=verify-ca sslrootcert={root}");
+    let require = format!("sslmode=require sslrootcert={root}");
+    let s = Login::Scram;
+    let wrong = "wrong.example";
+    let cases = [
+        case_at(Server::Tls, "localhost", s, &*full, Tls),
+        case_at(Server::Tls, "127.0.0.1", s, &*full, Tls),
+        case_at(Server::Tls, "::1", s, &*full, Tls),
+        case_at(
+            Server::Tls,
+            wrong,
+            s,
+            format!("{full} hostaddr=127.0.0.1"),
+            Fails(wrong),
+        ),
+        case_at(
+            Server::Tls,
+            wrong,
+            s,
+            format!("{ca} hostaddr=127.0.0.1"),
+            Tls,
+        ),
+        case_at(
+            Server::Tls,
+            wrong,
+            s,
+            format!("{require} hostaddr=127.0.0.1"),
+            Tls,
+        ),
+        case_at(Server::NoName, "localhost", s, &*full, Fails("localhost")),
+        case_at(Server::NoName, "127.0.0.1", s, &*full, Fails("127.0.0.1")),
+        case_at(Server::NoName, "localhost", s, &*ca, Tls),
+    ];
+    check_cases(env, &cases).await
+}
+
+/// `sslrootcert=system` trusts the public roots, not our private CA, and allows verify-full only.
+async fn tls_system_root_store(env: &Env) -> Outcome {
+    use Expect::{BadConfig, Fails};
+    let s = Login::Scram;
+    let cases = [
+        case_at(
+            Server::Tls,
+            "localhost",
+            s,
+            "sslrootcert=system",
+            Fails("certificate"),
+        ),
+        case_at(
+            Server::Tls,
+            "localhost",
+            s,
+            "sslrootcert=system sslmode=verify-full",
+            Fails("certificate"),
+        ),
+        case_at(
+            Server::Tls,
+            "localhost",
+            s,
+            "sslrootcert=system sslmode=require",
+            BadConfig("weak sslmode"),
+        ),
+        case_at(
+            Server::Tls,
+            "localhost",
+            s,
+            "sslrootcert=system sslmode=verify-ca",
+            BadConfig("weak sslmode"),
+        ),
+    ];
+    check_cases(env, &cases).await
+}
+
+/// `cert` authentication: the certificate's CN must be the user; the key may be PKCS#8 or SEC1.
+async fn tls_client_certificates(env: &Env) -> Outcome {
+    use Expect::{Fails, Tls};
+    let t = &env.tls;
+    let root = t.file("root.crt");
+    let verify = format!("sslmode=verify-full sslrootcert={root}");
+    let client = format!(
+        "sslcert={} sslkey={}",
+        t.file("client.crt"),
+        t.file("client.key")
+    );
+    let client_sec1 = format!(
+        "sslcert={} sslkey={}",
+        t.file("client.crt"),
+        t.file("client-sec1.key")
+    );
+    let other = format!(
+        "sslcert={} sslkey={}",
+        t.file("other.crt"),
+        t.file("other.key")
+    );
+    let c = Login::Cert;
+    let no_certificate = Fails("requires a valid client certificate");
+    let cases = [
+        case(Server::Tls, c, format!("{verify} {client}"), Tls),
+        case(Server::Tls, c, format!("{verify} {client_sec1}"), Tls),
+        case(Server::Tls, c, format!("sslmode=require {client}"), Tls),
+        case(
+            Server::Tls,
+            c,
+            format!("{verify} {other}"),
+            Fails("certificate authentication failed"),
+        ),
+        case(Server::Tls, c, &*verify, no_certificate),
+        case(
+            Server::Tls,
+            c,
+            format!("{verify} {client} sslcertmode=disable"),
+            no_certificate,
+        ),
+        case(
+            Server::Tls,
+            c,
+            format!("sslmode=disable {client}"),
+            Fails("no pg_hba.conf entry"),
+        ),
+        // A certificate the server does not need does no harm.
+        case(Server::Tls, Login::Scram, format!("{verify} {client}"), Tls),
+    ];
+    check_cases(env, &cases).await?;
+
+    // The server saw the certificate's subject.
+    let config =
+        Config::parse(&case(Server::Tls, c, format!("{verify} {client}"), Tls).conninfo(env))
+            .check("parse")?;
+    let mut client = Client::connect(&config).await.check("connect")?;
+    let dn: String = client
+        .query_one(
+            "SELECT client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .check("client_dn")?
+        .get(0);
+    ensure_eq!(dn, "/CN=pgc_cert");
+    client.close().await.check("close")
+}
+
+/// libpq 16: `sslcertmode=require` fails unless the server asked for a certificate and one was sent.
+async fn tls_sslcertmode_require(env: &Env) -> Outcome {
+    use Expect::{Fails, Tls};
+    let t = &env.tls;
+    let client = format!(
+        "sslcert={} sslkey={}",
+        t.file("client.crt"),
+        t.file("client.key")
+    );
+    let s = Login::Scram;
+    let cases = [
+        case(
+            Server::Tls,
+            s,
+            format!("sslmode=require sslcertmode=require {client}"),
+            Tls,
+        ),
+        case(
+            Server::Tls,
+            s,
+            format!("sslmode=require sslcertmode=allow {client}"),
+            Tls,
+        ),
+        // The server asked, but there was nothing to send.
+        case(
+            Server::Tls,
+            s,
+            "sslmode=require sslcertmode=require",
+            Fails("sslcertmode"),
+        ),
+        // The server (no ssl_ca_file) never asked.
+        case(
+            Server::NoName,
+            s,
+            format!("sslmode=require sslcertmode=require {client}"),
+            Fails("sslcertmode"),
+        ),
+        case(
+            Server::NoName,
+            s,
+            format!("sslmode=require sslcertmode=allow {client}"),
+            Tls,
+        ),
+    ];
+    check_cases(env, &cases).await
+}
+
+/// channel_binding=require needs SCRAM-SHA-256-PLUS, which only SCRAM over TLS offers.
+async fn tls_channel_binding(env: &Env) -> Outcome {
+    use Expect::{Fails, Tls};
+    let t = &env.tls;
+    let client = format!(
+        "sslcert={} sslkey={}",
+        t.file("client.crt"),
+        t.file("client.key")
+    );
+    let required = Fails("channel_binding=require");
+    let cases = [
+        case(
+            Server::Tls,
+            Login::Scram,
+            "sslmode=require channel_binding=require",
+            Tls,
+        ),
+        case(
+            Server::Tls,
+            Login::Scram,
+            "sslmode=prefer channel_binding=require",
+            Tls,
+        ),
+        case(
+            Server::Tls,
+            Login::SslOnly,
+            "sslmode=require channel_binding=require",
+            Tls,
+        ),
+        case(
+            Server::Tls,
+            Login::Scram,
+            "sslmode=require channel_binding=disable",
+            Tls,
+        ),
+        case(
+            Server::Tls,
+            Login::Scram,
+            "sslmode=require channel_binding=prefer",
+            Tls,
+        ),
+        case(
+            Server::Tls,
+            Login::Md5,
+            "sslmode=require channel_binding=require",
+            required,
+        ),
+        case(
+            Server::Tls,
+            Login::Password,
+            "sslmode=require channel_binding=require",
+            required,
+        ),
+        case(
+            Server::Tls,
+            Login::Trust,
+            "sslmode=require channel_binding=require",
+            required,
+        ),
+        case(
+            Server::Tls,
+            Login::Cert,
+            format!("sslmode=require channel_binding=require {client}"),
+            required,
+        ),
+        case(
+            Server::Tls,
+            Login::Scram,
+            "sslmode=disable channel_binding=require",
+            required,
+        ),
+        case(
+            Server::Plain,
+            Login::Scram,
+            "sslmode=prefer channel_binding=require",
+            required,
+        ),
+    ];
+    check_cases(env, &cases).await?;
+
+    let config = Config::parse(
+        &case(
+            Server::Tls,
+            Login::Scram,
+            "sslmode=require channel_binding=require",
+            Tls,
+        )
+        .conninfo(env),
+    )
+    .check("parse")?;
+    let mut c = Client::connect(&config).await.check("connect")?;
+    let one: i32 = c.query_one("SELECT 1", &[]).await.check("SELECT 1")?.get(0);
+    ensure_eq!(one, 1);
+    let messages = c.simple_query("SELECT 2").await.check("simple SELECT 2")?;
+    ensure!(
+        messages
+            .iter()
+            .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("2"))),
+        "no row 2 in {} messages",
+        messages.len()
+    );
+    c.close().await.check("close")
+}
+
+/// An Ed25519 signature has no hash for tls-server-end-point (RFC 5929), so SCRAM-SHA-256-PLUS cannot be
+/// used. Like libpq, the client refuses rather than silently dropping to SCRAM without binding, unless
+/// channel binding is disabled; the chain itself verifies against the Ed25519 root.
+async fn tls_channel_binding_undefined_for_ed25519(env: &Env) -> Outcome {
+    use Expect::{Fails, Tls};
+    let ed_root = env.tls.file("ed25519-root.crt");
+    let root = env.tls.file("root.crt");
+    let s = Login::Scram;
+    let e = Server::Ed25519;
+    let cases = [
+        case(e, s, "sslmode=require", Fails("Ed25519")),
+        case(
+            e,
+            s,
+            "sslmode=require channel_binding=require",
+            Fails("Ed25519"),
+        ),
+        case(e, s, "sslmode=require channel_binding=disable", Tls),
+        case(
+            e,
+            s,
+            format!("sslmode=verify-full sslrootcert={ed_root} channel_binding=disable"),
+            Tls,
+        ),
+        case(
+            e,
+            s,
+            format!("sslmode=verify-full sslrootcert={root} channel_binding=disable"),
+            Fails("certificate"),
+        ),
+        // No SCRAM, so no binding to attempt.
+        case(e, Login::Md5, "sslmode=require", Tls),
+    ];
+    check_cases(env, &cases).await
+}
+
+/// require_auth decides the same over TLS as in plaintext; `cert` logins count as `none`.
+async fn tls_require_auth(env: &Env) -> Outcome {
+    use Expect::{Fails, Tls};
+    let t = &env.tls;
+    let client = format!(
+        "sslcert={} sslkey={}",
+        t.file("client.crt"),
+        t.file("client.key")
+    );
+    let refused = Fails("require_auth");
+    let cases = [
+        case(
+            Server::Tls,
+            Login::Md5,
+            "sslmode=require require_auth=scram-sha-256",
+            refused,
+        ),
+        case(
+            Server::Tls,
+            Login::Md5,
+            "sslmode=require require_auth=md5",
+            Tls,
+        ),
+        case(
+            Server::Tls,
+            Login::Password,
+            "sslmode=require require_auth=!password",
+            refused,
+        ),
+        case(
+            Server::Tls,
+            Login::Password,
+            "sslmode=require require_auth=password",
+            Tls,
+        ),
+        case(
+            Server::Tls,
+            Login::Scram,
+            "sslmode=require require_auth=!password",
+            Tls,
+        ),
+        case(
+            Server::Tls,
+            Login::Scram,
+            "sslmode=require require_auth=scram-sha-256 channel_binding=require",
+            Tls,
+        ),
+        case(
+            Server::Tls,
+            Login::Trust,
+            "sslmode=require require_auth=!none",
+            refused,
+        ),
+        case(
+            Server::Tls,
+            Login::Cert,
+            format!("sslmode=require require_auth=none {client}"),
+            Tls,
+        ),
+        case(
+            Server::Tls,
+            Login::Cert,
+            format!("sslmode=require require_auth=scram-sha-256 {client}"),
+            refused,
+        ),
+    ];
+    check_cases(env, &cases).await
+}
+
+/// The protocol version bounds are honoured (PostgreSQL 15 speaks TLS 1.2 and 1.3), and SNI can be off.
+async fn tls_protocol_versions_and_sni(env: &Env) -> Outcome {
+    let root = env.tls.file("root.crt");
+    for (settings, version) in [
+        ("ssl_min_protocol_version=TLSv1.3", "TLSv1.3"),
+        ("ssl_max_protocol_version=TLSv1.2", "TLSv1.2"),
+        (
+            "ssl_min_protocol_version=TLSv1.2 ssl_max_protocol_version=TLSv1.2",
+            "TLSv1.2",
+        ),
+        ("", "TLSv1.3"),
+    ] {
+        let conninfo = case(
+            Server::Tls,
+            Login::Scram,
+            format!("sslmode=verify-full sslrootcert={root} {settings}"),
+            Expect::Tls,
+        )
+        .conninfo(env);
+        let config = Config::parse(&conninfo).check(settings)?;
+        let mut c = Client::connect(&config).await.check(settings)?;
+        let got: String = c
+            .query_one(
+                "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .check("pg_stat_ssl.version")?
+            .get(0);
+        ensure!(got == version, "{settings:?}: {got}, expected {version}");
+        c.close().await.check("close")?;
+    }
+    let cases = [
+        case_at(
+            Server::Tls,
+            "localhost",
+            Login::Scram,
+            format!("sslmode=verify-full sslrootcert={root} sslsni=0"),
+            Expect::Tls,
+        ),
+        case_at(
+            Server::Tls,
+            "localhost",
+            Login::Scram,
+            format!("sslmode=verify-full sslrootcert={root} sslsni=1"),
+            Expect::Tls,
+        ),
+    ];
+    check_cases(env, &cases).await
+}
+
+/// The label of this target in printed figures.
+fn target() -> &'static str {
+    if cfg!(target_os = "wasi") {
+        "wasm32-wasip2"
+    } else {
+        "native"
+    }
+}
+
+/// Milliseconds since `start`, for printed figures.
+fn millis(start: Instant) -> u128 {
+    start.elapsed().as_millis()
+}
+
+async fn connect_tls(env: &Env, sslmode: &str) -> Result<Client, String> {
+    let conninfo = case(
+        Server::Tls,
+        Login::Scram,
+        format!("sslmode={sslmode}"),
+        Expect::Tls,
+    )
+    .conninfo(env);
+    let config = Config::parse(&conninfo).check("parse")?;
+    let mut client = Client::connect(&config).await.check("connect")?;
+    let ssl = ssl_in_use(&mut client).await?;
+    ensure!(
+        ssl == (sslmode != "disable"),
+        "sslmode={sslmode}: ssl={ssl}"
+    );
+    Ok(client)
+}
+
+/// 64 MiB out as a parameter and back as a column, through TLS records.
+async fn tls_bulk_bytea_64mib(env: &Env) -> Outcome {
+    const LEN: usize = 64 * 1024 * 1024;
+    // xorshift64: incompressible, and cheap on both targets.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut data = Vec::with_capacity(LEN);
+    while data.len() < LEN {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    let mut c = connect_tls(env, "require").await?;
+    let start = Instant::now();
+    let row = c
+        .query_one("SELECT $1::bytea, length($1::bytea)", &[&data])
+        .await
+        .check("bytea round trip")?;
+    let elapsed = millis(start);
+    let length: i32 = row.get(1);
+    ensure_eq!(usize::try_from(length).unwrap_or(0), LEN);
+    let back: &[u8] = row.get(0);
+    ensure!(back.len() == LEN, "{} bytes came back", back.len());
+    ensure!(back == data.as_slice(), "the bytes that came back differ");
+    println!("{}: tls: 64 MiB bytea round trip in {elapsed} ms", target());
+    drop(row);
+    c.close().await.check("close")
+}
+
+/// Streams a million rows and checks their count and sum.
+async fn count_million_rows(client: &mut Client) -> Result<u128, String> {
+    let start = Instant::now();
+    let mut stream = client
+        .simple_query_stream("SELECT g FROM generate_series(1, 1000000) g")
+        .await
+        .check("start")?;
+    let (mut rows, mut sum) = (0u64, 0i64);
+    while let Some(message) = stream.next().await.check("next")? {
+        if let SimpleQueryMessage::Row(row) = message {
+            rows += 1;
+            sum += row
+                .get(0)
+                .and_then(|v| v.parse::<i64>().ok())
+                .ok_or("a row without a number")?;
+        }
+    }
+    let elapsed = millis(start);
+    ensure_eq!(rows, 1_000_000);
+    ensure_eq!(sum, 500_000_500_000);
+    Ok(elapsed)
+}
+
+/// A million rows through TLS and through plaintext from the same server; the timings are printed, not
+/// judged.
+async fn tls_million_rows_vs_plaintext(env: &Env) -> Outcome {
+    let mut tls = connect_tls(env, "require").await?;
+    let tls_ms = count_million_rows(&mut tls).await?;
+    tls.close().await.check("close")?;
+    let mut plain = connect_tls(env, "disable").await?;
+    let plain_ms = count_million_rows(&mut plain).await?;
+    plain.close().await.check("close")?;
+    println!(
+        "{}: tls: 1000000 rows in {tls_ms} ms, plain in {plain_ms} ms",
+        target()
+    );
+    Ok(())
+}
+
+/// The TLS scenarios, in the order they run.
+pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
+    scenarios![
+        tls_sslmode_against_tls_server,
+        tls_sslmode_against_plain_server,
+        tls_root_certificate_files,
+        tls_host_name_verification,
+        tls_system_root_store,
+        tls_client_certificates,
+        tls_sslcertmode_require,
+        tls_channel_binding,
+        tls_channel_binding_undefined_for_ed25519,
+        tls_require_auth,
+        tls_protocol_versions_and_sni,
+        tls_bulk_bytea_64mib,
+        tls_million_rows_vs_plaintext,
+    ]
+}

@@ -1,0 +1,358 @@
+//! Test certificates, made at test time with rcgen and written as PEM files into a temp dir.
+//!
+//! One private CA ([`ROOT`]) signs every server and client certificate a test trusts; a second,
+//! unrelated CA ([`WRONG_ROOT`]) signs nothing the servers present, so trusting it alone must make
+//! verification fail. A third CA with an Ed25519 key ([`ED25519_ROOT`]) signs one server
+//! certificate: tls-server-end-point channel binding has no hash for an Ed25519 signature.
+//!
+//! | file | what it is |
+//! |---|---|
+//! | `root.crt` | the CA every test trusts |
+//! | `wrong-root.crt` | an unrelated CA |
+//! | `server.crt`, `server.key` | DNS `localhost`, IP `127.0.0.1`, IP `::1` |
+//! | `wrong-name.crt`, `wrong-name.key` | DNS `wrong.example` only |
+//! | `no-name.crt`, `no-name.key` | no subjectAltName, and no CN that could name a host |
+//! | `ed25519-root.crt` | the Ed25519 CA |
+//! | `ed25519-server.crt`, `ed25519-server.key` | like `server.crt`, but signed with Ed25519 by `ed25519-root.crt` |
+//! | `client.crt`, `client.key` | CN `pgc_cert`; the key as PKCS#8 |
+//! | `client-sec1.key` | the same key as SEC1 (`EC PRIVATE KEY`) |
+//! | `other.crt`, `other.key` | CN `pgc_other`, a user that is not `pgc_cert` |
+//!
+//! Keys are mode 0600 and ECDSA P-256 (ring cannot make RSA keys, so there is no PKCS#1 form).
+//! Servers do not read this dir: [`Cluster`](super::Cluster) copies a [`ServerTls`]'s files into its
+//! own dir, owned by the user the server runs as.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
+};
+
+use super::cluster::ServerTls;
+
+/// The CA every test trusts; it signed every certificate below except the Ed25519 server's.
+pub const ROOT: &str = "root.crt";
+/// A CA that signed nothing the servers present.
+pub const WRONG_ROOT: &str = "wrong-root.crt";
+/// The Ed25519 CA that signed [`ServerCert::Ed25519`].
+pub const ED25519_ROOT: &str = "ed25519-root.crt";
+/// The client certificate for `pgc_cert`, with its key as PKCS#8 and as SEC1.
+pub const CLIENT_CERT: &str = "client.crt";
+pub const CLIENT_KEY: &str = "client.key";
+pub const CLIENT_KEY_SEC1: &str = "client-sec1.key";
+/// A client certificate for `pgc_other` (a valid chain, but the wrong user for `pgc_cert`).
+pub const OTHER_CERT: &str = "other.crt";
+pub const OTHER_KEY: &str = "other.key";
+
+/// A server certificate a cluster can present.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerCert {
+    /// DNS `localhost`, IP `127.0.0.1` and IP `::1`, signed by [`ROOT`].
+    Good,
+    /// DNS `wrong.example` only, signed by [`ROOT`].
+    WrongName,
+    /// No names at all, signed by [`ROOT`].
+    NoName,
+    /// The names of [`ServerCert::Good`], signed with Ed25519 by [`ED25519_ROOT`].
+    Ed25519,
+}
+
+impl ServerCert {
+    /// The file stem: `<stem>.crt` and `<stem>.key`.
+    fn stem(self) -> &'static str {
+        match self {
+            ServerCert::Good => "server",
+            ServerCert::WrongName => "wrong-name",
+            ServerCert::NoName => "no-name",
+            ServerCert::Ed25519 => "ed25519-server",
+        }
+    }
+}
+
+/// The certificate files of one test run, deleted on drop.
+pub struct TestCerts {
+    dir: PathBuf,
+}
+
+impl TestCerts {
+    /// Makes every certificate and key listed in the module docs in a fresh dir under /tmp.
+    /// Panics if rcgen or the file system fails: the TLS tests cannot run without them.
+    pub fn generate() -> TestCerts {
+        let certs = TestCerts { dir: create_dir() };
+        let root = Ca::new("wasi-pg-client test root", &PKCS_ECDSA_P256_SHA256);
+        let wrong_root = Ca::new("wasi-pg-client unrelated root", &PKCS_ECDSA_P256_SHA256);
+        let ed25519_root = Ca::new("wasi-pg-client Ed25519 root", &PKCS_ED25519);
+        certs.write(ROOT, &root.cert.pem());
+        certs.write(WRONG_ROOT, &wrong_root.cert.pem());
+        certs.write(ED25519_ROOT, &ed25519_root.cert.pem());
+
+        let local_names = ["localhost", "127.0.0.1", "::1"];
+        certs.server(ServerCert::Good, &root, &local_names);
+        certs.server(ServerCert::WrongName, &root, &["wrong.example"]);
+        certs.server(ServerCert::NoName, &root, &[]);
+        certs.server(ServerCert::Ed25519, &ed25519_root, &local_names);
+
+        let client_key = certs.client(CLIENT_CERT, CLIENT_KEY, "pgc_cert", &root);
+        let sec1 = pkcs8_to_sec1(client_key.serialized_der())
+            .unwrap_or_else(|| panic!("cannot convert the client key to SEC1"));
+        certs.write_key(CLIENT_KEY_SEC1, &pem("EC PRIVATE KEY", &sec1));
+        certs.client(OTHER_CERT, OTHER_KEY, "pgc_other", &root);
+        certs
+    }
+
+    /// The dir holding the files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The path of `file` (one of the names in the module docs).
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    /// The files a cluster needs to present `cert`. `client_ca` makes it request client certificates
+    /// and check them against [`ROOT`].
+    pub fn server_tls(&self, cert: ServerCert, client_ca: bool) -> ServerTls {
+        ServerTls {
+            cert: self.path(&format!("{}.crt", cert.stem())),
+            key: self.path(&format!("{}.key", cert.stem())),
+            ca: client_ca.then(|| self.path(ROOT)),
+        }
+    }
+
+    /// A server certificate (serverAuth) for `names` (DNS names or IP addresses), signed by `ca`.
+    fn server(&self, which: ServerCert, ca: &Ca, names: &[&str]) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names)
+            .unwrap_or_else(|e| panic!("server certificate names: {e}"));
+        // Only an organisation: a CN would be a host name of last resort for some verifiers.
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(
+            DnType::OrganizationName,
+            format!("test server {}", which.stem()),
+        );
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = new_key(&PKCS_ECDSA_P256_SHA256);
+        let cert = ca.sign(params, &key);
+        self.write(&format!("{}.crt", which.stem()), &cert.pem());
+        self.write_key(&format!("{}.key", which.stem()), &key.serialize_pem());
+    }
+
+    /// A client certificate (clientAuth) with CN `user`, signed by `ca`; returns its key.
+    fn client(&self, cert_file: &str, key_file: &str, user: &str, ca: &Ca) -> KeyPair {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, user);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = new_key(&PKCS_ECDSA_P256_SHA256);
+        let cert = ca.sign(params, &key);
+        self.write(cert_file, &cert.pem());
+        self.write_key(key_file, &key.serialize_pem());
+        key
+    }
+
+    fn write(&self, file: &str, contents: &str) {
+        let path = self.path(file);
+        fs::write(&path, contents)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+
+    /// Writes a private key readable by its owner only (libpq refuses a group- or world-readable
+    /// key file it owns).
+    fn write_key(&self, file: &str, contents: &str) {
+        self.write(file, contents);
+        let path = self.path(file);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", path.display()));
+    }
+}
+
+impl Drop for TestCerts {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.dir)
+            && e.kind() != ErrorKind::NotFound
+        {
+            eprintln!("[support] cannot remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// A certificate authority: its self-signed certificate and the key that signs with it.
+struct Ca {
+    cert: Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    fn new(name: &str, alg: &'static rcgen::SignatureAlgorithm) -> Ca {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = new_key(alg);
+        let cert = params
+            .self_signed(&key)
+            .unwrap_or_else(|e| panic!("self-signing {name}: {e}"));
+        Ca { cert, key }
+    }
+
+    fn sign(&self, mut params: CertificateParams, key: &KeyPair) -> Certificate {
+        params.use_authority_key_identifier_extension = true;
+        params
+            .signed_by(key, &self.cert, &self.key)
+            .unwrap_or_else(|e| panic!("signing a certificate: {e}"))
+    }
+}
+
+fn new_key(alg: &'static rcgen::SignatureAlgorithm) -> KeyPair {
+    KeyPair::generate_for(alg).unwrap_or_else(|e| panic!("generating a key: {e}"))
+}
+
+/// A fresh dir under /tmp, named `wasi-pg-tls-<pid>-<nanos>`, readable by its owner only.
+fn create_dir() -> PathBuf {
+    loop {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = PathBuf::from(format!("/tmp/wasi-pg-tls-{}-{nanos}", std::process::id()));
+        match fs::create_dir(&dir) {
+            Ok(()) => {
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                    .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", dir.display()));
+                return dir;
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+            Err(e) => panic!("cannot create {}: {e}", dir.display()),
+        }
+    }
+}
+
+// DER tags used by the SEC1 conversion.
+const SEQUENCE: u8 = 0x30;
+const INTEGER: u8 = 0x02;
+const OCTET_STRING: u8 = 0x04;
+const CONTEXT_0: u8 = 0xa0;
+const CONTEXT_1: u8 = 0xa1;
+
+/// Rewrites an EC key from PKCS#8 (`PRIVATE KEY`) to SEC1 (`EC PRIVATE KEY`, RFC 5915).
+///
+/// PKCS#8 wraps the SEC1 structure and names the curve in its algorithm identifier; ring leaves
+/// the curve out of the inner structure, so it is put back as the `[0] parameters` field that
+/// OpenSSL writes and needs. `None` if the input is not shaped that way.
+fn pkcs8_to_sec1(pkcs8: &[u8]) -> Option<Vec<u8>> {
+    let (tag, info, _) = der_read(pkcs8)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (_version, rest) = der_expect(info, INTEGER)?;
+    let (algorithm, rest) = der_expect(rest, SEQUENCE)?;
+    let (private_key, _) = der_expect(rest, OCTET_STRING)?;
+    // The algorithm identifier: the ecPublicKey OID, then the curve OID.
+    let (_, _, after_algorithm_oid) = der_read(algorithm)?;
+    let curve = after_algorithm_oid;
+
+    let (tag, ec_key, _) = der_read(private_key)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (version, rest) = der_expect(ec_key, INTEGER)?;
+    let (secret, mut rest) = der_expect(rest, OCTET_STRING)?;
+    let mut public_key = None;
+    while !rest.is_empty() {
+        let (tag, content, next) = der_read(rest)?;
+        if tag == CONTEXT_1 {
+            public_key = Some(content);
+        }
+        rest = next;
+    }
+
+    let mut body = der_write(INTEGER, version);
+    body.extend(der_write(OCTET_STRING, secret));
+    body.extend(der_write(CONTEXT_0, curve));
+    if let Some(public_key) = public_key {
+        body.extend(der_write(CONTEXT_1, public_key));
+    }
+    Some(der_write(SEQUENCE, &body))
+}
+
+/// One DER element: (tag, content, what follows). Only single-byte tags, as in these keys.
+fn der_read(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let len = rest[..count]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        (len, &rest[count..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
+/// The next DER element if it has tag `want`: (content, what follows).
+fn der_expect(input: &[u8], want: u8) -> Option<(&[u8], &[u8])> {
+    let (tag, content, rest) = der_read(input)?;
+    (tag == want).then_some((content, rest))
+}
+
+fn der_write(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(u8::try_from(len).expect("BUG: a short length fits a byte"));
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|&&b| b == 0).count();
+        let count = u8::try_from(bytes.len() - skip).expect("BUG: a length has at most 8 bytes");
+        out.push(0x80 | count);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// PEM: base64 in 64-column lines between BEGIN and END lines naming `label`.
+fn pem(label: &str, der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut encoded = Vec::with_capacity(der.len().div_ceil(3) * 4);
+    for chunk in der.chunks(3) {
+        let bytes = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let group = (u32::from(bytes[0]) << 16) | (u32::from(bytes[1]) << 8) | u32::from(bytes[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                let index = usize::try_from((group >> (18 - 6 * i)) & 0x3f)
+                    .expect("BUG: a six-bit value fits usize");
+                encoded.push(ALPHABET[index]);
+            } else {
+                encoded.push(b'=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in encoded.chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
