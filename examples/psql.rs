@@ -17,6 +17,12 @@
 //! the exit status is 1. A failure to connect exits with 2, as
 //! psql does. Backslash meta-commands (`\d`, `\set`, ...) are not supported.
 //!
+//! COPY works as in psql: `COPY ... TO STDOUT` writes the data to stdout as the server sends it;
+//! `COPY ... FROM STDIN` in a script reads the lines after the one the statement ends on, up to a
+//! line `\.` (or the end of the input), and the rest of the statement's own line runs after the
+//! COPY; in `-c` it reads stdin. A COPY to STDOUT or from STDIN inside a multi-statement `-c`
+//! string is refused before anything is sent (psql runs it; this program sends COPY on its own).
+//!
 //! Native: `cargo run --example psql -- 'host=localhost user=me' -c 'SELECT 1'`
 //!
 //! WASI:   `wasmtime run -S inherit-network -S allow-ip-name-lookup --dir sql::/sql psql.wasm
@@ -26,6 +32,8 @@
 use std::io::{self, BufWriter, Read, Write};
 
 use wasi_pg_client::{Client, Config, Error, SimpleQueryMessage, SimpleQueryRow};
+
+use script::CopyDirection;
 
 /// psql's exit statuses.
 const EXIT_OK: i32 = 0;
@@ -155,10 +163,20 @@ enum Failure {
     Local(String),
 }
 
-/// One connection and the stdout the rows go to.
+/// One connection, the stdout the rows go to, and stdin once read.
 struct Session {
     client: Client,
     out: BufWriter<io::StdoutLock<'static>>,
+    /// Stdin, read whole the first time a script or COPY data needs it, and how much of it was used.
+    stdin: Option<(String, usize)>,
+}
+
+/// Where the data of a `COPY ... FROM STDIN` comes from.
+enum CopySource<'a> {
+    /// The lines of the script after the COPY statement.
+    Script(&'a mut script::Items),
+    /// Stdin, for a COPY in `-c`.
+    Stdin,
 }
 
 impl Session {
@@ -168,12 +186,36 @@ impl Session {
             Source::Command(sql) if sql.starts_with('\\') => Err(Failure::MetaCommand(
                 sql.split_whitespace().next().unwrap_or("\\").to_owned(),
             )),
-            Source::Command(sql) => self.run_query(sql).await,
+            Source::Command(sql) => {
+                let statements: Vec<String> = script::split(sql)
+                    .filter_map(|item| match item {
+                        script::Item::Statement(statement) => Some(statement),
+                        script::Item::MetaCommand { .. } => None,
+                    })
+                    .collect();
+                let copies = statements.iter().filter_map(|s| script::copy_direction(s));
+                match (statements.len(), copies.clone().next()) {
+                    (1, Some(direction)) => {
+                        self.run_statement(sql, Some(direction), CopySource::Stdin)
+                            .await
+                    }
+                    (_, Some(_)) => Err(Failure::Local(
+                        "COPY FROM STDIN or TO STDOUT in a -c string with several statements is not supported"
+                            .to_owned(),
+                    )),
+                    (_, None) => self.run_query(sql).await,
+                }
+            }
             Source::File(path) => {
-                let script = read_script(path)?;
-                for item in script::split(&script) {
+                let script = self.read_script(path)?;
+                let mut items = script::split(&script);
+                while let Some(item) = items.next() {
                     match item {
-                        script::Item::Statement(sql) => self.run_query(&sql).await?,
+                        script::Item::Statement(sql) => {
+                            let direction = script::copy_direction(&sql);
+                            self.run_statement(&sql, direction, CopySource::Script(&mut items))
+                                .await?;
+                        }
                         script::Item::MetaCommand { name, line } => {
                             return Err(Failure::MetaCommand(format!(
                                 "{name} (line {line} of {path})"
@@ -186,9 +228,75 @@ impl Session {
         }
     }
 
+    /// Runs one statement: a COPY through the COPY calls, anything else as a simple Query.
+    async fn run_statement(
+        &mut self,
+        sql: &str,
+        copy: Option<CopyDirection>,
+        source: CopySource<'_>,
+    ) -> Result<(), Failure> {
+        let result = match copy {
+            None => return self.run_query(sql).await,
+            Some(CopyDirection::FromStdin) => self.copy_in(sql, source).await,
+            Some(CopyDirection::ToStdout) => self.copy_out(sql).await,
+        };
+        self.after_statement(result)
+    }
+
+    /// `COPY ... FROM STDIN`: the data follows the statement in its source, as psql reads it. If the
+    /// server refuses the statement, no data is read (psql would run it as SQL, after the error
+    /// that stops this program).
+    async fn copy_in(&mut self, sql: &str, source: CopySource<'_>) -> Result<(), Failure> {
+        let mut writer = self.client.copy_in(sql).await.map_err(Failure::Query)?;
+        let binary = writer.is_binary();
+        let data = match source {
+            CopySource::Script(items) => items.take_copy_data(binary),
+            CopySource::Stdin => {
+                let (stdin, used) = read_stdin(&mut self.stdin)?;
+                let (data, consumed) = script::copy_data(&stdin[*used..], binary);
+                let data = data.to_owned();
+                *used += consumed;
+                data
+            }
+        };
+        writer
+            .write(data.as_bytes())
+            .await
+            .map_err(Failure::Query)?;
+        // psql -q prints nothing for a COPY, not even its row count.
+        writer.finish().await.map_err(Failure::Query)?;
+        Ok(())
+    }
+
+    /// `COPY ... TO STDOUT`: the data goes to stdout as it comes.
+    async fn copy_out(&mut self, sql: &str) -> Result<(), Failure> {
+        let mut reader = self.client.copy_out(sql).await.map_err(Failure::Query)?;
+        while let Some(chunk) = reader.next().await.map_err(Failure::Query)? {
+            self.out.write_all(&chunk).map_err(output_failed)?;
+        }
+        Ok(())
+    }
+
+    fn read_script(&mut self, path: &str) -> Result<String, Failure> {
+        if path != "-" {
+            let bytes = std::fs::read(path).map_err(|e| Failure::Local(format!("{path}: {e}")))?;
+            return String::from_utf8(bytes)
+                .map_err(|e| Failure::Local(format!("{path}: not valid UTF-8 ({e})")));
+        }
+        let (stdin, used) = read_stdin(&mut self.stdin)?;
+        let rest = stdin[*used..].to_owned();
+        *used = stdin.len();
+        Ok(rest)
+    }
+
     /// Sends `sql` as one simple Query and prints its rows, then what the server sent aside.
     async fn run_query(&mut self, sql: &str) -> Result<(), Failure> {
         let result = self.print_rows(sql).await;
+        self.after_statement(result)
+    }
+
+    /// Prints what the server sent aside during a statement, and flushes stdout.
+    fn after_statement(&mut self, result: Result<(), Failure>) -> Result<(), Failure> {
         // psql prints notices as they come, so before the error that may follow them.
         for notice in self.client.take_notices() {
             eprintln!("{}:  {}", notice.severity(), notice.message());
@@ -252,16 +360,19 @@ fn write_row(out: &mut impl Write, row: &SimpleQueryRow) -> io::Result<()> {
     out.write_all(b"\n")
 }
 
-fn read_script(path: &str) -> Result<String, Failure> {
-    let bytes = if path == "-" {
-        // Blocking is fine: there is nothing else to do until the script is in.
+/// Stdin and how much of it was used, read whole on first use. Blocking is fine: there is nothing
+/// else to do until it is in.
+fn read_stdin(stdin: &mut Option<(String, usize)>) -> Result<&mut (String, usize), Failure> {
+    if stdin.is_none() {
         let mut bytes = Vec::new();
-        io::stdin().read_to_end(&mut bytes).map(|_| bytes)
-    } else {
-        std::fs::read(path)
+        io::stdin()
+            .read_to_end(&mut bytes)
+            .map_err(|e| Failure::Local(format!("-: {e}")))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| Failure::Local(format!("-: not valid UTF-8 ({e})")))?;
+        *stdin = Some((text, 0));
     }
-    .map_err(|e| Failure::Local(format!("{path}: {e}")))?;
-    String::from_utf8(bytes).map_err(|e| Failure::Local(format!("{path}: not valid UTF-8 ({e})")))
+    Ok(stdin.get_or_insert_default())
 }
 
 fn output_failed(e: io::Error) -> Failure {
@@ -327,6 +438,7 @@ async fn run(args: impl IntoIterator<Item = String>) -> i32 {
     let mut session = Session {
         client,
         out: BufWriter::new(io::stdout().lock()),
+        stdin: None,
     };
     let mut result = Ok(());
     for source in &args.sources {
@@ -393,25 +505,25 @@ mod script {
     }
 
     /// Returns the statements and meta-commands of `script`, lazily, in order.
-    pub(crate) fn split(script: &str) -> Items<'_> {
+    pub(crate) fn split(script: &str) -> Items {
         Items {
-            src: script,
+            src: script.to_owned(),
             pos: 0,
         }
     }
 
     /// The iterator returned by [`split`].
-    pub(crate) struct Items<'a> {
-        src: &'a str,
+    pub(crate) struct Items {
+        src: String,
         pos: usize,
     }
 
-    impl Iterator for Items<'_> {
+    impl Iterator for Items {
         type Item = Item;
 
         fn next(&mut self) -> Option<Item> {
             while self.pos < self.src.len() {
-                let (item, next) = scan_item(self.src, self.pos);
+                let (item, next) = scan_item(&self.src, self.pos);
                 self.pos = next;
                 if item.is_some() {
                     return item;
@@ -419,6 +531,136 @@ mod script {
             }
             None
         }
+    }
+
+    impl Items {
+        /// Takes the data of the `COPY ... FROM STDIN` just returned, as psql reads it: the lines
+        /// after the one the statement ended on, up to a line `\.` (or the end). The rest of the
+        /// statement's line is scanned next, then the script after the data, as if the data lines
+        /// were empty: a statement begun there runs on past them, and line numbers stay right.
+        /// Binary data is the whole rest of the input.
+        pub(crate) fn take_copy_data(&mut self, binary: bool) -> String {
+            let line_end = self.src[self.pos..]
+                .find('\n')
+                .map_or(self.src.len(), |n| self.pos + n + 1);
+            let (data, consumed) = copy_data(&self.src[line_end..], binary);
+            let data = data.to_owned();
+            let blank = "\n".repeat(
+                self.src[line_end..line_end + consumed]
+                    .matches('\n')
+                    .count(),
+            );
+            self.src
+                .replace_range(line_end..line_end + consumed, &blank);
+            data
+        }
+    }
+
+    /// The COPY data at the start of `input` and how many bytes it takes, terminator included: in
+    /// text and CSV the lines before a line that is exactly `\.` (the terminator is not sent, as
+    /// psql 18 does not), else everything; in binary everything. Like psql, a `\.` inside a quoted
+    /// CSV value ends the data too.
+    pub(crate) fn copy_data(input: &str, binary: bool) -> (&str, usize) {
+        if binary {
+            return (input, input.len());
+        }
+        let mut at = 0;
+        for line in input.split_inclusive('\n') {
+            if line == "\\.\n" || line == "\\.\r\n" {
+                return (&input[..at], at + line.len());
+            }
+            at += line.len();
+        }
+        (input, input.len())
+    }
+
+    /// Which way a COPY statement moves data through the client, if it does.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum CopyDirection {
+        /// `COPY ... FROM STDIN`.
+        FromStdin,
+        /// `COPY ... TO STDOUT`.
+        ToStdout,
+    }
+
+    /// Whether `sql` is a `COPY ... FROM STDIN` or `COPY ... TO STDOUT`: its first word is COPY and
+    /// the first `FROM` or `TO` outside parentheses and quotes (both are reserved words, so a table
+    /// cannot be called that without quotes) is followed by `STDIN` or `STDOUT`.
+    pub(crate) fn copy_direction(sql: &str) -> Option<CopyDirection> {
+        let mut words = top_level_words(sql);
+        if !words.next()??.eq_ignore_ascii_case("copy") {
+            return None;
+        }
+        while let Some(word) = words.next() {
+            let Some(word) = word else { continue };
+            let (direction, source) = if word.eq_ignore_ascii_case("from") {
+                (CopyDirection::FromStdin, "stdin")
+            } else if word.eq_ignore_ascii_case("to") {
+                (CopyDirection::ToStdout, "stdout")
+            } else {
+                continue;
+            };
+            let next = words.next().flatten()?;
+            return next.eq_ignore_ascii_case(source).then_some(direction);
+        }
+        None
+    }
+
+    /// The tokens of `sql` outside parentheses, comments and whitespace: `Some(word)` for an
+    /// unquoted word, `None` for anything else (a literal, a quoted name, a parenthesized group,
+    /// punctuation).
+    fn top_level_words(sql: &str) -> impl Iterator<Item = Option<&str>> {
+        let b = sql.as_bytes();
+        let mut i = 0;
+        std::iter::from_fn(move || {
+            loop {
+                let c = *b.get(i)?;
+                let next = b.get(i + 1).copied();
+                match c {
+                    b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => i += 1,
+                    b'-' if next == Some(b'-') => {
+                        while i < b.len() && b[i] != b'\n' {
+                            i += 1;
+                        }
+                    }
+                    b'/' if next == Some(b'*') => i = skip_block_comment(b, i).0,
+                    b'(' => {
+                        // The whole group is one token: scan_token counts the parentheses.
+                        let mut depth = 0u32;
+                        let mut body = RoutineBody::default();
+                        loop {
+                            match (b.get(i), b.get(i + 1)) {
+                                (None, _) => break,
+                                (Some(b'-'), Some(b'-')) => {
+                                    i += sql[i..].find('\n').unwrap_or(sql.len() - i);
+                                }
+                                (Some(b'/'), Some(b'*')) => i = skip_block_comment(b, i).0,
+                                (Some(b')'), _) if depth == 1 => {
+                                    i += 1;
+                                    break;
+                                }
+                                _ => i = scan_token(sql, i, &mut depth, &mut body),
+                            }
+                        }
+                        return Some(None);
+                    }
+                    c if is_ident_start(c) => {
+                        let start = i;
+                        i += b[i..].iter().take_while(|&&c| is_ident_cont(c)).count();
+                        // E'...', B'...' and friends are literals, not words.
+                        if b.get(i) == Some(&b'\'') || b.get(i) == Some(&b'&') {
+                            i = scan_token(sql, start, &mut 0, &mut RoutineBody::default());
+                            return Some(None);
+                        }
+                        return Some(Some(&sql[start..i]));
+                    }
+                    _ => {
+                        i = scan_token(sql, i, &mut 0, &mut RoutineBody::default());
+                        return Some(None);
+                    }
+                }
+            }
+        })
     }
 
     /// The text of the statement being scanned.
@@ -890,6 +1132,74 @@ mod script {
                 ["SELECT 1 AS é;", "SELECT 'ü;', \"ß;\", $ä$x;$ä$;"]
             );
             assert_eq!(statements("SELECT E'\\é;';"), ["SELECT E'\\é;';"]);
+        }
+
+        #[test]
+        fn recognises_copy_through_the_client() {
+            use super::{CopyDirection::*, copy_direction};
+            let cases = [
+                ("COPY t FROM STDIN;", Some(FromStdin)),
+                (
+                    "copy t (a, b) from stdin with (format csv);",
+                    Some(FromStdin),
+                ),
+                ("/* c */ COPY \"from\" FROM Stdin", Some(FromStdin)),
+                ("COPY BINARY t FROM STDIN", Some(FromStdin)),
+                ("COPY t TO STDOUT (FORMAT binary);", Some(ToStdout)),
+                (
+                    "COPY (SELECT a FROM t WHERE b = 'to') TO STDOUT;",
+                    Some(ToStdout),
+                ),
+                ("COPY (SELECT ')' FROM t -- )\n) TO STDOUT;", Some(ToStdout)),
+                ("COPY t FROM '/tmp/file';", None),
+                ("COPY t TO PROGRAM 'cat';", None),
+                ("COPY t FROM 'stdin';", None),
+                ("SELECT 'COPY t FROM STDIN';", None),
+                ("INSERT INTO t SELECT 1 FROM stdin;", None),
+                ("COPY t", None),
+                ("", None),
+            ];
+            for (sql, expected) in cases {
+                assert_eq!(copy_direction(sql), expected, "{sql}");
+            }
+        }
+
+        #[test]
+        fn copy_data_ends_at_a_terminator_line_or_the_end() {
+            use super::copy_data;
+            assert_eq!(copy_data("1\tx\n\\.\nSELECT 1;\n", false), ("1\tx\n", 7));
+            assert_eq!(copy_data("1\r\n\\.\r\nrest", false), ("1\r\n", 7));
+            // Not a terminator: more on the line, or no newline after it.
+            assert_eq!(copy_data("\\.x\n\\.", false), ("\\.x\n\\.", 6));
+            assert_eq!(copy_data("a\nb", false), ("a\nb", 3));
+            assert_eq!(copy_data("\\.\nafter", true), ("\\.\nafter", 8));
+        }
+
+        #[test]
+        fn copy_data_is_taken_from_the_script_like_psql() {
+            let mut items = split("COPY t FROM STDIN; SELECT\n1\n2\n\\.\n 'after';\n\\x\n");
+            assert_eq!(
+                items.next(),
+                Some(Item::Statement("COPY t FROM STDIN;".into()))
+            );
+            assert_eq!(items.take_copy_data(false), "1\n2\n");
+            // The rest of the COPY's line continues past the data; line numbers are the script's.
+            assert_eq!(
+                items.next(),
+                Some(Item::Statement("SELECT\n\n\n\n 'after';".into()))
+            );
+            assert_eq!(
+                items.next(),
+                Some(Item::MetaCommand {
+                    name: "\\x".into(),
+                    line: 6
+                })
+            );
+            // No terminator: the data runs to the end.
+            let mut items = split("COPY t FROM STDIN;\n1\n");
+            items.next();
+            assert_eq!(items.take_copy_data(false), "1\n");
+            assert_eq!(items.next(), None);
         }
 
         #[test]

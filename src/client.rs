@@ -14,12 +14,14 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use postgres_types::{Format, IsNull, ToSql, Type};
 
+use crate::config::QueryMode;
 use crate::connection::Connection;
 use crate::proto::{Backend, Flow, Notification, RawRow, RequestId, TransactionStatus};
 use crate::row::{Row, SimpleColumn, SimpleQueryMessage, SimpleQueryRow};
 use crate::statement::{CloseQueue, CloseUnlessPrepared, Column, Statement};
+use crate::statement_cache::StatementCache;
 use crate::typeinfo;
-use crate::{DbError, Error};
+use crate::{Config, DbError, Error, sqlstate};
 
 /// A statement to run: SQL text or a prepared [`Statement`].
 pub trait ToStatement: sealed::Sealed {
@@ -76,6 +78,10 @@ pub struct Client {
     deferred: Vec<String>,
     /// How to reach the same server again for a cancel request (address and TLS settings).
     pub(crate) cancel_route: Option<crate::connect::CancelRoute>,
+    /// How SQL text runs.
+    mode: QueryMode,
+    /// Named statements prepared for SQL text in [`QueryMode::Cached`].
+    cache: StatementCache,
 }
 
 impl std::fmt::Debug for Client {
@@ -113,7 +119,7 @@ impl Collected {
 }
 
 impl Client {
-    pub(crate) fn from_connection(conn: Connection) -> Client {
+    pub(crate) fn from_connection(conn: Connection, config: &Config) -> Client {
         Client {
             conn,
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
@@ -122,7 +128,19 @@ impl Client {
             types: typeinfo::TypeCache::default(),
             deferred: Vec::new(),
             cancel_route: None,
+            mode: config.get_query_mode(),
+            cache: StatementCache::new(config.get_statement_cache_capacity()),
         }
+    }
+
+    /// How SQL text runs on this connection (from [`Config::query_mode`]).
+    pub fn query_mode(&self) -> QueryMode {
+        self.mode
+    }
+
+    /// How many prepared statements the statement cache holds now.
+    pub fn cached_statements(&self) -> usize {
+        self.cache.len()
     }
 
     /// Whether the connection is encrypted with TLS.
@@ -342,7 +360,7 @@ impl Client {
         Ok(columns)
     }
 
-    async fn statement<T: ToStatement + ?Sized>(
+    pub(crate) async fn statement<T: ToStatement + ?Sized>(
         &mut self,
         statement: &T,
     ) -> Result<Statement, Error> {
@@ -354,6 +372,9 @@ impl Client {
                     ));
                 }
                 Ok(s.clone())
+            }
+            StatementRef::Sql(sql) if self.mode == QueryMode::Cached && self.cache.enabled() => {
+                self.cached_statement(sql).await
             }
             // SQL text goes through the unnamed statement: nothing to close, nothing left on the server.
             StatementRef::Sql(sql) => {
@@ -377,9 +398,8 @@ impl Client {
     where
         T: ToStatement + ?Sized,
     {
-        let statement = self.statement(statement).await?;
-        let collected = self.execute_statement(&statement, params).await?;
-        collected.into_rows(statement.columns_arc())
+        let (collected, columns) = self.run(statement, params).await?;
+        collected.into_rows(columns)
     }
 
     /// Runs a statement that must return exactly one row.
@@ -423,8 +443,188 @@ impl Client {
     where
         T: ToStatement + ?Sized,
     {
-        let statement = self.statement(statement).await?;
-        Ok(self.execute_statement(&statement, params).await?.affected)
+        Ok(self.run(statement, params).await?.0.affected)
+    }
+
+    /// Runs a statement, SQL text as the query mode says: its results and their columns.
+    async fn run<T>(
+        &mut self,
+        statement: &T,
+        params: &[Param<'_>],
+    ) -> Result<(Collected, Arc<[Column]>), Error>
+    where
+        T: ToStatement + ?Sized,
+    {
+        match (statement.to_statement(), self.mode) {
+            (StatementRef::Sql(sql), QueryMode::Cached) if self.cache.enabled() => {
+                self.run_cached(sql, params).await
+            }
+            (StatementRef::Sql(sql), QueryMode::Cached | QueryMode::Unnamed) => {
+                self.run_unnamed(sql, params).await
+            }
+            (StatementRef::Sql(sql), _) => self.run_simple(sql, params).await,
+            (StatementRef::Prepared(_), _) => {
+                let statement = self.statement(statement).await?;
+                let collected = self.execute_statement(&statement, params).await?;
+                Ok((collected, statement.columns_arc()))
+            }
+        }
+    }
+
+    /// Runs SQL text through the simple query protocol with the parameters rendered as literals; the text
+    /// results are converted to the binary form [`Row`] decodes (see [`QueryMode::Simple`]).
+    async fn run_simple(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<(Collected, Arc<[Column]>), Error> {
+        let standard_strings = self.parameter("standard_conforming_strings") != Some("off");
+        let text = crate::simple_mode::render(sql, params, standard_strings)?;
+        self.prepare_to_send().await?;
+        let id = self.queue_simple(&text)?;
+        let mut collected = Collected {
+            rows: Vec::new(),
+            description: None,
+            affected: 0,
+        };
+        let mut columns: Vec<Column> = Vec::new();
+        let mut result_sets = 0;
+        // The first problem is kept and returned once ReadyForQuery ended the request, so the connection is
+        // left in step.
+        let mut error = None;
+        loop {
+            match self.conn.next_response(id).await? {
+                Backend::Ready => break,
+                Backend::Message(Message::RowDescription(body)) => {
+                    result_sets += 1;
+                    if result_sets > 1 && error.is_none() {
+                        error = Some(Error::unsupported(
+                            "QueryMode::Simple: the SQL returned several result sets; use simple_query",
+                        ));
+                    }
+                    columns = read_description(&body)?
+                        .into_iter()
+                        .map(|field| Column {
+                            name: field.name,
+                            type_: crate::simple_mode::column_type(
+                                Type::from_oid(field.type_oid).unwrap_or(Type::TEXT),
+                            ),
+                            table_oid: field.table_oid,
+                            column_id: field.column_id,
+                        })
+                        .collect();
+                }
+                Backend::Row(raw) => {
+                    let mut fields = Vec::with_capacity(raw.len());
+                    for (i, column) in columns.iter().enumerate().take(raw.len()) {
+                        let field = raw.field(i).map(|text| {
+                            crate::simple_mode::text_to_binary(column.type_(), text).ok_or_else(
+                                || {
+                                    Error::unsupported(format!(
+                                        "QueryMode::Simple cannot read the {} text of column {:?} \
+                                         (DateStyle must be ISO and bytea_output hex)",
+                                        column.type_(),
+                                        column.name()
+                                    ))
+                                },
+                            )
+                        });
+                        match field.transpose() {
+                            Ok(field) => fields.push(field),
+                            Err(e) => {
+                                error.get_or_insert(e);
+                                fields.push(None);
+                            }
+                        }
+                    }
+                    collected.rows.push(RawRow::from_fields(fields));
+                }
+                Backend::Message(Message::CommandComplete(body)) => {
+                    collected.affected = rows_affected(body.tag().map_err(Error::malformed)?);
+                }
+                Backend::Message(
+                    Message::EmptyQueryResponse
+                    | Message::CopyOutResponse(_)
+                    | Message::CopyData(_)
+                    | Message::CopyDone,
+                ) => {}
+                Backend::Error(db) => {
+                    error.get_or_insert(Error::db(*db));
+                }
+                other => return Err(unexpected(other, "a simple query")),
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok((collected, columns.into())),
+        }
+    }
+
+    /// The cached statement for `sql`, prepared (and cached) on a miss.
+    async fn cached_statement(&mut self, sql: &str) -> Result<Statement, Error> {
+        if let Some(statement) = self.cache.get(sql) {
+            return Ok(statement);
+        }
+        let statement = self.prepare(sql).await?;
+        self.cache.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+
+    /// Runs SQL text through its cached statement. When the server says the cached plan no longer fits (the
+    /// schema changed its result type) or the statement is gone (DISCARD ALL, DEALLOCATE), the entry is dropped
+    /// and, outside a transaction block, the statement is prepared again and run once more: inside one the
+    /// block has already failed, so the error is returned and the next use prepares afresh.
+    async fn run_cached(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<(Collected, Arc<[Column]>), Error> {
+        let statement = self.cached_statement(sql).await?;
+        match self.execute_statement(&statement, params).await {
+            Ok(collected) => Ok((collected, statement.columns_arc())),
+            Err(e) => {
+                let Some(stale) = stale_statement(&e) else {
+                    return Err(e);
+                };
+                drop(statement);
+                match stale {
+                    Stale::Plan => self.cache.remove(sql),
+                    Stale::AllGone => self.cache.clear(),
+                }
+                if self.transaction_status() != TransactionStatus::Idle {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, "cached statement went stale; preparing it again");
+                let statement = self.cached_statement(sql).await?;
+                let collected = self.execute_statement(&statement, params).await?;
+                Ok((collected, statement.columns_arc()))
+            }
+        }
+    }
+
+    /// Runs SQL text through the unnamed statement with every round trip standing alone, so it is safe behind
+    /// transaction-pooling PgBouncer: one round trip when each parameter's type follows from its Rust value,
+    /// else a Describe round trip first to learn them from the server.
+    async fn run_unnamed(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<(Collected, Arc<[Column]>), Error> {
+        let types = match crate::param_types::infer_all(params) {
+            Some(types) => types,
+            None => {
+                let described = self.prepare_named("", sql, &[]).await?;
+                described.params().to_vec()
+            }
+        };
+        if types.len() != params.len() {
+            return Err(Error::parameters(types.len(), params.len()));
+        }
+        let typed: Vec<(Param<'_>, Type)> = params.iter().copied().zip(types).collect();
+        let mut collected = self.run_typed(sql, &typed).await?;
+        let description = collected.description.take().unwrap_or_default();
+        let columns = self.resolve_columns(description).await?;
+        Ok((collected, columns.into()))
     }
 
     async fn execute_statement(
@@ -669,10 +869,40 @@ impl SimpleQueryStream<'_> {
     }
 }
 
+/// Why a cached statement cannot be used any more.
+enum Stale {
+    /// Its plan no longer fits: "cached plan must not change result type".
+    Plan,
+    /// The server no longer has prepared statements of ours ("prepared statement ... does not exist").
+    AllGone,
+}
+
+fn stale_statement(e: &Error) -> Option<Stale> {
+    let db = e.as_db_error()?;
+    match db.code() {
+        sqlstate::FEATURE_NOT_SUPPORTED if db.message().contains("cached plan") => {
+            Some(Stale::Plan)
+        }
+        sqlstate::INVALID_SQL_STATEMENT_NAME => Some(Stale::AllGone),
+        _ => None,
+    }
+}
+
 /// Writes a Bind of `statement` to the unnamed portal with every parameter type-checked and encoded, and every
 /// result column requested in binary.
 fn write_bind(
     buf: &mut BytesMut,
+    statement: &str,
+    types: &[Type],
+    params: &[Param<'_>],
+) -> Result<(), Error> {
+    write_bind_portal(buf, "", statement, types, params)
+}
+
+/// [`write_bind`] to the portal called `portal` (named portals live until closed or the transaction ends).
+pub(crate) fn write_bind_portal(
+    buf: &mut BytesMut,
+    portal: &str,
     statement: &str,
     types: &[Type],
     params: &[Param<'_>],
@@ -688,7 +918,7 @@ fn write_bind(
         .collect();
     let mut failure = None;
     let result = frontend::bind(
-        "",
+        portal,
         statement,
         formats,
         params.iter().zip(types).enumerate(),
@@ -740,11 +970,11 @@ pub(crate) fn rows_affected(tag: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn encode_error(e: std::io::Error) -> Error {
+pub(crate) fn encode_error(e: std::io::Error) -> Error {
     Error::config(format!("cannot encode the request: {e}"))
 }
 
-fn unexpected(message: Backend, during: &str) -> Error {
+pub(crate) fn unexpected(message: Backend, during: &str) -> Error {
     let name = match &message {
         Backend::Message(m) => crate::proto::message_name(m),
         Backend::Row(_) => "DataRow",

@@ -348,7 +348,7 @@ async fn startup(
     let protocol = Protocol::new(startup, limits)?;
     let mut conn = Connection::new(transport, protocol);
     conn.startup().await?;
-    Ok(Client::from_connection(conn))
+    Ok(Client::from_connection(conn, config))
 }
 
 /// The StartupMessage parameters and the user and database names among them.

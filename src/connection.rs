@@ -124,6 +124,52 @@ impl Connection {
             .ok_or_else(|| Error::protocol("BUG: request finished before its responses were read"))
     }
 
+    /// Sends everything queued (the data of a COPY FROM STDIN), reading meanwhile: `Ok(None)` once every byte
+    /// went out, or the next response to `id` as soon as one arrives (during COPY FROM STDIN the server answers
+    /// only to end it with an error). Responses to older requests are discarded on the way.
+    pub(crate) async fn send_watching(&mut self, id: RequestId) -> Result<Option<Backend>, Error> {
+        poll_fn(|cx| {
+            loop {
+                let response = self.protocol.poll_response();
+                self.collect_events();
+                match response {
+                    Ok(Some(response)) if response.request == id => {
+                        return Poll::Ready(Ok(Some(response.message)));
+                    }
+                    Ok(Some(response)) if response.request > id => {
+                        return Poll::Ready(Err(Error::protocol(
+                            "BUG: a response for a request queued later arrived first",
+                        )));
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                let all_sent = match self.poll_write_queued(cx) {
+                    Poll::Ready(Ok(())) => true,
+                    Poll::Ready(Err(e)) => {
+                        self.protocol.mark_broken(&e);
+                        return Poll::Ready(Err(e));
+                    }
+                    Poll::Pending => false,
+                };
+                match self.transport.poll_read(cx, &mut self.read_buf) {
+                    Poll::Ready(Ok(0)) => self.protocol.handle_eof(),
+                    Poll::Ready(Ok(n)) => self.protocol.handle_input(&self.read_buf[..n]),
+                    Poll::Ready(Err(e)) => {
+                        let e = Error::io(e);
+                        self.protocol.mark_broken(&e);
+                        return Poll::Ready(Err(e));
+                    }
+                    // Nothing to read: done if everything went out, else wait for either direction.
+                    Poll::Pending if all_sent => return Poll::Ready(Ok(None)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await
+    }
+
     /// Reads and discards the responses of every request still pending (left by dropped futures).
     pub(crate) async fn drain_abandoned(&mut self) -> Result<(), Error> {
         poll_fn(|cx| self.poll_next(cx, None)).await.map(drop)

@@ -84,6 +84,9 @@ pub enum ErrorKind {
     Tls,
     /// COMMIT rolled the transaction back because a statement in it had failed.
     TransactionFailed,
+    /// Work was skipped because of an earlier failure: a statement of an atomic pipeline after the one that
+    /// failed, or a portal fetch after an earlier fetch was dropped before it finished (its rows are lost).
+    Skipped,
 }
 
 /// How a caller should react to an [`Error`].
@@ -285,6 +288,10 @@ impl Error {
 
     pub(crate) fn unsupported(message: impl Into<String>) -> Error {
         Error::build(ErrorKind::Unsupported, message.into())
+    }
+
+    pub(crate) fn skipped(message: impl Into<String>) -> Error {
+        Error::build(ErrorKind::Skipped, message.into())
     }
 
     /// Which layer the error comes from.

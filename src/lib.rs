@@ -32,6 +32,8 @@ mod client;
 pub mod config;
 mod connect;
 mod connection;
+mod copy;
+mod cursor;
 mod error;
 #[cfg(any(fuzzing, test))]
 #[doc(hidden)]
@@ -39,10 +41,16 @@ mod error;
 pub mod fuzzing;
 mod identifier;
 mod notify;
+mod param_types;
+mod pipeline;
+mod portal;
 mod proto;
 mod row;
 mod runtime;
+mod simple_mode;
 mod statement;
+mod statement_cache;
+mod stream;
 mod tls;
 mod transaction;
 pub mod transport;
@@ -50,10 +58,17 @@ mod typeinfo;
 
 pub use client::{Client, Param, SimpleQueryStream, ToStatement};
 pub use config::Config;
+pub use copy::{
+    BinaryCopyInWriter, BinaryCopyOutReader, BinaryCopyRow, CopyInWriter, CopyOutReader,
+};
+pub use cursor::Cursor;
 pub use error::{DbError, Error, ErrorClass, ErrorKind, ErrorPosition, sqlstate};
+pub use pipeline::{Pipeline, PipelineMode, PipelineOutput};
+pub use portal::Portal;
 pub use proto::{Notification, TransactionStatus};
 pub use row::{Row, RowIndex, SimpleColumn, SimpleQueryMessage, SimpleQueryRow, SimpleRowIndex};
 pub use statement::{Column, Statement};
+pub use stream::RowStream;
 pub use transaction::{IsolationLevel, Transaction, TransactionBuilder};
 pub use transport::Transport;
 

@@ -8,6 +8,7 @@
 use std::ops::{Deref, DerefMut};
 
 use crate::identifier::quote_identifier;
+use crate::portal::PortalCloses;
 use crate::{Client, Error};
 
 /// The isolation level of a transaction.
@@ -130,6 +131,8 @@ pub struct Transaction<'a> {
     depth: u32,
     /// Set when COMMIT or ROLLBACK was queued: the drop has nothing left to do.
     finished: bool,
+    /// Portals of this transaction (and its savepoints) whose handles were dropped, to close.
+    portals: PortalCloses,
 }
 
 impl<'a> Transaction<'a> {
@@ -150,6 +153,7 @@ impl<'a> Transaction<'a> {
             savepoint,
             depth,
             finished: false,
+            portals: PortalCloses::default(),
         };
         transaction.client.simple_results(id).finish().await?;
         Ok(transaction)
@@ -203,7 +207,17 @@ impl<'a> Transaction<'a> {
         depth: u32,
     ) -> Result<Transaction<'_>, Error> {
         let sql = format!("SAVEPOINT {name}");
-        Transaction::begin(&mut *self.client, sql, Some((name, depth))).await
+        let portals = self.portals.clone();
+        let mut savepoint = Transaction::begin(&mut *self.client, sql, Some((name, depth))).await?;
+        // One queue for the whole transaction: a portal of the outer level dropped while a savepoint is open
+        // is closed by the savepoint's next portal call.
+        savepoint.portals = portals;
+        Ok(savepoint)
+    }
+
+    /// Where dropped [`Portal`](crate::Portal)s of this transaction wait to be closed.
+    pub(crate) fn portal_closes(&self) -> &PortalCloses {
+        &self.portals
     }
 
     fn rollback_sql(&self) -> String {

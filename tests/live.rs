@@ -7,7 +7,8 @@
 //!
 //! The clusters: the main one (`ssl = off`), and three with `ssl = on` for `scenarios/tls.rs`, each presenting
 //! a different server certificate (PostgreSQL 15 has one per server). They start in parallel, while cargo
-//! builds the wasm artifact.
+//! builds the wasm artifact. PgBouncer, in transaction pooling mode, runs in front of the main cluster for
+//! `scenarios/pgbouncer.rs`.
 
 mod scenarios;
 
@@ -21,7 +22,7 @@ mod support;
 fn main() {
     use std::net::TcpListener;
     use support::tls::{ServerCert, TestCerts};
-    use support::{Cluster, Role, Setup, WasmBuild};
+    use support::{Cluster, PgBouncer, Role, Setup, WasmBuild};
 
     // The build needs no cluster and the clusters need no build: overlap them.
     let wasm_build = std::thread::spawn(|| support::build_wasm(WasmBuild::Test("live")));
@@ -49,6 +50,7 @@ fn main() {
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             })
     });
+    let pgbouncer = PgBouncer::start(&cluster, Role::Scram);
     // A listener that accepts connections (the kernel completes the handshake) but never answers: the
     // connect_timeout scenario needs one.
     let silent = TcpListener::bind("127.0.0.1:0").expect("bind the silent listener");
@@ -89,6 +91,10 @@ fn main() {
                 })
                 .collect(),
         },
+        pgbouncer: scenarios::PgBouncerEnv {
+            conninfo: pgbouncer.conninfo(),
+            pool_size: pgbouncer.pool_size,
+        },
     };
 
     // Wait for the build before the native run, so that it does not compete with the scenarios for CPU.
@@ -114,6 +120,10 @@ fn main() {
         None,
     );
     let _ = std::fs::remove_dir_all(&passfile_dir);
+    // Kept for the failure report: the drop deletes the log. The drop comes before the clusters' and before
+    // exit() below could skip it (its reaper would still stop it).
+    let pgbouncer_log = pgbouncer.log_tail(20);
+    drop(pgbouncer);
     // Deletes the certificate dir; exit() below would skip it.
     drop(certs);
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -132,6 +142,7 @@ fn main() {
     println!("  {wasm_summary}");
     let wasm_ok = output.status.success() && wasm_summary.ends_with(" 0 failed");
     if native.failed > 0 || !wasm_ok {
+        eprintln!("PgBouncer log (last 20 lines, for the pgbouncer_* scenarios):\n{pgbouncer_log}");
         eprintln!("live scenarios failed");
         std::process::exit(1);
     }

@@ -376,6 +376,85 @@ fn splitting_corner_cases_match_psql() {
     }
 }
 
+/// Case 5: COPY in a script, via `-f` and on stdin: FROM STDIN reads the data lines after the
+/// statement up to `\.` in text and CSV (the rest of the statement's line runs after them), TO
+/// STDOUT writes text, CSV and binary data as it comes, and a bad row stops the run.
+#[test]
+fn copy_in_scripts_matches_psql() {
+    let cluster = Cluster::start();
+    let script = sql_dir().join("copy.sql");
+    let script = script.to_str().expect("the repository path is UTF-8");
+    let input = std::fs::read(script).expect("tests/psql/copy.sql is readable");
+    let expected = real_psql(&cluster, &["-v", "ON_ERROR_STOP=1", "-f", script], None);
+    assert_status("real psql -f copy.sql", &expected, 3);
+    let printed = text(&expected.stdout);
+    assert!(
+        printed.contains("say \"hi\"")
+            && printed.contains("PGCOPY\n\u{fffd}\r\n")
+            && printed.contains("\n200010000\n")
+            && !printed.contains("must not run"),
+        "real psql did not run copy.sql as expected:\n{printed}"
+    );
+    let from_stdin = real_psql(&cluster, &["-v", "ON_ERROR_STOP=1"], Some(&input));
+    assert_status("real psql < copy.sql", &from_stdin, 3);
+    assert_same_stdout("real psql < copy.sql", &expected, &from_stdin);
+
+    let conninfo = cluster.conninfo(Role::Scram);
+    for target in TARGETS {
+        for (how, args, stdin) in [
+            ("-f copy.sql", vec![conninfo.as_str(), "-f", script], None),
+            (
+                "< copy.sql",
+                vec![conninfo.as_str()],
+                Some(input.as_slice()),
+            ),
+        ] {
+            let what = format!("{target:?} psql {how}");
+            let actual = run_example(target, &args, stdin);
+            assert_same_stdout(&what, &expected, &actual);
+            assert_status(&what, &actual, 1);
+            assert_stderr_has_line_starting(&what, &actual, "ERROR:  invalid input syntax");
+        }
+    }
+}
+
+/// Case 5b: `-c "COPY ... FROM STDIN"` reads its data from stdin up to `\.`, and a later `-f -`
+/// reads the rest of stdin as a script.
+#[test]
+fn copy_in_commands_reads_stdin_like_psql() {
+    let cluster = Cluster::start();
+    let stdin = b"1\tone\n2\t\\N\n\\.\nSELECT count(*), count(b) FROM t;\n";
+    let args = [
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        "CREATE TEMP TABLE t (a int, b text)",
+        "-c",
+        "COPY t FROM STDIN",
+        "-c",
+        "COPY t TO STDOUT (FORMAT csv)",
+        "-f",
+        "-",
+    ];
+    let expected = real_psql(&cluster, &args, Some(stdin));
+    assert_status("real psql -c COPY", &expected, 0);
+    assert_eq!(
+        text(&expected.stdout),
+        "1,one\n2,\n2|1\n",
+        "real psql -c COPY"
+    );
+
+    let conninfo = cluster.conninfo(Role::Scram);
+    let mut ours = vec![conninfo.as_str()];
+    ours.extend(args);
+    for target in TARGETS {
+        let what = format!("{target:?} psql -c COPY");
+        let actual = run_example(target, &ours, Some(stdin));
+        assert_same_stdout(&what, &expected, &actual);
+        assert_status(&what, &actual, 0);
+    }
+}
+
 /// Meta-commands are out of scope: the statements before one run, then it stops with an error.
 #[test]
 fn meta_commands_stop_the_run() {

@@ -29,7 +29,9 @@ use std::time::Duration;
 use crate::Error;
 use modes::Keyword as _;
 
-pub use modes::{ChannelBinding, LoadBalanceHosts, ProtocolVersion, SslMode, TargetSessionAttrs};
+pub use modes::{
+    ChannelBinding, LoadBalanceHosts, ProtocolVersion, QueryMode, SslMode, TargetSessionAttrs,
+};
 #[allow(
     unused_imports,
     reason = "the connection code does not read .pgpass yet"
@@ -51,6 +53,9 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
 
 /// The default cap on the SCRAM iteration count a server may ask for (PostgreSQL's own default is 4096).
 const DEFAULT_SCRAM_MAX_ITERATIONS: u32 = 100_000;
+
+/// The default number of prepared statements the statement cache keeps per connection.
+const DEFAULT_STATEMENT_CACHE_CAPACITY: usize = 256;
 
 /// libpq waits at least this long when a connect timeout is set, because a timeout rounded down to whole
 /// seconds could otherwise expire almost at once.
@@ -147,6 +152,8 @@ pub struct Config {
     params: Vec<(String, String)>,
     max_message_size: Option<usize>,
     scram_max_iterations: Option<u32>,
+    query_mode: Option<QueryMode>,
+    statement_cache_capacity: Option<usize>,
     /// Settings kept as text, by libpq keyword (TLS files, keepalives, ...). Empty values are kept too:
     /// for some keys (`sslsni`) libpq gives them a meaning.
     raw: BTreeMap<&'static str, String>,
@@ -296,6 +303,29 @@ impl Config {
         self
     }
 
+    /// Sets how `query`, `execute` and friends run SQL text (default [`QueryMode::Cached`]). Behind PgBouncer in
+    /// transaction or statement pooling mode use [`QueryMode::Unnamed`] (or [`QueryMode::Simple`]).
+    ///
+    /// ```
+    /// use wasi_pg_client::config::{Config, QueryMode};
+    /// let mut config = Config::parse("host=pgbouncer.internal user=app")?;
+    /// config.query_mode(QueryMode::Unnamed);
+    /// assert_eq!(config.get_query_mode(), QueryMode::Unnamed);
+    /// # Ok::<(), wasi_pg_client::Error>(())
+    /// ```
+    pub fn query_mode(&mut self, query_mode: QueryMode) -> &mut Config {
+        self.query_mode = Some(query_mode);
+        self
+    }
+
+    /// Sets how many named prepared statements [`QueryMode::Cached`] keeps per connection (default 256). The
+    /// least recently used is closed on the server when a new one needs its place; 0 turns the cache off, and
+    /// SQL text then runs as in [`QueryMode::Unnamed`].
+    pub fn statement_cache_capacity(&mut self, capacity: usize) -> &mut Config {
+        self.statement_cache_capacity = Some(capacity);
+        self
+    }
+
     /// Sets the largest message accepted from the server, in bytes (default 256 MiB). A larger message
     /// ends the connection before any memory is reserved for it.
     pub fn max_message_size(&mut self, max_message_size: usize) -> &mut Config {
@@ -431,6 +461,17 @@ impl Config {
     /// The largest message accepted from the server, in bytes (default 256 MiB).
     pub fn get_max_message_size(&self) -> usize {
         self.max_message_size.unwrap_or(DEFAULT_MAX_MESSAGE_SIZE)
+    }
+
+    /// How SQL text runs (see [`Config::query_mode`]).
+    pub fn get_query_mode(&self) -> QueryMode {
+        self.query_mode.unwrap_or_default()
+    }
+
+    /// How many prepared statements the statement cache keeps per connection.
+    pub fn get_statement_cache_capacity(&self) -> usize {
+        self.statement_cache_capacity
+            .unwrap_or(DEFAULT_STATEMENT_CACHE_CAPACITY)
     }
 
     /// The highest SCRAM iteration count accepted from the server (default 100 000).
@@ -689,6 +730,8 @@ impl fmt::Debug for Config {
             params,
             max_message_size,
             scram_max_iterations,
+            query_mode,
+            statement_cache_capacity,
             raw,
             given_empty,
             in_memory_tls,
@@ -726,6 +769,8 @@ impl fmt::Debug for Config {
             .field("params", params)
             .field("max_message_size", max_message_size)
             .field("scram_max_iterations", scram_max_iterations)
+            .field("query_mode", query_mode)
+            .field("statement_cache_capacity", statement_cache_capacity)
             .field("raw", &raw)
             .field("given_empty", given_empty)
             .field("in_memory_tls", in_memory_tls)

@@ -232,3 +232,29 @@ impl Keyword for ProtocolVersion {
         }
     }
 }
+
+/// How SQL text given to `query`, `execute` and friends reaches the server (an API setting, not a libpq
+/// keyword). Prepared [`Statement`](crate::Statement)s always run as named statements.
+///
+/// | mode | round trips | left on the server | behind PgBouncer (transaction/statement pooling) |
+/// |---|---|---|---|
+/// | `Cached` | 1 (2 the first time a text is seen) | named statements, closed on eviction | no: PgBouncer 1.18 does not track them |
+/// | `Unnamed` | 1 when every parameter type follows from its Rust value, else 2 | nothing | yes |
+/// | `Simple` | 1 | nothing | yes, and through poolers that refuse the extended protocol |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum QueryMode {
+    /// Named prepared statements in a per-connection LRU cache (the default): the fastest mode on a direct
+    /// connection or behind a session-pooling PgBouncer.
+    #[default]
+    Cached,
+    /// Only the unnamed statement, and every round trip stands alone (Parse, Bind, Describe, Execute, Sync), so
+    /// consecutive queries may run on different server connections. Parameter types come from the Rust values
+    /// (`i32` is `int4`, `&str` is `text`, ...); where a value fits no built-in type, a Describe round trip asks
+    /// the server first. Cast in SQL (`$1::my_enum`) where the server should see another type.
+    Unnamed,
+    /// The simple query protocol: parameters are rendered as SQL literals by the client and results arrive as
+    /// text, converted for [`Row::get`](crate::Row::get). Built-in scalar types only (booleans, integers,
+    /// floats, text, bytea, uuid, json, dates and times); others are a clear error.
+    Simple,
+}

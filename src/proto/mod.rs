@@ -141,6 +141,25 @@ impl RawRow {
         })
     }
 
+    /// A row built by the client itself (the simple query mode converts text fields to binary).
+    pub(crate) fn from_fields(fields: Vec<Option<Vec<u8>>>) -> RawRow {
+        let mut buffer = Vec::with_capacity(fields.iter().flatten().map(Vec::len).sum());
+        let ranges = fields
+            .into_iter()
+            .map(|field| {
+                field.map(|bytes| {
+                    let start = buffer.len();
+                    buffer.extend_from_slice(&bytes);
+                    start..buffer.len()
+                })
+            })
+            .collect();
+        RawRow {
+            buffer: buffer.into(),
+            ranges,
+        }
+    }
+
     /// The number of fields.
     pub(crate) fn len(&self) -> usize {
         self.ranges.len()
@@ -189,6 +208,31 @@ struct Pending {
     ready_left: u32,
     /// The column count of rows from an Execute whose statement was described earlier.
     row_columns: Option<usize>,
+    /// What a CopyInResponse to this request gets.
+    copy_in: CopyInPolicy,
+}
+
+/// What the core does with a CopyInResponse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyInPolicy {
+    /// Answer it with CopyFail at once: nobody is there to stream data (a query call, a caller that was
+    /// dropped, or a second COPY in one request).
+    Refuse,
+    /// Hand it out: the caller streams the data ([`Protocol::queue_copy`]).
+    Accept,
+}
+
+/// Where a COPY stands. CopyInResponse and CopyOutResponse open one; until it closes, only COPY messages (and
+/// the server's error) may arrive, and [`Protocol::copy_transition`] rejects anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyState {
+    /// No COPY in progress: the request's ordinary messages flow.
+    Idle,
+    /// COPY FROM STDIN: the server waits for CopyData from this request's caller, and sends nothing but an
+    /// error until the caller queues CopyDone or CopyFail.
+    In(RequestId),
+    /// COPY TO STDOUT: the server sends CopyData to this request until CopyDone.
+    Out(RequestId),
 }
 
 /// Where the connection is.
@@ -219,6 +263,7 @@ pub(crate) struct Protocol {
     next_request: RequestId,
     /// Column count of the current result, from RowDescription (or NoData) in this response.
     result_columns: Option<usize>,
+    copy: CopyState,
     parameters: Vec<(String, String)>,
     backend_key: Option<BackendKey>,
     /// The version asked for, until the server negotiates it down.
@@ -242,6 +287,7 @@ impl Protocol {
             pending: VecDeque::new(),
             next_request: 1,
             result_columns: None,
+            copy: CopyState::Idle,
             parameters: Vec::new(),
             backend_key: None,
             protocol_version,
@@ -409,6 +455,28 @@ impl Protocol {
         row_columns: Option<usize>,
         write: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
     ) -> Result<RequestId, Error> {
+        self.queue(flow, row_columns, CopyInPolicy::Refuse, write)
+    }
+
+    /// Queues a request like [`queue_request`](Self::queue_request) whose caller streams the data of a COPY
+    /// FROM STDIN: its first CopyInResponse is handed out instead of refused, and the caller then queues the
+    /// data with [`queue_copy_data`](Self::queue_copy_data) and ends it with
+    /// [`queue_copy_done`](Self::queue_copy_done) or [`abandon_copy_in`](Self::abandon_copy_in).
+    pub(crate) fn queue_copy(
+        &mut self,
+        flow: Flow,
+        write: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
+    ) -> Result<RequestId, Error> {
+        self.queue(flow, None, CopyInPolicy::Accept, write)
+    }
+
+    fn queue(
+        &mut self,
+        flow: Flow,
+        row_columns: Option<usize>,
+        copy_in: CopyInPolicy,
+        write: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
+    ) -> Result<RequestId, Error> {
         self.check_usable()?;
         if !self.is_ready() {
             return Err(Error::protocol(
@@ -434,8 +502,89 @@ impl Protocol {
             flow,
             ready_left,
             row_columns,
+            copy_in,
         });
         Ok(id)
+    }
+
+    /// Queues one CopyData message with `data` for the COPY FROM STDIN of request `id`. Nothing is queued if
+    /// the message would exceed what the server accepts.
+    pub(crate) fn queue_copy_data(&mut self, id: RequestId, data: &[u8]) -> Result<(), Error> {
+        self.check_copying_in(id)?;
+        let mark = self.outbound.len();
+        let written = frontend::CopyData::new(data)
+            .map(|message| message.write(&mut self.outbound))
+            .map_err(|e| Error::config(format!("cannot encode CopyData: {e}")))
+            .and_then(|()| wire::check_frontend_messages(&self.outbound[mark..]));
+        if written.is_err() {
+            self.outbound.truncate(mark);
+        }
+        written
+    }
+
+    /// Queues CopyDone for the COPY FROM STDIN of request `id`: the data is complete. CommandComplete (or the
+    /// server's error) and ReadyForQuery follow.
+    pub(crate) fn queue_copy_done(&mut self, id: RequestId) -> Result<(), Error> {
+        self.check_copying_in(id)?;
+        frontend::copy_done(&mut self.outbound);
+        self.copy_transition(CopyState::Idle, Some(id));
+        Ok(())
+    }
+
+    /// Ends the COPY FROM STDIN of request `id` with CopyFail carrying `reason`, or, if its CopyInResponse has
+    /// not arrived yet, makes sure it is refused when it does. Does nothing if the COPY already ended. The
+    /// server answers with an error (SQLSTATE 57014) and ReadyForQuery, which the caller or the next request
+    /// reads; nothing of the COPY is applied. Synchronous, so a drop can call it.
+    pub(crate) fn abandon_copy_in(&mut self, id: RequestId, reason: &str) {
+        if let Some(pending) = self.pending.iter_mut().find(|p| p.id == id) {
+            pending.copy_in = CopyInPolicy::Refuse;
+        }
+        if self.copy != CopyState::In(id) || self.check_usable().is_err() {
+            return;
+        }
+        // A NUL would cut the reason short on the wire; the server only shows it in its error message.
+        let reason = reason.replace('\0', " ");
+        let mark = self.outbound.len();
+        let written = frontend::copy_fail(&reason, &mut self.outbound)
+            .map_err(|e| Error::config(format!("cannot encode CopyFail: {e}")))
+            .and_then(|()| wire::check_frontend_messages(&self.outbound[mark..]));
+        if written.is_err() {
+            self.outbound.truncate(mark);
+            frontend::copy_fail("COPY abandoned by the client", &mut self.outbound)
+                .expect("BUG: a constant CopyFail cannot fail to encode");
+        }
+        self.copy_transition(CopyState::Idle, Some(id));
+    }
+
+    fn check_copying_in(&self, id: RequestId) -> Result<(), Error> {
+        self.check_usable()?;
+        if self.copy != CopyState::In(id) {
+            return Err(Error::protocol(format!(
+                "BUG: COPY data queued for request {id}, which is not in COPY FROM STDIN"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The one place the COPY state changes. Leaving COPY FROM STDIN from our side (`ended_by` is the request
+    /// that queued CopyDone or CopyFail) or because the server reported an error queues a Sync in the extended
+    /// protocol: the server ignored the request's own Sync while it was in COPY mode, and after an error it
+    /// discards messages until the next one.
+    fn copy_transition(&mut self, next: CopyState, ended_by: Option<RequestId>) {
+        let extended = matches!(
+            self.pending.front().map(|p| p.flow),
+            Some(Flow::Extended(_))
+        );
+        match (self.copy, next) {
+            (CopyState::In(_), CopyState::Idle) if extended => frontend::sync(&mut self.outbound),
+            (CopyState::In(_) | CopyState::Out(_), CopyState::Idle)
+            | (CopyState::Idle, CopyState::In(_) | CopyState::Out(_)) => {}
+            (from, to) => {
+                // Callers check the state first; reaching this is a broken invariant of the core itself.
+                unreachable!("BUG: COPY state {from:?} -> {to:?} (ended by {ended_by:?})")
+            }
+        }
+        self.copy = next;
     }
 
     /// Queues Terminate; nothing can be sent after it.
@@ -516,6 +665,10 @@ impl Protocol {
                 }
                 let request = self.pending.front().map_or(0, |p| p.id);
                 self.result_columns = None;
+                // The server ended the COPY (a bad row, a cancel): it discards our data from here on.
+                if self.copy != CopyState::Idle {
+                    self.copy_transition(CopyState::Idle, None);
+                }
                 return Ok(Some(Response {
                     request,
                     message: Backend::Error(Box::new(db)),
@@ -530,10 +683,21 @@ impl Protocol {
             )));
         };
         let request = pending.id;
+        check_copy_message(self.copy, &message)?;
         let backend = match message {
-            Message::CopyInResponse(_) => {
-                // No request of this client streams COPY data yet. Answer in the core, so a request whose caller
-                // was dropped is refused too: otherwise the server would take the next request as COPY data.
+            Message::CopyInResponse(body) => {
+                check_copy_formats(body.format(), body.column_formats())?;
+                if pending.copy_in == CopyInPolicy::Accept {
+                    // One COPY per request: a second one in the same simple Query is refused.
+                    pending.copy_in = CopyInPolicy::Refuse;
+                    self.copy_transition(CopyState::In(request), None);
+                    return Ok(Some(Response {
+                        request,
+                        message: Backend::Message(Message::CopyInResponse(body)),
+                    }));
+                }
+                // Nobody streams data for this request. Answer in the core, so a request whose caller was dropped
+                // is refused too: otherwise the server would take the next request as COPY data.
                 frontend::copy_fail(
                     "COPY FROM STDIN is not supported by this call",
                     &mut self.outbound,
@@ -545,6 +709,15 @@ impl Protocol {
                     frontend::sync(&mut self.outbound);
                 }
                 return Ok(None);
+            }
+            Message::CopyOutResponse(body) => {
+                check_copy_formats(body.format(), body.column_formats())?;
+                self.copy_transition(CopyState::Out(request), None);
+                Backend::Message(Message::CopyOutResponse(body))
+            }
+            Message::CopyDone => {
+                self.copy_transition(CopyState::Idle, None);
+                Backend::Message(Message::CopyDone)
             }
             Message::ReadyForQuery(body) => {
                 self.transaction_status = TransactionStatus::from_byte(body.status())?;
@@ -591,9 +764,7 @@ impl Protocol {
             | Message::BindComplete
             | Message::CloseComplete
             | Message::ParameterDescription(_)
-            | Message::CopyOutResponse(_)
-            | Message::CopyData(_)
-            | Message::CopyDone) => Backend::Message(message),
+            | Message::CopyData(_)) => Backend::Message(message),
             other => {
                 return Err(Error::protocol(format!(
                     "unexpected {} in a query response",
@@ -606,6 +777,43 @@ impl Protocol {
             message: backend,
         }))
     }
+}
+
+/// Checks that `message` may arrive in COPY state `copy` (asynchronous messages and ErrorResponse are sorted out
+/// before): during COPY FROM STDIN the server sends nothing else, during COPY TO STDOUT only CopyData and
+/// CopyDone, and outside a COPY neither of those.
+fn check_copy_message(copy: CopyState, message: &Message) -> Result<(), Error> {
+    let during = match (copy, message) {
+        (CopyState::Idle, Message::CopyData(_) | Message::CopyDone) => "outside a COPY",
+        (CopyState::Idle, _) | (CopyState::Out(_), Message::CopyData(_) | Message::CopyDone) => {
+            return Ok(());
+        }
+        (CopyState::In(_), _) => "during COPY FROM STDIN",
+        (CopyState::Out(_), _) => "during COPY TO STDOUT",
+    };
+    Err(Error::protocol(format!(
+        "unexpected {} {during}",
+        message_name(message)
+    )))
+}
+
+/// Checks the formats of a CopyInResponse or CopyOutResponse: 0 (text) or 1 (binary) overall and per column,
+/// and every column textual when the whole COPY is.
+fn check_copy_formats(
+    format: u8,
+    mut columns: postgres_protocol::message::backend::ColumnFormats<'_>,
+) -> Result<(), Error> {
+    if format > 1 {
+        return Err(Error::protocol(format!("invalid COPY format {format}")));
+    }
+    while let Some(column) = columns.next().map_err(Error::malformed)? {
+        if column > 1 || (format == 0 && column != 0) {
+            return Err(Error::protocol(format!(
+                "invalid COPY column format {column} in a COPY of format {format}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The protocol name of a backend message, for error messages.

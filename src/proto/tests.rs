@@ -745,6 +745,410 @@ fn copy_in_is_refused_by_the_core_in_both_flows() {
     }
 }
 
+// ---- COPY FROM STDIN / TO STDOUT ----
+
+/// A CopyInResponse (`G`) or CopyOutResponse (`H`) body: overall format, then one format per column.
+fn copy_response(tag: u8, format: u8, columns: &[u16]) -> Vec<u8> {
+    let mut body = vec![format];
+    body.extend_from_slice(&u16::try_from(columns.len()).unwrap().to_be_bytes());
+    for column in columns {
+        body.extend_from_slice(&column.to_be_bytes());
+    }
+    msg(tag, &body)
+}
+
+fn copy_data(data: &[u8]) -> Vec<u8> {
+    msg(b'd', data)
+}
+
+fn copy_done() -> Vec<u8> {
+    msg(b'c', &[])
+}
+
+/// Queues `COPY t FROM STDIN` as a request that streams its data, and has the server accept it.
+fn copying_in(flow: Flow) -> (Protocol, RequestId) {
+    let mut p = ready_protocol();
+    let id = p
+        .queue_copy(flow, |buf| {
+            postgres_protocol::message::frontend::query("COPY t FROM STDIN", buf).unwrap();
+            Ok(())
+        })
+        .unwrap();
+    drain(&mut p);
+    p.handle_input(&copy_response(b'G', 0, &[0, 0]));
+    let got = responses(&mut p);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].request, id);
+    assert!(matches!(
+        got[0].message,
+        Backend::Message(Message::CopyInResponse(_))
+    ));
+    assert!(
+        p.poll_transmit().is_empty(),
+        "an accepted COPY is not failed"
+    );
+    (p, id)
+}
+
+#[test]
+fn copy_in_streams_data_and_ends_with_copy_done() {
+    let (mut p, id) = copying_in(Flow::Simple);
+    p.queue_copy_data(id, b"1\tone\n").unwrap();
+    p.queue_copy_data(id, b"2\ttwo\n").unwrap();
+    p.queue_copy_done(id).unwrap();
+    assert_eq!(
+        frontend_messages(&drain(&mut p)),
+        vec![
+            (b'd', b"1\tone\n".to_vec()),
+            (b'd', b"2\ttwo\n".to_vec()),
+            (b'c', vec![]),
+        ],
+        "a simple Query needs no Sync after CopyDone"
+    );
+    assert!(
+        p.queue_copy_data(id, b"late").is_err(),
+        "no data after CopyDone"
+    );
+    assert!(p.poll_transmit().is_empty());
+    p.handle_input(&[command_complete("COPY 2"), ready(b'I')].concat());
+    let got = responses(&mut p);
+    assert!(got.iter().all(|r| r.request == id));
+    assert!(matches!(
+        got[0].message,
+        Backend::Message(Message::CommandComplete(_))
+    ));
+    assert!(matches!(got[1].message, Backend::Ready));
+    assert!(!p.has_pending());
+    assert!(!p.is_closed());
+}
+
+#[test]
+fn copy_in_through_the_extended_protocol_syncs_after_copy_done() {
+    let (mut p, id) = copying_in(Flow::Extended(1));
+    p.queue_copy_data(id, b"x\n").unwrap();
+    p.queue_copy_done(id).unwrap();
+    // The server ignored the request's own Sync in COPY mode: CopyDone needs one of its own.
+    assert_eq!(
+        frontend_messages(&drain(&mut p)),
+        vec![(b'd', b"x\n".to_vec()), (b'c', vec![]), (b'S', vec![])]
+    );
+    p.handle_input(&[command_complete("COPY 1"), ready(b'I')].concat());
+    assert_eq!(responses(&mut p).len(), 2);
+    assert!(!p.has_pending());
+}
+
+#[test]
+fn server_error_in_the_middle_of_copy_in_ends_it() {
+    for (flow, expect_sync) in [(Flow::Simple, false), (Flow::Extended(1), true)] {
+        let (mut p, id) = copying_in(flow);
+        p.queue_copy_data(id, b"1\n").unwrap();
+        drain(&mut p);
+        p.handle_input(&error_response(
+            "ERROR",
+            "22P02",
+            "invalid input syntax for type integer: \"x\"",
+        ));
+        let got = responses(&mut p);
+        assert!(matches!(&got[0].message, Backend::Error(db) if db.code() == "22P02"));
+        // After an error in the extended protocol the server skips to the next Sync, which we owe it.
+        let sent = frontend_messages(&drain(&mut p));
+        assert_eq!(
+            sent,
+            if expect_sync {
+                vec![(b'S', vec![])]
+            } else {
+                vec![]
+            }
+        );
+        // The COPY is over: nothing more may be queued for it, and nothing was.
+        assert!(p.queue_copy_data(id, b"2\n").is_err());
+        assert!(p.queue_copy_done(id).is_err());
+        assert!(p.poll_transmit().is_empty());
+        p.handle_input(&ready(b'I'));
+        let got = responses(&mut p);
+        assert!(matches!(got[0].message, Backend::Ready));
+        assert!(!p.is_closed());
+        assert!(!p.has_pending());
+        // The next request works.
+        let next = p
+            .queue_request(Flow::Simple, None, |buf| {
+                postgres_protocol::message::frontend::query("SELECT 1", buf).unwrap();
+                Ok(())
+            })
+            .unwrap();
+        p.handle_input(&[command_complete("SELECT 0"), ready(b'I')].concat());
+        assert!(responses(&mut p).iter().all(|r| r.request == next));
+    }
+}
+
+#[test]
+fn abandoned_copy_in_sends_copy_fail() {
+    for (flow, expect_sync) in [(Flow::Simple, false), (Flow::Extended(1), true)] {
+        let (mut p, id) = copying_in(flow);
+        p.queue_copy_data(id, b"1\n").unwrap();
+        p.abandon_copy_in(id, "the writer was dropped");
+        let sent = frontend_messages(&drain(&mut p));
+        assert_eq!(sent[0], (b'd', b"1\n".to_vec()));
+        assert_eq!(sent[1], (b'f', cstr("the writer was dropped")));
+        assert_eq!(sent.len(), if expect_sync { 3 } else { 2 });
+        // Idempotent: a second abandon (the drop after an explicit abort) sends nothing.
+        p.abandon_copy_in(id, "again");
+        assert!(p.poll_transmit().is_empty());
+        p.handle_input(
+            &[
+                error_response(
+                    "ERROR",
+                    "57014",
+                    "COPY from stdin failed: the writer was dropped",
+                ),
+                ready(b'I'),
+            ]
+            .concat(),
+        );
+        let got = responses(&mut p);
+        assert!(matches!(&got[0].message, Backend::Error(db) if db.code() == "57014"));
+        assert!(matches!(got[1].message, Backend::Ready));
+        assert!(!p.has_pending());
+        assert!(!p.is_closed());
+    }
+}
+
+#[test]
+fn copy_in_abandoned_before_it_started_is_refused_when_it_does() {
+    let mut p = ready_protocol();
+    let id = p
+        .queue_copy(Flow::Simple, |buf| {
+            postgres_protocol::message::frontend::query("COPY t FROM STDIN", buf).unwrap();
+            Ok(())
+        })
+        .unwrap();
+    drain(&mut p);
+    // The caller went away before the server answered.
+    p.abandon_copy_in(id, "dropped");
+    assert!(p.poll_transmit().is_empty(), "nothing to fail yet");
+    p.handle_input(&copy_response(b'G', 0, &[0]));
+    assert!(
+        p.poll_response().unwrap().is_none(),
+        "refused, not handed out"
+    );
+    assert_eq!(drain(&mut p)[0], b'f');
+}
+
+#[test]
+fn one_copy_in_per_request() {
+    let (mut p, id) = copying_in(Flow::Simple);
+    p.queue_copy_done(id).unwrap();
+    drain(&mut p);
+    // `COPY a FROM STDIN; COPY b FROM STDIN` in one Query: the second COPY has no writer.
+    p.handle_input(&[command_complete("COPY 0"), copy_response(b'G', 0, &[0])].concat());
+    assert!(p.poll_response().unwrap().is_some());
+    assert!(p.poll_response().unwrap().is_none());
+    assert_eq!(
+        drain(&mut p)[0],
+        b'f',
+        "the second COPY is failed by the core"
+    );
+}
+
+#[test]
+fn copy_out_transcript() {
+    let mut p = ready_protocol();
+    let id = p.queue_request(Flow::Simple, None, |_| Ok(())).unwrap();
+    p.handle_input(
+        &[
+            copy_response(b'H', 1, &[1, 1]),
+            copy_data(b"PGCOPY"),
+            copy_data(b"rows"),
+            copy_done(),
+            command_complete("COPY 2"),
+            ready(b'I'),
+        ]
+        .concat(),
+    );
+    let got = responses(&mut p);
+    assert_eq!(got.len(), 6);
+    assert!(got.iter().all(|r| r.request == id));
+    assert!(matches!(
+        got[0].message,
+        Backend::Message(Message::CopyOutResponse(_))
+    ));
+    let Backend::Message(Message::CopyData(body)) = &got[2].message else {
+        panic!("CopyData expected")
+    };
+    assert_eq!(body.data(), b"rows");
+    assert!(matches!(
+        got[3].message,
+        Backend::Message(Message::CopyDone)
+    ));
+    assert!(matches!(got[5].message, Backend::Ready));
+    assert!(!p.has_pending());
+}
+
+#[test]
+fn copy_out_ended_by_an_error_recovers() {
+    let mut p = ready_protocol();
+    p.queue_request(Flow::Extended(1), None, |_| Ok(()))
+        .unwrap();
+    p.handle_input(
+        &[
+            copy_response(b'H', 0, &[0]),
+            copy_data(b"1\n"),
+            error_response("ERROR", "57014", "canceling statement due to user request"),
+            ready(b'I'),
+        ]
+        .concat(),
+    );
+    let got = responses(&mut p);
+    assert!(matches!(&got[2].message, Backend::Error(db) if db.code() == "57014"));
+    assert!(matches!(got[3].message, Backend::Ready));
+    // The request's own Sync was never consumed by COPY OUT: nothing more is owed.
+    assert!(drain(&mut p).is_empty());
+    assert!(!p.is_closed());
+}
+
+/// Feeds `input` to a fresh request (which streams COPY IN data when `copy_in`) and expects a protocol error
+/// that closes the connection, mentioning `expect`.
+fn refused_copy_transcript(copy_in: bool, input: &[Vec<u8>], expect: &str) {
+    let mut p = ready_protocol();
+    if copy_in {
+        p.queue_copy(Flow::Simple, |_| Ok(())).unwrap();
+    } else {
+        p.queue_request(Flow::Simple, None, |_| Ok(())).unwrap();
+    }
+    p.handle_input(&input.concat());
+    let err = loop {
+        match p.poll_response() {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("{expect}: accepted"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{expect}: {err}");
+    assert!(err.to_string().contains(expect), "{expect}: {err}");
+    assert!(p.is_closed(), "{expect}");
+}
+
+#[test]
+fn unexpected_and_malformed_copy_messages_break_the_connection() {
+    let copy_in = || copy_response(b'G', 0, &[0]);
+    let copy_out = || copy_response(b'H', 0, &[0]);
+    let cases: Vec<(bool, Vec<Vec<u8>>, &str)> = vec![
+        (
+            false,
+            vec![copy_data(b"x")],
+            "unexpected CopyData outside a COPY",
+        ),
+        (
+            false,
+            vec![copy_done()],
+            "unexpected CopyDone outside a COPY",
+        ),
+        (
+            false,
+            vec![row_description(&["a"]), copy_data(b"x")],
+            "CopyData outside a COPY",
+        ),
+        (
+            true,
+            vec![copy_in(), command_complete("COPY 1")],
+            "unexpected CommandComplete during COPY FROM STDIN",
+        ),
+        (
+            true,
+            vec![copy_in(), ready(b'I')],
+            "unexpected ReadyForQuery during COPY FROM STDIN",
+        ),
+        (
+            true,
+            vec![copy_in(), copy_data(b"x")],
+            "unexpected CopyData during COPY FROM STDIN",
+        ),
+        (
+            true,
+            vec![copy_in(), copy_done()],
+            "unexpected CopyDone during COPY FROM STDIN",
+        ),
+        (
+            true,
+            vec![copy_in(), copy_in()],
+            "unexpected CopyInResponse during COPY FROM STDIN",
+        ),
+        (
+            false,
+            vec![copy_out(), data_row(&[Some("1")])],
+            "unexpected DataRow during COPY TO STDOUT",
+        ),
+        (
+            false,
+            vec![copy_out(), command_complete("COPY 0")],
+            "unexpected CommandComplete during COPY TO STDOUT",
+        ),
+        (
+            false,
+            vec![copy_out(), copy_out()],
+            "unexpected CopyOutResponse during COPY TO STDOUT",
+        ),
+        (
+            false,
+            vec![copy_out(), ready(b'I')],
+            "unexpected ReadyForQuery during COPY TO STDOUT",
+        ),
+        (
+            false,
+            vec![copy_response(b'H', 2, &[0])],
+            "invalid COPY format 2",
+        ),
+        (
+            false,
+            vec![copy_response(b'H', 0, &[1])],
+            "invalid COPY column format 1",
+        ),
+        (
+            true,
+            vec![copy_response(b'G', 1, &[7])],
+            "invalid COPY column format 7",
+        ),
+        (
+            true,
+            // Two columns announced, one format given.
+            vec![msg(b'G', &[0, 0, 2, 0, 0])],
+            "malformed",
+        ),
+        (
+            false,
+            // A column format cut in half.
+            vec![msg(b'H', &[0, 0, 1, 0])],
+            "malformed",
+        ),
+    ];
+    for (copy_in, input, expect) in cases {
+        refused_copy_transcript(copy_in, &input, expect);
+    }
+}
+
+#[test]
+fn copy_data_for_a_request_not_in_copy_is_refused_without_sending() {
+    let mut p = ready_protocol();
+    let id = p.queue_copy(Flow::Simple, |_| Ok(())).unwrap();
+    drain(&mut p);
+    let err = p.queue_copy_data(id, b"early").unwrap_err();
+    assert!(err.to_string().contains("BUG"), "{err}");
+    assert!(p.queue_copy_done(id).is_err());
+    assert!(p.poll_transmit().is_empty());
+}
+
+#[test]
+fn notices_during_copy_in_are_events() {
+    let (mut p, id) = copying_in(Flow::Simple);
+    let mut notice = error_response("NOTICE", "00000", "hello");
+    notice[0] = b'N';
+    p.handle_input(&[notice, param_status("TimeZone", "UTC")].concat());
+    assert!(p.poll_response().unwrap().is_none());
+    assert!(matches!(p.poll_event(), Some(Event::Notice(_))));
+    assert!(matches!(p.poll_event(), Some(Event::ParameterStatus(..))));
+    p.queue_copy_done(id).unwrap();
+}
+
 // ---- Protocol 3.2: StartupMessage, NegotiateProtocolVersion, BackendKeyData ----
 
 fn versions(min: ProtocolVersion, max: ProtocolVersion) -> Protocol {

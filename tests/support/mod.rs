@@ -4,6 +4,8 @@
 //!   authentication method (trust, password, md5, SCRAM), stopped and deleted on drop.
 //! - [`build_wasm`] and [`wasmtime`]: build a target for wasm32-wasip2 and run the artifact
 //!   under the real wasmtime CLI, so the wasm build itself is what gets tested.
+//! - [`PgBouncer`]: PgBouncer 1.18 in transaction pooling mode in front of a [`Cluster`],
+//!   stopped on drop.
 //! - [`tls`]: a private CA and the server and client certificates of the TLS tests (native
 //!   only: it uses rcgen).
 //!
@@ -19,6 +21,8 @@ mod child;
 mod cluster;
 pub mod fake_server;
 #[allow(dead_code, unreachable_pub)]
+mod pgbouncer;
+#[allow(dead_code, unreachable_pub)]
 mod wasm;
 // rcgen is a native dev-dependency only.
 #[cfg(not(target_os = "wasi"))]
@@ -29,5 +33,7 @@ pub mod tls;
 pub use child::run_with_timeout;
 #[allow(unused_imports, unreachable_pub)]
 pub use cluster::{Cluster, Role, ServerTls, Setup, free_port};
+#[allow(unused_imports, unreachable_pub)]
+pub use pgbouncer::PgBouncer;
 #[allow(unused_imports, unreachable_pub)]
 pub use wasm::{WasmBuild, build_wasm, wasmtime};

@@ -1,0 +1,703 @@
+//! Typed rows over the binary COPY format: values encoded with [`ToSql`], decoded with [`FromSql`].
+//!
+//! The format (PostgreSQL's "Binary Format" of COPY): an 11-byte signature, a 32-bit flags word, a 32-bit
+//! header-extension length and that many bytes; then per row a 16-bit field count and per field a 32-bit length
+//! (-1 for NULL) and the value in its binary send format; then a 16-bit -1 as trailer. Everything read from the
+//! server is checked before it is trusted: the signature, the flags, every count and length.
+
+use std::future::poll_fn;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_core::Stream;
+use postgres_types::{FromSql, IsNull, ToSql, Type};
+
+use super::{CopyInWriter, CopyOutReader};
+use crate::Error;
+
+/// The signature that opens binary COPY data.
+const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+
+/// Flags bit 16: every row carries an OID (`WITH OIDS`, gone since PostgreSQL 12).
+const FLAG_OIDS: u32 = 1 << 16;
+
+/// Flags bits 0 to 15 are critical: a reader must refuse data with one it does not know.
+const CRITICAL_FLAGS: u32 = 0xffff;
+
+/// The longest value PostgreSQL stores (`MaxAllocSize`, 1 GiB - 1); a longer length is refused before any of
+/// it is buffered.
+const MAX_FIELD_LEN: usize = 0x3fff_ffff;
+
+/// The header this writer sends: the signature, no flags, no extension.
+fn write_header(out: &mut BytesMut) {
+    out.put_slice(SIGNATURE);
+    out.put_u32(0);
+    out.put_u32(0);
+}
+
+/// Writes rows in the binary COPY format, each value encoded by its [`ToSql`] for the column's [`Type`].
+///
+/// ```no_run
+/// # async fn demo(client: &mut wasi_pg_client::Client) -> Result<(), wasi_pg_client::Error> {
+/// use wasi_pg_client::BinaryCopyInWriter;
+/// use wasi_pg_client::types::Type;
+///
+/// let writer = client.copy_in("COPY items (id, name) FROM STDIN (FORMAT binary)").await?;
+/// let mut writer = BinaryCopyInWriter::new(writer, &[Type::INT4, Type::TEXT]);
+/// writer.write(&[&1i32, &"apple"]).await?;
+/// writer.write(&[&2i32, &None::<&str>]).await?;
+/// assert_eq!(writer.finish().await?, 2);
+/// # Ok(()) }
+/// ```
+///
+/// Any error from [`write`](Self::write) (a value that does not fit its type, a wrong number of values)
+/// aborts the COPY with CopyFail: nothing is applied, the connection stays usable, and later calls return an
+/// error. Dropped without [`finish`](Self::finish), the writer aborts the COPY too.
+#[derive(Debug)]
+pub struct BinaryCopyInWriter<'a> {
+    writer: CopyInWriter<'a>,
+    types: Vec<Type>,
+    /// Whether the header and the column count were checked and the header queued.
+    started: bool,
+    rows: u64,
+}
+
+impl<'a> BinaryCopyInWriter<'a> {
+    /// Wraps a writer of a `COPY ... FROM STDIN (FORMAT binary)` whose columns have `types`, in order.
+    pub fn new(writer: CopyInWriter<'a>, types: &[Type]) -> BinaryCopyInWriter<'a> {
+        BinaryCopyInWriter {
+            writer,
+            types: types.to_vec(),
+            started: false,
+            rows: 0,
+        }
+    }
+
+    /// Checks the COPY against the types once, then queues the header.
+    fn start(&mut self) -> Result<(), Error> {
+        if self.started {
+            return Ok(());
+        }
+        let problem = if !self.writer.is_binary() {
+            Some("the COPY is not in binary format (add FORMAT binary)".to_string())
+        } else if self.writer.column_count() != self.types.len() {
+            Some(format!(
+                "the COPY has {} columns but {} types were given",
+                self.writer.column_count(),
+                self.types.len()
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            self.writer.abort(&problem);
+            return Err(Error::config(problem));
+        }
+        write_header(self.writer.buffer()?);
+        self.started = true;
+        Ok(())
+    }
+
+    /// Adds one row: one value per column, in the order of the types given to [`new`](Self::new). Rows are
+    /// collected and sent in chunks of about 64 KiB.
+    pub async fn write(&mut self, values: &[&(dyn ToSql + Sync)]) -> Result<(), Error> {
+        self.writer.check_open()?;
+        self.start()?;
+        let row = self.rows + 1;
+        let encoded = self
+            .writer
+            .buffer()
+            .and_then(|buf| encode_row(buf, &self.types, values));
+        if let Err(e) = encoded {
+            let e = e.context(format!("binary COPY row {row}"));
+            self.writer.abort(&e.to_string());
+            return Err(e);
+        }
+        self.rows = row;
+        self.writer.send_full_chunks().await
+    }
+
+    /// Sends the trailer and the rest of the data, ends the COPY, and returns the number of rows copied.
+    pub async fn finish(mut self) -> Result<u64, Error> {
+        self.start()?;
+        self.writer.buffer()?.put_i16(-1);
+        self.writer.finish().await
+    }
+}
+
+/// Appends one row for columns of `types` to `buf`; on an error `buf` is left as it was.
+fn encode_row(
+    buf: &mut BytesMut,
+    types: &[Type],
+    values: &[&(dyn ToSql + Sync)],
+) -> Result<(), Error> {
+    if values.len() != types.len() {
+        return Err(Error::parameters(types.len(), values.len()));
+    }
+    // The field count is an Int16; PostgreSQL tables have at most 1600 columns.
+    let count = i16::try_from(values.len())
+        .map_err(|_| Error::config("a binary COPY row holds at most 32767 values"))?;
+    let mark = buf.len();
+    buf.put_i16(count);
+    for (i, (value, ty)) in values.iter().zip(types).enumerate() {
+        let len_at = buf.len();
+        buf.put_i32(0);
+        let encoded = match value.to_sql_checked(ty, buf) {
+            Ok(IsNull::Yes) => Ok(-1),
+            Ok(IsNull::No) => Some(buf.len() - len_at - 4)
+                .filter(|&len| len <= MAX_FIELD_LEN)
+                .and_then(|len| i32::try_from(len).ok())
+                .ok_or_else(|| {
+                    Error::config(format!(
+                        "value {} of the row is longer than the 1 GiB PostgreSQL stores",
+                        i + 1
+                    ))
+                }),
+            Err(e) => Err(Error::to_sql(ty, i, e)),
+        };
+        match encoded {
+            Ok(len) => buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes()),
+            Err(e) => {
+                buf.truncate(mark);
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where a [`BinaryCopyOutReader`] is in the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadState {
+    /// Before the fixed part of the header.
+    Header,
+    /// Skipping this many bytes of header extension.
+    Extension(usize),
+    /// Rows, until the trailer.
+    Rows,
+    /// After the trailer: no more data may come.
+    Trailer,
+    /// The COPY ended (or failed); `next` returns `Ok(None)`.
+    Finished,
+}
+
+/// Reads rows of a `COPY ... TO STDOUT (FORMAT binary)`, checking the format strictly.
+///
+/// ```no_run
+/// # async fn demo(client: &mut wasi_pg_client::Client) -> Result<(), wasi_pg_client::Error> {
+/// use wasi_pg_client::BinaryCopyOutReader;
+/// use wasi_pg_client::types::Type;
+///
+/// let reader = client.copy_out("COPY items (id, name) TO STDOUT (FORMAT binary)").await?;
+/// let mut reader = BinaryCopyOutReader::new(reader, &[Type::INT4, Type::TEXT]);
+/// while let Some(row) = reader.next().await? {
+///     let id: i32 = row.get(0);
+///     let name: Option<&str> = row.get(1);
+///     println!("{id} {name:?}");
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// Data that breaks the format (a wrong signature, an unknown critical flag, a field count or length that does
+/// not fit, bytes after the trailer) is a [`Protocol`](crate::ErrorKind::Protocol) error and ends the
+/// connection, as any other protocol violation does.
+#[derive(Debug)]
+pub struct BinaryCopyOutReader<'a> {
+    reader: CopyOutReader<'a>,
+    decoder: Decoder,
+    checked: bool,
+}
+
+impl<'a> BinaryCopyOutReader<'a> {
+    /// Wraps a reader of a `COPY ... TO STDOUT (FORMAT binary)` whose columns have `types`, in order.
+    pub fn new(reader: CopyOutReader<'a>, types: &[Type]) -> BinaryCopyOutReader<'a> {
+        BinaryCopyOutReader {
+            reader,
+            decoder: Decoder::new(types.into()),
+            checked: false,
+        }
+    }
+
+    /// The next row, or `Ok(None)` after the trailer once the COPY finished.
+    ///
+    /// Cancel-safe: a dropped future loses no data. The reader is also a [`Stream`] of the same rows.
+    #[allow(
+        clippy::should_implement_trait,
+        reason = "the async counterpart of Iterator::next, for callers without a Stream extension crate"
+    )]
+    pub async fn next(&mut self) -> Result<Option<BinaryCopyRow>, Error> {
+        poll_fn(|cx| self.poll_row(cx)).await
+    }
+
+    fn poll_row(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<BinaryCopyRow>, Error>> {
+        if !self.checked {
+            self.check_columns()?;
+            self.checked = true;
+        }
+        loop {
+            match self.decoder.next_row() {
+                Ok(Some(row)) => return Poll::Ready(Ok(Some(row))),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(self.broken(e))),
+            }
+            if self.decoder.state == ReadState::Finished {
+                return Poll::Ready(Ok(None));
+            }
+            let decoded = match ready!(self.reader.poll_chunk(cx))? {
+                Some(chunk) => self.decoder.push(&chunk),
+                None => self.decoder.end(),
+            };
+            if let Err(e) = decoded {
+                return Poll::Ready(Err(self.broken(e)));
+            }
+        }
+    }
+
+    /// The number of rows the COPY sent, once [`next`](Self::next) returned `Ok(None)`.
+    pub fn rows(&self) -> Option<u64> {
+        self.reader.rows()
+    }
+
+    fn check_columns(&mut self) -> Result<(), Error> {
+        let types = self.decoder.types.len();
+        let problem = if !self.reader.is_binary() {
+            "the COPY is not in binary format (add FORMAT binary)".to_string()
+        } else if self.reader.column_count() != types {
+            format!(
+                "the COPY has {} columns but {types} types were given",
+                self.reader.column_count()
+            )
+        } else {
+            return Ok(());
+        };
+        self.decoder.state = ReadState::Finished;
+        Err(Error::config(problem))
+    }
+
+    /// Marks a format violation: the connection is closed, as after any other protocol violation.
+    fn broken(&mut self, e: Error) -> Error {
+        self.decoder.state = ReadState::Finished;
+        self.reader.client.connection_mut().protocol.mark_broken(&e);
+        e
+    }
+}
+
+impl Stream for BinaryCopyOutReader<'_> {
+    type Item = Result<BinaryCopyRow, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_row(cx).map(Result::transpose)
+    }
+}
+
+/// The sans-IO decoder of binary COPY data: chunks in, rows out, every count and length checked.
+#[derive(Debug)]
+struct Decoder {
+    types: Arc<[Type]>,
+    /// Data received but not decoded yet: at most one incomplete row between calls.
+    buf: BytesMut,
+    state: ReadState,
+}
+
+impl Decoder {
+    fn new(types: Arc<[Type]>) -> Decoder {
+        Decoder {
+            types,
+            buf: BytesMut::new(),
+            state: ReadState::Header,
+        }
+    }
+
+    /// Adds a chunk of data.
+    fn push(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        match self.state {
+            ReadState::Trailer | ReadState::Finished => Err(after_trailer(chunk.len())),
+            _ => {
+                self.buf.extend_from_slice(chunk);
+                Ok(())
+            }
+        }
+    }
+
+    /// Records the end of the data, which must have ended with the trailer.
+    fn end(&mut self) -> Result<(), Error> {
+        match self.state {
+            ReadState::Trailer => {
+                self.state = ReadState::Finished;
+                Ok(())
+            }
+            ReadState::Finished => Ok(()),
+            _ => Err(Error::protocol(
+                "the binary COPY data ended before its trailer",
+            )),
+        }
+    }
+
+    /// Decodes what the buffer holds: `Ok(Some(row))` for a complete row, `Ok(None)` when more data is needed
+    /// (or, after the trailer, none may come).
+    fn next_row(&mut self) -> Result<Option<BinaryCopyRow>, Error> {
+        loop {
+            match self.state {
+                ReadState::Header => {
+                    let Some(header) = self.buf.get(..SIGNATURE.len() + 8) else {
+                        let seen = &self.buf[..self.buf.len().min(SIGNATURE.len())];
+                        if !SIGNATURE.starts_with(seen) {
+                            return Err(bad_signature());
+                        }
+                        return Ok(None);
+                    };
+                    if &header[..SIGNATURE.len()] != SIGNATURE {
+                        return Err(bad_signature());
+                    }
+                    let mut fields = &header[SIGNATURE.len()..];
+                    let flags = fields.get_u32();
+                    let extension = fields.get_u32();
+                    if flags & FLAG_OIDS != 0 {
+                        return Err(Error::protocol(
+                            "binary COPY data with OIDs (WITH OIDS) is not supported",
+                        ));
+                    }
+                    if flags & CRITICAL_FLAGS != 0 {
+                        return Err(Error::protocol(format!(
+                            "binary COPY data with unknown critical flags 0x{:04x}",
+                            flags & CRITICAL_FLAGS
+                        )));
+                    }
+                    // Bits 17 to 31 are not critical: a reader ignores those it does not know.
+                    let extension = usize::try_from(extension)
+                        .map_err(|_| Error::protocol("binary COPY header extension too long"))?;
+                    self.buf.advance(SIGNATURE.len() + 8);
+                    self.state = ReadState::Extension(extension);
+                }
+                ReadState::Extension(left) => {
+                    // Skipped as it arrives, never buffered whole: its length is the server's word.
+                    let skip = left.min(self.buf.len());
+                    self.buf.advance(skip);
+                    if skip < left {
+                        self.state = ReadState::Extension(left - skip);
+                        return Ok(None);
+                    }
+                    self.state = ReadState::Rows;
+                }
+                ReadState::Rows => return self.split_row(),
+                ReadState::Trailer if !self.buf.is_empty() => {
+                    return Err(after_trailer(self.buf.len()));
+                }
+                ReadState::Trailer | ReadState::Finished => return Ok(None),
+            }
+        }
+    }
+
+    /// Splits one complete row (or the trailer) off the buffer.
+    fn split_row(&mut self) -> Result<Option<BinaryCopyRow>, Error> {
+        let mut cursor: &[u8] = &self.buf;
+        if cursor.len() < 2 {
+            return Ok(None);
+        }
+        let count = cursor.get_i16();
+        if count == -1 {
+            self.buf.advance(2);
+            self.state = ReadState::Trailer;
+            return self.next_row();
+        }
+        if usize::try_from(count).ok() != Some(self.types.len()) {
+            return Err(Error::protocol(format!(
+                "a binary COPY row with {count} fields, but the COPY has {} columns",
+                self.types.len()
+            )));
+        }
+        // Field boundaries relative to the row's start; nothing is reserved from the lengths read.
+        let mut ranges = Vec::with_capacity(self.types.len());
+        let mut at = 2usize;
+        for _ in 0..self.types.len() {
+            if cursor.len() < 4 {
+                return Ok(None);
+            }
+            let len = cursor.get_i32();
+            at += 4;
+            if len == -1 {
+                ranges.push(None);
+                continue;
+            }
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|&len| len <= MAX_FIELD_LEN)
+                .ok_or_else(|| {
+                    Error::protocol(format!("invalid field length {len} in binary COPY data"))
+                })?;
+            if cursor.len() < len {
+                return Ok(None);
+            }
+            cursor.advance(len);
+            ranges.push(Some(at..at + len));
+            at += len;
+        }
+        let buffer = self.buf.split_to(at).freeze();
+        Ok(Some(BinaryCopyRow {
+            buffer,
+            ranges,
+            types: self.types.clone(),
+        }))
+    }
+}
+
+fn after_trailer(len: usize) -> Error {
+    Error::protocol(format!("{len} bytes of binary COPY data after the trailer"))
+}
+
+fn bad_signature() -> Error {
+    Error::protocol("binary COPY data does not start with the PGCOPY signature")
+}
+
+/// One row of binary COPY data; columns are picked by index and decoded with [`FromSql`].
+#[derive(Clone)]
+pub struct BinaryCopyRow {
+    buffer: Bytes,
+    ranges: Vec<Option<Range<usize>>>,
+    types: Arc<[Type]>,
+}
+
+impl std::fmt::Debug for BinaryCopyRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BinaryCopyRow")
+            .field("types", &self.types)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BinaryCopyRow {
+    /// The number of columns.
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// Whether the row has no columns.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// Decodes column `index`.
+    ///
+    /// # Panics
+    /// Panics if the column does not exist or cannot be decoded as `T`; use [`try_get`](Self::try_get) to get
+    /// an error instead.
+    #[track_caller]
+    pub fn get<'a, T: FromSql<'a>>(&'a self, index: usize) -> T {
+        match self.try_get(index) {
+            Ok(value) => value,
+            Err(e) => panic!("error retrieving column {index}: {e}"),
+        }
+    }
+
+    /// Decodes column `index`, checking first that it exists and that `T` accepts its type.
+    pub fn try_get<'a, T: FromSql<'a>>(&'a self, index: usize) -> Result<T, Error> {
+        let (Some(range), Some(ty)) = (self.ranges.get(index), self.types.get(index)) else {
+            return Err(Error::column(index.to_string()));
+        };
+        let name = index.to_string();
+        if !T::accepts(ty) {
+            return Err(Error::from_sql_mismatch(
+                &name,
+                ty,
+                std::any::type_name::<T>(),
+            ));
+        }
+        let raw = range.clone().map(|r| &self.buffer[r]);
+        T::from_sql_nullable(ty, raw).map_err(|e| Error::from_sql(&name, e))
+    }
+
+    /// The raw binary value of column `index` (`None` for NULL).
+    pub fn raw(&self, index: usize) -> Result<Option<&[u8]>, Error> {
+        let range = self
+            .ranges
+            .get(index)
+            .ok_or_else(|| Error::column(index.to_string()))?;
+        Ok(range.clone().map(|r| &self.buffer[r]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn types() -> Arc<[Type]> {
+        vec![Type::INT4, Type::TEXT, Type::BYTEA].into()
+    }
+
+    /// A header, `rows` encoded by the writer's encoder, and the trailer.
+    fn stream(rows: &[(i32, Option<&str>, &[u8])]) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        write_header(&mut buf);
+        for (id, name, blob) in rows {
+            encode_row(&mut buf, &types(), &[id, name, blob]).unwrap();
+        }
+        buf.put_i16(-1);
+        buf.to_vec()
+    }
+
+    /// A decoded test row: id, name, blob.
+    type Decoded = (i32, Option<String>, Vec<u8>);
+
+    /// Decodes `data` fed in chunks of `chunk` bytes; the rows as (id, name, blob).
+    fn decode(data: &[u8], chunk: usize) -> Result<Vec<Decoded>, Error> {
+        let mut decoder = Decoder::new(types());
+        let mut rows = Vec::new();
+        for piece in data.chunks(chunk) {
+            decoder.push(piece)?;
+            while let Some(row) = decoder.next_row()? {
+                rows.push((
+                    row.try_get(0)?,
+                    row.try_get::<Option<String>>(1)?,
+                    row.try_get::<Vec<u8>>(2)?,
+                ));
+            }
+        }
+        decoder.end()?;
+        assert!(decoder.next_row()?.is_none());
+        Ok(rows)
+    }
+
+    fn error_of(data: &[u8]) -> String {
+        match decode(data, data.len().max(1)) {
+            Ok(rows) => panic!("accepted: {rows:?}"),
+            Err(e) => {
+                assert_eq!(e.kind(), crate::ErrorKind::Protocol, "{e}");
+                e.to_string()
+            }
+        }
+    }
+
+    #[test]
+    fn round_trips_in_any_chunking() {
+        let data = stream(&[
+            (1, Some("one"), b"\x00\xff"),
+            (-7, None, b""),
+            (42, Some(""), b"x"),
+        ]);
+        let expected = vec![
+            (1, Some("one".to_string()), vec![0, 255]),
+            (-7, None, vec![]),
+            (42, Some(String::new()), b"x".to_vec()),
+        ];
+        for chunk in [1, 2, 3, 7, 19, 20, data.len()] {
+            assert_eq!(decode(&data, chunk).unwrap(), expected, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn header_is_checked_strictly() {
+        let good = stream(&[]);
+        assert_eq!(decode(&good, 1).unwrap(), vec![]);
+
+        let mut bad = good.clone();
+        bad[0] = b'X';
+        assert!(error_of(&bad).contains("PGCOPY signature"));
+        // A wrong signature is refused as soon as its first wrong byte arrives.
+        let mut decoder = Decoder::new(types());
+        decoder.push(b"PGCOPZ").unwrap();
+        assert!(decoder.next_row().is_err());
+
+        let mut oids = good.clone();
+        oids[11..15].copy_from_slice(&(1u32 << 16).to_be_bytes());
+        assert!(error_of(&oids).contains("OIDs"));
+
+        let mut critical = good.clone();
+        critical[11..15].copy_from_slice(&1u32.to_be_bytes());
+        assert!(error_of(&critical).contains("critical flags 0x0001"));
+
+        // Non-critical flags are ignored.
+        let mut harmless = good.clone();
+        harmless[11..15].copy_from_slice(&(1u32 << 20).to_be_bytes());
+        assert_eq!(decode(&harmless, 4).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn header_extension_is_skipped_as_it_arrives() {
+        let data = stream(&[(5, Some("five"), b"")]);
+        let mut with_extension = data[..15].to_vec();
+        with_extension.extend_from_slice(&5u32.to_be_bytes());
+        with_extension.extend_from_slice(b"12345");
+        with_extension.extend_from_slice(&data[19..]);
+        assert_eq!(decode(&with_extension, 3).unwrap().len(), 1);
+        // An extension longer than the data is never completed, and never buffered.
+        let mut endless = data[..15].to_vec();
+        endless.extend_from_slice(&u32::MAX.to_be_bytes());
+        endless.extend_from_slice(&[0; 100]);
+        let mut decoder = Decoder::new(types());
+        decoder.push(&endless).unwrap();
+        assert!(decoder.next_row().unwrap().is_none());
+        assert!(decoder.buf.is_empty());
+        assert!(decoder.end().is_err());
+    }
+
+    #[test]
+    fn trailer_is_required_and_final() {
+        let data = stream(&[(1, None, b"")]);
+        let missing = &data[..data.len() - 2];
+        assert!(error_of(missing).contains("ended before its trailer"));
+        let mut extra = data.clone();
+        extra.push(0);
+        assert!(error_of(&extra).contains("1 bytes of binary COPY data after the trailer"));
+        // Data in a later chunk after the trailer is refused too.
+        let mut decoder = Decoder::new(types());
+        decoder.push(&data).unwrap();
+        while decoder.next_row().unwrap().is_some() {}
+        assert!(decoder.push(b"x").is_err());
+    }
+
+    #[test]
+    fn field_counts_and_lengths_are_bounded() {
+        let header = stream(&[]);
+        let header = &header[..19];
+        let row = |count: i16, fields: &[i32]| {
+            let mut out = header.to_vec();
+            out.extend_from_slice(&count.to_be_bytes());
+            for len in fields {
+                out.extend_from_slice(&len.to_be_bytes());
+            }
+            out
+        };
+        assert!(error_of(&row(2, &[-1, -1])).contains("2 fields, but the COPY has 3 columns"));
+        assert!(error_of(&row(-2, &[])).contains("-2 fields"));
+        assert!(error_of(&row(3, &[-2])).contains("invalid field length -2"));
+        assert!(error_of(&row(3, &[0x4000_0000])).contains("invalid field length 1073741824"));
+        // A length within bounds waits for its bytes, reserving nothing for them.
+        let mut decoder = Decoder::new(types());
+        decoder.push(&row(3, &[1_000_000])).unwrap();
+        assert!(decoder.next_row().unwrap().is_none());
+        assert!(decoder.buf.capacity() < 1_000_000);
+    }
+
+    #[test]
+    fn rows_decode_through_from_sql_by_index() {
+        let data = stream(&[(3, Some("three"), b"\x01")]);
+        let mut decoder = Decoder::new(types());
+        decoder.push(&data).unwrap();
+        let row = decoder.next_row().unwrap().unwrap();
+        assert_eq!(row.len(), 3);
+        assert_eq!(row.get::<i32>(0), 3);
+        assert_eq!(row.get::<&str>(1), "three");
+        assert_eq!(row.raw(2).unwrap(), Some(&b"\x01"[..]));
+        assert_eq!(
+            row.try_get::<String>(0).unwrap_err().kind(),
+            crate::ErrorKind::FromSql
+        );
+        assert_eq!(
+            row.try_get::<i32>(3).unwrap_err().kind(),
+            crate::ErrorKind::Column
+        );
+    }
+
+    #[test]
+    fn encoding_errors_leave_the_buffer_as_it_was() {
+        let mut buf = BytesMut::from(&b"kept"[..]);
+        let err = encode_row(&mut buf, &types(), &[&1i32, &"x"]).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Parameters);
+        let err = encode_row(&mut buf, &types(), &[&1i64, &"x", &None::<&[u8]>]).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::ToSql);
+        assert_eq!(&buf[..], b"kept");
+    }
+}

@@ -1,0 +1,366 @@
+//! Row streams: results read and decoded one row at a time, with bounded memory.
+//!
+//! A [`RowStream`] reads the socket only when its consumer asks for the next row, so the server is held back
+//! by TCP flow control instead of the client buffering the whole result: a million-row result streams through
+//! a few socket buffers' worth of memory.
+//!
+//! Dropping a stream before its end is safe. Its request stays registered in the protocol core, and the
+//! connection's next call reads and discards the rest of the result (every remaining row crosses the network)
+//! before sending anything. To stop a large result without reading it, fetch through a portal instead
+//! ([`Transaction::bind`](crate::Transaction::bind) or [`Client::cursor`]): there the server produces only
+//! the rows asked for.
+
+use std::borrow::Borrow;
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+
+use bytes::BytesMut;
+use futures_core::Stream;
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use postgres_types::{ToSql, Type};
+
+use crate::client::{StatementRef, encode_error, rows_affected, unexpected, write_bind_portal};
+use crate::proto::{Backend, Flow, RequestId};
+use crate::statement::Column;
+use crate::{Client, Error, Param, Row, Statement, ToStatement};
+
+impl Client {
+    /// Runs a statement and returns a stream of its rows, read from the server as they are consumed.
+    ///
+    /// Use it instead of [`query`](Self::query) for results too large to hold in memory. SQL text is prepared
+    /// first, as for `query`; the rows always come through the extended protocol in binary, whatever the
+    /// query mode.
+    ///
+    /// The stream borrows the client until it is dropped. Dropped before its end, the rest of the result is
+    /// read and discarded by the connection's next call, so the connection stays usable; to stop a large
+    /// result without reading it, use [`cursor`](Self::cursor) or a portal.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &mut wasi_pg_client::Client) -> Result<(), wasi_pg_client::Error> {
+    /// let mut rows = client
+    ///     .query_stream("SELECT g FROM generate_series(1, $1) g", &[&1_000_000i32])
+    ///     .await?;
+    /// let mut sum = 0i64;
+    /// while let Some(row) = rows.next().await? {
+    ///     sum += i64::from(row.get::<_, i32>(0));
+    /// }
+    /// assert_eq!(rows.rows_affected(), Some(1_000_000));
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_stream<T>(
+        &mut self,
+        statement: &T,
+        params: &[Param<'_>],
+    ) -> Result<RowStream<'_>, Error>
+    where
+        T: ToStatement + ?Sized,
+    {
+        let statement = Bindable::resolve(self, statement).await?;
+        self.start_stream(&statement, params).await
+    }
+
+    /// Like [`query_stream`](Self::query_stream), with the parameters given by an iterator, as in
+    /// tokio-postgres's `query_raw`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &mut wasi_pg_client::Client) -> Result<(), wasi_pg_client::Error> {
+    /// use wasi_pg_client::Param;
+    /// let bounds = [1i32, 10];
+    /// let mut rows = client
+    ///     .query_raw("SELECT g FROM generate_series($1, $2) g", bounds.iter().map(|b| b as Param))
+    ///     .await?;
+    /// while let Some(row) = rows.next().await? {
+    ///     println!("{}", row.get::<_, i32>(0));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_raw<'p, T, I>(
+        &mut self,
+        statement: &T,
+        params: I,
+    ) -> Result<RowStream<'_>, Error>
+    where
+        T: ToStatement + ?Sized,
+        I: IntoIterator,
+        I::Item: Borrow<dyn ToSql + Sync + 'p>,
+    {
+        let owned: Vec<I::Item> = params.into_iter().collect();
+        let params: Vec<Param<'_>> = owned.iter().map(Borrow::borrow).collect();
+        let statement = Bindable::resolve(self, statement).await?;
+        self.start_stream(&statement, &params).await
+    }
+
+    /// Queues Bind/Execute/Sync of `statement` to the unnamed portal and returns the stream of its rows.
+    async fn start_stream(
+        &mut self,
+        statement: &Bindable<'_>,
+        params: &[Param<'_>],
+    ) -> Result<RowStream<'_>, Error> {
+        statement.check_params(params)?;
+        self.prepare_to_send().await?;
+        let columns = statement.statement.columns_arc();
+        let id = self.connection_mut().protocol.queue_request(
+            Flow::Extended(1),
+            Some(columns.len()),
+            |buf| {
+                statement.write_bind(buf, "", params)?;
+                frontend::execute("", 0, buf).map_err(encode_error)?;
+                frontend::sync(buf);
+                Ok(())
+            },
+        )?;
+        Ok(RowStream::new(self, id, columns, None))
+    }
+}
+
+/// A prepared statement ready to bind, with its SQL text when it is the unnamed statement.
+///
+/// The unnamed statement is parsed again in the same request as its Bind: a statement described in an
+/// earlier round trip may be gone by then (another Parse or a simple query replaced it, or a
+/// transaction-pooling PgBouncer moved the session to another server connection), and one request carrying
+/// Parse, Bind and Execute always stands alone.
+pub(crate) struct Bindable<'s> {
+    pub(crate) statement: Statement,
+    sql: Option<&'s str>,
+}
+
+impl<'s> Bindable<'s> {
+    /// Turns SQL text or a [`Statement`] into a described statement, as the query mode says.
+    pub(crate) async fn resolve<T>(
+        client: &mut Client,
+        statement: &'s T,
+    ) -> Result<Bindable<'s>, Error>
+    where
+        T: ToStatement + ?Sized,
+    {
+        let sql = match statement.to_statement() {
+            StatementRef::Sql(sql) => Some(sql),
+            StatementRef::Prepared(_) => None,
+        };
+        let statement = client.statement(statement).await?;
+        let sql = sql.filter(|_| statement.name().is_empty());
+        Ok(Bindable { statement, sql })
+    }
+
+    /// A statement prepared earlier; `sql` is its text when it is the unnamed statement.
+    pub(crate) fn new(statement: Statement, sql: Option<&'s str>) -> Bindable<'s> {
+        let sql = sql.filter(|_| statement.name().is_empty());
+        Bindable { statement, sql }
+    }
+
+    pub(crate) fn check_params(&self, params: &[Param<'_>]) -> Result<(), Error> {
+        let types = self.statement.params();
+        if types.len() != params.len() {
+            return Err(Error::parameters(types.len(), params.len()));
+        }
+        Ok(())
+    }
+
+    /// Writes Bind to `portal` (after Parse for the unnamed statement).
+    pub(crate) fn write_bind(
+        &self,
+        buf: &mut BytesMut,
+        portal: &str,
+        params: &[Param<'_>],
+    ) -> Result<(), Error> {
+        let types = self.statement.params();
+        if let Some(sql) = self.sql {
+            frontend::parse("", sql, types.iter().map(Type::oid), buf).map_err(encode_error)?;
+        }
+        write_bind_portal(buf, portal, self.statement.name(), types, params)
+    }
+}
+
+/// The rows of one Execute, decoded as they arrive and read from the socket only as they are consumed.
+///
+/// Read it with the inherent [`next`](Self::next) (no extra crate needed, convenient on WASI) or through its
+/// [`Stream`] implementation (`Item = Result<Row, Error>`) with the combinators of `futures` or
+/// `tokio-stream`. The inherent `next` takes precedence over `StreamExt::next` in method-call syntax; call
+/// `StreamExt::next(&mut stream)` or `TryStreamExt::try_next` to use those.
+///
+/// A server error ends the stream after the rows that preceded it. Dropping the stream early is safe: the
+/// connection's next call discards the rest of the result before sending its own request.
+pub struct RowStream<'a> {
+    client: &'a mut Client,
+    id: RequestId,
+    columns: Arc<[Column]>,
+    /// A server error, returned once its ReadyForQuery arrived so the connection is in step again.
+    error: Option<Error>,
+    rows_affected: Option<u64>,
+    /// The Execute stopped at its row limit (PortalSuspended): the portal has more rows.
+    suspended: bool,
+    done: bool,
+    /// A portal's "fetch in flight" flag, cleared once this fetch has been read to its end.
+    fetching: Option<&'a AtomicBool>,
+}
+
+impl std::fmt::Debug for RowStream<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowStream")
+            .field("columns", &self.columns)
+            .field("rows_affected", &self.rows_affected)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> RowStream<'a> {
+    /// The rows of request `id`, already queued, whose rows have `columns`.
+    pub(crate) fn new(
+        client: &'a mut Client,
+        id: RequestId,
+        columns: Arc<[Column]>,
+        fetching: Option<&'a AtomicBool>,
+    ) -> RowStream<'a> {
+        RowStream {
+            client,
+            id,
+            columns,
+            error: None,
+            rows_affected: None,
+            suspended: false,
+            done: false,
+            fetching,
+        }
+    }
+
+    /// The columns of the rows.
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+
+    /// The number of rows the statement returned or affected, from its CommandComplete; `None` until the
+    /// stream ended, and for a portal fetch that stopped at its row limit.
+    pub fn rows_affected(&self) -> Option<u64> {
+        self.rows_affected
+    }
+
+    /// Whether the stream ended because a portal fetch reached its row limit, with more rows left.
+    pub(crate) fn is_suspended(&self) -> bool {
+        self.suspended
+    }
+
+    /// The next row, `Ok(None)` at the end, or the server's error once the rows before it were delivered.
+    ///
+    /// Cancel-safe: if the future is dropped, no row is lost; the next call returns it.
+    #[allow(
+        clippy::should_implement_trait,
+        reason = "the async counterpart of Iterator::next, for callers without a Stream extension crate"
+    )]
+    pub async fn next(&mut self) -> Result<Option<Row>, Error> {
+        std::future::poll_fn(|cx| self.poll_row(cx)).await
+    }
+
+    /// Reads to the end, keeping the rows.
+    pub(crate) async fn collect_rows(&mut self) -> Result<Vec<Row>, Error> {
+        let mut rows = Vec::new();
+        while let Some(row) = self.next().await? {
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
+    fn poll_row(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Row>, Error>> {
+        if self.done {
+            return Poll::Ready(Ok(None));
+        }
+        let result = ready!(self.poll_message(cx));
+        if !matches!(result, Ok(Some(_))) {
+            self.done = true;
+        }
+        Poll::Ready(self.client.connection_mut().check(result))
+    }
+
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Row>, Error>> {
+        loop {
+            // A fresh future per poll: `next_response` keeps no state of its own (the connection and the
+            // transport hold it), so dropping it while pending loses nothing, and this stream stays `Unpin`.
+            let response = {
+                let next = pin!(self.client.connection_mut().next_response(self.id));
+                ready!(next.poll(cx))?
+            };
+            match response {
+                Backend::Row(raw) => {
+                    return Poll::Ready(Row::new(self.columns.clone(), raw).map(Some));
+                }
+                Backend::Ready => {
+                    if let Some(fetching) = self.fetching {
+                        fetching.store(false, Ordering::Release);
+                    }
+                    return Poll::Ready(match self.error.take() {
+                        Some(e) => Err(e),
+                        None => Ok(None),
+                    });
+                }
+                Backend::Message(Message::CommandComplete(body)) => {
+                    self.rows_affected = Some(rows_affected(body.tag().map_err(Error::malformed)?));
+                }
+                Backend::Message(Message::PortalSuspended) => self.suspended = true,
+                Backend::Message(Message::EmptyQueryResponse) => self.rows_affected = Some(0),
+                Backend::Message(
+                    Message::ParseComplete
+                    | Message::BindComplete
+                    | Message::CloseComplete
+                    | Message::NoData
+                    | Message::CopyOutResponse(_)
+                    | Message::CopyData(_)
+                    | Message::CopyDone,
+                ) => {}
+                Backend::Error(db) => {
+                    self.error.get_or_insert(Error::db(*db));
+                }
+                other => return Poll::Ready(Err(unexpected(other, "Bind/Execute"))),
+            }
+        }
+    }
+}
+
+impl Stream for RowStream<'_> {
+    type Item = Result<Row, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_row(cx).map(Result::transpose)
+    }
+}
+
+#[cfg(all(test, not(target_os = "wasi")))]
+mod tests {
+    use crate::{Client, Cursor, Pipeline, Portal, RowStream, Transaction};
+
+    fn assert_send<T: Send>(_: &T) {}
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    /// Natively these values and the futures that make them must be `Send`, like the rest of the client, to
+    /// live in multi-threaded tokio tasks. Checked by type only: the closures are never called.
+    #[test]
+    fn streams_portals_cursors_pipelines_are_send() {
+        assert_send_sync::<Portal>();
+        assert_send_sync::<Pipeline<'static>>();
+        assert_send_sync::<crate::PipelineOutput>();
+        let _client = |client: &mut Client, pipeline: &Pipeline<'_>| {
+            let stream = client.query_stream("SELECT 1", &[]);
+            assert_send(&stream);
+            drop(stream);
+            let cursor = client.cursor("SELECT 1", &[], 10);
+            assert_send(&cursor);
+            drop(cursor);
+            let run = client.run_pipeline(pipeline);
+            assert_send(&run);
+        };
+        let _transaction = |tx: &mut Transaction<'_>, portal: &Portal| {
+            let bind = tx.bind("SELECT 1", &[]);
+            assert_send(&bind);
+            drop(bind);
+            let fetch = tx.query_portal(portal, 10);
+            assert_send(&fetch);
+        };
+        let _values = |stream: RowStream<'_>, cursor: Cursor<'_>| {
+            assert_send(&stream);
+            assert_send(&cursor);
+        };
+    }
+}
