@@ -7,6 +7,9 @@
 //! [`Cluster::start_with`] can also turn TLS on and add roles that only TLS (or only plaintext)
 //! lets in, and one that logs in with a client certificate.
 //!
+//! [`Cluster::start_replicated`] makes a primary and a hot standby streaming from it, and
+//! [`Cluster::shut_down`] / [`Cluster::start_again`] stop and restart one node in place.
+//!
 //! Cleanup happens twice over: [`Cluster::stop`] (also run by `Drop`, so a panicking test
 //! stops its server) and a small reaper process that stops the server and deletes the dir when
 //! the test process goes away without dropping the cluster (a `static`, `exit`, SIGKILL).
@@ -19,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::child::run_with_timeout;
 
@@ -33,6 +36,8 @@ const PSQL: &str = "/usr/bin/psql";
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// How many times to retry `pg_ctl start` when another process grabbed our port first.
 const START_ATTEMPTS: u32 = 5;
+/// How long a new standby may take to stream and catch up with its primary.
+const STREAMING_TIMEOUT: Duration = Duration::from_secs(60);
 /// Server log lines included in panic messages.
 const LOG_TAIL_LINES: usize = 40;
 /// Names of a TLS cluster's copies of [`ServerTls`]'s files, in [`Cluster::tls_dir`].
@@ -122,6 +127,17 @@ pub struct ServerTls {
     pub ca: Option<PathBuf>,
 }
 
+/// A cluster's part in streaming replication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replication {
+    /// Stand-alone: what [`Cluster::start`] and [`Cluster::start_with`] make.
+    None,
+    /// Accepts physical replication connections from `postgres` over loopback.
+    Primary,
+    /// A hot standby cloned with `pg_basebackup -R` from the primary on this port.
+    Standby { primary_port: u16 },
+}
+
 /// A running PostgreSQL cluster private to one test. Stopped and deleted on drop.
 pub struct Cluster {
     /// Always `"127.0.0.1"`; the server also listens on `::1`.
@@ -138,7 +154,9 @@ pub struct Cluster {
     /// Running as root: initdb refuses root, so cluster commands run as `postgres`.
     as_postgres: bool,
     setup: Setup,
-    /// A server may be running (set before `pg_ctl start` returns, cleared by `stop`).
+    replication: Replication,
+    /// A server may be running (set before `pg_ctl start` returns, cleared by `stop` and
+    /// `shut_down`).
     running: bool,
     /// The temp dir has been deleted.
     removed: bool,
@@ -160,6 +178,69 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with TLS and the TLS roles as `setup` says.
     pub fn start_with(setup: &Setup) -> Cluster {
+        let mut cluster = Cluster::prepare(setup, Replication::None);
+        cluster.init_data_dir();
+        cluster.start_server();
+        cluster.create_roles();
+        cluster.verify_roles();
+        cluster
+    }
+
+    /// Starts a primary set up for streaming replication (`wal_level = replica`, WAL senders,
+    /// a `replication` line in pg_hba.conf for `postgres` over loopback) and a hot standby
+    /// cloned from it with `pg_basebackup -R`, each on its own loopback port, and returns
+    /// `(primary, standby)` once the standby is streaming and has replayed everything the
+    /// primary had written. Both have the test roles ([`Role::ALL`]; the standby's came with
+    /// the copy) and `ssl = off`.
+    pub fn start_replicated() -> (Cluster, Cluster) {
+        let mut primary = Cluster::prepare(&Setup::default(), Replication::Primary);
+        primary.init_data_dir();
+        primary.start_server();
+        primary.create_roles();
+        primary.verify_roles();
+
+        let primary_port = primary.port;
+        let mut standby =
+            Cluster::prepare(&Setup::default(), Replication::Standby { primary_port });
+        standby.clone_data_dir();
+        standby.start_server();
+        standby.wait_until_streaming(&primary);
+        standby.verify_roles();
+        (primary, standby)
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`) but keeps its data dir and port, for
+    /// [`Cluster::start_again`]. Panics if the server does not stop.
+    pub fn shut_down(&mut self) {
+        let mut cmd = self.server_command("pg_ctl");
+        cmd.args(["stop", "-m", "fast", "-w", "-t", "60", "-D"])
+            .arg(&self.data_dir);
+        self.check("pg_ctl stop", cmd, None);
+        self.running = false;
+    }
+
+    /// Starts a server stopped with [`Cluster::shut_down`] again, on the same port. Panics if
+    /// it does not come up, or if another process took the port while it was down.
+    pub fn start_again(&mut self) {
+        assert!(
+            !self.removed,
+            "start_again after stop: the cluster is deleted"
+        );
+        let (out, port_taken) = self.pg_ctl_start();
+        if port_taken {
+            self.fail_message(&format!(
+                "port {} was taken while the server was down",
+                self.port
+            ));
+        }
+        if !out.status.success() {
+            self.fail("pg_ctl start", &out);
+        }
+    }
+
+    /// The cluster as a struct with its reaper and (empty) socket dir, owned by the server's
+    /// user; no data dir yet.
+    fn prepare(setup: &Setup, replication: Replication) -> Cluster {
         let bin_dir = server_bin_dir();
         let as_postgres = running_as_root();
         let root = create_root_dir();
@@ -173,6 +254,7 @@ impl Cluster {
             bin_dir,
             as_postgres,
             setup: setup.clone(),
+            replication,
             running: false,
             removed: false,
             log_reported: AtomicBool::new(false),
@@ -188,10 +270,6 @@ impl Cluster {
             chown.arg("-R").arg("postgres:postgres").arg(&cluster.root);
             cluster.check("chown", chown, None);
         }
-        cluster.init_data_dir();
-        cluster.start_server();
-        cluster.create_roles();
-        cluster.verify_roles();
         cluster
     }
 
@@ -344,8 +422,74 @@ impl Cluster {
         self.check("initdb", cmd, None);
 
         let hba = self.data_dir.join("pg_hba.conf");
-        fs::write(&hba, hba_conf(&self.setup))
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", hba.display()));
+        let mut hba_text = hba_conf(&self.setup);
+        if self.replication == Replication::Primary {
+            for address in ["127.0.0.1/32", "::1/128"] {
+                let _ = writeln!(hba_text, "host replication postgres {address} trust");
+            }
+        }
+        fs::write(&hba, hba_text).unwrap_or_else(|e| panic!("cannot write {}: {e}", hba.display()));
+    }
+
+    /// Copies the primary's data dir into the (not yet existing) data dir with
+    /// `pg_basebackup -R`, which also writes `standby.signal` and a `primary_conninfo`
+    /// pointing at the primary over TCP. The copy brings the primary's postgresql.conf;
+    /// [`Cluster::start_server`] appends this node's own settings after it.
+    fn clone_data_dir(&self) {
+        let Replication::Standby { primary_port } = self.replication else {
+            panic!("BUG: clone_data_dir on a cluster that is no standby");
+        };
+        let mut cmd = self.server_command("pg_basebackup");
+        cmd.args([
+            "-h",
+            HOST,
+            "-p",
+            &primary_port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(["-X", "stream", "-c", "fast", "-R", "--no-sync", "-D"])
+        .arg(&self.data_dir);
+        self.check("pg_basebackup", cmd, None);
+    }
+
+    /// Waits until `primary` reports this standby as streaming, then until the standby (in
+    /// recovery) has replayed the primary's WAL up to where it stood at that moment.
+    fn wait_until_streaming(&self, primary: &Cluster) {
+        let deadline = Instant::now() + STREAMING_TIMEOUT;
+        let poll = |what: &str, node: &Cluster, sql: &str, done: &dyn Fn(&str) -> bool| loop {
+            let answer = node.try_admin_sql(sql);
+            if let Some(answer) = answer.as_deref().map(str::trim)
+                && done(answer)
+            {
+                return answer.to_owned();
+            }
+            if Instant::now() >= deadline {
+                self.fail_message(&format!(
+                    "the standby on port {} was not {what} after {STREAMING_TIMEOUT:?} \
+                     (last answer: {answer:?}); primary log:\n{}",
+                    self.port,
+                    primary.log_tail(LOG_TAIL_LINES)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let lsn = poll(
+            "streaming",
+            primary,
+            "SELECT pg_current_wal_lsn() FROM pg_stat_replication \
+             WHERE state = 'streaming' LIMIT 1;",
+            &|answer| !answer.is_empty(),
+        );
+        poll(
+            "caught up",
+            self,
+            &format!(
+                "SELECT pg_is_in_recovery() AND pg_last_wal_replay_lsn() >= {}::pg_lsn;",
+                sql_literal(&lsn)
+            ),
+            &|answer| answer == "t",
+        );
     }
 
     /// Picks a free port and starts the server on it, retrying if another process took the
@@ -364,21 +508,7 @@ impl Cluster {
             let conf = format!("{initdb_conf}\n{}", self.server_settings(port));
             fs::write(&conf_path, conf)
                 .unwrap_or_else(|e| panic!("cannot write {}: {e}", conf_path.display()));
-            let log_len_before = fs::metadata(&self.log_path)
-                .map_or(0, |m| usize::try_from(m.len()).unwrap_or(usize::MAX));
-
-            let mut cmd = self.server_command("pg_ctl");
-            cmd.args(["-w", "-t", "60", "-D"])
-                .arg(&self.data_dir)
-                .arg("-l")
-                .arg(&self.log_path)
-                .arg("start");
-            // Set before starting: if pg_ctl times out, the server may still come up later.
-            self.running = true;
-            let out = run_with_timeout(cmd, None, COMMAND_TIMEOUT);
-            let log = fs::read(&self.log_path).unwrap_or_default();
-            let new_log = String::from_utf8_lossy(log.get(log_len_before..).unwrap_or_default());
-            let port_taken = new_log.contains("Address already in use");
+            let (out, port_taken) = self.pg_ctl_start();
             if out.status.success() && !port_taken {
                 self.port = port;
                 return;
@@ -392,6 +522,27 @@ impl Cluster {
             }
             self.fail("pg_ctl start", &out);
         }
+    }
+
+    /// `pg_ctl start` with the port already in postgresql.conf; also whether the server's log
+    /// says a listen address was taken.
+    fn pg_ctl_start(&mut self) -> (Output, bool) {
+        let log_len_before = fs::metadata(&self.log_path)
+            .map_or(0, |m| usize::try_from(m.len()).unwrap_or(usize::MAX));
+
+        let mut cmd = self.server_command("pg_ctl");
+        cmd.args(["-w", "-t", "60", "-D"])
+            .arg(&self.data_dir)
+            .arg("-l")
+            .arg(&self.log_path)
+            .arg("start");
+        // Set before starting: if pg_ctl times out, the server may still come up later.
+        self.running = true;
+        let out = run_with_timeout(cmd, None, COMMAND_TIMEOUT);
+        let log = fs::read(&self.log_path).unwrap_or_default();
+        let new_log = String::from_utf8_lossy(log.get(log_len_before..).unwrap_or_default());
+        let port_taken = new_log.contains("Address already in use");
+        (out, port_taken)
     }
 
     /// The settings appended to initdb's postgresql.conf (later lines win).
@@ -409,6 +560,18 @@ impl Cluster {
                 ssl.push(format!("ssl_ca_file = {}", file(CLIENT_CA_FILE)));
             }
         }
+        let replication = match self.replication {
+            Replication::None => vec![],
+            Replication::Primary => vec![
+                "wal_level = replica".to_owned(),
+                "max_wal_senders = 4".to_owned(),
+            ],
+            // Reconnect soon after the primary comes back from `shut_down`.
+            Replication::Standby { .. } => vec![
+                "hot_standby = on".to_owned(),
+                "wal_retrieve_retry_interval = '500ms'".to_owned(),
+            ],
+        };
         [
             "# wasi-pg-client test harness".to_owned(),
             "listen_addresses = '127.0.0.1,::1'".to_owned(),
@@ -421,6 +584,7 @@ impl Cluster {
         ]
         .into_iter()
         .chain(ssl)
+        .chain(replication)
         .chain([String::new()])
         .collect::<Vec<_>>()
         .join("\n")
@@ -524,6 +688,21 @@ impl Cluster {
 
     /// Runs `sql` with psql over the Unix socket as the bootstrap superuser; returns stdout.
     fn admin_sql(&self, what: &str, sql: &str) -> String {
+        let cmd = self.admin_psql();
+        let out = self.check(what, cmd, Some(sql.as_bytes()));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Like [`Cluster::admin_sql`], but `None` instead of a panic when psql fails (for polling).
+    fn try_admin_sql(&self, sql: &str) -> Option<String> {
+        let out = run_with_timeout(self.admin_psql(), Some(sql.as_bytes()), COMMAND_TIMEOUT);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// psql over the Unix socket as the bootstrap superuser, reading SQL from stdin.
+    fn admin_psql(&self) -> Command {
         let mut cmd = Command::new(psql_path());
         clear_pg_env(&mut cmd);
         cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
@@ -538,8 +717,7 @@ impl Cluster {
                 "-f",
                 "-",
             ]);
-        let out = self.check(what, cmd, Some(sql.as_bytes()));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        cmd
     }
 
     /// A server binary (initdb, pg_ctl) as a command: run as `postgres` when we are root,
