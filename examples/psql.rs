@@ -9,8 +9,11 @@
 //! `-f FILE` (`-` for stdin; stdin when there is no `-c` or `-f`) is split into statements the
 //! way psql splits it, and each statement is sent on its own. `-c` and `-f` run in the order
 //! given. For every row of every result set, stdout gets the fields joined by `|`, NULL as the
-//! empty string, one line per row; nothing else. psql's `-X -q -A -t` and
-//! `-v ON_ERROR_STOP=1` are accepted and change nothing: that is how this program always behaves.
+//! empty string, one line per row; after each command, psql's line `Asynchronous notification
+//! "CHANNEL" with payload "PAYLOAD" received from server process with PID N.` (without the
+//! payload part when it is empty) for each notification received meanwhile; nothing else.
+//! psql's `-X -q -A -t` and `-v ON_ERROR_STOP=1` are accepted and change nothing: that is how
+//! this program always behaves.
 //!
 //! The first failure stops the run: the server's `ERROR:` goes to stderr, after the result sets
 //! completed before it reached stdout (like psql, none of the failing statement's own rows), and

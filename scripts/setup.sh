@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need, skipping whatever is already there:
 #   PostgreSQL (server + psql), clang-19/llvm-19 (C code built for wasm32-wasip2), pgbouncer,
-#   the wasm32-wasip2 Rust target and wasmtime-cli 48.0.8.
+#   the wasm32-wasip2 Rust target, wasmtime-cli 48.0.8, cargo-fuzz, and pglite-server (npm).
 # Safe to run repeatedly; a second run only checks.
 set -euo pipefail
 
@@ -98,6 +98,35 @@ else
         log "wasmtime $WASMTIME_VERSION still not found after install" >&2
         exit 1
     }
+fi
+
+# --- cargo-fuzz (the fuzz smoke of scripts/test.sh) -------------------------------------------
+# It builds with the stable toolchain; the fuzz targets themselves need nightly or RUSTC_BOOTSTRAP=1.
+if cargo fuzz --version >/dev/null 2>&1; then
+    log "cargo-fuzz present ($(cargo fuzz --version))"
+else
+    log "installing cargo-fuzz"
+    cargo install --locked cargo-fuzz
+    cargo fuzz --version >/dev/null 2>&1 || {
+        log "cargo-fuzz still not found after install" >&2
+        exit 1
+    }
+fi
+
+# --- PGlite for tests/pglite.rs: pglite-server from npm, pinned in tools/pglite/package-lock.json ---
+PGLITE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tools/pglite"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    log "installing Node.js and npm"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm
+fi
+# npm rewrites node_modules/.package-lock.json on every install: newer than the lock means installed from it.
+if [ -f "$PGLITE_DIR/node_modules/@electric-sql/pglite-socket/dist/scripts/server.js" ] &&
+    [ "$PGLITE_DIR/node_modules/.package-lock.json" -nt "$PGLITE_DIR/package-lock.json" ]; then
+    log "pglite-server present in tools/pglite"
+else
+    log "installing pglite-server in tools/pglite (npm ci)"
+    (cd "$PGLITE_DIR" && npm ci --omit=peer --no-audit --no-fund)
 fi
 
 log "ready"

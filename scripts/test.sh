@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full test run, as CI does it: native tests (unit, transcript, live against a real
 # PostgreSQL; the live tests also build the wasm32-wasip2 scenario runner and run it under
-# wasmtime), every example built for wasm32-wasip2, then the doc tests.
+# wasmtime), every example built for wasm32-wasip2, a bounded fuzz smoke, then the doc tests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -34,8 +34,81 @@ rm -f "$test_log"
 step "wasm32-wasip2 examples (cargo build --release --target wasm32-wasip2 --examples)"
 CARGO_TARGET_DIR=target/wasi cargo build --release --target wasm32-wasip2 --examples
 
-step "fuzz targets build (cargo build in fuzz/ with --cfg fuzzing)"
-RUSTFLAGS="--cfg fuzzing" cargo build --manifest-path fuzz/Cargo.toml
+# The fuzz smoke: every target of fuzz/ built with cargo-fuzz (libFuzzer) and run for FUZZ_SECONDS each (60
+# under CI=true, 10 otherwise; 0 only builds), starting from its seeds. A crash, a hang (-timeout), an
+# out-of-memory or an allocation over the targets' cap fails the run; each input that caused one is copied
+# into fuzz/regressions/<target>/, which `cargo test` replays, so it can be committed with the fix.
+# The toolchain is FUZZ_TOOLCHAIN if set, else nightly when rustup has it, else the current one (stable);
+# RUSTC_BOOTSTRAP=1 lets a stable toolchain take cargo-fuzz's unstable flags. AddressSanitizer is used if its
+# runtime is in the toolchain's sysroot, else no sanitizer.
+fuzz_smoke() {
+    local seconds="${FUZZ_SECONDS:-}"
+    if [ -z "$seconds" ]; then
+        if [ "${CI:-}" = "true" ]; then seconds=60; else seconds=10; fi
+    fi
+    local toolchain="${FUZZ_TOOLCHAIN:-}"
+    if [ -z "$toolchain" ] && command -v rustup >/dev/null &&
+        rustup toolchain list 2>/dev/null | grep -q '^nightly-'; then
+        toolchain=nightly
+    fi
+    local -a cargo_fuzz=(env RUSTC_BOOTSTRAP=1 cargo) rustc_cmd=(rustc)
+    if [ -n "$toolchain" ]; then
+        cargo_fuzz+=("+$toolchain")
+        rustc_cmd+=("+$toolchain")
+    fi
+    cargo_fuzz+=(fuzz)
+    local sysroot sanitizer=none target_dir="fuzz/target/smoke-${toolchain:-default}"
+    sysroot="$("${rustc_cmd[@]}" --print sysroot)"
+    if compgen -G "$sysroot/lib/rustlib/x86_64-unknown-linux-gnu/lib/librustc-*_rt.asan.a" >/dev/null; then
+        sanitizer=address
+    fi
+    local -a build=("${cargo_fuzz[@]}" build --fuzz-dir fuzz --target-dir "$target_dir")
+    if ! "${build[@]}" --sanitizer "$sanitizer"; then
+        [ "$sanitizer" = none ] && return 1
+        printf 'fuzz smoke: the %s sanitizer build failed; building without a sanitizer\n' "$sanitizer"
+        sanitizer=none
+        "${build[@]}" --sanitizer none
+    fi
+    [ "$seconds" -gt 0 ] || return 0
+
+    local target root="$PWD/fuzz" failed=() summary=()
+    for target in $("${cargo_fuzz[@]}" list --fuzz-dir fuzz); do
+        mkdir -p "$root/corpus/$target" "$root/artifacts/$target" "$root/regressions/$target"
+        # Artifacts of earlier runs are not this run's findings.
+        rm -f "$root/artifacts/$target"/*
+        local log started
+        log="$(mktemp)"
+        started=$SECONDS
+        printf '\n--- fuzz %s for %ss (toolchain %s, sanitizer %s)\n' "$target" "$seconds" \
+            "${toolchain:-default}" "$sanitizer"
+        if "${cargo_fuzz[@]}" run --fuzz-dir fuzz --target-dir "$target_dir" --sanitizer "$sanitizer" \
+            "$target" "$root/corpus/$target" "$root/seeds/$target" -- \
+            -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
+            -artifact_prefix="$root/artifacts/$target/" >"$log" 2>&1; then
+            local execs
+            execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
+            summary+=("$target: ${execs:-?} executions in $((SECONDS - started))s, no crash")
+        else
+            tail -60 "$log"
+            failed+=("$target")
+            summary+=("$target: FAILED after $((SECONDS - started))s")
+            local input
+            for input in "$root/artifacts/$target"/{crash,oom,timeout,leak}-*; do
+                [ -f "$input" ] || continue
+                cp "$input" "$root/regressions/$target/"
+                printf 'fuzz smoke: kept %s as fuzz/regressions/%s/%s (commit it with the fix)\n' \
+                    "$input" "$target" "$(basename "$input")"
+            done
+        fi
+        rm -f "$log"
+    done
+    printf '\nfuzz smoke:\n'
+    printf '  %s\n' "${summary[@]}"
+    [ "${#failed[@]}" -eq 0 ]
+}
+
+step "fuzz smoke (cargo fuzz: each target of fuzz/ from its seeds, FUZZ_SECONDS each)"
+fuzz_smoke
 
 step "doc tests (cargo test --doc)"
 cargo test --doc

@@ -12,12 +12,15 @@ use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use postgres_types::{Format, IsNull, ToSql, Type};
+use postgres_types::{ToSql, Type};
+use tracing::Instrument as _;
 
 use crate::config::QueryMode;
 use crate::connection::Connection;
 use crate::proto::{Backend, Flow, Notification, RawRow, RequestId, TransactionStatus};
 use crate::row::{Row, SimpleColumn, SimpleQueryMessage, SimpleQueryRow};
+// Shared with the hosts' API of the sans-IO core.
+pub(crate) use crate::sans_io::{encode_error, write_bind_portal};
 use crate::statement::{CloseQueue, CloseUnlessPrepared, Column, Statement};
 use crate::statement_cache::StatementCache;
 use crate::typeinfo;
@@ -76,12 +79,19 @@ pub struct Client {
     /// SQL to run before the next request, queued synchronously by drops that cannot await (a transaction
     /// dropped without commit leaves its ROLLBACK here).
     deferred: Vec<String>,
+    /// `Transaction` values alive on this client (savepoints included). While any is, a lost connection is
+    /// never rebuilt under it: its calls would otherwise run in autocommit on the new session.
+    pub(crate) open_transactions: u32,
     /// How to reach the same server again for a cancel request (address and TLS settings).
     pub(crate) cancel_route: Option<crate::connect::CancelRoute>,
     /// How SQL text runs.
     mode: QueryMode,
     /// Named statements prepared for SQL text in [`QueryMode::Cached`].
     cache: StatementCache,
+    /// What session rebuild restores, when [`Config::session_rebuild`] is on (see `rebuild.rs`).
+    pub(crate) session: Option<Box<crate::rebuild::SessionRecord>>,
+    /// Whether request spans record the statement text ([`Config::trace_statements`]).
+    trace_statements: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -119,7 +129,9 @@ impl Collected {
 }
 
 impl Client {
-    pub(crate) fn from_connection(conn: Connection, config: &Config) -> Client {
+    pub(crate) fn from_connection(mut conn: Connection, config: &Config) -> Client {
+        conn.limits.query_timeout = config.get_query_timeout();
+        conn.limits.read_timeout = config.get_read_timeout();
         Client {
             conn,
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
@@ -127,10 +139,30 @@ impl Client {
             close_queue: CloseQueue::default(),
             types: typeinfo::TypeCache::default(),
             deferred: Vec::new(),
+            open_transactions: 0,
             cancel_route: None,
             mode: config.get_query_mode(),
             cache: StatementCache::new(config.get_statement_cache_capacity()),
+            session: crate::rebuild::SessionRecord::for_config(config),
+            trace_statements: config.get_trace_statements(),
         }
+    }
+
+    /// The `tracing` span of one request: what kind of call it is, the backend it runs on, and the SQL text
+    /// when [`Config::trace_statements`] is on. Parameters never enter it.
+    pub(crate) fn request_span(&self, kind: &'static str, sql: Option<&str>) -> tracing::Span {
+        let span = tracing::debug_span!(
+            "request",
+            kind,
+            backend_pid = self.backend_pid(),
+            statement = tracing::field::Empty,
+        );
+        if self.trace_statements
+            && let Some(sql) = sql
+        {
+            span.record("statement", sql);
+        }
+        span
     }
 
     /// How SQL text runs on this connection (from [`Config::query_mode`]).
@@ -148,7 +180,76 @@ impl Client {
         self.cancel_route.as_ref().is_some_and(|r| r.tls.is_some())
     }
 
-    /// Whether the connection is closed or broken; a closed client only returns errors.
+    /// Records how to reach the server again for a cancel request. The driver keeps a copy: it cancels
+    /// timed-out requests itself.
+    pub(crate) fn set_cancel_route(&mut self, route: crate::connect::CancelRoute) {
+        self.conn.cancel_route = Some(route.clone());
+        self.cancel_route = Some(route);
+    }
+
+    /// A token that cancels the query running on this connection, usable without access to the client: from
+    /// another task natively, or as a future joined with the query on WASI. See [`CancelToken`].
+    ///
+    /// [`CancelToken`]: crate::CancelToken
+    pub fn cancel_token(&self) -> crate::CancelToken {
+        self.conn.cancel_token()
+    }
+
+    /// How long the server may take to answer each request before it is cancelled (see
+    /// [`Config::query_timeout`]); `None` for no limit.
+    pub fn query_timeout(&self) -> Option<std::time::Duration> {
+        self.conn.limits.query_timeout
+    }
+
+    /// Sets the query timeout for the requests this client sends from now on (`None` or zero: no limit),
+    /// replacing [`Config::query_timeout`] for this connection.
+    pub fn set_query_timeout(&mut self, timeout: impl Into<Option<std::time::Duration>>) {
+        self.conn.limits.query_timeout = timeout.into().filter(|t| !t.is_zero());
+    }
+
+    /// The client with another query timeout (`None`: no limit) until the returned scope is dropped: for one
+    /// call, or for every call made through the scope. A request that outlives it is cancelled on the server,
+    /// read out, and reported as [`ErrorKind::Timeout`](crate::ErrorKind::Timeout); the connection stays
+    /// usable (see [`Config::query_timeout`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &mut wasi_pg_client::Client) -> Result<(), wasi_pg_client::Error> {
+    /// use std::time::Duration;
+    /// use wasi_pg_client::ErrorKind;
+    ///
+    /// let slow = client
+    ///     .with_query_timeout(Duration::from_secs(2))
+    ///     .query("SELECT pg_sleep(10)", &[])
+    ///     .await;
+    /// assert_eq!(slow.unwrap_err().kind(), ErrorKind::Timeout);
+    /// // The connection's own timeout is back, and the connection works.
+    /// client.query_one("SELECT 1", &[]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_query_timeout(
+        &mut self,
+        timeout: impl Into<Option<std::time::Duration>>,
+    ) -> crate::QueryTimeoutScope<'_> {
+        crate::QueryTimeoutScope::new(self, timeout.into())
+    }
+
+    /// Checks the connection with one round trip, an empty query (EmptyQueryResponse and ReadyForQuery), and
+    /// returns the transaction status that ReadyForQuery reported. Requests of dropped futures are read out
+    /// first, so the status is current afterwards (see [`transaction_status`](Self::transaction_status)).
+    pub async fn ping(&mut self) -> Result<TransactionStatus, Error> {
+        let span = self.request_span("ping", None);
+        async {
+            self.prepare_to_send().await?;
+            let id = self.queue_simple("")?;
+            self.simple_results(id).finish().await?;
+            Ok(self.transaction_status())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Whether the connection is closed or broken; a closed client only returns errors, unless
+    /// [`Config::session_rebuild`] is on: then its next call connects again.
     pub fn is_closed(&self) -> bool {
         self.conn.protocol.is_closed()
     }
@@ -166,6 +267,14 @@ impl Client {
         self.conn.protocol.transaction_status()
     }
 
+    /// Whether requests of dropped futures still await their answers, or drops left SQL to run before the next
+    /// request (the ROLLBACK of a dropped transaction): until the next call settles them,
+    /// [`transaction_status`](Self::transaction_status) may be out of date.
+    #[cfg(feature = "pool")]
+    pub(crate) fn has_unfinished_requests(&self) -> bool {
+        self.conn.protocol.has_pending() || !self.deferred.is_empty()
+    }
+
     /// A run-time parameter the server reported, such as `server_version`, `TimeZone` or `DateStyle`.
     pub fn parameter(&self, name: &str) -> Option<&str> {
         self.conn.protocol.parameter(name)
@@ -177,7 +286,8 @@ impl Client {
     }
 
     /// Notices and warnings received so far, oldest first; they are removed from the client. Each notice is
-    /// also emitted as a `tracing` event.
+    /// also emitted as a `tracing` event. At most the newest 1024 are kept; none while a handler set with
+    /// [`set_notice_handler`](Self::set_notice_handler) takes them instead.
     pub fn take_notices(&mut self) -> Vec<DbError> {
         self.conn.take_notices()
     }
@@ -188,6 +298,10 @@ impl Client {
     /// A new request is never sent behind an unanswered one: if that one turned into COPY FROM STDIN, the server
     /// would read our next messages as COPY data. If this future is dropped while draining, nothing was queued.
     pub(crate) async fn prepare_to_send(&mut self) -> Result<(), Error> {
+        if self.session.is_some() && self.is_closed() {
+            // Boxed: the rebuild itself runs requests, which come back here.
+            Box::pin(self.rebuild_session()).await?;
+        }
         self.conn.drain_abandoned().await?;
         // Deferred statements (rollbacks of dropped transactions) go first; their answers are discarded like
         // those of an abandoned request. If a drop cannot be sent because the connection broke, the server ends
@@ -213,9 +327,10 @@ impl Client {
         })
     }
 
-    /// The results of a queued simple Query.
+    /// The results of a queued simple Query, read in the span of the request that queued it (the current one).
     pub(crate) fn simple_results(&mut self, id: RequestId) -> SimpleQueryStream<'_> {
         SimpleQueryStream {
+            span: tracing::Span::current(),
             client: self,
             id,
             columns: None,
@@ -232,6 +347,9 @@ impl Client {
             Ok(mut names) => names.drain(..).collect(),
             Err(_) => return Ok(()),
         };
+        if let Some(session) = &mut self.session {
+            session.forget_statements(&names);
+        }
         if names.is_empty() || self.is_closed() {
             return Ok(());
         }
@@ -258,15 +376,24 @@ impl Client {
         sql: &str,
         param_types: &[Type],
     ) -> Result<Statement, Error> {
-        let name = format!("wpc{}", self.next_statement);
+        // The client id keeps names apart when several clients of a process share a backend (session poolers,
+        // PGlite).
+        let name = format!("wpc{}_{}", self.id, self.next_statement);
         self.next_statement += 1;
+        let span = self.request_span("prepare", Some(sql));
         let guard = CloseUnlessPrepared::new(&self.close_queue, &name);
-        let statement = self.prepare_named(&name, sql, param_types).await?;
+        let statement = self
+            .prepare_named(&name, sql, param_types)
+            .instrument(span)
+            .await?;
         guard.prepared();
+        if let Some(session) = &mut self.session {
+            session.remember_statement(&name, sql, &statement);
+        }
         Ok(statement)
     }
 
-    async fn prepare_named(
+    pub(crate) async fn prepare_named(
         &mut self,
         name: &str,
         sql: &str,
@@ -398,7 +525,8 @@ impl Client {
     where
         T: ToStatement + ?Sized,
     {
-        let (collected, columns) = self.run(statement, params).await?;
+        let span = self.request_span("query", sql_of(statement));
+        let (collected, columns) = self.run(statement, params).instrument(span).await?;
         collected.into_rows(columns)
     }
 
@@ -443,7 +571,13 @@ impl Client {
     where
         T: ToStatement + ?Sized,
     {
-        Ok(self.run(statement, params).await?.0.affected)
+        let span = self.request_span("execute", sql_of(statement));
+        Ok(self
+            .run(statement, params)
+            .instrument(span)
+            .await?
+            .0
+            .affected)
     }
 
     /// Runs a statement, SQL text as the query mode says: its results and their columns.
@@ -657,10 +791,15 @@ impl Client {
         sql: &str,
         params: &[(Param<'_>, Type)],
     ) -> Result<Vec<Row>, Error> {
-        let mut collected = self.run_typed(sql, params).await?;
-        let description = collected.description.take().unwrap_or_default();
-        let columns = self.resolve_columns(description).await?;
-        collected.into_rows(columns.into())
+        let span = self.request_span("query_typed", Some(sql));
+        async {
+            let mut collected = self.run_typed(sql, params).await?;
+            let description = collected.description.take().unwrap_or_default();
+            let columns = self.resolve_columns(description).await?;
+            collected.into_rows(columns.into())
+        }
+        .instrument(span)
+        .await
     }
 
     /// Like [`query_typed`](Self::query_typed), returning the number of rows affected.
@@ -669,7 +808,8 @@ impl Client {
         sql: &str,
         params: &[(Param<'_>, Type)],
     ) -> Result<u64, Error> {
-        Ok(self.run_typed(sql, params).await?.affected)
+        let span = self.request_span("execute_typed", Some(sql));
+        Ok(self.run_typed(sql, params).instrument(span).await?.affected)
     }
 
     async fn run_typed(
@@ -762,13 +902,52 @@ impl Client {
     /// Starts a simple query and returns a stream of its results in order. A server error comes out of
     /// [`SimpleQueryStream::next`] after the rows that preceded it.
     pub async fn simple_query_stream(&mut self, sql: &str) -> Result<SimpleQueryStream<'_>, Error> {
-        self.prepare_to_send().await?;
-        let id = self.queue_simple(sql)?;
-        Ok(self.simple_results(id))
+        let span = self.request_span("simple_query", Some(sql));
+        let id = async {
+            self.prepare_to_send().await?;
+            self.queue_simple(sql)
+        }
+        .instrument(span.clone())
+        .await?;
+        let mut results = self.simple_results(id);
+        results.span = span;
+        Ok(results)
     }
 
     pub(crate) fn connection_mut(&mut self) -> &mut Connection {
         &mut self.conn
+    }
+
+    /// Session rebuild: whether a drop left SQL to run (a dropped transaction's ROLLBACK).
+    pub(crate) fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
+    }
+
+    /// Session rebuild: forgets what only the lost connection had (cached statements, deferred SQL, Closes
+    /// not sent yet) and returns the names of the statements whose handles are gone.
+    pub(crate) fn forget_lost_connection(&mut self) -> Vec<String> {
+        self.cache.clear();
+        self.deferred.clear();
+        match self.close_queue.lock() {
+            Ok(mut names) => names.drain(..).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Session rebuild: goes on over `fresh`'s connection, restored already. This client keeps its identity, so
+    /// its statement handles stay valid, and keeps what the lost connection received but nobody took yet.
+    pub(crate) fn adopt_connection(&mut self, fresh: Client) {
+        let Client {
+            mut conn,
+            cancel_route,
+            types,
+            ..
+        } = fresh;
+        conn.take_over_events(&mut self.conn);
+        conn.limits.take_over_settings(&self.conn.limits);
+        self.conn = conn;
+        self.cancel_route = cancel_route;
+        self.types = types;
     }
 
     /// Sends Terminate and closes the connection.
@@ -783,6 +962,8 @@ impl Client {
 /// Dropping the stream before the end is safe: the connection discards the rest of the results on its next
 /// call.
 pub struct SimpleQueryStream<'a> {
+    /// The span of the request, entered while its results are read.
+    span: tracing::Span,
     client: &'a mut Client,
     id: RequestId,
     columns: Option<Arc<[SimpleColumn]>>,
@@ -802,7 +983,8 @@ impl SimpleQueryStream<'_> {
     /// The next result message, `Ok(None)` at the end, or the server's error once the statements before it
     /// were delivered.
     pub async fn next(&mut self) -> Result<Option<SimpleQueryMessage>, Error> {
-        let message = self.next_message().await;
+        let span = self.span.clone();
+        let message = self.next_message().instrument(span).await;
         if message.is_err() {
             self.done = true;
         }
@@ -869,6 +1051,14 @@ impl SimpleQueryStream<'_> {
     }
 }
 
+/// The SQL text of a statement given as text, for request spans.
+pub(crate) fn sql_of<T: ToStatement + ?Sized>(statement: &T) -> Option<&str> {
+    match statement.to_statement() {
+        StatementRef::Sql(sql) => Some(sql),
+        StatementRef::Prepared(_) => None,
+    }
+}
+
 /// Why a cached statement cannot be used any more.
 enum Stale {
     /// Its plan no longer fits: "cached plan must not change result type".
@@ -899,53 +1089,6 @@ fn write_bind(
     write_bind_portal(buf, "", statement, types, params)
 }
 
-/// [`write_bind`] to the portal called `portal` (named portals live until closed or the transaction ends).
-pub(crate) fn write_bind_portal(
-    buf: &mut BytesMut,
-    portal: &str,
-    statement: &str,
-    types: &[Type],
-    params: &[Param<'_>],
-) -> Result<(), Error> {
-    crate::proto::check_parameter_count(params.len())?;
-    let formats: Vec<i16> = params
-        .iter()
-        .zip(types)
-        .map(|(p, t)| match p.encode_format(t) {
-            Format::Text => 0,
-            Format::Binary => 1,
-        })
-        .collect();
-    let mut failure = None;
-    let result = frontend::bind(
-        portal,
-        statement,
-        formats,
-        params.iter().zip(types).enumerate(),
-        |(i, (param, ty)), buf| match param.to_sql_checked(ty, buf) {
-            Ok(IsNull::No) => Ok(postgres_protocol::IsNull::No),
-            Ok(IsNull::Yes) => Ok(postgres_protocol::IsNull::Yes),
-            Err(e) => {
-                // WrongType names the Rust and SQL types; the value itself never enters the message.
-                failure = Some(Error::to_sql(ty, i, e));
-                Err("parameter encoding failed".into())
-            }
-        },
-        Some(1),
-        buf,
-    );
-    if let Some(failure) = failure {
-        return Err(failure);
-    }
-    match result {
-        Ok(()) => Ok(()),
-        Err(frontend::BindError::Conversion(e)) => {
-            Err(Error::config(format!("cannot encode parameters: {e}")))
-        }
-        Err(frontend::BindError::Serialization(e)) => Err(encode_error(e)),
-    }
-}
-
 fn read_description(
     body: &postgres_protocol::message::backend::RowDescriptionBody,
 ) -> Result<Vec<FieldInfo>, Error> {
@@ -968,10 +1111,6 @@ pub(crate) fn rows_affected(tag: &str) -> u64 {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
-}
-
-pub(crate) fn encode_error(e: std::io::Error) -> Error {
-    Error::config(format!("cannot encode the request: {e}"))
 }
 
 pub(crate) fn unexpected(message: Backend, during: &str) -> Error {

@@ -5,14 +5,15 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 
 use crate::client::Client;
-use tracing::debug;
+use tracing::{Instrument as _, debug};
 
 use crate::config::{Host, LoadBalanceHosts, SslMode, Target, TargetSessionAttrs};
 use crate::connection::Connection;
-use crate::proto::{Limits, Protocol, StartupParams};
+use crate::proto::Protocol;
 use crate::row::SimpleQueryMessage;
+use crate::sans_io::{StartupParameters, limits, startup_parameters, startup_params};
 use crate::tls::{self, SslResponse, TlsConnector};
-use crate::transport::Transport;
+use crate::transport::{Keepalive, Transport};
 use crate::{Config, Error, ErrorKind, runtime};
 
 impl Client {
@@ -46,6 +47,7 @@ impl Client {
         for &wanted in passes {
             for target in &targets {
                 let described = describe(target);
+                let span = connect_span(config, target);
                 // The session check runs inside connect_timeout too: a server that stalls after startup must
                 // not hang connect().
                 let attempt = runtime::timeout(config.get_connect_timeout(), async {
@@ -53,7 +55,17 @@ impl Client {
                     let fits = session_fits(&mut client, wanted).await?;
                     Ok::<_, Error>((client, fits))
                 })
+                .instrument(span.clone())
                 .await;
+                span.in_scope(|| match &attempt {
+                    Ok(Ok((client, _))) => debug!(
+                        backend_pid = client.backend_pid(),
+                        tls = client.uses_tls(),
+                        "connected"
+                    ),
+                    Ok(Err(e)) => debug!(error = %e, "connection attempt failed"),
+                    Err(()) => debug!("connection attempt timed out (connect_timeout)"),
+                });
                 match attempt {
                     Ok(Ok((client, true))) => return Ok(client),
                     Ok(Ok((client, false))) => {
@@ -83,6 +95,19 @@ impl Client {
         transport: Box<dyn Transport>,
         config: &Config,
     ) -> Result<Client, Error> {
+        let span = tracing::info_span!(
+            "connect",
+            transport = "caller's",
+            sslmode = config.get_ssl_mode().as_str(),
+            user = config.get_user(),
+            dbname = config.get_dbname(),
+        );
+        Client::connect_over(transport, config)
+            .instrument(span)
+            .await
+    }
+
+    async fn connect_over(transport: Box<dyn Transport>, config: &Config) -> Result<Client, Error> {
         startup_parameters(config)?;
         let tls = TlsConnector::from_config(config)?;
         let host = match config.get_hosts().first() {
@@ -102,7 +127,7 @@ impl Client {
                 let binding = Some(established.channel_binding);
                 let mut client =
                     startup(Box::new(established.stream), config, None, binding).await?;
-                client.cancel_route = Some(CancelRoute {
+                client.set_cancel_route(CancelRoute {
                     target: None,
                     tls: Some((tls, host)),
                 });
@@ -115,11 +140,38 @@ impl Client {
 /// Where and how a cancel request for a session must be sent: the same server, and TLS when the session used
 /// it (libpq sends cancel requests over TLS too since PostgreSQL 17).
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // Read by cancellation, which comes with the session features.
 pub(crate) struct CancelRoute {
     pub(crate) target: Option<Target>,
     /// The connector and the host name its certificate was checked against.
     pub(crate) tls: Option<(TlsConnector, String)>,
+}
+
+impl CancelRoute {
+    /// Opens a new connection to the session's server for a cancel request, negotiated as the session's was:
+    /// TLS with the same connector and host name (an SSLRequest first, or direct TLS), with no fallback to
+    /// plaintext; plaintext if the session is plaintext.
+    pub(crate) async fn open(&self) -> Result<Box<dyn Transport>, Error> {
+        let Some(target) = &self.target else {
+            return Err(Error::unsupported(
+                "cannot cancel: the client was made with connect_with_transport, so there is no address to \
+                 send a cancel request to",
+            ));
+        };
+        let keepalive = Keepalive::default();
+        let mut transport =
+            open_transport(&target.host, target.hostaddr, target.port, Some(&keepalive)).await?;
+        let Some((connector, host)) = &self.tls else {
+            return Ok(transport);
+        };
+        match secure(&mut transport, connector, false).await? {
+            Negotiated::Tls => Ok(Box::new(
+                tls::handshake(connector, transport, host).await?.stream,
+            )),
+            Negotiated::Plain => Err(Error::protocol(
+                "BUG: TLS was refused without an error although plaintext was not allowed",
+            )),
+        }
+    }
 }
 
 /// What the negotiation before the startup settled on.
@@ -146,6 +198,23 @@ async fn secure(
             None,
         )),
     }
+}
+
+/// The span of one connection attempt: where to and how, with whom as whom; never the password.
+fn connect_span(config: &Config, target: &Target) -> tracing::Span {
+    let host = match &target.host {
+        Host::Tcp(name) => name.clone(),
+        Host::Unix(dir) => dir.display().to_string(),
+    };
+    tracing::info_span!(
+        "connect",
+        host,
+        hostaddr = target.hostaddr.map(tracing::field::display),
+        port = target.port,
+        sslmode = config.get_ssl_mode().as_str(),
+        user = config.get_user(),
+        dbname = config.get_dbname(),
+    )
 }
 
 fn describe(target: &Target) -> String {
@@ -217,14 +286,20 @@ async fn attempt(
     target: &Target,
     tls: Option<(&TlsConnector, bool)>,
 ) -> Result<Client, (Error, Stage)> {
-    let mut transport = open_transport(&target.host, target.hostaddr, target.port)
-        .await
-        .map_err(|e| (e, Stage::Setup))?;
+    let keepalive = config.keepalive();
+    let mut transport = open_transport(
+        &target.host,
+        target.hostaddr,
+        target.port,
+        keepalive.as_ref(),
+    )
+    .await
+    .map_err(|e| (e, Stage::Setup))?;
     let plain = |transport| async move {
         let mut client = startup(transport, config, Some(target), None)
             .await
             .map_err(|e| (e, Stage::Startup { tls: false }))?;
-        client.cancel_route = Some(CancelRoute {
+        client.set_cancel_route(CancelRoute {
             target: Some(target.clone()),
             tls: None,
         });
@@ -247,7 +322,7 @@ async fn attempt(
             let mut client = startup(Box::new(established.stream), config, Some(target), binding)
                 .await
                 .map_err(|e| (e, Stage::Startup { tls: true }))?;
-            client.cancel_route = Some(CancelRoute {
+            client.set_cancel_route(CancelRoute {
                 target: Some(target.clone()),
                 tls: Some((connector.clone(), host)),
             });
@@ -266,18 +341,22 @@ fn tls_host(target: &Target) -> String {
     }
 }
 
+/// Opens a connection to `host`; over TCP with keepalives as `keepalive` says (`None`: off).
 #[cfg(target_os = "wasi")]
 async fn open_transport(
     host: &Host,
     hostaddr: Option<IpAddr>,
     port: u16,
+    keepalive: Option<&Keepalive>,
 ) -> Result<Box<dyn Transport>, Error> {
     match host {
-        Host::Tcp(name) => Ok(Box::new(
-            crate::transport::wasi::connect_tcp(name, hostaddr, port)
+        Host::Tcp(name) => {
+            let stream = crate::transport::wasi::connect_tcp(name, hostaddr, port)
                 .await
-                .map_err(Error::io)?,
-        )),
+                .map_err(Error::io)?;
+            stream.set_keepalive(keepalive);
+            Ok(Box::new(stream))
+        }
         Host::Unix(dir) => Err(Error::unsupported(format!(
             "Unix-domain sockets ({}) are not available on WASI",
             dir.display()
@@ -285,18 +364,22 @@ async fn open_transport(
     }
 }
 
+/// Opens a connection to `host`; over TCP with keepalives as `keepalive` says (`None`: off).
 #[cfg(all(not(target_os = "wasi"), feature = "tokio"))]
 async fn open_transport(
     host: &Host,
     hostaddr: Option<IpAddr>,
     port: u16,
+    keepalive: Option<&Keepalive>,
 ) -> Result<Box<dyn Transport>, Error> {
     match host {
-        Host::Tcp(name) => Ok(Box::new(
-            crate::transport::tokio::connect_tcp(name, hostaddr, port)
+        Host::Tcp(name) => {
+            let stream = crate::transport::tokio::connect_tcp(name, hostaddr, port)
                 .await
-                .map_err(Error::io)?,
-        )),
+                .map_err(Error::io)?;
+            crate::transport::tokio::set_keepalive(&stream.0, keepalive).map_err(Error::io)?;
+            Ok(Box::new(stream))
+        }
         #[cfg(unix)]
         Host::Unix(dir) => Ok(Box::new(
             crate::transport::tokio::connect_unix(dir, port)
@@ -330,67 +413,11 @@ async fn startup(
         (None, Some(target)) => password_from_file(config, target, &dbname, &user),
         (None, None) => None,
     };
-    let startup = StartupParams {
-        params,
-        password,
-        require_auth: config.get_require_auth().clone(),
-        channel_binding: crate::proto::ChannelBindingPolicy {
-            mode: config.get_channel_binding(),
-            tls: tls_binding,
-        },
-        scram_max_iterations: config.get_scram_max_iterations(),
-        min_protocol_version: config.get_min_protocol_version(),
-        max_protocol_version: config.get_max_protocol_version(),
-    };
-    let limits = Limits {
-        max_message_size: config.get_max_message_size(),
-    };
-    let protocol = Protocol::new(startup, limits)?;
+    let startup = startup_params(config, params, password, tls_binding);
+    let protocol = Protocol::new(startup, limits(config))?;
     let mut conn = Connection::new(transport, protocol);
     conn.startup().await?;
     Ok(Client::from_connection(conn, config))
-}
-
-/// The StartupMessage parameters and the user and database names among them.
-struct StartupParameters {
-    params: Vec<(String, String)>,
-    user: String,
-    dbname: String,
-}
-
-/// The StartupMessage parameters, with the user and database names they carry. Called before any connection is
-/// opened too, so a value the server could never receive (a NUL byte, an oversized packet) fails before a byte
-/// is sent.
-fn startup_parameters(config: &Config) -> Result<StartupParameters, Error> {
-    let user = config.effective_user()?;
-    let dbname = config.effective_dbname()?;
-    let mut params = vec![
-        ("user".to_string(), user.clone()),
-        ("database".to_string(), dbname.clone()),
-        // Text results are decoded as UTF-8, so the session must send UTF-8.
-        ("client_encoding".to_string(), "UTF8".to_string()),
-    ];
-    if let Some(name) = config.get_application_name() {
-        params.push(("application_name".to_string(), name.to_string()));
-    }
-    if let Some(options) = config.get_options() {
-        params.push(("options".to_string(), options.to_string()));
-    }
-    for (name, value) in config.get_params() {
-        params.retain(|(k, _)| k != name);
-        params.push((name.clone(), value.clone()));
-    }
-    // The same encoder the startup uses checks NUL bytes and the packet size.
-    crate::proto::startup_message(
-        config.get_max_protocol_version(),
-        &params,
-        &mut bytes::BytesMut::new(),
-    )?;
-    Ok(StartupParameters {
-        params,
-        user,
-        dbname,
-    })
 }
 
 /// The password for `target` from the password file (`passfile`, `PGPASSFILE` or `~/.pgpass`), as libpq finds

@@ -4,18 +4,28 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
+use crate::cancel::{CancelToken, Due, TimeLimits};
+use crate::connect::CancelRoute;
 use crate::proto::{Backend, Event, Notification, Protocol, RequestId};
 use crate::transport::Transport;
-use crate::{DbError, Error};
+use crate::{DbError, Error, ErrorKind};
 
 /// How many bytes one read asks the transport for.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Notices kept for [`Client::take_notices`](crate::Client::take_notices) before the oldest are dropped.
 const MAX_KEPT_NOTICES: usize = 1024;
+
+/// Where notices go when the user set a handler ([`Client::set_notice_handler`](crate::Client::set_notice_handler)).
+#[cfg(not(target_os = "wasi"))]
+pub(crate) type NoticeHandler = Box<dyn FnMut(&DbError) + Send>;
+/// Where notices go when the user set a handler ([`Client::set_notice_handler`](crate::Client::set_notice_handler)).
+#[cfg(target_os = "wasi")]
+pub(crate) type NoticeHandler = Box<dyn FnMut(&DbError)>;
 
 /// A transport, the protocol state machine, and the events that arrived outside any request.
 pub(crate) struct Connection {
@@ -25,6 +35,14 @@ pub(crate) struct Connection {
     needs_flush: bool,
     notifications: VecDeque<Notification>,
     notices: VecDeque<DbError>,
+    /// Takes notices instead of `notices` when set.
+    notice_handler: Option<NoticeHandler>,
+    /// Whether dropping untaken notices was reported (once per connection: after that it is no news).
+    notices_overflowed: bool,
+    /// The query timeout and the read deadline, with their clocks (see `cancel.rs`).
+    pub(crate) limits: TimeLimits,
+    /// How to reach the server for a cancel request: the driver cancels timed-out requests itself.
+    pub(crate) cancel_route: Option<CancelRoute>,
 }
 
 impl Connection {
@@ -36,17 +54,55 @@ impl Connection {
             needs_flush: false,
             notifications: VecDeque::new(),
             notices: VecDeque::new(),
+            notice_handler: None,
+            notices_overflowed: false,
+            limits: TimeLimits::default(),
+            cancel_route: None,
         }
     }
 
     /// Writes what is queued and reads what is available. `Ready(Ok(()))` means input (or end of stream)
-    /// arrived and the protocol should be polled again.
+    /// arrived, or the awaited request timed out and its expiry began: either way the caller polls again.
+    /// While requests are pending, the time limits decide how long nothing may arrive.
     fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        let result = self.poll_transport(cx);
-        if let Poll::Ready(Err(e)) = &result {
-            self.protocol.mark_broken(e);
+        match self.poll_transport(cx) {
+            Poll::Ready(Ok(())) => {
+                self.limits.progress();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => {
+                self.protocol.mark_broken(&e);
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => {
+                match ready!(self.limits.poll_due(cx, self.protocol.has_pending(), true)) {
+                    Due::Read(limit) => Poll::Ready(Err(self.read_deadline_passed(limit))),
+                    Due::Query(limit) => {
+                        debug!(?limit, "a request timed out; cancelling it on the server");
+                        let token = self.cancel_token();
+                        self.limits
+                            .expire(limit, Box::pin(async move { token.cancel_query().await }));
+                        Poll::Ready(Ok(()))
+                    }
+                }
+            }
         }
-        result
+    }
+
+    /// No byte arrived within the read deadline: an answer may still be on its way, so the protocol is out of
+    /// step and the connection is given up.
+    fn read_deadline_passed(&mut self, limit: Duration) -> Error {
+        let error = Error::timeout("waiting for the server to answer", limit).broken();
+        self.protocol.mark_broken(&error);
+        error
+    }
+
+    /// A cancel token for this session: its route and its backend key.
+    pub(crate) fn cancel_token(&self) -> CancelToken {
+        CancelToken::new(
+            self.cancel_route.clone(),
+            self.protocol.backend_key().cloned(),
+        )
     }
 
     fn poll_transport(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -128,6 +184,8 @@ impl Connection {
     /// went out, or the next response to `id` as soon as one arrives (during COPY FROM STDIN the server answers
     /// only to end it with an error). Responses to older requests are discarded on the way.
     pub(crate) async fn send_watching(&mut self, id: RequestId) -> Result<Option<Backend>, Error> {
+        // Sending is not waiting for the server: the query timeout counts from the next wait for its answer.
+        self.limits.restart_query_clock();
         poll_fn(|cx| {
             loop {
                 let response = self.protocol.poll_response();
@@ -145,6 +203,7 @@ impl Connection {
                     Ok(None) => {}
                     Err(e) => return Poll::Ready(Err(e)),
                 }
+                let unsent = self.protocol.poll_transmit().len();
                 let all_sent = match self.poll_write_queued(cx) {
                     Poll::Ready(Ok(())) => true,
                     Poll::Ready(Err(e)) => {
@@ -153,17 +212,34 @@ impl Connection {
                     }
                     Poll::Pending => false,
                 };
+                // While COPY data flows the server answers nothing: bytes going out count as progress too.
+                if self.protocol.poll_transmit().len() != unsent {
+                    self.limits.progress();
+                }
                 match self.transport.poll_read(cx, &mut self.read_buf) {
                     Poll::Ready(Ok(0)) => self.protocol.handle_eof(),
-                    Poll::Ready(Ok(n)) => self.protocol.handle_input(&self.read_buf[..n]),
+                    Poll::Ready(Ok(n)) => {
+                        self.limits.progress();
+                        self.protocol.handle_input(&self.read_buf[..n]);
+                    }
                     Poll::Ready(Err(e)) => {
                         let e = Error::io(e);
                         self.protocol.mark_broken(&e);
                         return Poll::Ready(Err(e));
                     }
-                    // Nothing to read: done if everything went out, else wait for either direction.
-                    Poll::Pending if all_sent => return Poll::Ready(Ok(None)),
-                    Poll::Pending => return Poll::Pending,
+                    // Nothing to read: done if everything went out, else wait for either direction, as long as
+                    // the read deadline allows.
+                    Poll::Pending if all_sent => {
+                        self.limits.disarm();
+                        return Poll::Ready(Ok(None));
+                    }
+                    Poll::Pending => {
+                        if let Poll::Ready(Due::Read(limit)) = self.limits.poll_due(cx, true, false)
+                        {
+                            return Poll::Ready(Err(self.read_deadline_passed(limit)));
+                        }
+                        return Poll::Pending;
+                    }
                 }
             }
         })
@@ -172,6 +248,8 @@ impl Connection {
 
     /// Reads and discards the responses of every request still pending (left by dropped futures).
     pub(crate) async fn drain_abandoned(&mut self) -> Result<(), Error> {
+        // A new operation starts here: clocks left by dropped futures do not count against it.
+        self.limits.new_wait();
         poll_fn(|cx| self.poll_next(cx, None)).await.map(drop)
     }
 
@@ -183,6 +261,20 @@ impl Connection {
         id: Option<RequestId>,
     ) -> Poll<Result<Option<Backend>, Error>> {
         loop {
+            if self.limits.expiry.is_some() {
+                // A request timed out: nothing else happens until its cancel went through and every pending
+                // request was read out, whoever polls (the timed-out caller, or the next call, which comes here
+                // through `drain_abandoned` before it queues anything). This is why a cancel that races the
+                // request's completion never hits the next query: the server closes the cancel connection only
+                // after it signalled the backend, and the next query is sent only after the ReadyForQuery of the
+                // abandoned request was read, so the signal reaches the backend while it still runs that
+                // request or while it waits for a command, where PostgreSQL ignores it.
+                let limit = ready!(self.poll_expiry(cx))?;
+                if id.is_some() {
+                    return Poll::Ready(Err(Error::timeout("the query", limit)));
+                }
+                continue;
+            }
             if id.is_none() && !self.protocol.has_pending() {
                 return Poll::Ready(Ok(None));
             }
@@ -202,16 +294,113 @@ impl Connection {
                 (Ok(None), _) => {}
                 (Err(e), _) => return Poll::Ready(Err(e)),
             }
+            if id.is_some() && !self.protocol.has_pending() {
+                // Nothing will answer: the request was read out with the others after one of them timed out.
+                return Poll::Ready(Err(Error::skipped(
+                    "the request's answer was discarded after an earlier request timed out",
+                )));
+            }
+            self.limits.watch(id);
             if let Err(e) = ready!(self.poll_io(cx)) {
                 return Poll::Ready(Err(e));
             }
         }
     }
 
+    /// Drives the expiry of a timed-out request: its cancel first, then the read-out of every pending request,
+    /// within a grace time. `Ready(Ok(limit))` once nothing is pending any more.
+    fn poll_expiry(&mut self, cx: &mut Context<'_>) -> Poll<Result<Duration, Error>> {
+        let poll = self.poll_expiry_steps(cx);
+        if poll.is_ready() {
+            self.limits.disarm();
+        }
+        poll
+    }
+
+    fn poll_expiry_steps(&mut self, cx: &mut Context<'_>) -> Poll<Result<Duration, Error>> {
+        loop {
+            let Some(expiry) = &mut self.limits.expiry else {
+                return Poll::Ready(Err(Error::protocol(
+                    "BUG: no timed-out request to read out",
+                )));
+            };
+            let (limit, give_up_at) = (expiry.limit, expiry.give_up_at);
+            if let Some(cancel) = &mut expiry.cancel {
+                match cancel.as_mut().poll(cx) {
+                    Poll::Ready(Ok(())) => {
+                        // The server closed the cancel connection: the backend has been signalled.
+                        expiry.cancel = None;
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        let why = format!("the cancel request failed ({e})");
+                        return Poll::Ready(Err(self.expiry_failed(&why)));
+                    }
+                    Poll::Pending => {}
+                }
+            } else {
+                if !self.protocol.has_pending() {
+                    self.limits.expiry = None;
+                    return Poll::Ready(Ok(limit));
+                }
+                let response = self.protocol.poll_response();
+                self.collect_events();
+                match response {
+                    // The timed-out request's 57014 error or late results, and whatever was queued behind it.
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.limits.expiry = None;
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                match self.poll_transport(cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => {
+                        self.protocol.mark_broken(&e);
+                        self.limits.expiry = None;
+                        return Poll::Ready(Err(e));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            let Some(give_up_at) = give_up_at else {
+                return Poll::Pending;
+            };
+            ready!(self.limits.poll_timer(cx, give_up_at));
+            let why = if self
+                .limits
+                .expiry
+                .as_ref()
+                .is_some_and(|e| e.cancel.is_some())
+            {
+                "the cancel request did not finish in time"
+            } else {
+                "the server did not end the cancelled request in time"
+            };
+            return Poll::Ready(Err(self.expiry_failed(why)));
+        }
+    }
+
+    /// A timed-out request could not be stopped: its answer may still come, so the connection is given up.
+    fn expiry_failed(&mut self, why: &str) -> Error {
+        let limit = self
+            .limits
+            .expiry
+            .take()
+            .map_or(Duration::ZERO, |expiry| expiry.limit);
+        let error = Error::timeout("the query", limit)
+            .broken()
+            .context(format!("{why}; the connection was closed"));
+        self.protocol.mark_broken(&error);
+        error
+    }
+
     /// The next notification: one already received, or the next to arrive. Requests left by dropped futures
     /// are drained first. A notification leaves the queue only when this returns it, so dropping the future
     /// (for example on a timeout) loses nothing.
     pub(crate) async fn next_notification(&mut self) -> Result<Notification, Error> {
+        self.limits.new_wait();
         poll_fn(|cx| {
             loop {
                 if let Some(notification) = self.notifications.pop_front() {
@@ -260,16 +449,19 @@ impl Connection {
         while let Some(event) = self.protocol.poll_event() {
             match event {
                 Event::Notice(notice) => {
-                    info!(
-                        severity = notice.severity(),
-                        code = notice.code(),
-                        "{}",
-                        notice.message()
-                    );
+                    trace_notice(&notice);
+                    if let Some(handler) = &mut self.notice_handler {
+                        handler(&notice);
+                        continue;
+                    }
                     if self.notices.len() == MAX_KEPT_NOTICES {
-                        warn!(
-                            "more than {MAX_KEPT_NOTICES} notices not taken: dropping the oldest"
-                        );
+                        if !self.notices_overflowed {
+                            self.notices_overflowed = true;
+                            warn!(
+                                "more than {MAX_KEPT_NOTICES} notices not taken: dropping the oldest \
+                                 (reported once per connection; see Client::take_notices)"
+                            );
+                        }
                         self.notices.pop_front();
                     }
                     self.notices.push_back(*notice);
@@ -294,5 +486,54 @@ impl Connection {
 
     pub(crate) fn take_notices(&mut self) -> Vec<DbError> {
         self.notices.drain(..).collect()
+    }
+
+    /// Sets (or with `None` removes) the handler that takes notices instead of the queue.
+    pub(crate) fn set_notice_handler(&mut self, handler: Option<NoticeHandler>) {
+        self.notice_handler = handler;
+    }
+
+    /// Session rebuild: this new connection takes over from `lost` its notice handler and what it received
+    /// but nobody took yet, older than anything received here. Notices this connection queued before it had
+    /// the handler go to the handler now.
+    pub(crate) fn take_over_events(&mut self, lost: &mut Connection) {
+        let mut notifications = std::mem::take(&mut lost.notifications);
+        notifications.append(&mut self.notifications);
+        self.notifications = notifications;
+        self.notice_handler = lost.notice_handler.take();
+        let mut notices = std::mem::take(&mut lost.notices);
+        match &mut self.notice_handler {
+            Some(handler) => self.notices.drain(..).for_each(|notice| handler(&notice)),
+            None => notices.append(&mut self.notices),
+        }
+        self.notices = notices;
+    }
+
+    /// If the connection can no longer be used, the kind of the error that ended it: `Io` for a transport
+    /// failure or an unexpected end of stream, `Db` for a FATAL error from the server.
+    pub(crate) fn broken_kind(&mut self) -> Option<ErrorKind> {
+        if !self.protocol.is_closed() {
+            return None;
+        }
+        // A closed protocol answers a poll with the error that ended it (an end of stream not yet seen as an
+        // error becomes one now) and changes nothing else.
+        match self.protocol.poll_response() {
+            Err(e) => Some(e.kind()),
+            Ok(_) => Some(ErrorKind::Closed),
+        }
+    }
+}
+
+/// Emits a notice as a `tracing` event (target `wasi_pg_client::notice`), at a level that follows its severity:
+/// WARNING at WARN, and INFO (which the server sends whatever `client_min_messages` says, for output the session
+/// asked for such as `RAISE INFO` or `VACUUM VERBOSE`) at INFO. Routine NOTICEs ("relation already exists,
+/// skipping"), LOG and DEBUG go to DEBUG, so an application logging at INFO sees no noise; the notices
+/// themselves stay available from `take_notices` or the notice handler.
+fn trace_notice(notice: &DbError) {
+    let (severity, code, message) = (notice.severity(), notice.code(), notice.message());
+    match severity {
+        "WARNING" => warn!(target: "wasi_pg_client::notice", severity, code, "{message}"),
+        "INFO" => info!(target: "wasi_pg_client::notice", severity, code, "{message}"),
+        _ => debug!(target: "wasi_pg_client::notice", severity, code, "{message}"),
     }
 }

@@ -21,6 +21,7 @@ use fallible_iterator::FallibleIterator;
 use futures_core::Stream;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
+use tracing::Instrument as _;
 
 use crate::client::rows_affected;
 use crate::proto::{Backend, Flow, RequestId};
@@ -51,9 +52,14 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn copy_in(&mut self, sql: &str) -> Result<CopyInWriter<'_>, Error> {
-        let id = self.queue_copy_query(sql, true).await?;
+        let span = self.request_span("copy_in", Some(sql));
+        let id = self
+            .queue_copy_query(sql, true)
+            .instrument(span.clone())
+            .await?;
         // From here the writer exists: if this future is dropped while waiting, its drop refuses the COPY.
         let mut writer = CopyInWriter {
+            span: span.clone(),
             client: self,
             id,
             buf: BytesMut::new(),
@@ -61,7 +67,7 @@ impl Client {
             binary: false,
             columns: 0,
         };
-        let started = writer.start().await;
+        let started = writer.start().instrument(span).await;
         writer.client.connection_mut().check(started)?;
         Ok(writer)
     }
@@ -84,8 +90,13 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn copy_out(&mut self, sql: &str) -> Result<CopyOutReader<'_>, Error> {
-        let id = self.queue_copy_query(sql, false).await?;
+        let span = self.request_span("copy_out", Some(sql));
+        let id = self
+            .queue_copy_query(sql, false)
+            .instrument(span.clone())
+            .await?;
         let mut reader = CopyOutReader {
+            span: span.clone(),
             client: self,
             id,
             done: false,
@@ -94,7 +105,7 @@ impl Client {
             binary: false,
             columns: 0,
         };
-        let started = reader.start().await;
+        let started = reader.start().instrument(span).await;
         reader.client.connection_mut().check(started)?;
         Ok(reader)
     }
@@ -144,6 +155,8 @@ enum WriterState {
 /// Dropped without `finish`, the writer aborts the COPY with CopyFail; nothing is applied and the connection
 /// stays usable.
 pub struct CopyInWriter<'a> {
+    /// The span of the COPY request, entered while data goes out and its answer is read.
+    span: tracing::Span,
     client: &'a mut Client,
     id: RequestId,
     /// Data not sent yet, less than [`CHUNK`] bytes between calls.
@@ -258,7 +271,8 @@ impl<'a> CopyInWriter<'a> {
     /// nothing of the COPY was applied then. If this future is dropped, the COPY is still complete: CopyDone was
     /// queued before the first await, and the next call reads the server's answer.
     pub async fn finish(mut self) -> Result<u64, Error> {
-        let result = self.finish_inner().await;
+        let span = self.span.clone();
+        let result = self.finish_inner().instrument(span).await;
         self.client.connection_mut().check(result)
     }
 
@@ -300,7 +314,7 @@ impl<'a> CopyInWriter<'a> {
             self.abort(&e.to_string());
             return Err(e);
         }
-        let sent = conn.send_watching(id).await;
+        let sent = conn.send_watching(id).instrument(self.span.clone()).await;
         match conn.check(sent)? {
             None => Ok(()),
             Some(Backend::Error(db)) => {
@@ -406,6 +420,8 @@ fn not_a_copy(call: &str, expected: &str) -> Error {
 ///
 /// Chunks come as the server sent them (one CopyData message each; PostgreSQL sends one per row).
 pub struct CopyOutReader<'a> {
+    /// The span of the COPY request, entered while its data is read.
+    span: tracing::Span,
     client: &'a mut Client,
     id: RequestId,
     done: bool,
@@ -483,6 +499,8 @@ impl CopyOutReader<'_> {
         if self.done {
             return Poll::Ready(Ok(None));
         }
+        let span = self.span.clone();
+        let _entered = span.enter();
         let result = ready!(self.poll_message(cx));
         if !matches!(result, Ok(Some(_))) {
             self.done = true;

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::io;
+#[cfg(any(feature = "tokio", target_os = "wasi"))]
 use std::time::Duration;
 
 use fallible_iterator::FallibleIterator;
@@ -133,12 +134,14 @@ impl Error {
     }
 
     /// Adds where the error happened; shown before the message.
+    #[cfg(any(feature = "tokio", target_os = "wasi"))]
     pub(crate) fn context(mut self, context: String) -> Error {
         self.0.context = Some(context);
         self
     }
 
     /// The error of a failed connect: the last attempt's error, with every attempt listed in its context.
+    #[cfg(any(feature = "tokio", target_os = "wasi"))]
     pub(crate) fn connect(mut failures: Vec<(String, Error)>) -> Error {
         let Some((last_target, last)) = failures.pop() else {
             return Error::config("no host to connect to");
@@ -177,6 +180,7 @@ impl Error {
             .broken()
     }
 
+    #[cfg(any(feature = "tokio", target_os = "wasi"))]
     pub(crate) fn timeout(what: &str, after: Duration) -> Error {
         Error::build(
             ErrorKind::Timeout,
@@ -202,6 +206,7 @@ impl Error {
     }
 
     /// A server that answered but does not fit `target_session_attrs`.
+    #[cfg(any(feature = "tokio", target_os = "wasi"))]
     pub(crate) fn connect_rejected(message: String) -> Error {
         Error::build(ErrorKind::Config, message)
     }
@@ -212,6 +217,7 @@ impl Error {
     }
 
     /// A TLS failure; `source` keeps the underlying rustls or I/O error.
+    #[cfg(any(feature = "tokio", target_os = "wasi"))]
     pub(crate) fn tls(
         message: impl Into<String>,
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
@@ -275,10 +281,12 @@ impl Error {
         )
     }
 
+    #[cfg(any(feature = "tokio", target_os = "wasi"))]
     pub(crate) fn row_count(message: &str) -> Error {
         Error::build(ErrorKind::RowCount, message.to_string())
     }
 
+    #[cfg(any(feature = "tokio", target_os = "wasi"))]
     pub(crate) fn transaction_failed() -> Error {
         Error::build(
             ErrorKind::TransactionFailed,
@@ -290,6 +298,7 @@ impl Error {
         Error::build(ErrorKind::Unsupported, message.into())
     }
 
+    #[cfg(any(feature = "tokio", target_os = "wasi"))]
     pub(crate) fn skipped(message: impl Into<String>) -> Error {
         Error::build(ErrorKind::Skipped, message.into())
     }

@@ -1,135 +1,88 @@
-//! Entry points for the fuzzers in `fuzz/` (built with `--cfg fuzzing`) and for the property tests below.
-//! They drive the real sans-IO core and parsers; nothing here is a reimplementation.
+//! Entry points for the fuzzers in `fuzz/` (built with `--cfg fuzzing`) and for the tests that replay their
+//! seeds and every crash they found (`cargo test`). They drive the real sans-IO core, decoders and client;
+//! nothing here is a reimplementation.
+//!
+//! Each entry point takes the fuzzer's bytes and must return without panicking, without hanging and without
+//! reserving memory that a length or count from the input asked for. Beyond that, each one checks invariants of
+//! its own and panics with `invariant:` when one breaks: that is a finding too.
+//!
+//! | entry point | what the bytes are |
+//! |---|---|
+//! | [`backend_stream`] | a server's byte stream, cut into chunks, through startup, auth, simple and extended queries, COPY in both directions and the idle wait for notifications |
+//! | [`scram`] | the SASL mechanism list and the SCRAM server-first and server-final messages |
+//! | [`conninfo`] | a connection string or URI |
+//! | [`values`] | one value of any type, binary or text, or a binary COPY stream of them |
+//! | [`pipeline`] | the server's answers to a pipeline, with asynchronous messages and faults mixed in, and a caller that gives up |
 
-use crate::config::RequireAuth;
-use crate::proto::{Flow, Limits, Protocol, StartupParams};
+mod backend;
+mod pipeline;
+mod scram;
+#[cfg(test)]
+mod tests;
+mod values;
 
-/// Feeds `data` to a fresh connection as the server's byte stream, cut into chunks whose sizes come from the
-/// first byte, through startup (any auth method) and then a simple query. Any outcome but a panic, a hang or an
-/// allocation over the cap is fine.
-pub fn backend_stream(data: &[u8]) {
-    let Some((&shape, data)) = data.split_first() else {
-        return;
-    };
-    let chunk = usize::from(shape % 64) + 1;
-    let params = StartupParams {
-        params: vec![
-            ("user".into(), "fuzz".into()),
-            ("database".into(), "fuzz".into()),
-        ],
-        password: Some(b"password".to_vec()),
-        require_auth: RequireAuth::default(),
-        channel_binding: crate::proto::ChannelBindingPolicy {
-            mode: crate::config::ChannelBinding::Prefer,
-            tls: None,
-        },
-        scram_max_iterations: 4096,
-        // 3.2 so that negotiation and long cancel keys are reached too.
-        min_protocol_version: crate::config::ProtocolVersion::V3_0,
-        max_protocol_version: crate::config::ProtocolVersion::V3_2,
-    };
-    let Ok(mut protocol) = Protocol::new(
-        params,
-        Limits {
-            max_message_size: 1 << 16,
-        },
-    ) else {
-        return;
-    };
-    let mut chunks = data.chunks(chunk);
-    // Startup.
-    loop {
-        match protocol.poll_startup() {
-            Ok(true) => break,
-            Ok(false) => match chunks.next() {
-                Some(bytes) => protocol.handle_input(bytes),
-                None => return,
-            },
-            Err(_) => return,
-        }
-        let sent = protocol.poll_transmit().len();
-        protocol.advance_transmit(sent);
-    }
-    // A query, answered by whatever remains.
-    let queued = protocol.queue_request(
-        Flow::Simple,
-        if shape & 0x80 != 0 { Some(2) } else { None },
-        |buf| {
-            postgres_protocol::message::frontend::query("SELECT 1", buf)
-                .map_err(|e| crate::Error::config(e.to_string()))
-        },
-    );
-    if queued.is_err() {
-        return;
-    }
-    loop {
-        match protocol.poll_response() {
-            Ok(Some(_)) => {}
-            Ok(None) => match chunks.next() {
-                Some(bytes) => protocol.handle_input(bytes),
-                None => {
-                    protocol.handle_eof();
-                    let _ = protocol.poll_response();
-                    return;
-                }
-            },
-            Err(_) => return,
-        }
-        while protocol.poll_event().is_some() {}
-    }
-}
+pub use backend::backend_stream;
+pub use pipeline::pipeline;
+pub use scram::scram;
+pub use values::{try_decode, values};
 
 /// Parses `text` as a connection string; errors are fine, panics are not.
 pub fn conninfo(text: &str) {
     if let Ok(config) = crate::Config::parse(text) {
         let _ = format!("{config:?}");
         let _ = config.targets();
+        let _ = config.get_connect_timeout();
     }
 }
 
-#[cfg(test)]
-mod tests {
-    /// A deterministic xorshift stream, so failures reproduce.
-    fn bytes(seed: u64, len: usize) -> Vec<u8> {
-        let mut state = seed | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
-    }
+/// Reads the fuzzer's bytes front to back; past the end every read gives zeros, so every input means something.
+struct Input<'a>(&'a [u8]);
 
-    #[test]
-    fn random_backend_streams_never_panic() {
-        for seed in 0..2000 {
-            super::backend_stream(&bytes(seed, 512));
+impl<'a> Input<'a> {
+    fn byte(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
         }
     }
 
-    #[test]
-    fn valid_prefix_then_garbage_never_panics() {
-        // AuthenticationOk, ReadyForQuery, then random bytes in the query phase.
-        let prefix: &[u8] = &[0, b'R', 0, 0, 0, 8, 0, 0, 0, 0, b'Z', 0, 0, 0, 5, b'I'];
-        for seed in 0..2000 {
-            let mut data = prefix.to_vec();
-            data[0] = seed as u8;
-            data.extend(bytes(seed, 256));
-            super::backend_stream(&data);
-        }
+    fn u16(&mut self) -> u16 {
+        u16::from_be_bytes([self.byte(), self.byte()])
     }
 
-    #[test]
-    fn random_conninfo_never_panics() {
-        let alphabet = b"postgresql://user:pw@[::1]:5432,/db?=&%2F'\\ host=port=a,b;\"x";
-        for seed in 0..3000 {
-            let text: String = bytes(seed, 40)
-                .into_iter()
-                .map(|b| char::from(alphabet[usize::from(b) % alphabet.len()]))
-                .collect();
-            super::conninfo(&text);
-        }
+    /// Up to `n` bytes.
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let (head, rest) = self.0.split_at(n.min(self.0.len()));
+        self.0 = rest;
+        head
     }
+
+    /// A piece whose length is the next byte.
+    fn piece(&mut self) -> &'a [u8] {
+        let n = usize::from(self.byte());
+        self.take(n)
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.0)
+    }
+}
+
+/// Backend messages for the harnesses: a tag and a body, with the length the protocol puts between them.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(body.len() + 4).expect("BUG: a harness message over 4 GiB");
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(tag);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Fails the run: the harness found a state the code under test must never reach.
+#[track_caller]
+fn violated(what: std::fmt::Arguments<'_>) -> ! {
+    panic!("invariant: {what}")
 }

@@ -5,10 +5,6 @@
 //! [`Transport`]: wasi:sockets on `wasm32-wasip2`, tokio TCP and Unix-domain sockets natively. There is no
 //! background task, so the same client works on WASI's single-threaded runtime without spawning.
 //!
-//! TLS (rustls with the ring provider, on both targets) follows libpq's `sslmode`, `sslrootcert`, `sslcert`,
-//! `sslkey`, `sslnegotiation` and `channel_binding` exactly, so a connection string means the same here as in
-//! psql; SCRAM-SHA-256-PLUS binds the session to the server certificate when the server offers it.
-//!
 //! ```no_run
 //! # async fn demo() -> Result<(), wasi_pg_client::Error> {
 //! use wasi_pg_client::{Client, Config};
@@ -25,55 +21,199 @@
 //! client.close().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Targets
+//!
+//! | target | what is built | how it runs |
+//! |---|---|---|
+//! | `wasm32-wasip2` | the async client over wasi:sockets (DNS through ip-name-lookup, IPv4 and IPv6) | under any WASI 0.2 host; `wasmtime run -S inherit-network -S allow-ip-name-lookup app.wasm`. Wrap `main` in `#[wstd::main]`. The components import only `wasi:*` interfaces. |
+//! | native, `tokio` feature (default) | the async client over tokio TCP and Unix-domain sockets | inside a tokio runtime, current-thread or multi-threaded; `Client` and its futures are `Send` |
+//! | any target, default features off (`wasm32-unknown-unknown` too) | the sans-IO core: [`sans_io`], [`Config`], [`Error`], [`Row`], [`types`] | the host moves the bytes (see [Other hosts](#other-hosts-the-sans-io-core)) |
+//!
+//! The code that needs a runtime (the client, connecting, transports, cancellation, the pool) is built when one
+//! is present: the `tokio` feature natively, always on WASI.
+//!
+//! # Features
+//!
+//! | feature | default | what it does |
+//! |---|---|---|
+//! | `tokio` | yes | the client on native targets (on `wasm32-wasip2` the client is built either way) |
+//! | `tls` | yes | TLS with rustls and ring, on both targets. Without it `sslmode=require`, `verify-ca` and `verify-full` fail with [`ErrorKind::Unsupported`] before anything is sent, and `prefer` and `allow` connect in plaintext. |
+//! | `pool` | no | `wasi_pg_client::pool::Pool`, a connection pool with no background task, for tokio and WASI alike |
+//! | `with-chrono-0_4`, `with-time-0_3`, `with-uuid-1`, `with-serde_json-1` | no | [`ToSql`](types::ToSql) and [`FromSql`](types::FromSql) for those crates' types (postgres-types' features of the same names) |
+//! | `derive` | no | `#[derive(ToSql, FromSql)]` for enums, composites and domains |
+//! | `array-impls` | no | `ToSql` for arrays `[T; N]` |
+//!
+//! # Connection strings
+//!
+//! [`Config`] reads what libpq reads, so a string written for `psql` works here: a URI
+//! (`postgresql://user:password@host:port/dbname?key=value`) or `key=value` pairs, plus the `PG*` environment
+//! variables with libpq's precedence ([`Config::from_conninfo_and_env`]: the string wins over the variable, the
+//! variable over the default). Several hosts are tried in order (`host=a,b port=5432,5433`,
+//! `target_session_attrs`, `load_balance_hosts`), and the password comes from the string, `PGPASSWORD` or the
+//! password file (`passfile`, `PGPASSFILE`, `~/.pgpass`).
+//!
+//! ```
+//! use std::time::Duration;
+//! use wasi_pg_client::Config;
+//! use wasi_pg_client::config::{QueryMode, SslMode};
+//!
+//! let mut config = Config::parse(
+//!     "postgresql://app@db1:5432,db2:5432/shop?sslmode=verify-full&target_session_attrs=read-write",
+//! )?;
+//! // What libpq has no keyword for is set through the builder.
+//! config
+//!     .query_mode(QueryMode::Unnamed)
+//!     .query_timeout(Duration::from_secs(30));
+//! assert_eq!(config.get_ssl_mode(), SslMode::VerifyFull);
+//! assert_eq!(config.get_hosts().len(), 2);
+//! # Ok::<(), wasi_pg_client::Error>(())
+//! ```
+//!
+//! # TLS
+//!
+//! TLS (rustls with the ring provider, on both targets; feature `tls`) follows libpq's `sslmode`, `sslrootcert`,
+//! `sslcert`, `sslkey`, `sslcertmode`, `sslsni`, `sslnegotiation` (including PostgreSQL 17's direct TLS) and
+//! `channel_binding` exactly, so a connection string means the same here as in psql. The default is `prefer`:
+//! TLS when the server offers it, plaintext otherwise. `verify-full` checks the chain and the host name;
+//! `sslrootcert=system` uses Mozilla's roots (webpki-roots), the same on every target, and
+//! [`Config::ssl_root_certs_pem`] passes roots in memory (useful on WASI without a preopened directory).
+//! SCRAM-SHA-256-PLUS binds the session to the server certificate when the server offers it. Cancel requests
+//! use TLS when the session does.
+//!
+//! # Query modes and PgBouncer
+//!
+//! SQL text runs as [`QueryMode`](config::QueryMode) says: `Cached` (the default; named statements in a
+//! per-connection cache, for direct connections and PgBouncer in session mode), `Unnamed` (nothing stays
+//! prepared on the server: PgBouncer in transaction or statement mode) or `Simple` (the simple query protocol,
+//! for proxies that refuse the extended one). Prepared [`Statement`]s are always named statements.
+//!
+//! # Migrating from tokio-postgres
+//!
+//! Most calls keep their names and shapes; what changes is that there is no connection task, and a client runs
+//! one operation at a time.
+//!
+//! | tokio-postgres | wasi-pg-client |
+//! |---|---|
+//! | `let (client, connection) = tokio_postgres::connect(s, tls).await?; tokio::spawn(connection);` | `let mut client = Client::connect(&Config::parse(s)?).await?;` nothing to spawn |
+//! | `Config` built or parsed | [`Config`], same builder names; [`Config::from_conninfo_and_env`] also reads `PG*` |
+//! | a `MakeTlsConnect` (`postgres-openssl`, `tokio-postgres-rustls`) | built in, configured by `sslmode` and friends |
+//! | `&Client`: concurrent calls pipelined by the connection task | `&mut Client`: one call at a time; [`Pipeline`] for batches, a pool (feature `pool`) for concurrency |
+//! | `query`, `query_one`, `query_opt`, `execute`, `prepare`, `prepare_typed`, `query_typed`, `simple_query`, `batch_execute` | the same |
+//! | `query_raw` returning a `RowStream` | [`Client::query_raw`] and [`Client::query_stream`]: a [`RowStream`] with an inherent `next` and `Stream` |
+//! | `transaction`, `build_transaction`, `savepoint` | the same; a transaction dropped without commit is rolled back before the next call |
+//! | `copy_in` (a `Sink`), `copy_out` (a `Stream`), `binary_copy` | [`Client::copy_in`] and [`Client::copy_out`] with `write`/`finish` and `next`; [`BinaryCopyInWriter`], [`BinaryCopyOutReader`] |
+//! | `AsyncMessage::Notification` from polling the `Connection` | [`Client::next_notification`], [`Client::notifications`] (a `Stream`), [`Client::take_notifications`]; none are lost while other calls run |
+//! | notices logged through `log` | [`Client::take_notices`], [`Client::set_notice_handler`], and `tracing` events |
+//! | `cancel_token()` and `CancelToken::cancel_query(tls)` | [`Client::cancel_token`] and [`CancelToken::cancel_query`], over TLS when the session uses it |
+//! | a `tokio::time::timeout` around a query (the query goes on running on the server) | [`Config::query_timeout`] or [`Client::with_query_timeout`]: the query is cancelled on the server and the connection stays usable |
+//! | `Row::get`, `Row::try_get`, `types::{ToSql, FromSql, Type}` | the same ([`types`] re-exports postgres-types) |
+//! | `Error::code`, `Error::as_db_error` | the same, plus [`Error::kind`] and [`Error::class`] to tell broken connections and transient errors (worth a retry) from the rest |
+//!
+//! # Tracing
+//!
+//! The client reports through [`tracing`](https://docs.rs/tracing), and is quiet at INFO:
+//!
+//! - each connection attempt runs in an INFO span `connect` (host, hostaddr, port, sslmode, user, dbname; never
+//!   the password), with DEBUG events for its outcome and for sslmode fallbacks;
+//! - each request runs in a DEBUG span `request` with its `kind` (`query`, `execute`, `prepare`,
+//!   `simple_query`, `query_stream`, `copy_in`, `pipeline`, ...) and the backend's process id; the statement
+//!   text is recorded only with [`Config::trace_statements`], and parameters never;
+//! - notices are events with target `wasi_pg_client::notice`: WARNING at WARN, INFO at INFO, NOTICE and below
+//!   at DEBUG;
+//! - a session rebuilt after a lost connection ([`Config::session_rebuild`]) is an INFO event.
+//!
+//! # Other hosts: the sans-IO core
+//!
+//! With default features off, on any target, the crate is the protocol core alone: [`sans_io::Protocol`] takes
+//! the server's bytes and gives back bytes to send and typed replies, so a host that has its own sockets and
+//! event loop (a wasm extension runtime, an embedded engine) can drive it. Startup and authentication (SCRAM
+//! included), size limits, error recovery and the row types are the same code the client uses. On
+//! `wasm32-unknown-unknown` the host also provides the randomness of SCRAM's nonce (see [`sans_io`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
-mod client;
+/// Declares items that need an async runtime: tokio natively (the `tokio` feature) or wstd on WASI
+/// (`target_os = "wasi"`, always). Without one only the sans-IO core is built, for hosts that bring their own
+/// I/O ([`sans_io`]).
+macro_rules! with_runtime {
+    ($($item:item)*) => {$(
+        #[cfg(any(feature = "tokio", target_os = "wasi"))]
+        $item
+    )*};
+}
+
 pub mod config;
-mod connect;
-mod connection;
-mod copy;
-mod cursor;
 mod error;
 #[cfg(any(fuzzing, test))]
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod fuzzing;
-mod identifier;
-mod notify;
-mod param_types;
-mod pipeline;
-mod portal;
+// Without a runtime the core keeps the operations only the async client drives (COPY, the checks it runs on
+// results); they are compiled so the core is the same everywhere.
+#[cfg_attr(
+    not(any(feature = "tokio", target_os = "wasi")),
+    allow(dead_code, unused_imports)
+)]
 mod proto;
 mod row;
-mod runtime;
-mod simple_mode;
+pub mod sans_io;
 mod statement;
-mod statement_cache;
-mod stream;
-mod tls;
-mod transaction;
-pub mod transport;
-mod typeinfo;
+#[cfg(all(test, feature = "tokio", not(target_os = "wasi")))]
+mod tracing_tests;
 
-pub use client::{Client, Param, SimpleQueryStream, ToStatement};
+with_runtime! {
+    mod cancel;
+    mod client;
+    mod connect;
+    mod connection;
+    mod copy;
+    mod cursor;
+    mod identifier;
+    mod notify;
+    mod param_types;
+    mod pipeline;
+    #[cfg(feature = "pool")]
+    pub mod pool;
+    mod portal;
+    mod rebuild;
+    mod runtime;
+    mod simple_mode;
+    mod statement_cache;
+    mod stream;
+    #[cfg(feature = "tls")]
+    mod tls;
+    // The same interface with every TLS mode refused, so the connection code reads the same either way.
+    #[cfg(not(feature = "tls"))]
+    #[path = "tls_disabled.rs"]
+    mod tls;
+    mod transaction;
+    pub mod transport;
+    mod typeinfo;
+
+    pub use cancel::{CancelToken, QueryTimeoutScope};
+    pub use client::{Client, Param, SimpleQueryStream, ToStatement};
+    pub use copy::{
+        BinaryCopyInWriter, BinaryCopyOutReader, BinaryCopyRow, CopyInWriter, CopyOutReader,
+    };
+    pub use cursor::Cursor;
+    pub use notify::NotificationStream;
+    pub use pipeline::{Pipeline, PipelineMode, PipelineOutput};
+    pub use portal::Portal;
+    pub use statement::Statement;
+    pub use stream::RowStream;
+    pub use transaction::{IsolationLevel, Transaction, TransactionBuilder};
+    pub use transport::Transport;
+}
+
 pub use config::Config;
-pub use copy::{
-    BinaryCopyInWriter, BinaryCopyOutReader, BinaryCopyRow, CopyInWriter, CopyOutReader,
-};
-pub use cursor::Cursor;
 pub use error::{DbError, Error, ErrorClass, ErrorKind, ErrorPosition, sqlstate};
-pub use pipeline::{Pipeline, PipelineMode, PipelineOutput};
-pub use portal::Portal;
 pub use proto::{Notification, TransactionStatus};
 pub use row::{Row, RowIndex, SimpleColumn, SimpleQueryMessage, SimpleQueryRow, SimpleRowIndex};
-pub use statement::{Column, Statement};
-pub use stream::RowStream;
-pub use transaction::{IsolationLevel, Transaction, TransactionBuilder};
-pub use transport::Transport;
+pub use statement::Column;
 
-/// Re-export of postgres-types: [`ToSql`](types::ToSql), [`FromSql`](types::FromSql), [`Type`](types::Type),
-/// [`Json`](types::Json) and friends. Enable the `with-*` features for chrono, time, uuid and serde_json.
+/// Re-export of postgres-types: [`ToSql`](types::ToSql), [`FromSql`](types::FromSql), [`Type`](types::Type)
+/// and friends. Enable the `with-*` features for chrono, time, uuid and serde_json (`Json` comes with the last).
 pub mod types {
     pub use postgres_types::*;
 }

@@ -12,6 +12,7 @@
 
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
+use tracing::Instrument as _;
 
 use bytes::BytesMut;
 
@@ -160,6 +161,14 @@ impl Client {
     /// If the future is dropped after the batch was queued, the statements still run and the connection's
     /// next call discards their results.
     pub async fn run_pipeline(
+        &mut self,
+        pipeline: &Pipeline<'_>,
+    ) -> Result<Vec<Result<PipelineOutput, Error>>, Error> {
+        let span = self.request_span("pipeline", None);
+        self.run_pipeline_in_span(pipeline).instrument(span).await
+    }
+
+    async fn run_pipeline_in_span(
         &mut self,
         pipeline: &Pipeline<'_>,
     ) -> Result<Vec<Result<PipelineOutput, Error>>, Error> {

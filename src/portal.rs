@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex, Weak};
 
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
+use tracing::Instrument as _;
 
-use crate::client::{encode_error, unexpected};
+use crate::client::{encode_error, sql_of, unexpected};
 use crate::proto::{Backend, Flow};
 use crate::statement::Column;
 use crate::stream::{Bindable, RowStream};
@@ -88,6 +89,14 @@ impl Transaction<'_> {
     /// # Ok(()) }
     /// ```
     pub async fn bind<T>(&mut self, statement: &T, params: &[Param<'_>]) -> Result<Portal, Error>
+    where
+        T: ToStatement + ?Sized,
+    {
+        let span = self.request_span("bind", sql_of(statement));
+        self.bind_portal(statement, params).instrument(span).await
+    }
+
+    async fn bind_portal<T>(&mut self, statement: &T, params: &[Param<'_>]) -> Result<Portal, Error>
     where
         T: ToStatement + ?Sized,
     {
@@ -177,7 +186,8 @@ impl Transaction<'_> {
         let max_rows = i32::try_from(max_rows)
             .map_err(|_| Error::config(format!("max_rows {max_rows} is above {}", i32::MAX)))?;
         let client: &mut Client = self;
-        client.prepare_to_send().await?;
+        let span = client.request_span("fetch", None);
+        client.prepare_to_send().instrument(span.clone()).await?;
         queue_portal_closes(client, &closes)?;
         let columns = portal.statement.columns_arc();
         let id = client.connection_mut().protocol.queue_request(
@@ -191,6 +201,8 @@ impl Transaction<'_> {
         )?;
         // Set when the Execute is queued, never after an await: a future dropped from here on leaves it set.
         portal.fetching.store(true, Ordering::Release);
+        // The stream reads the rows in the request's span.
+        let _entered = span.enter();
         Ok(RowStream::new(client, id, columns, Some(&portal.fetching)))
     }
 }

@@ -149,7 +149,7 @@ impl SimpleColumn {
         &self.name
     }
 
-    /// The OID of the column's type; [`Type::from_oid`] names the built-in ones.
+    /// The OID of the column's type; [`Type::from_oid`](crate::types::Type::from_oid) names the built-in ones.
     pub fn type_oid(&self) -> u32 {
         self.type_oid
     }

@@ -382,7 +382,9 @@ fn parse_date(s: &str) -> Option<i64> {
     let year: i64 = parts.next()?.parse().ok()?;
     let month: i64 = parts.next()?.parse().ok()?;
     let day: i64 = parts.next()?.parse().ok()?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || year < 1 {
+    // 5874897 AD is the last year PostgreSQL's date type holds; the bound also keeps `days_from_civil` from
+    // overflowing on a year of twenty digits.
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || !(1..=5_874_897).contains(&year) {
         return None;
     }
     // 1 BC is year 0 in the proleptic Gregorian calendar.
@@ -440,6 +442,10 @@ fn parse_timestamp(s: &str, with_zone: bool) -> Option<i64> {
         let h: i64 = fields.next()?.parse().ok()?;
         let m: i64 = fields.next().map_or(Some(0), |f| f.parse().ok())?;
         let sec: i64 = fields.next().map_or(Some(0), |f| f.parse().ok())?;
+        // The server's offsets stay within ±15:59:59; bounding them keeps the arithmetic below from overflowing.
+        if !(0..100).contains(&h) || !(0..60).contains(&m) || !(0..60).contains(&sec) {
+            return None;
+        }
         (time, sign * (h * 3600 + m * 60 + sec))
     } else {
         (rest, 0)
@@ -526,6 +532,20 @@ mod tests {
             Some((0u8..16).map(|i| i * 17).collect())
         );
         assert_eq!(text_to_binary(&Type::INT4, b"x"), None);
+        // Numbers no server sends are refused, not overflowed.
+        assert_eq!(
+            text_to_binary(&Type::TIMESTAMPTZ, b"2000-01-01 00:00:00+9999999999999999"),
+            None
+        );
+        assert_eq!(
+            text_to_binary(&Type::DATE, b"9223372036854775807-01-01"),
+            None
+        );
+        // PostgreSQL's last date, 2145031948 days after 2000-01-01 (as the server computes it).
+        assert_eq!(
+            text_to_binary(&Type::DATE, b"5874897-12-31"),
+            Some(2_145_031_948i32.to_be_bytes().to_vec())
+        );
         assert_eq!(text_to_binary(&Type::BYTEA, b"\\x0"), None);
         assert_eq!(column_type(Type::NUMERIC), Type::TEXT);
     }

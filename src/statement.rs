@@ -1,20 +1,25 @@
 //! Prepared statements and their columns.
 
+#[cfg(any(feature = "tokio", target_os = "wasi"))]
 use std::fmt;
+#[cfg(any(feature = "tokio", target_os = "wasi"))]
 use std::sync::{Arc, Mutex, Weak};
 
 use postgres_types::Type;
 
 /// Names of statements whose last handle was dropped, closed on the server with the connection's next request.
+#[cfg(any(feature = "tokio", target_os = "wasi"))]
 pub(crate) type CloseQueue = Arc<Mutex<Vec<String>>>;
 
 /// Closes a named statement on the server unless its prepare finishes: a prepare whose future is dropped
 /// after Parse was sent, or that fails after Parse succeeded, must not leave the statement behind.
+#[cfg(any(feature = "tokio", target_os = "wasi"))]
 pub(crate) struct CloseUnlessPrepared {
     queue: CloseQueue,
     name: Option<String>,
 }
 
+#[cfg(any(feature = "tokio", target_os = "wasi"))]
 impl CloseUnlessPrepared {
     /// Armed before the first await of the prepare.
     pub(crate) fn new(queue: &CloseQueue, name: &str) -> CloseUnlessPrepared {
@@ -30,6 +35,7 @@ impl CloseUnlessPrepared {
     }
 }
 
+#[cfg(any(feature = "tokio", target_os = "wasi"))]
 impl Drop for CloseUnlessPrepared {
     fn drop(&mut self) {
         // Closing a statement that was never created is not an error in PostgreSQL.
@@ -76,9 +82,11 @@ impl Column {
 ///
 /// Cloning is cheap. When the last clone is dropped, the statement is closed on the server with the
 /// connection's next request.
+#[cfg(any(feature = "tokio", target_os = "wasi"))]
 #[derive(Clone)]
 pub struct Statement(Arc<StatementInner>);
 
+#[cfg(any(feature = "tokio", target_os = "wasi"))]
 struct StatementInner {
     name: String,
     connection_id: u64,
@@ -87,6 +95,7 @@ struct StatementInner {
     close_queue: Option<Weak<Mutex<Vec<String>>>>,
 }
 
+#[cfg(any(feature = "tokio", target_os = "wasi"))]
 impl Drop for StatementInner {
     fn drop(&mut self) {
         if let Some(queue) = self.close_queue.as_ref().and_then(Weak::upgrade)
@@ -97,6 +106,7 @@ impl Drop for StatementInner {
     }
 }
 
+#[cfg(any(feature = "tokio", target_os = "wasi"))]
 impl Statement {
     pub(crate) fn new(
         name: String,
@@ -137,6 +147,7 @@ impl Statement {
     }
 }
 
+#[cfg(any(feature = "tokio", target_os = "wasi"))]
 impl fmt::Debug for Statement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Statement")

@@ -22,8 +22,11 @@ use futures_core::Stream;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use postgres_types::{ToSql, Type};
+use tracing::Instrument as _;
 
-use crate::client::{StatementRef, encode_error, rows_affected, unexpected, write_bind_portal};
+use crate::client::{
+    StatementRef, encode_error, rows_affected, sql_of, unexpected, write_bind_portal,
+};
 use crate::proto::{Backend, Flow, RequestId};
 use crate::statement::Column;
 use crate::{Client, Error, Param, Row, Statement, ToStatement};
@@ -59,8 +62,13 @@ impl Client {
     where
         T: ToStatement + ?Sized,
     {
-        let statement = Bindable::resolve(self, statement).await?;
-        self.start_stream(&statement, params).await
+        let span = self.request_span("query_stream", sql_of(statement));
+        async {
+            let statement = Bindable::resolve(self, statement).await?;
+            self.start_stream(&statement, params).await
+        }
+        .instrument(span)
+        .await
     }
 
     /// Like [`query_stream`](Self::query_stream), with the parameters given by an iterator, as in
@@ -90,8 +98,13 @@ impl Client {
     {
         let owned: Vec<I::Item> = params.into_iter().collect();
         let params: Vec<Param<'_>> = owned.iter().map(Borrow::borrow).collect();
-        let statement = Bindable::resolve(self, statement).await?;
-        self.start_stream(&statement, &params).await
+        let span = self.request_span("query_stream", sql_of(statement));
+        async {
+            let statement = Bindable::resolve(self, statement).await?;
+            self.start_stream(&statement, &params).await
+        }
+        .instrument(span)
+        .await
     }
 
     /// Queues Bind/Execute/Sync of `statement` to the unnamed portal and returns the stream of its rows.
@@ -185,6 +198,8 @@ impl<'s> Bindable<'s> {
 /// A server error ends the stream after the rows that preceded it. Dropping the stream early is safe: the
 /// connection's next call discards the rest of the result before sending its own request.
 pub struct RowStream<'a> {
+    /// The span of the request, entered while its rows are read.
+    span: tracing::Span,
     client: &'a mut Client,
     id: RequestId,
     columns: Arc<[Column]>,
@@ -209,7 +224,8 @@ impl std::fmt::Debug for RowStream<'_> {
 }
 
 impl<'a> RowStream<'a> {
-    /// The rows of request `id`, already queued, whose rows have `columns`.
+    /// The rows of request `id`, already queued, whose rows have `columns`; read in the span of the request that
+    /// queued it (the current one).
     pub(crate) fn new(
         client: &'a mut Client,
         id: RequestId,
@@ -217,6 +233,7 @@ impl<'a> RowStream<'a> {
         fetching: Option<&'a AtomicBool>,
     ) -> RowStream<'a> {
         RowStream {
+            span: tracing::Span::current(),
             client,
             id,
             columns,
@@ -268,6 +285,8 @@ impl<'a> RowStream<'a> {
         if self.done {
             return Poll::Ready(Ok(None));
         }
+        let span = self.span.clone();
+        let _entered = span.enter();
         let result = ready!(self.poll_message(cx));
         if !matches!(result, Ok(Some(_))) {
             self.done = true;
@@ -277,6 +296,16 @@ impl<'a> RowStream<'a> {
 
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Row>, Error>> {
         loop {
+            // Rows already buffered whole are taken straight from the protocol core; anything else (and the
+            // socket) goes through the connection's dispatch below.
+            if let Some(raw) = self
+                .client
+                .connection_mut()
+                .protocol
+                .poll_data_row(self.id)?
+            {
+                return Poll::Ready(Row::new(self.columns.clone(), raw).map(Some));
+            }
             // A fresh future per poll: `next_response` keeps no state of its own (the connection and the
             // transport hold it), so dropping it while pending loses nothing, and this stream stays `Unpin`.
             let response = {

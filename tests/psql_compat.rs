@@ -508,3 +508,65 @@ fn line_diff_shows_changes_in_context() {
     );
     assert_eq!(line_diff("same\n", "same\n"), "");
 }
+
+/// The backend PID in psql's notification lines, which differs between runs, replaced by `N`.
+fn with_pids_normalised(mut output: Output) -> Output {
+    const MARK: &str = " received from server process with PID ";
+    let stdout = text(&output.stdout);
+    let mut normalised = String::with_capacity(stdout.len());
+    let mut rest = stdout.as_str();
+    while let Some(at) = rest.find(MARK) {
+        let (before, after) = rest.split_at(at + MARK.len());
+        normalised.push_str(before);
+        let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        normalised.push_str(if digits > 0 { "N" } else { "" });
+        rest = &after[digits..];
+    }
+    normalised.push_str(rest);
+    output.stdout = normalised.into_bytes();
+    output
+}
+
+/// Case 6: LISTEN and NOTIFY to the session itself print psql's "Asynchronous notification" lines on
+/// stdout after the command that received them (with and without a payload, one committed in a
+/// transaction block, none after UNLISTEN), in a script on stdin and in `-c` strings.
+#[test]
+fn notifications_match_psql() {
+    let cluster = Cluster::start();
+    let script = b"LISTEN ch;\nNOTIFY ch, 'p';\nSELECT 1;\nNOTIFY ch;\n\
+                   LISTEN \"Mixed Ch\";\nSELECT 2, pg_notify('Mixed Ch', 'a\"b|c');\n\
+                   BEGIN;\nNOTIFY ch, 'in tx';\nSELECT 3;\nCOMMIT;\n\
+                   UNLISTEN *;\nNOTIFY ch, 'unheard';\nSELECT 'end';\n";
+    let commands = [
+        "-c",
+        "LISTEN ch; NOTIFY ch, 'x'; SELECT 5; NOTIFY ch, 'y'",
+        "-c",
+        "NOTIFY ch, 'z'",
+        "-c",
+        "SELECT 6",
+    ];
+    check_notifications(&cluster, "< notify script", &[], Some(script));
+    check_notifications(&cluster, "-c with notifications", &commands, None);
+}
+
+/// Runs psql and the example on both targets with `args` and `stdin`; both must succeed and print
+/// the same, notification lines included (PIDs aside).
+fn check_notifications(cluster: &Cluster, case: &str, args: &[&str], stdin: Option<&[u8]>) {
+    let expected = with_pids_normalised(real_psql(cluster, args, stdin));
+    assert_status(&format!("real psql {case}"), &expected, 0);
+    let printed = text(&expected.stdout);
+    assert!(
+        printed.contains("Asynchronous notification \"ch\" with payload ")
+            && !printed.contains("unheard"),
+        "real psql {case} did not print the notifications as expected:\n{printed}"
+    );
+    let conninfo = cluster.conninfo(Role::Scram);
+    let mut ours = vec![conninfo.as_str()];
+    ours.extend(args);
+    for target in TARGETS {
+        let what = format!("{target:?} psql {case}");
+        let actual = with_pids_normalised(run_example(target, &ours, stdin));
+        assert_same_stdout(&what, &expected, &actual);
+        assert_status(&what, &actual, 0);
+    }
+}

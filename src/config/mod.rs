@@ -6,12 +6,13 @@
 //! default. Defaults are not stored: the getters and the list of hosts to try apply them, so "not set" stays
 //! distinguishable from "set to the default".
 //!
-//! Settings this crate does not act on yet (TLS files, keepalives, ...) are checked like libpq checks them
-//! and kept as text ([`Config::get_raw`]), so a connection string written for `psql` is accepted here.
+//! Settings kept for libpq compatibility (keepalives, TLS files, ...) are checked like libpq checks them and
+//! kept as text ([`Config::get_raw`]), so a connection string written for `psql` is accepted here.
 
 mod conninfo;
 mod env;
 mod modes;
+#[cfg(any(feature = "tokio", target_os = "wasi"))]
 mod pgpass;
 mod require_auth;
 mod settings;
@@ -32,10 +33,7 @@ use modes::Keyword as _;
 pub use modes::{
     ChannelBinding, LoadBalanceHosts, ProtocolVersion, QueryMode, SslMode, TargetSessionAttrs,
 };
-#[allow(
-    unused_imports,
-    reason = "the connection code does not read .pgpass yet"
-)]
+#[cfg(any(feature = "tokio", target_os = "wasi"))]
 pub(crate) use pgpass::passfile_lookup;
 pub use require_auth::{AuthMethod, RequireAuth};
 pub(crate) use tls::InMemoryTls;
@@ -46,6 +44,7 @@ const DEFAULT_PORT: u16 = 5432;
 
 /// The default Unix-domain socket directory, as in Debian's libpq; also what the password file calls
 /// `localhost`.
+#[cfg(any(feature = "tokio", target_os = "wasi"))]
 const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 
 /// The default cap on the size of one message from the server.
@@ -83,12 +82,14 @@ impl Host {
     }
 
     /// Whether this is an empty entry, which means "the default host".
+    #[cfg(any(feature = "tokio", target_os = "wasi"))]
     fn is_default(&self) -> bool {
         matches!(self, Host::Tcp(name) if name.is_empty())
     }
 
     /// The host used when none is given: the default socket directory where Unix-domain sockets exist,
     /// else `localhost` (on WASI and Windows).
+    #[cfg(any(feature = "tokio", target_os = "wasi"))]
     fn platform_default() -> Host {
         if cfg!(unix) {
             Host::Unix(PathBuf::from(DEFAULT_SOCKET_DIR))
@@ -102,6 +103,7 @@ impl Host {
 ///
 /// When `hostaddr` is set the connection goes to that address over TCP without a name lookup; `host` then
 /// only names the server (for TLS verification and the password file), as in libpq.
+#[cfg(any(feature = "tokio", target_os = "wasi"))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
     /// The host name or socket directory (never the empty default entry).
@@ -154,6 +156,14 @@ pub struct Config {
     scram_max_iterations: Option<u32>,
     query_mode: Option<QueryMode>,
     statement_cache_capacity: Option<usize>,
+    /// As given; zero means no limit.
+    query_timeout: Option<Duration>,
+    /// As given; zero means no limit.
+    read_timeout: Option<Duration>,
+    /// Whether a lost connection is replaced, with its session restored (not a libpq setting).
+    session_rebuild: bool,
+    /// Whether request spans carry the statement text (not a libpq setting).
+    trace_statements: bool,
     /// Settings kept as text, by libpq keyword (TLS files, keepalives, ...). Empty values are kept too:
     /// for some keys (`sslsni`) libpq gives them a meaning.
     raw: BTreeMap<&'static str, String>,
@@ -326,6 +336,133 @@ impl Config {
         self
     }
 
+    /// Turns session rebuild on or off (default off; not a libpq setting).
+    ///
+    /// When on, a client whose connection was lost (an I/O error such as a reset or an unexpected end of
+    /// stream, a FATAL error such as an administrator's `pg_terminate_backend`, or a
+    /// [`read_timeout`](Config::read_timeout) that gave it up) connects again with this
+    /// configuration at the start of its next call, and restores what it safely can: settings made through
+    /// [`Client::set_parameter`](crate::Client::set_parameter), channels subscribed through
+    /// [`Client::listen`](crate::Client::listen), and prepared statements (prepared again under the same names
+    /// and types, so existing [`Statement`](crate::Statement) handles keep working; one whose result columns
+    /// changed is not restored and fails as "does not exist"). The statement cache starts empty.
+    ///
+    /// - The call that runs into the break returns its error; the rebuild happens at the start of the next one.
+    ///   Notifications sent while the connection was down are lost.
+    /// - A transaction is never rebuilt. If the connection broke while one was open (the last status was not
+    ///   idle, or a [`Transaction`](crate::Transaction) was active), the next call returns a connection-broken
+    ///   error saying its work was lost, without connecting; the call after that rebuilds. Drop the
+    ///   `Transaction` on that error: calls made through it after the rebuild run outside any transaction.
+    /// - Settings made with plain `SET`, `LISTEN` run as SQL, temporary tables and advisory locks are not
+    ///   restored. A client made by [`Client::connect_with_transport`](crate::Client::connect_with_transport)
+    ///   is never rebuilt (its transport cannot be opened again), nor is one that broke on a protocol
+    ///   violation.
+    ///
+    /// ```
+    /// let mut config = wasi_pg_client::Config::parse("host=db user=app")?;
+    /// config.session_rebuild(true);
+    /// assert!(config.get_session_rebuild());
+    /// # Ok::<(), wasi_pg_client::Error>(())
+    /// ```
+    pub fn session_rebuild(&mut self, rebuild: bool) -> &mut Config {
+        self.session_rebuild = rebuild;
+        self
+    }
+
+    /// Whether the `tracing` span of each request records the statement text, in its `statement` field
+    /// (default off; not a libpq setting).
+    ///
+    /// Every request runs in a DEBUG-level span that names its kind (`query`, `execute`, `prepare`,
+    /// `simple_query`, `copy_in`, ...); with this on, SQL text given to the call is recorded too. Parameters are
+    /// never recorded, so values bound with `$1` stay out of traces; SQL text with literals in it does not.
+    ///
+    /// ```
+    /// let mut config = wasi_pg_client::Config::parse("host=db user=app")?;
+    /// config.trace_statements(true);
+    /// assert!(config.get_trace_statements());
+    /// # Ok::<(), wasi_pg_client::Error>(())
+    /// ```
+    pub fn trace_statements(&mut self, trace: bool) -> &mut Config {
+        self.trace_statements = trace;
+        self
+    }
+
+    /// Sets how long the server may take to answer each request before the client cancels it (default: no
+    /// limit; zero means no limit). Not a libpq setting: libpq leaves this to the server's `statement_timeout`,
+    /// which cannot tell a slow query from a slow network.
+    ///
+    /// When a request has not been answered in time, the client sends a cancel request on a new connection
+    /// (see [`CancelToken`](crate::CancelToken)), waits until the server has taken it, reads the request's
+    /// answer to its end (its 57014 error or late results are discarded), and returns an
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) error; the connection stays usable, and a transaction
+    /// block the request ran in is then failed. Each request counts on its own, from when the caller first
+    /// waits for its answer (SQL text that must be prepared first makes two requests); time spent sending COPY
+    /// data does not count. Requests whose futures were dropped are read out by the next call under the same
+    /// limit. If the cancel cannot be sent (a client made by
+    /// [`Client::connect_with_transport`](crate::Client::connect_with_transport) has nowhere to send it) or
+    /// the server does not end the request within another timeout (at least five seconds), the connection is
+    /// closed instead.
+    ///
+    /// [`Client::set_query_timeout`](crate::Client::set_query_timeout) changes it for one connection and
+    /// [`Client::with_query_timeout`](crate::Client::with_query_timeout) for one call.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let mut config = wasi_pg_client::Config::parse("host=db user=app")?;
+    /// config.query_timeout(Duration::from_secs(30));
+    /// assert_eq!(config.get_query_timeout(), Some(Duration::from_secs(30)));
+    /// # Ok::<(), wasi_pg_client::Error>(())
+    /// ```
+    pub fn query_timeout(&mut self, timeout: Duration) -> &mut Config {
+        self.query_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets how long a request may wait without receiving a single byte from the server (default: no limit;
+    /// zero means no limit; not a libpq setting).
+    ///
+    /// When it runs out, the call fails with an [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) error and
+    /// the connection is closed: an answer may still be on its way, so the connection is out of step. This is
+    /// for a server or network that stopped answering; set it above the longest query, or use
+    /// [`query_timeout`](Self::query_timeout) to stop slow queries and keep the connection. It does not apply
+    /// while connecting (see [`connect_timeout`](Self::connect_timeout)) nor to an idle wait for
+    /// notifications.
+    pub fn read_timeout(&mut self, timeout: Duration) -> &mut Config {
+        self.read_timeout = Some(timeout);
+        self
+    }
+
+    /// Turns TCP keepalives on or off (libpq's `keepalives`; default on). Unix-domain sockets have none.
+    pub fn keepalives(&mut self, keepalives: bool) -> &mut Config {
+        self.set_raw_number("keepalives", u64::from(keepalives))
+    }
+
+    /// Sets the idle time before the first TCP keepalive probe, in whole seconds (libpq's `keepalives_idle`;
+    /// zero keeps the system default).
+    pub fn keepalives_idle(&mut self, idle: Duration) -> &mut Config {
+        self.set_raw_number("keepalives_idle", idle.as_secs())
+    }
+
+    /// Sets the time between unanswered TCP keepalive probes, in whole seconds (libpq's
+    /// `keepalives_interval`; zero keeps the system default).
+    pub fn keepalives_interval(&mut self, interval: Duration) -> &mut Config {
+        self.set_raw_number("keepalives_interval", interval.as_secs())
+    }
+
+    /// Sets how many TCP keepalive probes may go unanswered before the connection is considered dead (libpq's
+    /// `keepalives_count`; zero keeps the system default).
+    pub fn keepalives_count(&mut self, count: u32) -> &mut Config {
+        self.set_raw_number("keepalives_count", u64::from(count))
+    }
+
+    /// Keeps a number for a keyword that libpq reads as an `int`, clamped to its range.
+    fn set_raw_number(&mut self, key: &'static str, value: u64) -> &mut Config {
+        let value = value.min(i32::MAX as u64);
+        self.raw.insert(key, value.to_string());
+        self.given_empty.remove(key);
+        self
+    }
+
     /// Sets the largest message accepted from the server, in bytes (default 256 MiB). A larger message
     /// ends the connection before any memory is reserved for it.
     pub fn max_message_size(&mut self, max_message_size: usize) -> &mut Config {
@@ -474,6 +611,73 @@ impl Config {
             .unwrap_or(DEFAULT_STATEMENT_CACHE_CAPACITY)
     }
 
+    /// Whether session rebuild is on (see [`Config::session_rebuild`]).
+    pub fn get_session_rebuild(&self) -> bool {
+        self.session_rebuild
+    }
+
+    /// Whether request spans record the statement text (see [`Config::trace_statements`]).
+    pub fn get_trace_statements(&self) -> bool {
+        self.trace_statements
+    }
+
+    /// How long the server may take to answer each request (see [`Config::query_timeout`]); `None` for no
+    /// limit.
+    pub fn get_query_timeout(&self) -> Option<Duration> {
+        self.query_timeout.filter(|timeout| !timeout.is_zero())
+    }
+
+    /// How long a request may wait without receiving a byte (see [`Config::read_timeout`]); `None` for no
+    /// limit.
+    pub fn get_read_timeout(&self) -> Option<Duration> {
+        self.read_timeout.filter(|timeout| !timeout.is_zero())
+    }
+
+    /// Whether TCP keepalives are on: `keepalives` is not `0` (as in libpq, any other integer turns them on).
+    pub fn get_keepalives(&self) -> bool {
+        self.get_raw("keepalives")
+            .and_then(settings::parse_int)
+            .is_none_or(|n| n != 0)
+    }
+
+    /// The idle time before the first keepalive probe (`keepalives_idle`); `None` for the system default.
+    pub fn get_keepalives_idle(&self) -> Option<Duration> {
+        self.raw_positive("keepalives_idle")
+            .map(|secs| Duration::from_secs(secs.into()))
+    }
+
+    /// The time between unanswered keepalive probes (`keepalives_interval`); `None` for the system default.
+    pub fn get_keepalives_interval(&self) -> Option<Duration> {
+        self.raw_positive("keepalives_interval")
+            .map(|secs| Duration::from_secs(secs.into()))
+    }
+
+    /// How many keepalive probes may go unanswered (`keepalives_count`); `None` for the system default.
+    pub fn get_keepalives_count(&self) -> Option<u32> {
+        self.raw_positive("keepalives_count")
+    }
+
+    /// A positive integer setting kept as text; zero (or nothing) means the default.
+    fn raw_positive(&self, key: &str) -> Option<u32> {
+        self.get_raw(key)
+            .and_then(settings::parse_int)
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n > 0)
+    }
+
+    /// The keepalive settings for TCP connections; `None` when keepalives are off.
+    #[cfg(any(feature = "tokio", target_os = "wasi"))]
+    pub(crate) fn keepalive(&self) -> Option<crate::transport::Keepalive> {
+        if !self.get_keepalives() {
+            return None;
+        }
+        Some(crate::transport::Keepalive {
+            idle: self.get_keepalives_idle(),
+            interval: self.get_keepalives_interval(),
+            count: self.get_keepalives_count(),
+        })
+    }
+
     /// The highest SCRAM iteration count accepted from the server (default 100 000).
     pub fn get_scram_max_iterations(&self) -> u32 {
         self.scram_max_iterations
@@ -568,6 +772,7 @@ impl Config {
 
     /// The servers to try, in the order given, with default host and port filled in. With
     /// `load_balance_hosts=random` the caller shuffles them.
+    #[cfg(any(feature = "tokio", target_os = "wasi"))]
     pub(crate) fn targets(&self) -> Result<Vec<Target>, Error> {
         self.check()?;
         let targets = (0..self.slot_count())
@@ -595,6 +800,7 @@ impl Config {
 
     /// The password file to read: `passfile` (or `PGPASSFILE`), else `~/.pgpass` (on Windows
     /// `%APPDATA%\postgresql\pgpass.conf`); none on WASI, which has no home directory.
+    #[cfg(any(feature = "tokio", target_os = "wasi"))]
     pub(crate) fn passfile_path(&self) -> Option<PathBuf> {
         if let Some(path) = self.get_raw("passfile") {
             return Some(PathBuf::from(path));
@@ -732,6 +938,10 @@ impl fmt::Debug for Config {
             scram_max_iterations,
             query_mode,
             statement_cache_capacity,
+            query_timeout,
+            read_timeout,
+            session_rebuild,
+            trace_statements,
             raw,
             given_empty,
             in_memory_tls,
@@ -771,6 +981,10 @@ impl fmt::Debug for Config {
             .field("scram_max_iterations", scram_max_iterations)
             .field("query_mode", query_mode)
             .field("statement_cache_capacity", statement_cache_capacity)
+            .field("query_timeout", query_timeout)
+            .field("read_timeout", read_timeout)
+            .field("session_rebuild", session_rebuild)
+            .field("trace_statements", trace_statements)
             .field("raw", &raw)
             .field("given_empty", given_empty)
             .field("in_memory_tls", in_memory_tls)

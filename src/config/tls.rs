@@ -90,6 +90,7 @@ impl Config {
         }
     }
 
+    #[cfg(all(feature = "tls", any(feature = "tokio", target_os = "wasi")))]
     pub(crate) fn get_in_memory_tls(&self) -> &InMemoryTls {
         &self.in_memory_tls
     }

@@ -444,6 +444,30 @@ impl Decoder {
     }
 }
 
+#[cfg(any(fuzzing, test))]
+impl BinaryCopyRow {
+    /// For the fuzzers (`crate::fuzzing`): decodes binary COPY data arriving in `chunks` for columns of
+    /// `types` with the reader's decoder, handing each row to `each`; the error that ends the data, if any.
+    pub(crate) fn decode_chunks<'c>(
+        types: &[Type],
+        chunks: impl IntoIterator<Item = &'c [u8]>,
+        mut each: impl FnMut(&BinaryCopyRow),
+    ) -> Result<(), Error> {
+        let mut decoder = Decoder::new(types.into());
+        for chunk in chunks {
+            decoder.push(chunk)?;
+            while let Some(row) = decoder.next_row()? {
+                each(&row);
+            }
+        }
+        decoder.end()?;
+        match decoder.next_row()? {
+            Some(_) => Err(Error::protocol("BUG: a row after the end of the data")),
+            None => Ok(()),
+        }
+    }
+}
+
 fn after_trailer(len: usize) -> Error {
     Error::protocol(format!("{len} bytes of binary COPY data after the trailer"))
 }
@@ -506,6 +530,10 @@ impl BinaryCopyRow {
             ));
         }
         let raw = range.clone().map(|r| &self.buffer[r]);
+        // postgres-types reserves what an array's header announces: checked against the value's bytes first.
+        if let Some(raw) = raw {
+            crate::proto::check_counts(ty, raw).map_err(|e| Error::from_sql(&name, e))?;
+        }
         T::from_sql_nullable(ty, raw).map_err(|e| Error::from_sql(&name, e))
     }
 

@@ -8,8 +8,8 @@
 use bytes::BytesMut;
 use postgres_protocol::message::backend::Message;
 
-use super::BackendKey;
 use super::wire::{self, NegotiateProtocolVersion};
+use super::{BackendKey, RawRow};
 use crate::Error;
 use crate::config::ProtocolVersion;
 
@@ -22,6 +22,9 @@ const NEGOTIATE_PROTOCOL_VERSION_TAG: u8 = b'v';
 /// Tag of BackendKeyData, whose protocol 3.2 form postgres-protocol does not parse.
 const BACKEND_KEY_DATA_TAG: u8 = b'K';
 
+/// Tag of DataRow, which has a parser of its own for speed.
+const DATA_ROW_TAG: u8 = b'D';
+
 /// One backend message.
 pub(crate) enum Frame {
     /// Any message postgres-protocol parses (never `v` or `K`).
@@ -30,10 +33,23 @@ pub(crate) enum Frame {
     NegotiateProtocolVersion(NegotiateProtocolVersion),
     /// BackendKeyData (`K`), checked against the protocol version in use.
     BackendKeyData(BackendKey),
+    /// A DataRow (`D`), its field lengths checked.
+    DataRow(RawRow),
 }
 
 /// Tags the backend may send in protocol 3.0 and 3.2; anything else is a protocol violation.
 const KNOWN_TAGS: &[u8] = b"123AcCdDEGHIKnNRsStTZWv";
+
+/// [`KNOWN_TAGS`] as a table indexed by tag: every message is checked, so no search through the list.
+const IS_KNOWN_TAG: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < KNOWN_TAGS.len() {
+        table[KNOWN_TAGS[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// Checks the header of the frame at the start of `inbound` and returns the total frame length (tag
 /// included) once the whole frame is buffered.
@@ -48,7 +64,7 @@ pub(crate) fn complete_frame_len(
         return Ok(None);
     };
     let tag = header[0];
-    if !KNOWN_TAGS.contains(&tag) {
+    if !IS_KNOWN_TAG[usize::from(tag)] {
         return Err(Error::protocol(format!(
             "unknown message type {:?} (0x{tag:02x}) from the server",
             char::from(tag)
@@ -82,6 +98,9 @@ pub(crate) fn next_frame(
     let Some(total) = complete_frame_len(inbound, max_message_size)? else {
         return Ok(None);
     };
+    if inbound[0] == DATA_ROW_TAG {
+        return RawRow::split_from(inbound, total).map(|row| Some(Frame::DataRow(row)));
+    }
     let mut frame = inbound.split_to(total);
     match frame[0] {
         NEGOTIATE_PROTOCOL_VERSION_TAG => NegotiateProtocolVersion::parse(&frame[HEADER_LEN..])

@@ -10,27 +10,32 @@
 //! that end them. Responses are tagged with the request they belong to, so a caller whose future was dropped
 //! leaves behind a request whose responses the next caller can recognise and discard.
 
+mod data_row;
 mod frame;
 mod startup;
 #[cfg(test)]
 mod tests;
+mod value;
 mod wire;
 
 use std::collections::VecDeque;
-use std::ops::Range;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
-use postgres_protocol::message::backend::{DataRowBody, Message};
+use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
 use crate::config::ProtocolVersion;
 use crate::{DbError, Error, ErrorKind};
 
+pub(crate) use data_row::RawRow;
 use frame::Frame;
 pub(crate) use startup::{ChannelBindingPolicy, StartupParams};
 use startup::{Startup, Step};
-pub(crate) use wire::{check_parameter_count, startup_message};
+pub(crate) use value::check_counts;
+#[cfg(any(fuzzing, test))]
+pub(crate) use wire::check_frontend_messages;
+pub(crate) use wire::{cancel_request, check_parameter_count, startup_message};
 
 /// Identifies a queued request; responses carry the id of the request they answer.
 pub(crate) type RequestId = u64;
@@ -114,61 +119,6 @@ impl std::fmt::Debug for BackendKey {
                 &format_args!("<{} bytes>", self.secret_key.len()),
             )
             .finish()
-    }
-}
-
-/// A DataRow whose field boundaries were checked once, when it was framed.
-#[derive(Debug, Clone)]
-pub(crate) struct RawRow {
-    buffer: Bytes,
-    ranges: Vec<Option<Range<usize>>>,
-}
-
-impl RawRow {
-    fn check(body: DataRowBody) -> Result<RawRow, Error> {
-        let mut iter = body.ranges();
-        // The count comes from the wire; every field takes at least its 4-byte length, which bounds it.
-        let mut ranges = Vec::with_capacity(iter.size_hint().0.min(body.buffer().len() / 4));
-        while let Some(range) = iter
-            .next()
-            .map_err(|e| Error::protocol(format!("malformed DataRow: {e}")))?
-        {
-            ranges.push(range);
-        }
-        Ok(RawRow {
-            buffer: body.buffer_bytes().clone(),
-            ranges,
-        })
-    }
-
-    /// A row built by the client itself (the simple query mode converts text fields to binary).
-    pub(crate) fn from_fields(fields: Vec<Option<Vec<u8>>>) -> RawRow {
-        let mut buffer = Vec::with_capacity(fields.iter().flatten().map(Vec::len).sum());
-        let ranges = fields
-            .into_iter()
-            .map(|field| {
-                field.map(|bytes| {
-                    let start = buffer.len();
-                    buffer.extend_from_slice(&bytes);
-                    start..buffer.len()
-                })
-            })
-            .collect();
-        RawRow {
-            buffer: buffer.into(),
-            ranges,
-        }
-    }
-
-    /// The number of fields.
-    pub(crate) fn len(&self) -> usize {
-        self.ranges.len()
-    }
-
-    /// The raw bytes of field `i`, `None` for SQL NULL. Panics only if `i` is out of bounds, which callers
-    /// rule out against the column count.
-    pub(crate) fn field(&self, i: usize) -> Option<&[u8]> {
-        self.ranges[i].clone().map(|r| &self.buffer[r])
     }
 }
 
@@ -633,6 +583,7 @@ impl Protocol {
             Frame::BackendKeyData(_) => {
                 return Err(Error::protocol("unexpected BackendKeyData after startup"));
             }
+            Frame::DataRow(row) => return self.route_data_row(row).map(Some),
         };
         match message {
             Message::NoticeResponse(body) => {
@@ -728,19 +679,6 @@ impl Protocol {
                 }
                 Backend::Ready
             }
-            Message::DataRow(body) => {
-                let row = RawRow::check(body)?;
-                let expected = self.result_columns.or(pending.row_columns).ok_or_else(|| {
-                    Error::protocol("DataRow without a RowDescription describing its columns")
-                })?;
-                if row.len() != expected {
-                    return Err(Error::protocol(format!(
-                        "DataRow has {} fields but its RowDescription has {expected} columns",
-                        row.len()
-                    )));
-                }
-                Backend::Row(row)
-            }
             Message::RowDescription(body) => {
                 let mut count = 0usize;
                 let mut fields = body.fields();
@@ -776,6 +714,73 @@ impl Protocol {
             request,
             message: backend,
         }))
+    }
+
+    /// Routes a DataRow: it answers the oldest request, outside any COPY, with as many fields as its result
+    /// has columns. Apart from `route`, as rows are most of what arrives.
+    fn route_data_row(&mut self, row: RawRow) -> Result<Response, Error> {
+        let request = self.check_data_row(&row)?;
+        Ok(Response {
+            request,
+            message: Backend::Row(row),
+        })
+    }
+
+    /// Checks that a DataRow may arrive now, and returns the request it answers.
+    fn check_data_row(&self, row: &RawRow) -> Result<RequestId, Error> {
+        let Some(pending) = self.pending.front() else {
+            return Err(Error::protocol(
+                "unexpected DataRow with no request in flight",
+            ));
+        };
+        if let Some(during) = copy_phase(self.copy) {
+            return Err(Error::protocol(format!("unexpected DataRow {during}")));
+        }
+        let expected = self.result_columns.or(pending.row_columns).ok_or_else(|| {
+            Error::protocol("DataRow without a RowDescription describing its columns")
+        })?;
+        if row.len() != expected {
+            return Err(Error::protocol(format!(
+                "DataRow has {} fields but its RowDescription has {expected} columns",
+                row.len()
+            )));
+        }
+        Ok(pending.id)
+    }
+
+    /// The next response if it is a DataRow of request `id` buffered whole: the fast path of row streams,
+    /// which skips the general dispatch of [`poll_response`](Self::poll_response) for the message that makes
+    /// up most of a result. `Ok(None)` whenever something else comes next (another message, an incomplete
+    /// frame, the answer to an older request, a COPY); the caller then goes the general way, so nothing is
+    /// routed differently.
+    pub(crate) fn poll_data_row(&mut self, id: RequestId) -> Result<Option<RawRow>, Error> {
+        let ours = matches!(self.phase, Phase::Ready)
+            && self.copy == CopyState::Idle
+            && self.inbound.first() == Some(&b'D')
+            && self.pending.front().is_some_and(|p| p.id == id);
+        if !ours {
+            return Ok(None);
+        }
+        let total = match frame::complete_frame_len(&self.inbound, self.limits.max_message_size) {
+            Ok(Some(total)) => total,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(self.fail(e)),
+        };
+        let row = RawRow::split_from(&mut self.inbound, total)
+            .and_then(|row| self.check_data_row(&row).map(|_| row));
+        match row {
+            Ok(row) => Ok(Some(row)),
+            Err(e) => Err(self.fail(e.broken())),
+        }
+    }
+}
+
+/// Where a COPY stands, for the error about a message that may not arrive there; `None` outside a COPY.
+fn copy_phase(copy: CopyState) -> Option<&'static str> {
+    match copy {
+        CopyState::Idle => None,
+        CopyState::In(_) => Some("during COPY FROM STDIN"),
+        CopyState::Out(_) => Some("during COPY TO STDOUT"),
     }
 }
 

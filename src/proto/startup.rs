@@ -143,6 +143,12 @@ impl Startup {
                     ))),
                 };
             }
+            Frame::DataRow(_) => {
+                return Err(Error::protocol(format!(
+                    "unexpected DataRow during {}",
+                    self.state.describe()
+                )));
+            }
         };
         match message {
             Message::ErrorResponse(body) => {

@@ -222,10 +222,6 @@ pub(crate) fn backend_key_data(body: &[u8], version: ProtocolVersion) -> Result<
 }
 
 /// Appends a CancelRequest for `key` to `out`: length, the cancel code, the process id and the key.
-#[allow(
-    dead_code,
-    reason = "query cancellation, which sends this on a new connection, comes later"
-)]
 pub(crate) fn cancel_request(key: &BackendKey, out: &mut BytesMut) {
     // A key comes only from `backend_key_data`, which caps it at 256 bytes.
     let len = key

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 #[cfg(all(feature = "tokio", not(target_os = "wasi")))]
 pub mod tokio;
@@ -54,4 +55,17 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         (**self).poll_shutdown(cx)
     }
+}
+
+/// TCP keepalive settings: libpq's `keepalives_idle`, `keepalives_interval` and `keepalives_count` (see
+/// [`Config::keepalives_idle`](crate::Config::keepalives_idle)). `None` keeps the system default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Keepalive {
+    /// Idle time before the first probe (`keepalives_idle`).
+    pub idle: Option<Duration>,
+    /// Time between unanswered probes (`keepalives_interval`).
+    pub interval: Option<Duration>,
+    /// Unanswered probes before the connection is considered dead (`keepalives_count`).
+    pub count: Option<u32>,
 }

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::Transport;
+use super::{Keepalive, Transport};
 
 /// A tokio stream: anything that is `AsyncRead + AsyncWrite` (TCP, Unix sockets, duplex pipes in tests).
 #[derive(Debug)]
@@ -49,6 +49,57 @@ pub async fn connect_tcp(
     Ok(TokioStream(stream))
 }
 
+/// Turns TCP keepalive on with `keepalive`'s settings (each `None` keeps the system default), or off with
+/// `None`. A setting this platform cannot change is left at its default, with a debug trace.
+pub fn set_keepalive(
+    stream: &tokio::net::TcpStream,
+    keepalive: Option<&Keepalive>,
+) -> io::Result<()> {
+    let socket = socket2::SockRef::from(stream);
+    let Some(keepalive) = keepalive else {
+        return socket.set_keepalive(false);
+    };
+    let mut params = socket2::TcpKeepalive::new();
+    if let Some(idle) = keepalive.idle {
+        params = params.with_time(idle);
+    }
+    #[cfg(any(
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "fuchsia",
+        target_os = "illumos",
+        target_os = "ios",
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "netbsd",
+        target_os = "windows",
+    ))]
+    {
+        if let Some(interval) = keepalive.interval {
+            params = params.with_interval(interval);
+        }
+        if let Some(count) = keepalive.count {
+            params = params.with_retries(count);
+        }
+    }
+    #[cfg(not(any(
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "fuchsia",
+        target_os = "illumos",
+        target_os = "ios",
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "netbsd",
+        target_os = "windows",
+    )))]
+    if keepalive.interval.is_some() || keepalive.count.is_some() {
+        tracing::debug!("keepalives_interval and keepalives_count cannot be set on this platform");
+    }
+    // Sets SO_KEEPALIVE, then the idle time, interval and count that were given.
+    socket.set_tcp_keepalive(&params)
+}
+
 /// Connects to the Unix-domain socket `.s.PGSQL.<port>` in `dir`.
 #[cfg(unix)]
 pub async fn connect_unix(
@@ -57,4 +108,39 @@ pub async fn connect_unix(
 ) -> io::Result<TokioStream<tokio::net::UnixStream>> {
     let path = dir.join(format!(".s.PGSQL.{port}"));
     Ok(TokioStream(tokio::net::UnixStream::connect(path).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The socket options are really set: read back with getsockopt.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn keepalive_settings_reach_the_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stream = connect_tcp("127.0.0.1", None, port).await.unwrap();
+        let keepalive = Keepalive {
+            idle: Some(Duration::from_secs(30)),
+            interval: Some(Duration::from_secs(5)),
+            count: Some(3),
+        };
+        set_keepalive(&stream.0, Some(&keepalive)).unwrap();
+        let socket = socket2::SockRef::from(&stream.0);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
+        set_keepalive(&stream.0, None).unwrap();
+        assert!(!socket.keepalive().unwrap());
+    }
 }

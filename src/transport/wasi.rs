@@ -23,7 +23,7 @@ use wasip2::sockets::tcp::TcpSocket;
 use wasip2::sockets::tcp_create_socket::create_tcp_socket;
 use wstd::runtime::{AsyncPollable, WaitFor};
 
-use super::Transport;
+use super::{Keepalive, Transport};
 
 /// A readiness wait registered with wstd's reactor: the pollable and the future waiting on it.
 ///
@@ -67,8 +67,28 @@ fn socket_error(what: &str, code: ErrorCode) -> io::Error {
 fn stream_error(e: StreamError) -> io::Error {
     match e {
         StreamError::Closed => io::Error::from(io::ErrorKind::ConnectionReset),
-        StreamError::LastOperationFailed(err) => io::Error::other(err.to_debug_string()),
+        StreamError::LastOperationFailed(err) => host_stream_error(&err.to_debug_string()),
     }
+}
+
+/// A stream error from the host as an `io::Error` of the right kind. wasi:io 0.2 gives only the host's debug
+/// text (wasi:sockets' `network-error-code` is not in the 0.2 bindings), so the kind is read from it, and only
+/// its first line is kept: wasmtime appends a backtrace.
+fn host_stream_error(debug: &str) -> io::Error {
+    let first_line = debug.lines().next().unwrap_or(debug).trim();
+    let lower = first_line.to_ascii_lowercase();
+    let kind = if lower.contains("reset") {
+        io::ErrorKind::ConnectionReset
+    } else if lower.contains("broken pipe") {
+        io::ErrorKind::BrokenPipe
+    } else if lower.contains("aborted") {
+        io::ErrorKind::ConnectionAborted
+    } else if lower.contains("timed out") {
+        io::ErrorKind::TimedOut
+    } else {
+        io::ErrorKind::Other
+    };
+    io::Error::new(kind, first_line.to_string())
 }
 
 /// Waits on a pollable through wstd's reactor.
@@ -178,6 +198,46 @@ pub async fn connect_tcp(
         }
     }
     Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address to connect to")))
+}
+
+impl WasiTcpStream {
+    /// Turns TCP keepalive on with `keepalive`'s settings (each `None` keeps the host's default), or off with
+    /// `None`. Best effort: an option the host does not support or allow is left as it is, with a debug trace.
+    pub fn set_keepalive(&self, keepalive: Option<&Keepalive>) {
+        let ignore = |option: &str, result: Result<(), ErrorCode>| {
+            if let Err(code) = result {
+                tracing::debug!(option, %code, "cannot set a TCP keepalive option; ignored");
+            }
+        };
+        let Some(keepalive) = keepalive else {
+            ignore(
+                "keep-alive-enabled",
+                self.socket.set_keep_alive_enabled(false),
+            );
+            return;
+        };
+        ignore(
+            "keep-alive-enabled",
+            self.socket.set_keep_alive_enabled(true),
+        );
+        // wasi:clocks durations are nanoseconds; a longer one than fits is clamped.
+        let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        if let Some(idle) = keepalive.idle {
+            ignore(
+                "keep-alive-idle-time",
+                self.socket.set_keep_alive_idle_time(nanos(idle)),
+            );
+        }
+        if let Some(interval) = keepalive.interval {
+            ignore(
+                "keep-alive-interval",
+                self.socket.set_keep_alive_interval(nanos(interval)),
+            );
+        }
+        if let Some(count) = keepalive.count {
+            ignore("keep-alive-count", self.socket.set_keep_alive_count(count));
+        }
+    }
 }
 
 /// Polls a readiness wait, subscribing on first use and clearing it once it fires.

@@ -136,9 +136,11 @@ macro_rules! scenarios {
     };
 }
 
+mod cancel;
 mod copy;
 mod modes;
 mod pgbouncer;
+mod session;
 mod streams;
 mod tls;
 #[allow(unused_imports)]
@@ -207,6 +209,8 @@ pub async fn run_all(env: &Env, label: &str, earlier: Vec<(&str, Outcome)>) -> S
     list.extend(modes::scenarios());
     list.extend(copy::scenarios());
     list.extend(pgbouncer::scenarios());
+    list.extend(session::scenarios());
+    list.extend(cancel::scenarios());
     #[cfg(not(target_os = "wasi"))]
     list.push(("unix_socket", |env| Box::pin(unix_socket(env))));
 

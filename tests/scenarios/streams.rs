@@ -25,6 +25,7 @@ pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
         cursor_exhausted_commits,
         cursor_dropped_or_failed_rolls_back,
         pipeline_hundred_inserts_both_modes,
+        pipeline_speed_up_over_sequential,
         pipeline_error_in_the_middle_atomic,
         pipeline_error_in_the_middle_independent,
         pipeline_mixed_results_in_order,
@@ -551,6 +552,44 @@ async fn pipeline_hundred_inserts_both_modes(env: &Env) -> Outcome {
             .check("empty")?
             .is_empty(),
         "results for an empty pipeline"
+    );
+    Ok(())
+}
+
+/// 10 000 single-row inserts one round trip each, then pipelined in batches of 100: exact counts, and the
+/// speed-up printed (a figure, not an assertion).
+async fn pipeline_speed_up_over_sequential(env: &Env) -> Outcome {
+    const N: i32 = 10_000;
+    let mut c = connect(&env.trust).await?;
+    c.batch_execute("CREATE TEMP TABLE pl_speed (v int)")
+        .await
+        .check("create")?;
+    let insert = "INSERT INTO pl_speed VALUES ($1)";
+    // Prepared once up front, so both runs use the same cached statement.
+    c.execute(insert, &[&0i32]).await.check("warm up")?;
+    let started = std::time::Instant::now();
+    for v in 1..=N {
+        c.execute(insert, &[&v]).await.check("sequential insert")?;
+    }
+    let sequential = started.elapsed();
+    let values: Vec<i32> = (N + 1..=2 * N).collect();
+    let started = std::time::Instant::now();
+    for batch in values.chunks(100) {
+        let mut pipeline = Pipeline::new(PipelineMode::Atomic);
+        for v in batch {
+            pipeline.push(insert, &[v]);
+        }
+        for result in c.run_pipeline(&pipeline).await.check("pipeline")? {
+            ensure_eq!(result.check("pipelined insert")?.rows_affected(), 1);
+        }
+    }
+    let pipelined = started.elapsed();
+    ensure_eq!(count_rows(&mut c, "pl_speed").await?, i64::from(2 * N) + 1);
+    println!(
+        "pipeline: {N} inserts sequential in {} ms, pipelined in batches of 100 in {} ms: {:.1}x",
+        sequential.as_millis(),
+        pipelined.as_millis(),
+        sequential.as_secs_f64() / pipelined.as_secs_f64().max(1e-9)
     );
     Ok(())
 }

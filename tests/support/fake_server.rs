@@ -707,6 +707,25 @@ impl Session {
         }
     }
 
+    /// Reads whatever the client sends next, unparsed, in one read (at most 16 KiB); empty if it closed the
+    /// connection. For steps that stop in the middle of something, such as a TLS handshake.
+    pub fn read_some(&mut self) -> Result<Vec<u8>, String> {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    self.transcript.received.extend_from_slice(&buf);
+                    return Ok(buf);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => return Err(format!("nothing within {READ_TIMEOUT:?}")),
+                Err(e) if is_close(&e) => return Ok(Vec::new()),
+                Err(e) => return Err(format!("reading failed: {e}")),
+            }
+        }
+    }
+
     /// After a failed step: whatever the client already sent goes into the transcript before the close.
     fn drain_briefly(&mut self) {
         let Some(wire) = self.stream.wire() else {
@@ -1030,6 +1049,62 @@ pub mod backend {
             ready_for_query(b'I'),
         ]
         .concat()
+    }
+
+    /// Any message: a tag and a body, with the length between them. For malformed and unexpected messages.
+    pub fn raw(tag: u8, body: &[u8]) -> Vec<u8> {
+        message(tag, |out| out.extend_from_slice(body))
+    }
+
+    /// CopyInResponse of a text COPY with `columns` columns.
+    pub fn copy_in_response(columns: i16) -> Vec<u8> {
+        copy_response(b'G', columns)
+    }
+
+    /// CopyOutResponse of a text COPY with `columns` columns.
+    pub fn copy_out_response(columns: i16) -> Vec<u8> {
+        copy_response(b'H', columns)
+    }
+
+    fn copy_response(tag: u8, columns: i16) -> Vec<u8> {
+        message(tag, |out| {
+            out.push(0);
+            out.extend_from_slice(&columns.to_be_bytes());
+            for _ in 0..columns {
+                out.extend_from_slice(&0i16.to_be_bytes());
+            }
+        })
+    }
+
+    /// CopyData.
+    pub fn copy_data(data: &[u8]) -> Vec<u8> {
+        raw(b'd', data)
+    }
+
+    /// CopyDone.
+    pub fn copy_done() -> Vec<u8> {
+        raw(b'c', b"")
+    }
+
+    /// ParseComplete.
+    pub fn parse_complete() -> Vec<u8> {
+        raw(b'1', b"")
+    }
+
+    /// A NoticeResponse with this message.
+    pub fn notice(text: &str) -> Vec<u8> {
+        message(b'N', |out| {
+            for (code, value) in [
+                (b'S', "NOTICE"),
+                (b'V', "NOTICE"),
+                (b'C', "00000"),
+                (b'M', text),
+            ] {
+                out.push(code);
+                cstr(out, value);
+            }
+            out.push(0);
+        })
     }
 
     /// What a server sends after AuthenticationOk: a few ParameterStatus messages, BackendKeyData and

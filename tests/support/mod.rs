@@ -22,6 +22,7 @@ mod cluster;
 pub mod fake_server;
 #[allow(dead_code, unreachable_pub)]
 mod pgbouncer;
+pub mod pglite;
 #[allow(dead_code, unreachable_pub)]
 mod wasm;
 // rcgen is a native dev-dependency only.

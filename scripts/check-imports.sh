@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Checks that the wasm32-wasip2 components import nothing but WASI: every import of their world must be a
+# `wasi:*` interface, so any WASI Preview 2 host (wasmtime, jco, ...) can run them without extra definitions.
+#
+#   scripts/check-imports.sh                 builds the examples psql, quickstart and http-service (release,
+#                                            wasm32-wasip2, in ${CARGO_TARGET_DIR:-target/wasi}) and checks them
+#   scripts/check-imports.sh FILE.wasm...    checks the given components as they are
+#
+# Needs wasm-tools (scripts/setup.sh installs it). Prints each component's imports and fails, naming them,
+# if any is not wasi:*.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+EXAMPLES=(psql quickstart http-service)
+
+if ! command -v wasm-tools >/dev/null; then
+    echo "check-imports: wasm-tools not found; run scripts/setup.sh (cargo install --locked wasm-tools)" >&2
+    exit 2
+fi
+
+artifacts=("$@")
+if [ "${#artifacts[@]}" -eq 0 ]; then
+    target_dir="${CARGO_TARGET_DIR:-target/wasi}"
+    build=(cargo build --release --target wasm32-wasip2)
+    for example in "${EXAMPLES[@]}"; do
+        build+=(--example "$example")
+        artifacts+=("$target_dir/wasm32-wasip2/release/examples/$example.wasm")
+    done
+    # ring's C code needs a wasm-capable C toolchain (as in scripts/test.sh).
+    CC_wasm32_wasip2="${CC_wasm32_wasip2:-clang-19}" AR_wasm32_wasip2="${AR_wasm32_wasip2:-llvm-ar-19}" \
+        CARGO_TARGET_DIR="$target_dir" "${build[@]}"
+fi
+
+# The imports of the component's world, one per line: the name before `;` (an interface such as
+# `wasi:io/poll@0.2.4`) or before `:` (a function or an inline interface, which are never WASI).
+world_imports() {
+    local wit
+    wit="$(wasm-tools component wit "$1")" || return 1
+    awk '
+        /^world [^ ]+ \{$/ { in_world = 1; found = 1; next }
+        in_world && /^\}/ { in_world = 0 }
+        in_world && $1 == "import" {
+            name = $2
+            sub(/;$/, "", name)
+            if (name ~ /:$/) { sub(/:$/, "", name) }
+            print name
+        }
+        END { if (!found) exit 3 }
+    ' <<<"$wit"
+}
+
+failed=0
+for artifact in "${artifacts[@]}"; do
+    if [ ! -f "$artifact" ]; then
+        echo "check-imports: $artifact: no such file" >&2
+        failed=1
+        continue
+    fi
+    if ! imports="$(world_imports "$artifact")"; then
+        echo "check-imports: $artifact: not a component, or its world could not be read" >&2
+        failed=1
+        continue
+    fi
+    foreign="$(grep -v '^wasi:' <<<"$imports" || true)"
+    count="$(grep -c . <<<"$imports" || true)"
+    printf '%s: %s imports\n' "$artifact" "$count"
+    while IFS= read -r name; do
+        [ -n "$name" ] || continue
+        if [[ "$name" == wasi:* ]]; then
+            printf '  ok       %s\n' "$name"
+        else
+            printf '  NOT WASI %s\n' "$name"
+        fi
+    done <<<"$imports"
+    if [ -n "$foreign" ]; then
+        echo "check-imports: $artifact imports interfaces other than wasi:*:" >&2
+        sed 's/^/  /' <<<"$foreign" >&2
+        failed=1
+    fi
+done
+
+if [ "$failed" -ne 0 ]; then
+    exit 1
+fi
+echo "check-imports: every import is wasi:* (${#artifacts[@]} components)"

@@ -1,0 +1,555 @@
+//! Query cancellation, and the time limits of the driver that rely on it.
+//!
+//! PostgreSQL cancels a running query through a second connection: a CancelRequest carrying the session's
+//! backend key, which the server answers only by closing that connection once it has signalled the session's
+//! backend. A [`CancelToken`] holds everything a cancel needs (where the server is, how the session negotiated
+//! TLS, and the key), so it works while the client is busy with the query: from another task natively, or as a
+//! second future joined with the query on WASI's single-threaded runtime.
+//!
+//! The driver (`connection.rs`) enforces two time limits with the timers of `runtime.rs`; the sans-IO core
+//! never sees a clock:
+//! - the query timeout ([`Config::query_timeout`](crate::Config::query_timeout),
+//!   [`Client::set_query_timeout`](crate::Client::set_query_timeout)): a request not answered in time is
+//!   cancelled on the server and read out to its ReadyForQuery; the caller gets [`ErrorKind::Timeout`] and the
+//!   connection stays usable.
+//! - the read deadline ([`Config::read_timeout`](crate::Config::read_timeout)): a request that waited that long
+//!   without receiving a byte fails with [`ErrorKind::Timeout`] and breaks the connection, whose protocol is out
+//!   of step after a lost read.
+//!
+//! [`ErrorKind::Timeout`]: crate::ErrorKind::Timeout
+
+use std::future::poll_fn;
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use crate::connect::CancelRoute;
+use crate::proto::{BackendKey, RequestId};
+use crate::transport::Transport;
+use crate::{Client, Error, runtime};
+
+/// The least time a timed-out request's cancel and read-out get before the connection is given up.
+const MIN_CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// A boxed future the driver keeps across polls: `Send` on native targets, as the client is.
+#[cfg(not(target_os = "wasi"))]
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// A boxed future the driver keeps across polls: `Send` on native targets, as the client is.
+#[cfg(target_os = "wasi")]
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// Cancels the query a client is running, without access to the client.
+///
+/// Made by [`Client::cancel_token`](crate::Client::cancel_token). It is `Clone`, and `Send + Sync` on native
+/// targets, so another task can hold it while the client runs a query. On WASI, where one task runs everything,
+/// join [`cancel_query`](Self::cancel_query) with the query as a second future.
+///
+/// ```no_run
+/// # async fn demo(client: &mut wasi_pg_client::Client) -> Result<(), wasi_pg_client::Error> {
+/// use std::time::Duration;
+///
+/// let token = client.cancel_token();
+/// tokio::spawn(async move {
+///     tokio::time::sleep(Duration::from_secs(1)).await;
+///     token.cancel_query().await
+/// });
+/// let err = client.query("SELECT pg_sleep(30)", &[]).await.unwrap_err();
+/// assert_eq!(err.code(), Some(wasi_pg_client::sqlstate::QUERY_CANCELED));
+/// // The connection is fine: only the query was cancelled.
+/// client.query_one("SELECT 1", &[]).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct CancelToken {
+    route: Option<CancelRoute>,
+    key: Option<BackendKey>,
+}
+
+impl CancelToken {
+    pub(crate) fn new(route: Option<CancelRoute>, key: Option<BackendKey>) -> CancelToken {
+        CancelToken { route, key }
+    }
+
+    /// Asks the server to cancel what the session is running now, and returns once the server has taken the
+    /// request: it opens a new connection to the same server (TLS negotiated exactly as the session's was,
+    /// plaintext if the session is plaintext), sends a CancelRequest with the session's key, and waits until
+    /// the server closes that connection.
+    ///
+    /// The server does not say whether anything was cancelled. A running query fails with SQLSTATE 57014
+    /// ([`sqlstate::QUERY_CANCELED`](crate::sqlstate::QUERY_CANCELED)); a session that is idle by the time the
+    /// signal arrives ignores it. A query sent after this returned, once the client has read the answer of the
+    /// query it meant to cancel, is never hit.
+    ///
+    /// There is no time limit of its own (wrap it in one if the server may be unreachable). Fails with
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) for a client made with
+    /// [`Client::connect_with_transport`](crate::Client::connect_with_transport), which has no address to send
+    /// a cancel request to, or when the server gave the session no cancel key.
+    pub async fn cancel_query(&self) -> Result<(), Error> {
+        let route = self.route.as_ref().ok_or_else(|| {
+            Error::unsupported(
+                "cannot cancel: the client was made with connect_with_transport, so there is no address to \
+                 send a cancel request to",
+            )
+        })?;
+        let key = self.key.as_ref().ok_or_else(|| {
+            Error::unsupported("cannot cancel: the server sent no cancel key (BackendKeyData)")
+        })?;
+        let mut transport = route
+            .open()
+            .await
+            .map_err(|e| e.context("opening the cancel connection".to_string()))?;
+        let mut request = BytesMut::new();
+        crate::proto::cancel_request(key, &mut request);
+        write_all(transport.as_mut(), &request).await?;
+        wait_for_close(transport.as_mut()).await
+    }
+}
+
+async fn write_all(transport: &mut dyn Transport, mut bytes: &[u8]) -> Result<(), Error> {
+    while !bytes.is_empty() {
+        let n = poll_fn(|cx| transport.poll_write(cx, bytes))
+            .await
+            .map_err(Error::io)?;
+        if n == 0 {
+            return Err(Error::io(std::io::ErrorKind::WriteZero.into()));
+        }
+        bytes = &bytes[n..];
+    }
+    poll_fn(|cx| transport.poll_flush(cx))
+        .await
+        .map_err(Error::io)
+}
+
+/// Waits until the server closes the cancel connection, which it does only after signalling the backend.
+/// It sends nothing; anything it does send is read and ignored. A reset is a close too.
+async fn wait_for_close(transport: &mut dyn Transport) -> Result<(), Error> {
+    let mut buf = [0u8; 64];
+    loop {
+        match poll_fn(|cx| transport.poll_read(cx, &mut buf)).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(Error::io(e)),
+        }
+    }
+}
+
+/// A client whose query timeout is replaced until this scope is dropped; see
+/// [`Client::with_query_timeout`](crate::Client::with_query_timeout). It derefs to the [`Client`].
+pub struct QueryTimeoutScope<'a> {
+    client: &'a mut Client,
+    previous: Option<Duration>,
+}
+
+impl<'a> QueryTimeoutScope<'a> {
+    pub(crate) fn new(client: &'a mut Client, timeout: Option<Duration>) -> QueryTimeoutScope<'a> {
+        let previous = client.query_timeout();
+        client.set_query_timeout(timeout);
+        QueryTimeoutScope { client, previous }
+    }
+}
+
+impl Deref for QueryTimeoutScope<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client
+    }
+}
+
+impl DerefMut for QueryTimeoutScope<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client
+    }
+}
+
+impl Drop for QueryTimeoutScope<'_> {
+    fn drop(&mut self) {
+        // Synchronous, so a scope dropped with its future restores the timeout too.
+        self.client.set_query_timeout(self.previous);
+    }
+}
+
+impl std::fmt::Debug for QueryTimeoutScope<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryTimeoutScope")
+            .field("timeout", &self.client.query_timeout())
+            .field("previous", &self.previous)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The time limits of one connection's driver, and their clocks.
+///
+/// Clocks are instants, and a timer exists only while the driver waits: it is armed for the earliest due time
+/// when a read would block, and dropped when it fires, when bytes arrive or the call returns, so an idle client
+/// holds no timer (on WASI a timer is registered with the reactor that made it).
+#[derive(Default)]
+pub(crate) struct TimeLimits {
+    /// How long the server may take to answer a request.
+    pub(crate) query_timeout: Option<Duration>,
+    /// How long a request may wait without receiving a byte.
+    pub(crate) read_timeout: Option<Duration>,
+    /// The query clock of the current wait.
+    query_due: Option<QueryDue>,
+    /// Since when the current wait has received no byte.
+    read_since: Option<Instant>,
+    /// The timer of the current wait, and the instant it fires at.
+    timer: Option<(Instant, BoxFuture<()>)>,
+    /// A request that timed out, while it is cancelled and read out.
+    pub(crate) expiry: Option<Expiry>,
+}
+
+/// When the answer awaited now is due.
+struct QueryDue {
+    /// The awaited request; `None` while the requests of dropped futures are read out.
+    request: Option<RequestId>,
+    at: Instant,
+    limit: Duration,
+}
+
+/// A request that outlived the query timeout: its cancel, then the read-out of every pending request.
+pub(crate) struct Expiry {
+    pub(crate) limit: Duration,
+    /// The cancel request in flight; `None` once the server closed the cancel connection.
+    pub(crate) cancel: Option<BoxFuture<Result<(), Error>>>,
+    /// When the cancel and the read-out must have finished (`None`: never, for an enormous timeout).
+    pub(crate) give_up_at: Option<Instant>,
+}
+
+/// A time limit that ran out.
+pub(crate) enum Due {
+    /// The read deadline: no byte arrived for this long.
+    Read(Duration),
+    /// The query timeout of the awaited request.
+    Query(Duration),
+}
+
+impl TimeLimits {
+    /// A new operation starts: clocks and timers left by dropped futures do not count against it. An expiry
+    /// in progress is kept: it must finish before anything else is sent.
+    pub(crate) fn new_wait(&mut self) {
+        self.query_due = None;
+        self.read_since = None;
+        self.timer = None;
+    }
+
+    /// The caller waits for the answer to `request` (`None`: for the requests of dropped futures): starts its
+    /// query clock, unless it is running for that request already (callers that poll a fresh future each time
+    /// keep their clock).
+    pub(crate) fn watch(&mut self, request: Option<RequestId>) {
+        let Some(limit) = self.query_timeout else {
+            self.query_due = None;
+            return;
+        };
+        if self
+            .query_due
+            .as_ref()
+            .is_some_and(|due| due.request == request)
+        {
+            return;
+        }
+        // An enormous timeout that does not fit an instant is no limit.
+        self.query_due =
+            Instant::now()
+                .checked_add(limit)
+                .map(|at| QueryDue { request, at, limit });
+    }
+
+    /// Bytes moved: the wait is over, and the read deadline starts again with the next one.
+    pub(crate) fn progress(&mut self) {
+        self.read_since = None;
+        self.disarm();
+    }
+
+    /// Drops the timer: the wait it was armed for is over. Every call that armed one and returns `Ready`
+    /// disarms it, because on WASI a timer is registered with the reactor that armed it and must not be
+    /// dropped under another one (or outside any).
+    pub(crate) fn disarm(&mut self) {
+        self.timer = None;
+    }
+
+    /// The query clock starts again with the next wait (once COPY data went out: sending it is not waiting for
+    /// the server).
+    pub(crate) fn restart_query_clock(&mut self) {
+        self.query_due = None;
+    }
+
+    /// Called when a read would block: `Ready` once a limit ran out. With no request `pending` (an idle wait for
+    /// notifications) nothing is limited; `query` says whether the query timeout applies to this wait.
+    pub(crate) fn poll_due(
+        &mut self,
+        cx: &mut Context<'_>,
+        pending: bool,
+        query: bool,
+    ) -> Poll<Due> {
+        if !pending {
+            self.timer = None;
+            return Poll::Pending;
+        }
+        let read = self.read_timeout.and_then(|limit| {
+            let since = *self.read_since.get_or_insert_with(Instant::now);
+            since.checked_add(limit).map(|at| (at, Due::Read(limit)))
+        });
+        let query = self
+            .query_due
+            .as_ref()
+            .filter(|_| query)
+            .map(|due| (due.at, Due::Query(due.limit)));
+        let earliest = match (read, query) {
+            (Some(read), Some(query)) if query.0 < read.0 => Some(query),
+            (Some(read), _) => Some(read),
+            (None, query) => query,
+        };
+        let Some((at, due)) = earliest else {
+            self.timer = None;
+            return Poll::Pending;
+        };
+        ready!(self.poll_timer(cx, at));
+        Poll::Ready(due)
+    }
+
+    /// Waits until `at`, on a timer kept across polls; `Ready` once it fired.
+    pub(crate) fn poll_timer(&mut self, cx: &mut Context<'_>, at: Instant) -> Poll<()> {
+        let timer = match &mut self.timer {
+            Some((armed, timer)) if *armed == at => timer,
+            slot => {
+                let wait = at.saturating_duration_since(Instant::now());
+                &mut slot.insert((at, Box::pin(runtime::sleep(wait)))).1
+            }
+        };
+        ready!(timer.as_mut().poll(cx));
+        self.timer = None;
+        Poll::Ready(())
+    }
+
+    /// The awaited request outlived `limit`: from now on the driver sends `cancel`, then reads out every pending
+    /// request, before anything else.
+    pub(crate) fn expire(&mut self, limit: Duration, cancel: BoxFuture<Result<(), Error>>) {
+        self.new_wait();
+        self.expiry = Some(Expiry {
+            limit,
+            cancel: Some(cancel),
+            give_up_at: Instant::now().checked_add(limit.max(MIN_CANCEL_GRACE)),
+        });
+    }
+
+    /// Takes over the limits set on `lost` (a session rebuild replaces the connection, not the settings).
+    pub(crate) fn take_over_settings(&mut self, lost: &TimeLimits) {
+        self.query_timeout = lost.query_timeout;
+        self.read_timeout = lost.read_timeout;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(not(target_os = "wasi"))]
+    use super::*;
+
+    #[cfg(not(target_os = "wasi"))]
+    #[test]
+    fn token_and_its_future_are_send() {
+        fn assert_send_sync<T: Send + Sync>(_: &T) {}
+        fn assert_send<T: Send>(_: &T) {}
+        let token = CancelToken::new(None, None);
+        assert_send_sync(&token);
+        let cancel = token.cancel_query();
+        assert_send(&cancel);
+    }
+
+    /// Scripted fake servers over real sockets: the driver's time limits, end to end.
+    #[cfg(not(target_os = "wasi"))]
+    mod fake_server {
+        use std::time::{Duration, Instant};
+
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::{TcpListener, TcpStream};
+
+        use crate::{Client, Config, ErrorKind, TransactionStatus};
+
+        const PID: i32 = 4242;
+        const KEY: [u8; 4] = [9, 8, 7, 6];
+
+        fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+            let mut out = vec![tag];
+            out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+            out.extend_from_slice(body);
+            out
+        }
+
+        fn ready(status: u8) -> Vec<u8> {
+            message(b'Z', &[status])
+        }
+
+        fn query_canceled() -> Vec<u8> {
+            let mut body = Vec::new();
+            for (field, value) in [
+                (b'S', "ERROR"),
+                (b'V', "ERROR"),
+                (b'C', "57014"),
+                (b'M', "canceling statement due to user request"),
+            ] {
+                body.push(field);
+                body.extend_from_slice(value.as_bytes());
+                body.push(0);
+            }
+            body.push(0);
+            message(b'E', &body)
+        }
+
+        /// Reads a length-prefixed packet without a tag (StartupMessage, CancelRequest).
+        async fn read_packet(stream: &mut TcpStream) -> Vec<u8> {
+            let len = stream.read_u32().await.unwrap() as usize;
+            let mut body = vec![0; len - 4];
+            stream.read_exact(&mut body).await.unwrap();
+            body
+        }
+
+        /// Reads one tagged frontend message: its tag and body.
+        async fn read_message(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+            let tag = stream.read_u8().await.unwrap();
+            let len = stream.read_u32().await.unwrap() as usize;
+            let mut body = vec![0; len - 4];
+            stream.read_exact(&mut body).await.unwrap();
+            (tag, body)
+        }
+
+        /// Accepts a session and answers its startup: trust, the cancel key, ReadyForQuery.
+        async fn accept_session(listener: &TcpListener) -> TcpStream {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            read_packet(&mut stream).await;
+            let mut reply = message(b'R', &0u32.to_be_bytes());
+            let mut key = PID.to_be_bytes().to_vec();
+            key.extend_from_slice(&KEY);
+            reply.extend(message(b'K', &key));
+            reply.extend(ready(b'I'));
+            stream.write_all(&reply).await.unwrap();
+            stream
+        }
+
+        async fn listener() -> (TcpListener, Config) {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let config = Config::parse(&format!(
+                "host=127.0.0.1 port={port} user=u dbname=d sslmode=disable"
+            ))
+            .unwrap();
+            (listener, config)
+        }
+
+        /// The timed-out query is cancelled on a second connection carrying the session's key, its 57014 is
+        /// read out, and the next request goes out only after the server closed the cancel connection.
+        #[tokio::test]
+        async fn timed_out_query_is_cancelled_then_read_out() {
+            let (listener, mut config) = listener().await;
+            config.query_timeout(Duration::from_millis(200));
+            let server = tokio::spawn(async move {
+                let mut session = accept_session(&listener).await;
+                let (tag, _) = read_message(&mut session).await;
+                assert_eq!(tag, b'Q');
+                // Silent until the cancel request comes.
+                let (mut cancel, _) = listener.accept().await.unwrap();
+                let request = read_packet(&mut cancel).await;
+                assert_eq!(&request[..4], &80_877_102u32.to_be_bytes());
+                assert_eq!(&request[4..8], &PID.to_be_bytes());
+                assert_eq!(&request[8..], &KEY);
+                let mut answer = query_canceled();
+                answer.extend(ready(b'E'));
+                session.write_all(&answer).await.unwrap();
+                // Nothing more may arrive on the session before the cancel connection is closed.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let mut probe = [0u8; 1];
+                let early =
+                    tokio::time::timeout(Duration::from_millis(1), session.peek(&mut probe)).await;
+                assert!(
+                    early.is_err(),
+                    "the next request was sent before the cancel finished"
+                );
+                drop(cancel);
+                let (tag, body) = read_message(&mut session).await;
+                assert_eq!((tag, body), (b'Q', b"\0".to_vec()));
+                let mut answer = message(b'I', &[]);
+                answer.extend(ready(b'E'));
+                session.write_all(&answer).await.unwrap();
+            });
+            let mut client = Client::connect(&config).await.unwrap();
+            let started = Instant::now();
+            let err = client.simple_query("SELECT slow").await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+            assert!(!err.is_connection_broken());
+            assert!(started.elapsed() >= Duration::from_millis(200));
+            assert!(!client.is_closed());
+            assert_eq!(client.ping().await.unwrap(), TransactionStatus::Failed);
+            server.await.unwrap();
+        }
+
+        /// No byte within the read deadline: Timeout, and the connection is given up.
+        #[tokio::test]
+        async fn read_deadline_breaks_the_connection() {
+            let (listener, mut config) = listener().await;
+            config.read_timeout(Duration::from_millis(200));
+            let server = tokio::spawn(async move {
+                let mut session = accept_session(&listener).await;
+                read_message(&mut session).await;
+                // Never answers; keeps the socket open until the client gives up.
+                let mut rest = Vec::new();
+                let _ = session.read_to_end(&mut rest).await;
+            });
+            let mut client = Client::connect(&config).await.unwrap();
+            let started = Instant::now();
+            let err = client.simple_query("SELECT 1").await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+            assert!(err.is_connection_broken());
+            assert!(started.elapsed() >= Duration::from_millis(200));
+            assert!(client.is_closed());
+            drop(client);
+            server.await.unwrap();
+        }
+
+        /// A client on a caller's transport has no route for a cancel: the token says so, and a query timeout
+        /// gives the connection up instead of waiting for the query.
+        #[tokio::test]
+        async fn no_route_without_an_address() {
+            let (listener, config) = listener().await;
+            let server = tokio::spawn(async move {
+                let mut session = accept_session(&listener).await;
+                read_message(&mut session).await;
+                let mut rest = Vec::new();
+                let _ = session.read_to_end(&mut rest).await;
+            });
+            let port = config.get_ports()[0];
+            let stream = crate::transport::tokio::connect_tcp("127.0.0.1", None, port)
+                .await
+                .unwrap();
+            let mut client = Client::connect_with_transport(Box::new(stream), &config)
+                .await
+                .unwrap();
+            let err = client.cancel_token().cancel_query().await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unsupported);
+            assert!(err.to_string().contains("connect_with_transport"), "{err}");
+            let err = client
+                .with_query_timeout(Duration::from_millis(100))
+                .simple_query("SELECT slow")
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+            assert!(err.is_connection_broken());
+            assert!(err.to_string().contains("connect_with_transport"), "{err}");
+            assert!(client.is_closed());
+            assert_eq!(client.query_timeout(), None);
+            drop(client);
+            server.await.unwrap();
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! DataRow, the message of every result row, parsed without postgres-protocol's general `Message::parse`.
+//!
+//! A result streams one DataRow per row, so this is the hottest path of the client (see BENCHMARKS.md). The
+//! fields are walked once, to check every length against the bytes that are there. A small row (up to
+//! [`INLINE_BYTES`] bytes of fields) is then copied into the row itself: no allocation and no reference
+//! count to touch, which is what a row of a few numbers, a short text and a timestamp costs otherwise; its
+//! fields are found again by walking the checked lengths, which for a handful of fields is cheaper than
+//! keeping their offsets. A larger row stays where it arrived, as a reference-counted slice of the inbound
+//! buffer, with the offsets of its fields.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::frame::HEADER_LEN;
+use crate::Error;
+
+/// Rows whose fields (length words included) take up to this many bytes are copied into the row.
+const INLINE_BYTES: usize = 56;
+
+/// Larger rows with up to this many columns keep their field offsets inline; wider ones allocate them.
+const INLINE_OFFSETS: usize = 8;
+
+/// Where a DataRow's fields start in its frame: after the header and the 16-bit field count.
+const FIELDS_START: usize = HEADER_LEN + 2;
+
+/// A DataRow whose field boundaries were checked once, when it was framed.
+///
+/// Its fields are as the protocol has them, each a 32-bit big-endian length (-1 for NULL) followed by that
+/// many bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct RawRow(Fields);
+
+#[derive(Debug, Clone)]
+enum Fields {
+    /// `count` fields in the first `len` bytes of `bytes`.
+    Inline {
+        bytes: InlineBytes,
+        count: u32,
+        len: u32,
+    },
+    /// Fields whose length words are at `offsets` in `bytes`.
+    Shared { bytes: Bytes, offsets: Offsets },
+}
+
+/// The bytes of a small row, aligned so that the row moves in whole words (a row is moved several times on
+/// its way to the caller, and moves that straddle byte-sized writes stall the processor).
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct InlineBytes([u8; INLINE_BYTES]);
+
+impl std::fmt::Debug for InlineBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InlineBytes")
+    }
+}
+
+/// Where the fields' length words are: inline and 32-bit for the rows PostgreSQL sends (a message is at most
+/// 1 GiB there), on the heap for wider rows and for rows over 4 GiB.
+#[derive(Debug, Clone)]
+enum Offsets {
+    Inline { len: u8, at: [u32; INLINE_OFFSETS] },
+    Heap(Box<[usize]>),
+}
+
+impl Offsets {
+    fn len(&self) -> usize {
+        match self {
+            Offsets::Inline { len, .. } => usize::from(*len),
+            Offsets::Heap(at) => at.len(),
+        }
+    }
+
+    /// Where field `i`'s length word is. Panics if `i` is out of bounds.
+    fn get(&self, i: usize) -> usize {
+        match self {
+            Offsets::Inline { len, at } => {
+                assert!(i < usize::from(*len), "BUG: field {i} of a row of {len}");
+                at[i] as usize
+            }
+            Offsets::Heap(at) => at[i],
+        }
+    }
+}
+
+impl RawRow {
+    /// Takes the complete DataRow frame of `frame_len` bytes (tag and length included) off the front of
+    /// `inbound`, checking every field length against the bytes of the frame. The frame is taken even when
+    /// it is malformed (the error breaks the connection anyway).
+    pub(crate) fn split_from(inbound: &mut BytesMut, frame_len: usize) -> Result<RawRow, Error> {
+        let row = RawRow::parse(inbound, frame_len);
+        match row {
+            Ok(Some(row)) => {
+                inbound.advance(frame_len);
+                Ok(row)
+            }
+            Ok(None) => {
+                let offsets = offsets(&inbound[FIELDS_START..frame_len]);
+                let mut bytes = inbound.split_to(frame_len).freeze();
+                bytes.advance(FIELDS_START);
+                Ok(RawRow(Fields::Shared { bytes, offsets }))
+            }
+            Err(e) => {
+                inbound.advance(frame_len);
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks the frame at the start of `frame_and_more`; `Some` with the row copied in if it is small, `None`
+    /// for a larger one.
+    fn parse(frame_and_more: &[u8], frame_len: usize) -> Result<Option<RawRow>, Error> {
+        let frame = &frame_and_more[..frame_len];
+        let Some((&[high, low], fields)) = frame[HEADER_LEN..].split_first_chunk::<2>() else {
+            return Err(malformed("missing the field count".to_string()));
+        };
+        let count = usize::from(u16::from_be_bytes([high, low]));
+        walk(fields, count)?;
+        if fields.len() > INLINE_BYTES {
+            return Ok(None);
+        }
+        // A copy of fixed size where the buffer has the bytes (what follows the frame is never read), so it
+        // is a few whole-word moves.
+        let mut bytes = InlineBytes([0; INLINE_BYTES]);
+        match frame_and_more.get(FIELDS_START..FIELDS_START + INLINE_BYTES) {
+            Some(window) => bytes.0.copy_from_slice(window),
+            None => bytes.0[..fields.len()].copy_from_slice(fields),
+        }
+        // Each field takes at least 4 bytes, so the count of INLINE_BYTES bytes fits too.
+        Ok(Some(RawRow(Fields::Inline {
+            count: u32::try_from(count).unwrap_or(u32::MAX),
+            len: u32::try_from(fields.len()).unwrap_or(u32::MAX),
+            bytes,
+        })))
+    }
+
+    /// A row built by the client itself (the simple query mode converts text fields to binary).
+    pub(crate) fn from_fields(fields: Vec<Option<Vec<u8>>>) -> RawRow {
+        let size = fields.iter().flatten().map(Vec::len).sum::<usize>() + 4 * fields.len();
+        let mut buffer = Vec::with_capacity(size);
+        let mut offsets = Vec::with_capacity(fields.len());
+        for field in fields {
+            offsets.push(buffer.len());
+            match field {
+                Some(bytes) => {
+                    // The values are binary forms of text fields of a DataRow, whose lengths were i32s; no
+                    // built-in type's binary form is more than a few bytes longer than its text.
+                    let len = i32::try_from(bytes.len())
+                        .expect("BUG: a converted field longer than a DataRow field can be");
+                    buffer.extend_from_slice(&len.to_be_bytes());
+                    buffer.extend_from_slice(&bytes);
+                }
+                None => buffer.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        RawRow(Fields::Shared {
+            bytes: buffer.into(),
+            offsets: Offsets::Heap(offsets.into_boxed_slice()),
+        })
+    }
+
+    /// The number of fields.
+    pub(crate) fn len(&self) -> usize {
+        match &self.0 {
+            Fields::Inline { count, .. } => *count as usize,
+            Fields::Shared { offsets, .. } => offsets.len(),
+        }
+    }
+
+    /// The raw bytes of field `i`, `None` for SQL NULL. Panics only if `i` is out of bounds, which callers
+    /// rule out against the column count.
+    pub(crate) fn field(&self, i: usize) -> Option<&[u8]> {
+        let (fields, at) = match &self.0 {
+            Fields::Inline { count, len, bytes } => {
+                assert!(i < *count as usize, "BUG: field {i} of a row of {count}");
+                let fields = &bytes.0[..*len as usize];
+                // The lengths were checked when the row was framed; -1 (NULL) is the only negative one.
+                let mut at = 0;
+                for _ in 0..i {
+                    let (&word, _) = fields[at..].split_first_chunk::<4>()?;
+                    at += 4 + usize::try_from(i32::from_be_bytes(word)).unwrap_or(0);
+                }
+                (fields, at)
+            }
+            Fields::Shared { bytes, offsets } => (&bytes[..], offsets.get(i)),
+        };
+        let (&word, value) = fields[at..].split_first_chunk::<4>()?;
+        let len = usize::try_from(i32::from_be_bytes(word)).ok()?;
+        value.get(..len)
+    }
+}
+
+fn malformed(what: String) -> Error {
+    Error::protocol(format!("malformed DataRow: {what}"))
+}
+
+/// Walks `count` fields in `fields`, checking that each length word and value is there and that nothing
+/// follows the last one.
+fn walk(fields: &[u8], count: usize) -> Result<(), Error> {
+    let mut at = 0usize;
+    for _ in 0..count {
+        let Some(&[a, b, c, d]) = fields.get(at..at + 4) else {
+            return Err(malformed("a field length cut off".to_string()));
+        };
+        at += 4;
+        let len = i32::from_be_bytes([a, b, c, d]);
+        if len == -1 {
+            continue;
+        }
+        match usize::try_from(len) {
+            Ok(len) if len <= fields.len() - at => at += len,
+            Ok(len) => {
+                return Err(malformed(format!(
+                    "a field of {len} bytes where {} are left",
+                    fields.len() - at
+                )));
+            }
+            Err(_) => return Err(malformed(format!("invalid field length {len}"))),
+        }
+    }
+    if at != fields.len() {
+        return Err(malformed(format!(
+            "{} bytes after the last field",
+            fields.len() - at
+        )));
+    }
+    Ok(())
+}
+
+/// The offsets of the length words in `fields`, which [`RawRow::parse`] checked already.
+fn offsets(fields: &[u8]) -> Offsets {
+    let mut inline = [0u32; INLINE_OFFSETS];
+    let mut count = 0;
+    let mut heap = Vec::new();
+    let mut at = 0;
+    while at < fields.len() {
+        match u32::try_from(at) {
+            Ok(offset) if heap.is_empty() && count < INLINE_OFFSETS => inline[count] = offset,
+            _ => {
+                if heap.is_empty() {
+                    heap.extend(inline[..count].iter().map(|&a| a as usize));
+                }
+                heap.push(at);
+            }
+        }
+        count += 1;
+        let word = [fields[at], fields[at + 1], fields[at + 2], fields[at + 3]];
+        // -1 (NULL) is the only negative length the check let through.
+        at += 4 + usize::try_from(i32::from_be_bytes(word)).unwrap_or(0);
+    }
+    if heap.is_empty() {
+        Offsets::Inline {
+            len: u8::try_from(count).unwrap_or(u8::MAX),
+            at: inline,
+        }
+    } else {
+        Offsets::Heap(heap.into_boxed_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A DataRow frame with `fields` (`None` for NULL), its length word as the body says.
+    fn frame(fields: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut body = u16::try_from(fields.len()).unwrap().to_be_bytes().to_vec();
+        for field in fields {
+            match field {
+                Some(bytes) => {
+                    body.extend_from_slice(&i32::try_from(bytes.len()).unwrap().to_be_bytes());
+                    body.extend_from_slice(bytes);
+                }
+                None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        let mut out = vec![b'D'];
+        out.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Splits the frame in `bytes` (followed by one more byte, which must stay) off a buffer.
+    fn parse(bytes: Vec<u8>) -> Result<RawRow, Error> {
+        let len = bytes.len();
+        let mut inbound = BytesMut::from(&[bytes, vec![b'Z']].concat()[..]);
+        let row = RawRow::split_from(&mut inbound, len);
+        assert_eq!(&inbound[..], b"Z", "the frame and only the frame is taken");
+        row
+    }
+
+    fn fields(row: &RawRow) -> Vec<Option<Vec<u8>>> {
+        (0..row.len())
+            .map(|i| row.field(i).map(<[u8]>::to_vec))
+            .collect()
+    }
+
+    #[test]
+    fn narrow_and_wide_rows_read_back() {
+        for width in [0usize, 1, 3, INLINE_OFFSETS, INLINE_OFFSETS + 1, 15, 40] {
+            let values: Vec<Vec<u8>> = (0..width).map(|i| vec![b'a'; i % 5]).collect();
+            let given: Vec<Option<&[u8]>> = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i % 3 != 2).then_some(v.as_slice()))
+                .collect();
+            let row = parse(frame(&given)).unwrap();
+            let expected: Vec<Option<Vec<u8>>> =
+                given.iter().map(|f| f.map(<[u8]>::to_vec)).collect();
+            assert_eq!(fields(&row), expected, "width {width}");
+            let built = RawRow::from_fields(expected.clone());
+            assert_eq!(fields(&built), expected, "from_fields, width {width}");
+        }
+    }
+
+    #[test]
+    fn rows_over_the_inline_size_are_shared() {
+        let long = [b'x'; INLINE_BYTES];
+        for given in [
+            vec![Some(&long[..INLINE_BYTES - 4])],
+            vec![Some(&long[..INLINE_BYTES - 3])],
+            vec![Some(&long[..]), None, Some(&b"y"[..])],
+        ] {
+            let row = parse(frame(&given)).unwrap();
+            let expected: Vec<Option<Vec<u8>>> =
+                given.iter().map(|f| f.map(<[u8]>::to_vec)).collect();
+            assert_eq!(fields(&row), expected);
+        }
+    }
+
+    #[test]
+    fn empty_and_null_fields_differ() {
+        let row = parse(frame(&[Some(b""), None])).unwrap();
+        assert_eq!(row.field(0), Some(&b""[..]));
+        assert_eq!(row.field(1), None);
+    }
+
+    #[test]
+    fn malformed_rows_are_refused() {
+        let good = frame(&[Some(b"abcdefgh"), None]);
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (good[..HEADER_LEN + 1].to_vec(), "missing the field count"),
+            // The count says three fields; two are there (in enough bytes for the count to be possible).
+            (
+                {
+                    let mut f = good.clone();
+                    f[HEADER_LEN + 1] = 3;
+                    f
+                },
+                "a field length cut off",
+            ),
+            // 1000 fields announced in 16 bytes.
+            (
+                {
+                    let mut f = good.clone();
+                    f[HEADER_LEN..FIELDS_START].copy_from_slice(&1000u16.to_be_bytes());
+                    f
+                },
+                "a field length cut off",
+            ),
+            // The first field claims more bytes than the frame has.
+            (
+                {
+                    let mut f = good.clone();
+                    f[FIELDS_START..FIELDS_START + 4].copy_from_slice(&100i32.to_be_bytes());
+                    f
+                },
+                "a field of 100 bytes",
+            ),
+            // Only -1 means NULL.
+            (
+                {
+                    let mut f = good.clone();
+                    f[FIELDS_START..FIELDS_START + 4].copy_from_slice(&(-2i32).to_be_bytes());
+                    f
+                },
+                "invalid field length -2",
+            ),
+            (
+                [good.clone(), vec![0]].concat(),
+                "1 bytes after the last field",
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let err = parse(bytes).unwrap_err();
+            assert!(err.to_string().contains("malformed DataRow"), "{err}");
+            assert!(
+                err.to_string().contains(expected),
+                "{err} (expected {expected})"
+            );
+        }
+    }
+}
