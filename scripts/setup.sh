@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need, skipping whatever is already there:
 #   PostgreSQL (server + psql), clang-19/llvm-19 (C code built for wasm32-wasip2), pgbouncer,
-#   the wasm32-wasip2 Rust target, wasmtime-cli 48.0.8, cargo-fuzz, and pglite-server (npm).
+#   the wasm32-wasip2 and wasm32-unknown-unknown Rust targets, wasmtime-cli 48.0.8, cargo-fuzz, wasm-tools,
+#   and pglite-server (npm).
 # Safe to run repeatedly; a second run only checks.
 set -euo pipefail
 
@@ -52,15 +53,18 @@ if ! command -v cargo >/dev/null; then
     log "cargo not found; install Rust (rustup) first" >&2
     exit 1
 fi
-if [ -d "$(rustc --print sysroot)/lib/rustlib/wasm32-wasip2" ]; then
-    log "rust target wasm32-wasip2 present"
-elif command -v rustup >/dev/null; then
-    log "adding rust target wasm32-wasip2"
-    rustup target add wasm32-wasip2
-else
-    log "rust target wasm32-wasip2 missing and rustup not found to add it" >&2
-    exit 1
-fi
+# wasm32-wasip2 for the client; wasm32-unknown-unknown for the sans-IO core alone.
+for target in wasm32-wasip2 wasm32-unknown-unknown; do
+    if [ -d "$(rustc --print sysroot)/lib/rustlib/$target" ]; then
+        log "rust target $target present"
+    elif command -v rustup >/dev/null; then
+        log "adding rust target $target"
+        rustup target add "$target"
+    else
+        log "rust target $target missing and rustup not found to add it" >&2
+        exit 1
+    fi
+done
 
 # --- wasmtime ---------------------------------------------------------------------------------
 wasmtime_ok() {
@@ -109,6 +113,19 @@ else
     cargo install --locked cargo-fuzz
     cargo fuzz --version >/dev/null 2>&1 || {
         log "cargo-fuzz still not found after install" >&2
+        exit 1
+    }
+fi
+
+# --- wasm-tools (scripts/check-imports.sh lists the imports of the wasm32-wasip2 components) ---
+WASM_TOOLS_VERSION=1.263.0
+if [ "$(wasm-tools --version 2>/dev/null | awk '{print $2}')" = "$WASM_TOOLS_VERSION" ]; then
+    log "wasm-tools $WASM_TOOLS_VERSION present"
+else
+    log "installing wasm-tools $WASM_TOOLS_VERSION"
+    cargo install --locked "wasm-tools@$WASM_TOOLS_VERSION"
+    [ "$(wasm-tools --version 2>/dev/null | awk '{print $2}')" = "$WASM_TOOLS_VERSION" ] || {
+        log "wasm-tools $WASM_TOOLS_VERSION still not found after install" >&2
         exit 1
     }
 fi

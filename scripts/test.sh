@@ -34,6 +34,16 @@ rm -f "$test_log"
 step "wasm32-wasip2 examples (cargo build --release --target wasm32-wasip2 --examples)"
 CARGO_TARGET_DIR=target/wasi cargo build --release --target wasm32-wasip2 --examples
 
+step "wasm32-wasip2 components import only wasi:* (scripts/check-imports.sh)"
+CARGO_TARGET_DIR=target/wasi bash scripts/check-imports.sh
+
+step "sans-IO core for other hosts (cargo build --target wasm32-unknown-unknown --no-default-features)"
+# .cargo/config.toml gives getrandom its custom backend for this target (a RUSTFLAGS variable would replace it).
+cargo build --target wasm32-unknown-unknown --no-default-features
+
+step "docs (cargo doc --no-deps, warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+
 # The fuzz smoke: every target of fuzz/ built with cargo-fuzz (libFuzzer) and run for FUZZ_SECONDS each (60
 # under CI=true, 10 otherwise; 0 only builds), starting from its seeds. A crash, a hang (-timeout), an
 # out-of-memory or an allocation over the targets' cap fails the run; each input that caused one is copied

@@ -115,8 +115,14 @@ impl Row {
                 std::any::type_name::<T>(),
             ));
         }
-        T::from_sql_nullable(&column.type_, self.raw.field(i))
-            .map_err(|e| Error::from_sql(&column.name, e))
+        let raw = self.raw.field(i);
+        // postgres-types reserves room for as many array elements as the header claims before reading one:
+        // counts are checked against the value's bytes first.
+        if let Some(raw) = raw {
+            crate::proto::check_counts(&column.type_, raw)
+                .map_err(|e| Error::from_sql(&column.name, e))?;
+        }
+        T::from_sql_nullable(&column.type_, raw).map_err(|e| Error::from_sql(&column.name, e))
     }
 
     /// The raw binary value of a column (`None` for NULL), for types this crate cannot decode.

@@ -120,8 +120,9 @@ async fn notices_reach_a_handler_and_tracing(env: &Env) -> Outcome {
     ensure_eq!(
         notices,
         vec![
+            // NOTICE and below trace at DEBUG (no INFO noise by default); WARNING at WARN.
             (
-                Level::INFO,
+                Level::DEBUG,
                 "wasi_pg_client::notice".to_string(),
                 "hello 42".to_string()
             ),
