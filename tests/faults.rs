@@ -1197,9 +1197,15 @@ mod terminated_mid_pipeline {
         .await;
         killed?;
         let (answered, failed) = match result {
+            // The documented outcome of a broken connection: one error for the batch, no per-statement results
+            // (so nothing is matched to any statement, rightly or wrongly).
             Err(e) => {
                 ensure!(e.is_connection_broken(), "{e}");
-                (0, values.len())
+                ensure!(victim.is_closed(), "the client is not closed");
+                return Ok(format!(
+                    "the batch failed as a whole: {:?}: {e}; connection closed",
+                    e.kind()
+                ));
             }
             Ok(results) => {
                 ensure!(results.len() == values.len(), "{} results", results.len());

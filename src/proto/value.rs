@@ -19,8 +19,17 @@ const MAX_DEPTH: u32 = 32;
 
 /// Checks every count in the binary value `raw` of type `ty` against the bytes that follow it.
 pub(crate) fn check_counts(ty: &Type, raw: &[u8]) -> Result<(), BoxError> {
+    // This runs for every value decoded, so the common case goes first and costs two comparisons: a built-in
+    // scalar holds no count (hstore, the one scalar that does, comes from an extension, so its OID is at least
+    // FirstNormalObjectId).
+    if matches!(ty.kind(), Kind::Simple) && ty.oid() < FIRST_NORMAL_OBJECT_ID {
+        return Ok(());
+    }
     check(ty, raw, 0)
 }
+
+/// PostgreSQL's `FirstNormalObjectId`: the OIDs below it belong to the built-in catalog.
+const FIRST_NORMAL_OBJECT_ID: u32 = 16_384;
 
 /// Whether values of `ty` can hold counts: only those are walked.
 fn has_counts(ty: &Type) -> bool {
@@ -161,6 +170,14 @@ mod tests {
         assert!(check_counts(&Type::INT4_ARRAY, &array(&[-1], &[])).is_err());
         // Dimensions are bounded too, before any is read.
         assert!(check_counts(&Type::INT4_ARRAY, &i32::MAX.to_be_bytes()).is_err());
+    }
+
+    #[test]
+    fn built_in_scalars_hold_no_counts() {
+        // Whatever their bytes say: an int4 of i32::MAX is a number, not a count.
+        for ty in [Type::INT4, Type::TEXT, Type::BYTEA, Type::TIMESTAMPTZ] {
+            check_counts(&ty, &i32::MAX.to_be_bytes()).unwrap();
+        }
     }
 
     #[test]
