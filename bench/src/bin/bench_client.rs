@@ -1,0 +1,163 @@
+//! Runs one workload with one client library and prints `result ops=<n> seconds=<s> check=<n>`.
+//!
+//! ```text
+//! bench-client run <ours|tokio-postgres> <workload> <count> --host H --port P --user U --dbname D [--ca FILE]
+//!                  [--runtime current-thread|multi-thread]
+//! bench-client setup <copy-rows> --host H --port P --user U --dbname D
+//! bench-client truncate --host H --port P --user U --dbname D
+//! ```
+//!
+//! `setup` creates the tables (and fills W5's source); `truncate` empties the insert targets, which the
+//! driver does before each pgbench run of W4 (the other clients empty them themselves, untimed).
+//!
+//! Natively the runtime is tokio's current-thread one unless `--runtime multi-thread` is given; on
+//! wasm32-wasip2 it is wstd's (and only `ours` exists there).
+
+use std::error::Error as StdError;
+use std::process::ExitCode;
+
+use wasi_pg_client_bench::workload::Target;
+use wasi_pg_client_bench::{Contender, Workload, ours};
+
+type BoxError = Box<dyn StdError>;
+
+/// What the command line asks for.
+enum Command {
+    Run {
+        contender: Contender,
+        workload: Workload,
+        count: u64,
+    },
+    Setup {
+        copy_rows: u64,
+    },
+    Truncate,
+}
+
+struct Args {
+    command: Command,
+    target: Target,
+    multi_thread: bool,
+}
+
+fn parse_args(args: &[String]) -> Result<Args, BoxError> {
+    let mut positional = Vec::new();
+    let (mut host, mut port, mut user, mut dbname, mut ca_file) =
+        (None, None, None, None, None::<String>);
+    let mut multi_thread = false;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let mut value = || {
+            iter.next()
+                .cloned()
+                .ok_or_else(|| format!("{arg} needs a value"))
+        };
+        match arg.as_str() {
+            "--host" => host = Some(value()?),
+            "--port" => port = Some(value()?.parse()?),
+            "--user" => user = Some(value()?),
+            "--dbname" => dbname = Some(value()?),
+            "--ca" => ca_file = Some(value()?),
+            "--runtime" => {
+                multi_thread = match value()?.as_str() {
+                    "current-thread" => false,
+                    "multi-thread" => true,
+                    other => return Err(format!("unknown runtime {other:?}").into()),
+                }
+            }
+            flag if flag.starts_with("--") => return Err(format!("unknown flag {flag}").into()),
+            _ => positional.push(arg.as_str()),
+        }
+    }
+    let command = match positional.as_slice() {
+        ["run", contender, workload, count] => Command::Run {
+            contender: contender.parse()?,
+            workload: workload.parse()?,
+            count: count.parse()?,
+        },
+        ["setup", copy_rows] => Command::Setup {
+            copy_rows: copy_rows.parse()?,
+        },
+        ["truncate"] => Command::Truncate,
+        _ => return Err("usage: bench-client run <contender> <workload> <count> | setup <copy-rows> | truncate, then --host --port --user --dbname [--ca]".into()),
+    };
+    Ok(Args {
+        command,
+        target: Target {
+            host: host.ok_or("--host is required")?,
+            port: port.ok_or("--port is required")?,
+            user: user.unwrap_or_else(|| "postgres".to_string()),
+            dbname: dbname.unwrap_or_else(|| "postgres".to_string()),
+            ca_file,
+        },
+        multi_thread,
+    })
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    match args.command {
+        Command::Setup { copy_rows } => ours::setup(&args.target, copy_rows).await,
+        Command::Truncate => ours::truncate(&args.target).await,
+        Command::Run {
+            contender,
+            workload,
+            count,
+        } => {
+            let outcome = match contender {
+                Contender::Ours | Contender::OursWasi => {
+                    ours::run(workload, count, &args.target).await?
+                }
+                #[cfg(not(target_os = "wasi"))]
+                Contender::TokioPostgres => {
+                    wasi_pg_client_bench::tokio_pg::run(workload, count, &args.target).await?
+                }
+                other => return Err(format!("bench-client cannot run {other}").into()),
+            };
+            println!("{outcome}");
+            Ok(())
+        }
+    }
+}
+
+fn report(result: Result<(), BoxError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-client: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(target_os = "wasi"))]
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = match parse_args(&args) {
+        Ok(args) => args,
+        Err(e) => return report(Err(e)),
+    };
+    let runtime = if args.multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    match runtime {
+        Ok(runtime) => report(runtime.block_on(run(args))),
+        Err(e) => report(Err(e.into())),
+    }
+}
+
+#[cfg(target_os = "wasi")]
+#[wstd::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match parse_args(&args) {
+        Ok(args) if args.multi_thread => report(Err("wasm32-wasip2 has one thread".into())),
+        Ok(args) => report(run(args).await),
+        Err(e) => report(Err(e)),
+    }
+}

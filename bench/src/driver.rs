@@ -1,0 +1,509 @@
+//! Runs every workload for every contender, each run in its own process, interleaved round by round, and
+//! prints the median of each:
+//!
+//! ```text
+//! bench <workload> <contender> ops_per_s=<n> client_cpu_s=<n> peak_rss_mb=<n>
+//! ratio <workload> <a>/<b>=<x>
+//! ```
+//!
+//! A ratio compares throughput; `<workload>:cpu` compares client CPU seconds instead, and `<b>` written
+//! `<contender>@<workload>` names a run of another workload (`ratio W6 ours/ours@W3`).
+//!
+//! CPU time (user + sys) and peak RSS come from `wait4(2)` on each child, so they are the child's own: the
+//! client process for ours and tokio-postgres, pgbench itself, and for ours-wasi the wasmtime process that
+//! runs the precompiled component. Throughput is the client's own timing of the workload (pgbench's "without
+//! initial connection time"). Progress goes to stderr, results to stdout.
+//!
+//! ```text
+//! bench-driver --client target/bench/release/bench-client --wasmtime wasmtime --cwasm bench-client.cwasm
+//!              --pgbench pgbench --work-dir DIR --host 127.0.0.1 --port N --ca server.crt
+//!              [--quick] [--rounds N] [--only W1,W3] [--contenders ours,pgbench]
+//! ```
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::workload::{Target, W4_BATCH, sql};
+use crate::{Contender, Outcome, Plan, Workload};
+
+type BoxError = Box<dyn StdError>;
+
+/// A run that takes longer than this is killed and reported as failed.
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Where the certificate directory appears inside the wasm component.
+const WASI_CERT_DIR: &str = "/certs";
+
+struct Options {
+    client: PathBuf,
+    wasmtime: PathBuf,
+    cwasm: PathBuf,
+    pgbench: PathBuf,
+    work_dir: PathBuf,
+    target: Target,
+    plan: Plan,
+    workloads: Vec<Workload>,
+    contenders: Vec<Contender>,
+}
+
+/// What one process used and did.
+#[derive(Debug, Clone, Copy)]
+struct Measurement {
+    rate: f64,
+    cpu_seconds: f64,
+    peak_rss_mb: f64,
+}
+
+fn parse_options() -> Result<Options, BoxError> {
+    let mut values: HashMap<String, String> = HashMap::new();
+    let mut quick = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            flag if flag.starts_with("--") => {
+                let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+                values.insert(flag.trim_start_matches("--").to_string(), value);
+            }
+            other => return Err(format!("unexpected argument {other:?}").into()),
+        }
+    }
+    let mut take = |name: &str| values.remove(name);
+    let mut plan = if quick { Plan::QUICK } else { Plan::FULL };
+    if let Some(rounds) = take("rounds") {
+        plan.rounds = rounds.parse()?;
+    }
+    let workloads = match take("only") {
+        Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
+        None => Workload::ALL.to_vec(),
+    };
+    let contenders = match take("contenders") {
+        Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
+        None => Contender::ALL.to_vec(),
+    };
+    let mut required = |name: &str| take(name).ok_or_else(|| format!("--{name} is required"));
+    let options = Options {
+        client: required("client")?.into(),
+        wasmtime: required("wasmtime")?.into(),
+        cwasm: required("cwasm")?.into(),
+        pgbench: required("pgbench")?.into(),
+        work_dir: required("work-dir")?.into(),
+        target: Target {
+            host: required("host")?,
+            port: required("port")?.parse()?,
+            user: take("user").unwrap_or_else(|| "postgres".to_string()),
+            dbname: take("dbname").unwrap_or_else(|| "postgres".to_string()),
+            ca_file: take("ca"),
+        },
+        plan,
+        workloads,
+        contenders,
+    };
+    if let Some(unknown) = values.keys().next() {
+        return Err(format!("unknown flag --{unknown}").into());
+    }
+    Ok(options)
+}
+
+/// The connection flags of `bench-client`, with the certificate at `ca` when given.
+fn target_args(target: &Target, ca: Option<&str>) -> Vec<String> {
+    let mut args = vec![
+        "--host".to_string(),
+        target.host.clone(),
+        "--port".to_string(),
+        target.port.to_string(),
+        "--user".to_string(),
+        target.user.clone(),
+        "--dbname".to_string(),
+        target.dbname.clone(),
+    ];
+    if let Some(ca) = ca {
+        args.extend(["--ca".to_string(), ca.to_string()]);
+    }
+    args
+}
+
+/// The command that runs `workload` for `contender`.
+fn command(options: &Options, workload: Workload, contender: Contender) -> Command {
+    let count = options.plan.count(workload);
+    let run_args = |name: &str| {
+        vec![
+            "run".to_string(),
+            name.to_string(),
+            workload.name().to_string(),
+            count.to_string(),
+        ]
+    };
+    match contender {
+        Contender::Ours | Contender::TokioPostgres => {
+            let mut cmd = Command::new(&options.client);
+            cmd.args(run_args(contender.name()));
+            cmd.args(target_args(
+                &options.target,
+                options.target.ca_file.as_deref(),
+            ));
+            cmd
+        }
+        Contender::OursWasi => {
+            let mut cmd = Command::new(&options.wasmtime);
+            cmd.args([
+                "run",
+                "-C",
+                "cache=n",
+                "--allow-precompiled",
+                "-S",
+                "inherit-network",
+                "-S",
+                "allow-ip-name-lookup",
+            ]);
+            let ca = options.target.ca_file.as_deref().map(Path::new);
+            let guest_ca = ca.and_then(|ca| {
+                let dir = ca.parent()?;
+                let name = ca.file_name()?.to_str()?;
+                cmd.arg("--dir")
+                    .arg(format!("{}::{WASI_CERT_DIR}", dir.display()));
+                Some(format!("{WASI_CERT_DIR}/{name}"))
+            });
+            cmd.arg(&options.cwasm);
+            cmd.args(run_args(contender.name()));
+            cmd.args(target_args(&options.target, guest_ca.as_deref()));
+            cmd
+        }
+        Contender::Pgbench => {
+            let (script, mode, transactions) = pgbench_script(workload, count);
+            let mut cmd = Command::new(&options.pgbench);
+            cmd.args(["-n", "-c", "1", "-j", "1", "-M", mode])
+                .arg("-t")
+                .arg(transactions.to_string())
+                .arg("-f")
+                .arg(options.work_dir.join(script))
+                .args(["-D", &format!("payload={}", sql::W4_PAYLOAD)])
+                .arg("-h")
+                .arg(&options.target.host)
+                .arg("-p")
+                .arg(options.target.port.to_string())
+                .arg("-U")
+                .arg(&options.target.user)
+                .arg(&options.target.dbname);
+            // libpq's defaults would use TLS (sslmode=prefer, and the server has it on for W6): these
+            // workloads run in plaintext for every contender. No other PG* setting of the caller applies.
+            for (key, _) in std::env::vars_os() {
+                if key.to_string_lossy().starts_with("PG") {
+                    cmd.env_remove(key);
+                }
+            }
+            cmd.env("PGSSLMODE", "disable");
+            cmd
+        }
+    }
+}
+
+/// The pgbench script file, the protocol (`-M`) and the number of transactions for `count` operations.
+fn pgbench_script(workload: Workload, count: u64) -> (&'static str, &'static str, u64) {
+    match workload {
+        Workload::W1 => ("w1.sql", "simple", count),
+        Workload::W2 => ("w2.sql", "prepared", count),
+        Workload::W4Pipeline => ("w4-pipeline.sql", "prepared", count / W4_BATCH),
+        Workload::W4Sequential => ("w4-sequential.sql", "prepared", count),
+        _ => unreachable!("BUG: pgbench does not run {workload}"),
+    }
+}
+
+/// Operations per pgbench transaction.
+fn pgbench_ops_per_transaction(workload: Workload) -> u64 {
+    match workload {
+        Workload::W4Pipeline => W4_BATCH,
+        _ => 1,
+    }
+}
+
+/// Writes the pgbench scripts: the same statements the Rust clients send. In prepared mode pgbench sends
+/// `:i` and `:payload` as parameters, as the clients do.
+fn write_pgbench_scripts(dir: &Path) -> Result<(), BoxError> {
+    std::fs::write(dir.join("w1.sql"), format!("{};\n", sql::SELECT_ONE))?;
+    let add_one = sql::ADD_ONE.replace("$1", ":i");
+    std::fs::write(
+        dir.join("w2.sql"),
+        format!("\\set i random(0, 1000000)\n{add_one};\n"),
+    )?;
+    let insert = sql::W4_INSERT.replace("$1", ":i").replace("$2", ":payload");
+    std::fs::write(
+        dir.join("w4-sequential.sql"),
+        format!("\\set i random(0, 1000000)\n{insert};\n"),
+    )?;
+    let mut pipeline = String::from("\\set i random(0, 1000000)\n\\startpipeline\n");
+    for _ in 0..W4_BATCH {
+        let _ = writeln!(pipeline, "{insert};");
+    }
+    pipeline.push_str("\\endpipeline\n");
+    std::fs::write(dir.join("w4-pipeline.sql"), pipeline)?;
+    Ok(())
+}
+
+/// pgbench's outcome: transactions processed and "tps = ... (without initial connection time)".
+fn parse_pgbench(output: &str, workload: Workload) -> Option<Outcome> {
+    let processed = output
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))?;
+    let transactions: u64 = processed.split('/').next()?.trim().parse().ok()?;
+    let tps: f64 = output.lines().find_map(|l| {
+        let rest = l.strip_prefix("tps = ")?;
+        rest.contains("without initial connection time")
+            .then(|| rest.split_whitespace().next()?.parse().ok())?
+    })?;
+    let per = pgbench_ops_per_transaction(workload);
+    Some(Outcome {
+        ops: transactions * per,
+        seconds: transactions as f64 / tps,
+        check: transactions * per,
+    })
+}
+
+/// The resources a finished child used, from `wait4`.
+struct Usage {
+    success: bool,
+    cpu_seconds: f64,
+    peak_rss_kb: i64,
+}
+
+/// Waits for `pid` with `wait4`, polling so a run that hangs can be killed after `timeout`.
+#[allow(unsafe_code)]
+fn wait_with_usage(pid: u32, timeout: Duration) -> Result<Usage, BoxError> {
+    let pid = libc::pid_t::try_from(pid)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `rusage` is a plain C struct for which all-zero bytes are a valid value.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers point to live, writable values of the types wait4 expects.
+        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if reaped == pid {
+            let seconds = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+            return Ok(Usage {
+                success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+                peak_rss_kb: usage.ru_maxrss,
+            });
+        }
+        if reaped < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        if Instant::now() > deadline {
+            // SAFETY: kill has no memory effects; the pid is our own unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Runs one child to its end and measures it.
+fn measure(
+    mut cmd: Command,
+    workload: Workload,
+    contender: Contender,
+) -> Result<Measurement, BoxError> {
+    cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+    if contender == Contender::Pgbench {
+        // pgbench writes its report to stdout and its progress to stderr; keep the terminal quiet.
+        cmd.stderr(Stdio::piped());
+    }
+    let mut child = cmd.spawn()?;
+    let mut stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).map(|_| out)
+    });
+    let stderr = child.stderr.take().map(|mut stderr| {
+        std::thread::spawn(move || {
+            let mut out = String::new();
+            stderr.read_to_string(&mut out).map(|_| out)
+        })
+    });
+    // The child is reaped by wait4 here, not by std (dropping a Child neither waits nor kills).
+    let usage = wait_with_usage(child.id(), RUN_TIMEOUT)?;
+    let output = reader.join().map_err(|_| "stdout reader panicked")??;
+    let errors = match stderr {
+        Some(handle) => handle.join().map_err(|_| "stderr reader panicked")??,
+        None => String::new(),
+    };
+    let outcome = match contender {
+        Contender::Pgbench => parse_pgbench(&output, workload),
+        _ => Outcome::parse(&output),
+    };
+    match outcome {
+        Some(outcome) if usage.success => Ok(Measurement {
+            rate: outcome.rate(),
+            cpu_seconds: usage.cpu_seconds,
+            peak_rss_mb: usage.peak_rss_kb as f64 / 1024.0,
+        }),
+        _ => Err(format!(
+            "{workload} {contender} failed (exit {}):\n{output}{errors}",
+            if usage.success { "0" } else { "non-zero" }
+        )
+        .into()),
+    }
+}
+
+/// Runs `bench-client` natively for set-up chores.
+fn chore(options: &Options, args: &[&str]) -> Result<(), BoxError> {
+    let status = Command::new(&options.client)
+        .args(args)
+        .args(target_args(&options.target, None))
+        .status()?;
+    if !status.success() {
+        return Err(format!("bench-client {args:?} failed").into());
+    }
+    Ok(())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// What a ratio compares.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Metric {
+    Throughput,
+    Cpu,
+}
+
+/// `a / b`, both medians; `b` may be a run of another workload.
+struct Comparison {
+    workload: Workload,
+    metric: Metric,
+    a: Contender,
+    b: (Workload, Contender),
+}
+
+/// The comparisons issue 7 sets targets for, in output order.
+fn comparisons() -> Vec<Comparison> {
+    use Contender::{Ours, OursWasi, Pgbench, TokioPostgres};
+    use Metric::{Cpu, Throughput};
+    let mut list = Vec::new();
+    let mut add = |workload: Workload, metric: Metric, a: Contender, b: (Workload, Contender)| {
+        list.push(Comparison {
+            workload,
+            metric,
+            a,
+            b,
+        });
+    };
+    for w in Workload::ALL {
+        if Pgbench.runs(w) {
+            add(w, Throughput, Ours, (w, Pgbench));
+        }
+        add(w, Throughput, Ours, (w, TokioPostgres));
+        if matches!(w, Workload::W3 | Workload::W5CopyIn | Workload::W5CopyOut) {
+            add(w, Cpu, Ours, (w, TokioPostgres));
+        }
+        match w {
+            Workload::W4Pipeline => add(w, Throughput, Ours, (Workload::W4Sequential, Ours)),
+            Workload::W6 => add(w, Throughput, Ours, (Workload::W3, Ours)),
+            _ => {}
+        }
+        add(w, Throughput, OursWasi, (w, Ours));
+    }
+    list
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_string())
+}
+
+fn run(options: &Options) -> Result<(), BoxError> {
+    eprintln!(
+        "bench-driver: {} round(s), load average {}",
+        options.plan.rounds,
+        load_average()
+    );
+    chore(options, &["setup", &options.plan.copy_rows.to_string()])?;
+    write_pgbench_scripts(&options.work_dir)?;
+
+    let mut samples: HashMap<(Workload, Contender), Vec<Measurement>> = HashMap::new();
+    for round in 1..=options.plan.rounds {
+        for &workload in &options.workloads {
+            for &contender in &options.contenders {
+                if !contender.runs(workload) {
+                    continue;
+                }
+                if contender == Contender::Pgbench
+                    && matches!(workload, Workload::W4Pipeline | Workload::W4Sequential)
+                {
+                    chore(options, &["truncate"])?;
+                }
+                let m = measure(command(options, workload, contender), workload, contender)?;
+                eprintln!(
+                    "  [{round}/{}] {workload} {contender}: {:.0} ops/s, {:.3} s CPU, {:.1} MB RSS (load {})",
+                    options.plan.rounds,
+                    m.rate,
+                    m.cpu_seconds,
+                    m.peak_rss_mb,
+                    load_average()
+                );
+                samples.entry((workload, contender)).or_default().push(m);
+            }
+        }
+    }
+
+    let mut medians: HashMap<(Workload, Contender), Measurement> = HashMap::new();
+    for &workload in &options.workloads {
+        for &contender in &options.contenders {
+            let Some(runs) = samples.get(&(workload, contender)) else {
+                continue;
+            };
+            let pick =
+                |f: fn(&Measurement) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
+            let m = Measurement {
+                rate: pick(|m| m.rate),
+                cpu_seconds: pick(|m| m.cpu_seconds),
+                peak_rss_mb: pick(|m| m.peak_rss_mb),
+            };
+            println!(
+                "bench {workload} {contender} ops_per_s={:.0} client_cpu_s={:.3} peak_rss_mb={:.1}",
+                m.rate, m.cpu_seconds, m.peak_rss_mb
+            );
+            medians.insert((workload, contender), m);
+        }
+    }
+    for c in comparisons() {
+        let (Some(a), Some(b)) = (medians.get(&(c.workload, c.a)), medians.get(&c.b)) else {
+            continue;
+        };
+        let (label, value) = match c.metric {
+            Metric::Throughput => (c.workload.to_string(), a.rate / b.rate),
+            Metric::Cpu => (format!("{}:cpu", c.workload), a.cpu_seconds / b.cpu_seconds),
+        };
+        let b_name = if c.b.0 == c.workload {
+            c.b.1.to_string()
+        } else {
+            format!("{}@{}", c.b.1, c.b.0)
+        };
+        println!("ratio {label} {}/{b_name}={value:.2}", c.a);
+    }
+    eprintln!("bench-driver: done, load average {}", load_average());
+    Ok(())
+}
+
+/// Parses the command line, runs everything and prints the results.
+pub fn main() -> ExitCode {
+    match parse_options().and_then(|options| run(&options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-driver: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

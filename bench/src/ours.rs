@@ -1,0 +1,223 @@
+//! The workloads on this crate's client; the same code runs natively (tokio) and on wasm32-wasip2 (wstd).
+
+use std::error::Error as StdError;
+use std::time::{Instant, SystemTime};
+
+use wasi_pg_client::config::SslMode;
+use wasi_pg_client::types::Type;
+use wasi_pg_client::{
+    BinaryCopyInWriter, BinaryCopyOutReader, Client, Config, Pipeline, PipelineMode,
+    SimpleQueryMessage,
+};
+
+use crate::workload::{Outcome, Target, W4_BATCH, Workload, expect, sql};
+
+type BoxError = Box<dyn StdError>;
+
+/// Connects to `target`, over TLS (verified against its certificate) when `tls` is set.
+pub async fn connect(target: &Target, tls: bool) -> Result<Client, BoxError> {
+    let mut config = Config::new();
+    config
+        .host(&target.host)
+        .port(target.port)
+        .user(&target.user)
+        .dbname(&target.dbname)
+        .application_name("bench-ours");
+    if tls {
+        let ca = target
+            .ca_file
+            .as_deref()
+            .ok_or("W6 needs the server certificate (--ca)")?;
+        config
+            .ssl_mode(SslMode::VerifyFull)
+            .ssl_root_certs_pem(std::fs::read(ca)?);
+    } else {
+        config.ssl_mode(SslMode::Disable);
+    }
+    let client = Client::connect(&config).await?;
+    if client.uses_tls() != tls {
+        return Err(format!("the connection should use TLS: {tls}").into());
+    }
+    Ok(client)
+}
+
+/// Creates the tables and fills W5's source (once per cluster, before any run).
+pub async fn setup(target: &Target, copy_rows: u64) -> Result<(), BoxError> {
+    let mut client = connect(target, false).await?;
+    for statement in sql::setup(copy_rows) {
+        client.batch_execute(&statement).await?;
+    }
+    client.close().await?;
+    Ok(())
+}
+
+/// Empties the tables the inserts and COPY IN fill.
+pub async fn truncate(target: &Target) -> Result<(), BoxError> {
+    let mut client = connect(target, false).await?;
+    client
+        .batch_execute(&sql::truncate(&format!(
+            "{}, {}",
+            sql::W4_TABLE,
+            sql::W5_IN_TABLE
+        )))
+        .await?;
+    client.close().await?;
+    Ok(())
+}
+
+/// Runs `workload` for `count` operations and returns what was timed.
+pub async fn run(workload: Workload, count: u64, target: &Target) -> Result<Outcome, BoxError> {
+    let mut client = connect(target, workload.uses_tls()).await?;
+    let outcome = match workload {
+        Workload::W1 => w1(&mut client, count).await?,
+        Workload::W2 => w2(&mut client, count).await?,
+        Workload::W3 | Workload::W6 => stream(&mut client, count).await?,
+        Workload::W4Pipeline => w4_pipeline(&mut client, count).await?,
+        Workload::W4Sequential => w4_sequential(&mut client, count).await?,
+        Workload::W5CopyIn => copy_in(&mut client, count).await?,
+        Workload::W5CopyOut => copy_out(&mut client, count).await?,
+    };
+    client.close().await?;
+    Ok(outcome)
+}
+
+/// W1: `SELECT 1` through the simple protocol, one round trip each.
+async fn w1(client: &mut Client, count: u64) -> Result<Outcome, BoxError> {
+    let started = Instant::now();
+    let mut check = 0u64;
+    for _ in 0..count {
+        for message in client.simple_query(sql::SELECT_ONE).await? {
+            if let SimpleQueryMessage::Row(row) = message {
+                if row.get(0) != Some("1") {
+                    return Err("SELECT 1 did not return 1".into());
+                }
+                check += 1;
+            }
+        }
+    }
+    finish(count, started, check, expect::w1(count))
+}
+
+/// W2: a prepared `SELECT $1::int4 + 1`, one round trip each.
+async fn w2(client: &mut Client, count: u64) -> Result<Outcome, BoxError> {
+    let statement = client.prepare(sql::ADD_ONE).await?;
+    let started = Instant::now();
+    let mut check = 0u64;
+    for i in 0..count {
+        let param = i32::try_from(i)?;
+        let row = client.query_one(&statement, &[&param]).await?;
+        check += u64::try_from(row.get::<_, i32>(0))?;
+    }
+    finish(count, started, check, expect::w2(count))
+}
+
+/// W3 and W6: a million rows streamed, each decoded into (i32, String, timestamp).
+async fn stream(client: &mut Client, rows: u64) -> Result<Outcome, BoxError> {
+    let query = sql::stream(rows);
+    let started = Instant::now();
+    let mut stream = client.query_stream(query.as_str(), &[]).await?;
+    let mut check = 0u64;
+    let mut seen = 0u64;
+    while let Some(row) = stream.next().await? {
+        let (g, text, at): (i32, String, SystemTime) = (row.get(0), row.get(1), row.get(2));
+        check += u64::try_from(g)? + text.len() as u64;
+        if at < SystemTime::UNIX_EPOCH {
+            return Err("now() before 1970".into());
+        }
+        seen += 1;
+    }
+    if seen != rows {
+        return Err(format!("{seen} rows instead of {rows}").into());
+    }
+    finish(rows, started, check, expect::stream(rows))
+}
+
+/// W4 pipelined: batches of 100 inserts, each batch one write and one Sync (as pgbench's \endpipeline).
+async fn w4_pipeline(client: &mut Client, count: u64) -> Result<Outcome, BoxError> {
+    client.batch_execute(&sql::truncate(sql::W4_TABLE)).await?;
+    let insert = client.prepare(sql::W4_INSERT).await?;
+    let payload = sql::W4_PAYLOAD;
+    let started = Instant::now();
+    let mut check = 0u64;
+    let mut next = 0i32;
+    for _ in 0..count / W4_BATCH {
+        let ids: Vec<i32> = (next..next + W4_BATCH as i32).collect();
+        next += W4_BATCH as i32;
+        let mut pipeline = Pipeline::new(PipelineMode::Atomic);
+        for id in &ids {
+            pipeline.push(&insert, &[id, &payload]);
+        }
+        for result in client.run_pipeline(&pipeline).await? {
+            check += result?.rows_affected();
+        }
+    }
+    finish(count, started, check, expect::inserts(count))
+}
+
+/// W4 sequential: the same inserts, one round trip each.
+async fn w4_sequential(client: &mut Client, count: u64) -> Result<Outcome, BoxError> {
+    client.batch_execute(&sql::truncate(sql::W4_TABLE)).await?;
+    let insert = client.prepare(sql::W4_INSERT).await?;
+    let payload = sql::W4_PAYLOAD;
+    let started = Instant::now();
+    let mut check = 0u64;
+    for id in 0..count {
+        let id = i32::try_from(id)?;
+        check += client.execute(&insert, &[&id, &payload]).await?;
+    }
+    finish(count, started, check, expect::inserts(count))
+}
+
+/// W5 COPY IN: rows of (int4, text, int8) in the binary format.
+async fn copy_in(client: &mut Client, rows: u64) -> Result<Outcome, BoxError> {
+    client
+        .batch_execute(&sql::truncate(sql::W5_IN_TABLE))
+        .await?;
+    let payload = sql::W5_PAYLOAD;
+    let started = Instant::now();
+    let writer = client.copy_in(sql::W5_COPY_IN).await?;
+    let mut writer = BinaryCopyInWriter::new(writer, &[Type::INT4, Type::TEXT, Type::INT8]);
+    for id in 1..=rows {
+        let amount = i64::try_from(id)? * 3;
+        let id = i32::try_from(id)?;
+        writer.write(&[&id, &payload, &amount]).await?;
+    }
+    let copied = writer.finish().await?;
+    finish(rows, started, copied, expect::copy_in(rows))
+}
+
+/// W5 COPY OUT: rows of (int4, text, int8) in the binary format, decoded.
+async fn copy_out(client: &mut Client, rows: u64) -> Result<Outcome, BoxError> {
+    let started = Instant::now();
+    let reader = client.copy_out(sql::W5_COPY_OUT).await?;
+    let mut reader = BinaryCopyOutReader::new(reader, &[Type::INT4, Type::TEXT, Type::INT8]);
+    let mut check = 0u64;
+    let mut seen = 0u64;
+    while let Some(row) = reader.next().await? {
+        let (id, payload, amount): (i32, &str, i64) = (row.get(0), row.get(1), row.get(2));
+        check += u64::try_from(id)? + u64::try_from(amount)? + payload.len() as u64;
+        seen += 1;
+    }
+    if seen != rows {
+        return Err(format!("{seen} rows instead of {rows}").into());
+    }
+    finish(rows, started, check, expect::copy_out(rows))
+}
+
+/// The outcome of a run timed from `started`, if its checksum is right.
+pub(crate) fn finish(
+    ops: u64,
+    started: Instant,
+    check: u64,
+    expected: u64,
+) -> Result<Outcome, BoxError> {
+    let seconds = started.elapsed().as_secs_f64();
+    if check != expected {
+        return Err(format!("wrong results: checksum {check}, expected {expected}").into());
+    }
+    Ok(Outcome {
+        ops,
+        seconds,
+        check,
+    })
+}

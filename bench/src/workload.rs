@@ -1,0 +1,358 @@
+//! What is measured: the workloads, the contenders, the sizes, and the line a client prints.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// One workload of issue 7. Each variant is reported on its own `bench` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Workload {
+    /// Sequential `SELECT 1` through the simple protocol; ops are queries.
+    W1,
+    /// Sequential prepared `SELECT $1::int4 + 1`; ops are queries.
+    W2,
+    /// `SELECT g, g::text, now() FROM generate_series(1, n) g` streamed and decoded; ops are rows.
+    W3,
+    /// Single-row inserts pipelined in batches of [`W4_BATCH`]; ops are inserts.
+    W4Pipeline,
+    /// The same inserts, one round trip each; ops are inserts.
+    W4Sequential,
+    /// Binary COPY FROM STDIN; ops are rows.
+    W5CopyIn,
+    /// Binary COPY TO STDOUT, decoded; ops are rows.
+    W5CopyOut,
+    /// W3 over TLS; ops are rows.
+    W6,
+}
+
+impl Workload {
+    /// Every workload, in the order they run and are reported.
+    pub const ALL: [Workload; 8] = [
+        Workload::W1,
+        Workload::W2,
+        Workload::W3,
+        Workload::W4Pipeline,
+        Workload::W4Sequential,
+        Workload::W5CopyIn,
+        Workload::W5CopyOut,
+        Workload::W6,
+    ];
+
+    /// The name on the output lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::W1 => "W1",
+            Workload::W2 => "W2",
+            Workload::W3 => "W3",
+            Workload::W4Pipeline => "W4-pipeline",
+            Workload::W4Sequential => "W4-sequential",
+            Workload::W5CopyIn => "W5-copy-in",
+            Workload::W5CopyOut => "W5-copy-out",
+            Workload::W6 => "W6",
+        }
+    }
+
+    /// Whether the workload connects over TLS.
+    pub fn uses_tls(self) -> bool {
+        self == Workload::W6
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Workload {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Workload, String> {
+        Workload::ALL
+            .into_iter()
+            .find(|w| w.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown workload {s:?}"))
+    }
+}
+
+/// Who runs a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Contender {
+    /// This crate, native, on tokio.
+    Ours,
+    /// This crate compiled for wasm32-wasip2, under wasmtime.
+    OursWasi,
+    /// tokio-postgres 0.7, native.
+    TokioPostgres,
+    /// PostgreSQL's pgbench (libpq), for the workloads it can express.
+    Pgbench,
+}
+
+impl Contender {
+    /// Every contender, in the order they run within a workload.
+    pub const ALL: [Contender; 4] = [
+        Contender::Ours,
+        Contender::OursWasi,
+        Contender::TokioPostgres,
+        Contender::Pgbench,
+    ];
+
+    /// The name on the output lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Contender::Ours => "ours",
+            Contender::OursWasi => "ours-wasi",
+            Contender::TokioPostgres => "tokio-postgres",
+            Contender::Pgbench => "pgbench",
+        }
+    }
+
+    /// Whether the contender can run `workload`: pgbench only runs W1, W2 and W4.
+    pub fn runs(self, workload: Workload) -> bool {
+        match self {
+            Contender::Pgbench => matches!(
+                workload,
+                Workload::W1 | Workload::W2 | Workload::W4Pipeline | Workload::W4Sequential
+            ),
+            _ => true,
+        }
+    }
+}
+
+impl fmt::Display for Contender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Contender {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Contender, String> {
+        Contender::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| format!("unknown contender {s:?}"))
+    }
+}
+
+/// Inserts per pipeline in W4.
+pub const W4_BATCH: u64 = 100;
+
+/// The sizes of one run: the issue's figures, or smaller ones for `--quick`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// W1 and W2 queries.
+    pub round_trips: u64,
+    /// W3 and W6 rows.
+    pub stream_rows: u64,
+    /// W4 pipelined inserts.
+    pub pipelined_inserts: u64,
+    /// W4 sequential inserts.
+    pub sequential_inserts: u64,
+    /// W5 rows, in and out.
+    pub copy_rows: u64,
+    /// How many times every workload runs for every contender (interleaved); the median is reported.
+    pub rounds: u32,
+}
+
+impl Plan {
+    /// The sizes issue 7 names.
+    pub const FULL: Plan = Plan {
+        round_trips: 10_000,
+        stream_rows: 1_000_000,
+        pipelined_inserts: 100_000,
+        sequential_inserts: 100_000,
+        copy_rows: 1_000_000,
+        rounds: 5,
+    };
+
+    /// A smoke run that finishes in well under three minutes once built.
+    pub const QUICK: Plan = Plan {
+        round_trips: 5_000,
+        stream_rows: 300_000,
+        pipelined_inserts: 20_000,
+        sequential_inserts: 10_000,
+        copy_rows: 300_000,
+        rounds: 1,
+    };
+
+    /// How many operations `workload` runs.
+    pub fn count(&self, workload: Workload) -> u64 {
+        match workload {
+            Workload::W1 | Workload::W2 => self.round_trips,
+            Workload::W3 | Workload::W6 => self.stream_rows,
+            Workload::W4Pipeline => self.pipelined_inserts,
+            Workload::W4Sequential => self.sequential_inserts,
+            Workload::W5CopyIn | Workload::W5CopyOut => self.copy_rows,
+        }
+    }
+}
+
+/// What a client process reports on stdout: `result ops=<n> seconds=<s> check=<n>`.
+///
+/// `check` is a checksum of what was read back (the same for every contender), so a client that skipped
+/// work would stand out; the clients verify it themselves too.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outcome {
+    /// Operations done (queries, rows, inserts).
+    pub ops: u64,
+    /// Wall-clock seconds of the timed part.
+    pub seconds: f64,
+    /// A checksum of the results.
+    pub check: u64,
+}
+
+impl Outcome {
+    /// Operations per second.
+    pub fn rate(&self) -> f64 {
+        self.ops as f64 / self.seconds
+    }
+
+    /// Finds and parses the `result` line in a client's output.
+    pub fn parse(output: &str) -> Option<Outcome> {
+        let line = output.lines().find(|l| l.starts_with("result "))?;
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        };
+        Some(Outcome {
+            ops: field("ops")?.parse().ok()?,
+            seconds: field("seconds")?.parse().ok()?,
+            check: field("check")?.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "result ops={} seconds={:.6} check={}",
+            self.ops, self.seconds, self.check
+        )
+    }
+}
+
+/// Where the clients connect: the throwaway cluster on loopback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The server's address (an IP, so no name lookup is timed).
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// The role to log in as (trust authentication).
+    pub user: String,
+    /// The database.
+    pub dbname: String,
+    /// The PEM file of the server's self-signed certificate, for W6.
+    pub ca_file: Option<String>,
+}
+
+/// The SQL of the workloads. Every contender sends exactly these texts.
+pub mod sql {
+    /// W1.
+    pub const SELECT_ONE: &str = "SELECT 1";
+    /// W2.
+    pub const ADD_ONE: &str = "SELECT $1::int4 + 1";
+    /// W4's target table.
+    pub const W4_TABLE: &str = "bench_w4";
+    /// W4's insert.
+    pub const W4_INSERT: &str = "INSERT INTO bench_w4 (id, payload) VALUES ($1, $2)";
+    /// The text every W4 insert carries.
+    pub const W4_PAYLOAD: &str = "a benchmark row";
+    /// W5 COPY IN target.
+    pub const W5_IN_TABLE: &str = "bench_w5_in";
+    /// W5 COPY IN.
+    pub const W5_COPY_IN: &str =
+        "COPY bench_w5_in (id, payload, amount) FROM STDIN (FORMAT binary)";
+    /// W5 COPY OUT (the table is filled once by `bench-client setup`).
+    pub const W5_COPY_OUT: &str =
+        "COPY bench_w5_out (id, payload, amount) TO STDOUT (FORMAT binary)";
+    /// The text of every W5 row.
+    pub const W5_PAYLOAD: &str = "copy row payload";
+
+    /// W3 and W6 for `rows` rows (1 000 000 in the full run).
+    pub fn stream(rows: u64) -> String {
+        format!("SELECT g, g::text, now() FROM generate_series(1,{rows}) g")
+    }
+
+    /// Creates the tables (once per cluster) and fills W5's source with `copy_rows` rows; one statement each,
+    /// as VACUUM cannot run in the implicit transaction of a multi-statement query.
+    pub fn setup(copy_rows: u64) -> Vec<String> {
+        vec![
+            "DROP TABLE IF EXISTS bench_w4, bench_w5_in, bench_w5_out".to_string(),
+            "CREATE TABLE bench_w4 (id int4, payload text)".to_string(),
+            "CREATE TABLE bench_w5_in (id int4, payload text, amount int8)".to_string(),
+            "CREATE TABLE bench_w5_out (id int4, payload text, amount int8)".to_string(),
+            format!(
+                "INSERT INTO bench_w5_out SELECT g, '{W5_PAYLOAD}', g::int8 * 3 FROM generate_series(1, {copy_rows}) g"
+            ),
+            "VACUUM (FREEZE, ANALYZE) bench_w5_out".to_string(),
+        ]
+    }
+
+    /// Empties a target table before a run (not timed).
+    pub fn truncate(table: &str) -> String {
+        format!("TRUNCATE {table}")
+    }
+}
+
+/// The checksums a correct run produces, computed without the server.
+pub mod expect {
+    /// W1: one row per query.
+    pub fn w1(count: u64) -> u64 {
+        count
+    }
+
+    /// W2: the sum of `i + 1` for the parameters `0..count`.
+    pub fn w2(count: u64) -> u64 {
+        count * (count + 1) / 2
+    }
+
+    /// W3/W6: the sum of `g` plus the total length of `g::text` over `1..=rows` (in closed form, so the
+    /// client spends no CPU on it).
+    pub fn stream(rows: u64) -> u64 {
+        rows * (rows + 1) / 2 + decimal_digits_up_to(rows)
+    }
+
+    /// The number of decimal digits written to print every integer of `1..=n`.
+    fn decimal_digits_up_to(n: u64) -> u64 {
+        let mut total = 0;
+        let (mut low, mut digits) = (1u64, 1u64);
+        while low <= n {
+            let high = n.min(low.saturating_mul(10) - 1);
+            total += (high - low + 1) * digits;
+            low = low.saturating_mul(10);
+            digits += 1;
+        }
+        total
+    }
+
+    /// W4: one affected row per insert.
+    pub fn inserts(count: u64) -> u64 {
+        count
+    }
+
+    /// W5 COPY IN: the row count the server reports.
+    pub fn copy_in(rows: u64) -> u64 {
+        rows
+    }
+
+    /// W5 COPY OUT: the sum of `id + amount + payload length` over `1..=rows`, where `amount = 3 * id`.
+    pub fn copy_out(rows: u64) -> u64 {
+        4 * (rows * (rows + 1) / 2) + rows * super::sql::W5_PAYLOAD.len() as u64
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn closed_forms_match_the_sums() {
+            for n in [0u64, 1, 9, 10, 11, 99, 100, 12_345] {
+                let stream: u64 = (1..=n).map(|g| g + g.to_string().len() as u64).sum();
+                assert_eq!(super::stream(n), stream, "stream({n})");
+                let copy: u64 = (1..=n).map(|id| 4 * id + 16).sum();
+                assert_eq!(super::copy_out(n), copy, "copy_out({n})");
+            }
+        }
+    }
+}

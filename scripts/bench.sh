@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The performance benchmark of issue 7 (see BENCHMARKS.md).
+#
+# Builds the benchmark crate in bench/ (release, natively and for wasm32-wasip2), starts a throwaway
+# PostgreSQL cluster on loopback (TLS on, with a self-signed certificate made here, for W6), runs every
+# workload for every contender in its own process, interleaved, and prints
+#
+#   bench <workload> <contender> ops_per_s=<n> client_cpu_s=<n> peak_rss_mb=<n>
+#   ratio <workload> <a>/<b>=<x>
+#
+# on stdout (progress on stderr). Options are passed to bench-driver:
+#   --quick            smaller workloads, one round (under three minutes once built)
+#   --rounds N         rounds of the full run (default 5; the median is reported)
+#   --only W1,W3       some workloads only;  --contenders ours,pgbench  some contenders only
+#
+# Writes nothing outside target/ (build output in target/bench) and one temp dir, removed on exit.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+
+bash scripts/setup.sh >&2
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+export CC_wasm32_wasip2="${CC_wasm32_wasip2:-clang-19}"
+export AR_wasm32_wasip2="${AR_wasm32_wasip2:-llvm-ar-19}"
+export CARGO_TARGET_DIR="$PWD/target/bench"
+
+log "building bench/ (release, native and wasm32-wasip2)"
+cargo build --release --manifest-path bench/Cargo.toml --bins >&2
+cargo build --release --manifest-path bench/Cargo.toml --target wasm32-wasip2 --bin bench-client >&2
+# Compiled ahead of time, so no run pays (or caches outside target/) the compilation of the component.
+wasm="$CARGO_TARGET_DIR/wasm32-wasip2/release/bench-client.wasm"
+cwasm="$CARGO_TARGET_DIR/bench-client.cwasm"
+if [ ! -f "$cwasm" ] || [ "$wasm" -nt "$cwasm" ]; then
+    wasmtime compile -C cache=n -o "$cwasm" "$wasm"
+fi
+
+# A TCP port nobody listens on.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# PostgreSQL 15 as in the issue, else the newest installed.
+bindir=/usr/lib/postgresql/15/bin
+if [ ! -x "$bindir/initdb" ]; then
+    bindir="$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+fi
+# initdb refuses to run as root: run the cluster as the postgres user then.
+as_owner=()
+if [ "$(id -u)" -eq 0 ]; then
+    as_owner=(runuser -u postgres --)
+fi
+
+work="$(mktemp -d /tmp/wasi-pg-bench.XXXXXX)"
+cluster_started=""
+cleanup() {
+    if [ -n "$cluster_started" ]; then
+        (cd / && "${as_owner[@]}" "$bindir/pg_ctl" stop -m immediate -w -D "$work/data" >/dev/null 2>&1) || true
+    fi
+    rm -rf -- "$work"
+}
+trap cleanup EXIT
+mkdir "$work/sock" "$work/certs" "$work/scripts"
+
+# A CA and a server certificate for 127.0.0.1 signed by it, so every client verifies the server fully
+# (verify-full) in W6, as a real deployment would.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=bench CA" \
+    -keyout "$work/ca.key" -out "$work/certs/ca.crt" 2>/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$work/server.key" -out "$work/server.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n' >"$work/server.ext"
+openssl x509 -req -in "$work/server.csr" -CA "$work/certs/ca.crt" -CAkey "$work/ca.key" -CAcreateserial \
+    -days 2 -extfile "$work/server.ext" -out "$work/server.crt" 2>/dev/null
+chmod 600 "$work/server.key"
+if [ "${#as_owner[@]}" -gt 0 ]; then
+    chown -R postgres:postgres "$work"
+fi
+
+port="$(free_port)"
+log "starting PostgreSQL ($bindir) in $work on 127.0.0.1:$port"
+(cd "$work" && "${as_owner[@]}" "$bindir/initdb" -A trust -U postgres --no-sync -E UTF8 --locale=C \
+    -D "$work/data" >"$work/initdb.log" 2>&1) || {
+    cat "$work/initdb.log" >&2
+    exit 1
+}
+# The same settings for every contender. Durability is off because the client is measured, not the disk;
+# autovacuum is off so it cannot wake up in the middle of one contender's run.
+cat >>"$work/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$work/sock'
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+autovacuum = off
+max_wal_size = '8GB'
+checkpoint_timeout = '1h'
+ssl = on
+ssl_cert_file = '$work/server.crt'
+ssl_key_file = '$work/server.key'
+CONF
+printf 'local all all trust\nhost all all 127.0.0.1/32 trust\n' >"$work/data/pg_hba.conf"
+(cd "$work" && "${as_owner[@]}" "$bindir/pg_ctl" -w -t 60 -D "$work/data" -l "$work/server.log" \
+    start >/dev/null) || {
+    tail -n 40 "$work/server.log" >&2
+    exit 1
+}
+cluster_started=1
+
+log "$(nproc) CPUs, $(awk '/model name/ {$1=$2=$3=""; print; exit}' /proc/cpuinfo | sed 's/^ *//'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+"$CARGO_TARGET_DIR/release/bench-driver" \
+    --client "$CARGO_TARGET_DIR/release/bench-client" \
+    --wasmtime "$(command -v wasmtime)" \
+    --cwasm "$cwasm" \
+    --pgbench "$bindir/pgbench" \
+    --work-dir "$work/scripts" \
+    --host 127.0.0.1 --port "$port" --user postgres --dbname postgres \
+    --ca "$work/certs/ca.crt" \
+    "$@"
