@@ -2,14 +2,14 @@
 # The performance benchmark of issue 7 (see BENCHMARKS.md).
 #
 # Builds the benchmark crate in bench/ (release, natively and for wasm32-wasip2), starts a throwaway
-# PostgreSQL cluster on loopback (TLS on, with a self-signed certificate made here, for W6), runs every
+# PostgreSQL cluster on loopback (TLS on, with a CA and server certificate made here, for W6), runs every
 # workload for every contender in its own process, interleaved, and prints
 #
 #   bench <workload> <contender> ops_per_s=<n> client_cpu_s=<n> peak_rss_mb=<n>
 #   ratio <workload> <a>/<b>=<x>
 #
 # on stdout (progress on stderr). Options are passed to bench-driver:
-#   --quick            smaller workloads, one round (under three minutes once built)
+#   --quick            smaller workloads, one round (seconds once built)
 #   --rounds N         rounds of the full run (default 5; the median is reported)
 #   --only W1,W3       some workloads only;  --contenders ours,pgbench  some contenders only
 #

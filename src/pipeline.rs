@@ -190,7 +190,9 @@ impl Client {
                 };
                 let statement = Bindable::new(statement, sql);
                 statement.check_params(&item.params)?;
-                let mut buf = BytesMut::new();
+                // Room for a typical Bind/Describe/Execute up front: growing from empty costs more than the
+                // statement's encoding itself.
+                let mut buf = BytesMut::with_capacity(256);
                 statement.write_bind(&mut buf, "", &item.params)?;
                 // Describe gives each statement's RowDescription, so the core checks every DataRow against
                 // the statement it belongs to.

@@ -521,10 +521,11 @@ impl BinaryCopyRow {
         let (Some(range), Some(ty)) = (self.ranges.get(index), self.types.get(index)) else {
             return Err(Error::column(index.to_string()));
         };
-        let name = index.to_string();
+        // The column's name is only needed for an error: built then, not for every value.
+        let name = || index.to_string();
         if !T::accepts(ty) {
             return Err(Error::from_sql_mismatch(
-                &name,
+                &name(),
                 ty,
                 std::any::type_name::<T>(),
             ));
@@ -532,9 +533,9 @@ impl BinaryCopyRow {
         let raw = range.clone().map(|r| &self.buffer[r]);
         // postgres-types reserves what an array's header announces: checked against the value's bytes first.
         if let Some(raw) = raw {
-            crate::proto::check_counts(ty, raw).map_err(|e| Error::from_sql(&name, e))?;
+            crate::proto::check_counts(ty, raw).map_err(|e| Error::from_sql(&name(), e))?;
         }
-        T::from_sql_nullable(ty, raw).map_err(|e| Error::from_sql(&name, e))
+        T::from_sql_nullable(ty, raw).map_err(|e| Error::from_sql(&name(), e))
     }
 
     /// The raw binary value of column `index` (`None` for NULL).
