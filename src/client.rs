@@ -477,12 +477,12 @@ impl Client {
         let mut columns = Vec::with_capacity(description.len());
         for field in description {
             let type_ = self.resolve_type(field.type_oid).await?;
-            columns.push(Column {
-                name: field.name,
+            columns.push(Column::new(
+                field.name,
                 type_,
-                table_oid: field.table_oid,
-                column_id: field.column_id,
-            });
+                field.table_oid,
+                field.column_id,
+            ));
         }
         Ok(columns)
     }
@@ -638,13 +638,15 @@ impl Client {
                     }
                     columns = read_description(&body)?
                         .into_iter()
-                        .map(|field| Column {
-                            name: field.name,
-                            type_: crate::simple_mode::column_type(
-                                Type::from_oid(field.type_oid).unwrap_or(Type::TEXT),
-                            ),
-                            table_oid: field.table_oid,
-                            column_id: field.column_id,
+                        .map(|field| {
+                            Column::new(
+                                field.name,
+                                crate::simple_mode::column_type(
+                                    Type::from_oid(field.type_oid).unwrap_or(Type::TEXT),
+                                ),
+                                field.table_oid,
+                                field.column_id,
+                            )
                         })
                         .collect();
                 }
@@ -677,11 +679,9 @@ impl Client {
                     collected.affected = rows_affected(body.tag().map_err(Error::malformed)?);
                 }
                 Backend::Message(
-                    Message::EmptyQueryResponse
-                    | Message::CopyOutResponse(_)
-                    | Message::CopyData(_)
-                    | Message::CopyDone,
-                ) => {}
+                    Message::EmptyQueryResponse | Message::CopyOutResponse(_) | Message::CopyDone,
+                )
+                | Backend::CopyData(_) => {}
                 Backend::Error(db) => {
                     error.get_or_insert(Error::db(*db));
                 }
@@ -867,9 +867,8 @@ impl Client {
                 Backend::Error(db) => {
                     error = Some(Error::db(*db));
                 }
-                Backend::Message(
-                    Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone,
-                ) => {}
+                Backend::Message(Message::CopyOutResponse(_) | Message::CopyDone)
+                | Backend::CopyData(_) => {}
                 other => return Err(unexpected(other, "Bind/Execute")),
             }
         }
@@ -1042,9 +1041,8 @@ impl SimpleQueryStream<'_> {
                 Backend::Error(db) => {
                     self.error = Some(Error::db(*db));
                 }
-                Backend::Message(
-                    Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone,
-                ) => {}
+                Backend::Message(Message::CopyOutResponse(_) | Message::CopyDone)
+                | Backend::CopyData(_) => {}
                 other => return Err(unexpected(other, "a simple query")),
             }
         }
@@ -1117,6 +1115,7 @@ pub(crate) fn unexpected(message: Backend, during: &str) -> Error {
     let name = match &message {
         Backend::Message(m) => crate::proto::message_name(m),
         Backend::Row(_) => "DataRow",
+        Backend::CopyData(_) => "CopyData",
         Backend::Error(_) => "ErrorResponse",
         Backend::Ready => "ReadyForQuery",
     };

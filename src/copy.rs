@@ -510,6 +510,17 @@ impl CopyOutReader<'_> {
 
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, Error>> {
         loop {
+            // Data already buffered whole is taken straight from the protocol core; anything else (and the
+            // socket) goes through the connection's dispatch below.
+            if self.error.is_none()
+                && let Some(data) = self
+                    .client
+                    .connection_mut()
+                    .protocol
+                    .poll_copy_data(self.id)?
+            {
+                return Poll::Ready(Ok(Some(data)));
+            }
             // A fresh future per poll: `next_response` keeps no state of its own (the connection holds it), so
             // dropping it while pending loses nothing, and the reader stays `Unpin`.
             let response = {
@@ -517,8 +528,8 @@ impl CopyOutReader<'_> {
                 ready!(next.poll(cx))?
             };
             match response {
-                Backend::Message(Message::CopyData(body)) if self.error.is_none() => {
-                    return Poll::Ready(Ok(Some(body.into_bytes())));
+                Backend::CopyData(data) if self.error.is_none() => {
+                    return Poll::Ready(Ok(Some(data)));
                 }
                 Backend::Message(Message::CommandComplete(body)) if self.rows.is_none() => {
                     self.rows = Some(rows_affected(body.tag().map_err(Error::malformed)?));

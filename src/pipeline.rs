@@ -380,9 +380,9 @@ impl Client {
                     | Message::RowDescription(_)
                     | Message::NoData
                     | Message::CopyOutResponse(_)
-                    | Message::CopyData(_)
                     | Message::CopyDone,
-                ) => {}
+                )
+                | Backend::CopyData(_) => {}
                 other => return Err(unexpected(other, "a pipeline")),
             }
         }

@@ -118,7 +118,9 @@ impl Row {
         let raw = self.raw.field(i);
         // postgres-types reserves room for as many array elements as the header claims before reading one:
         // counts are checked against the value's bytes first.
-        if let Some(raw) = raw {
+        if let Some(raw) = raw
+            && column.counted
+        {
             crate::proto::check_counts(&column.type_, raw)
                 .map_err(|e| Error::from_sql(&column.name, e))?;
         }

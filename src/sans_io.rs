@@ -206,6 +206,7 @@ impl Protocol {
             Backend::Row(raw) => Reply::DataRow(DataRow(raw)),
             Backend::Ready => Reply::ReadyForQuery(self.inner.transaction_status()),
             Backend::Error(db) => Reply::Error(db),
+            Backend::CopyData(data) => Reply::CopyData(data),
             Backend::Message(message) => reply(message)?,
         };
         Ok(Some(Response {
@@ -479,12 +480,7 @@ impl Field {
     /// The column for decoding binary rows with [`DataRow::into_row`], with the type resolved from
     /// [`type_oid`](Self::type_oid).
     pub fn to_column(&self, type_: Type) -> Column {
-        Column {
-            name: self.name.clone(),
-            type_,
-            table_oid: self.table_oid,
-            column_id: self.column_id,
-        }
+        Column::new(self.name.clone(), type_, self.table_oid, self.column_id)
     }
 
     /// The column for reading text rows with [`DataRow::into_simple_row`].
@@ -552,7 +548,6 @@ fn reply(message: Message) -> Result<Reply, Error> {
         Message::CopyOutResponse(body) => Reply::CopyOut {
             binary: body.format() == 1,
         },
-        Message::CopyData(body) => Reply::CopyData(body.into_bytes()),
         // The core refuses COPY FROM STDIN itself (no request here accepts one) and routes everything else.
         other => {
             return Err(Error::protocol(format!(

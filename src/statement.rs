@@ -54,9 +54,27 @@ pub struct Column {
     pub(crate) type_: Type,
     pub(crate) table_oid: Option<u32>,
     pub(crate) column_id: Option<i16>,
+    /// Whether values of the type may hold counts to check before decoding (arrays, composites, hstore):
+    /// worked out once here, not for every value.
+    pub(crate) counted: bool,
 }
 
 impl Column {
+    pub(crate) fn new(
+        name: String,
+        type_: Type,
+        table_oid: Option<u32>,
+        column_id: Option<i16>,
+    ) -> Column {
+        Column {
+            name,
+            counted: crate::proto::may_hold_counts(&type_),
+            type_,
+            table_oid,
+            column_id,
+        }
+    }
+
     /// The column name (or alias).
     pub fn name(&self) -> &str {
         &self.name

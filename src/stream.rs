@@ -336,9 +336,9 @@ impl<'a> RowStream<'a> {
                     | Message::CloseComplete
                     | Message::NoData
                     | Message::CopyOutResponse(_)
-                    | Message::CopyData(_)
                     | Message::CopyDone,
-                ) => {}
+                )
+                | Backend::CopyData(_) => {}
                 Backend::Error(db) => {
                     self.error.get_or_insert(Error::db(*db));
                 }

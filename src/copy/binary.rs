@@ -6,7 +6,6 @@
 //! server is checked before it is trusted: the signature, the flags, every count and length.
 
 use std::future::poll_fn;
-use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -17,6 +16,7 @@ use postgres_types::{FromSql, IsNull, ToSql, Type};
 
 use super::{CopyInWriter, CopyOutReader};
 use crate::Error;
+use crate::proto::RawRow;
 
 /// The signature that opens binary COPY data.
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
@@ -216,7 +216,7 @@ impl<'a> BinaryCopyOutReader<'a> {
     pub fn new(reader: CopyOutReader<'a>, types: &[Type]) -> BinaryCopyOutReader<'a> {
         BinaryCopyOutReader {
             reader,
-            decoder: Decoder::new(types.into()),
+            decoder: Decoder::new(types),
             checked: false,
         }
     }
@@ -238,7 +238,7 @@ impl<'a> BinaryCopyOutReader<'a> {
             self.checked = true;
         }
         loop {
-            match self.decoder.next_row() {
+            match self.decoder.next_copy_row() {
                 Ok(Some(row)) => return Poll::Ready(Ok(Some(row))),
                 Ok(None) => {}
                 Err(e) => return Poll::Ready(Err(self.broken(e))),
@@ -247,7 +247,7 @@ impl<'a> BinaryCopyOutReader<'a> {
                 return Poll::Ready(Ok(None));
             }
             let decoded = match ready!(self.reader.poll_chunk(cx))? {
-                Some(chunk) => self.decoder.push(&chunk),
+                Some(chunk) => self.decoder.push(chunk),
                 None => self.decoder.end(),
             };
             if let Err(e) = decoded {
@@ -294,31 +294,79 @@ impl Stream for BinaryCopyOutReader<'_> {
 }
 
 /// The sans-IO decoder of binary COPY data: chunks in, rows out, every count and length checked.
+///
+/// PostgreSQL sends one row per chunk (the first also holds the header), so rows are split off the chunk as
+/// it arrived, without a copy. Only a row cut across chunks is put together in `carry`.
 #[derive(Debug)]
 struct Decoder {
-    types: Arc<[Type]>,
-    /// Data received but not decoded yet: at most one incomplete row between calls.
-    buf: BytesMut,
+    types: Arc<[CopyColumn]>,
+    /// The last chunk, while rows are taken from it.
+    chunk: Bytes,
+    /// Data of a row cut across chunks, with what arrived after it: decoded before anything else, and
+    /// empty whenever `chunk` is not.
+    carry: BytesMut,
     state: ReadState,
 }
 
 impl Decoder {
-    fn new(types: Arc<[Type]>) -> Decoder {
+    fn new(types: &[Type]) -> Decoder {
         Decoder {
-            types,
-            buf: BytesMut::new(),
+            types: types
+                .iter()
+                .map(|ty| CopyColumn {
+                    type_: ty.clone(),
+                    counted: crate::proto::may_hold_counts(ty),
+                })
+                .collect(),
+            chunk: Bytes::new(),
+            carry: BytesMut::new(),
             state: ReadState::Header,
         }
     }
 
     /// Adds a chunk of data.
-    fn push(&mut self, chunk: &[u8]) -> Result<(), Error> {
+    fn push(&mut self, chunk: Bytes) -> Result<(), Error> {
         match self.state {
             ReadState::Trailer | ReadState::Finished => Err(after_trailer(chunk.len())),
-            _ => {
-                self.buf.extend_from_slice(chunk);
+            _ if self.carry.is_empty() && self.chunk.is_empty() => {
+                self.chunk = chunk;
                 Ok(())
             }
+            _ => {
+                // The start of a row is waiting: the pieces are joined (amortised, so a value cut into many
+                // chunks costs linear time).
+                self.carry.extend_from_slice(&self.chunk);
+                self.chunk.clear();
+                self.carry.extend_from_slice(&chunk);
+                Ok(())
+            }
+        }
+    }
+
+    /// The data not decoded yet.
+    fn pending(&self) -> &[u8] {
+        if self.carry.is_empty() {
+            &self.chunk
+        } else {
+            &self.carry
+        }
+    }
+
+    /// Drops the first `n` pending bytes.
+    fn consume(&mut self, n: usize) {
+        if self.carry.is_empty() {
+            self.chunk.advance(n);
+        } else {
+            self.carry.advance(n);
+        }
+    }
+
+    /// Takes the first `n` pending bytes.
+    fn take(&mut self, n: usize) -> Bytes {
+        if self.carry.is_empty() {
+            self.chunk.split_to(n)
+        } else {
+            self.carry.split_to(n).freeze()
         }
     }
 
@@ -336,14 +384,24 @@ impl Decoder {
         }
     }
 
+    /// [`next_row`](Self::next_row) with the row typed.
+    fn next_copy_row(&mut self) -> Result<Option<BinaryCopyRow>, Error> {
+        Ok(self.next_row()?.map(|row| BinaryCopyRow {
+            row,
+            types: self.types.clone(),
+        }))
+    }
+
     /// Decodes what the buffer holds: `Ok(Some(row))` for a complete row, `Ok(None)` when more data is needed
     /// (or, after the trailer, none may come).
-    fn next_row(&mut self) -> Result<Option<BinaryCopyRow>, Error> {
+    fn next_row(&mut self) -> Result<Option<RawRow>, Error> {
         loop {
             match self.state {
+                ReadState::Rows => return self.split_row(),
                 ReadState::Header => {
-                    let Some(header) = self.buf.get(..SIGNATURE.len() + 8) else {
-                        let seen = &self.buf[..self.buf.len().min(SIGNATURE.len())];
+                    let pending = self.pending();
+                    let Some(header) = pending.get(..SIGNATURE.len() + 8) else {
+                        let seen = &pending[..pending.len().min(SIGNATURE.len())];
                         if !SIGNATURE.starts_with(seen) {
                             return Err(bad_signature());
                         }
@@ -369,57 +427,54 @@ impl Decoder {
                     // Bits 17 to 31 are not critical: a reader ignores those it does not know.
                     let extension = usize::try_from(extension)
                         .map_err(|_| Error::protocol("binary COPY header extension too long"))?;
-                    self.buf.advance(SIGNATURE.len() + 8);
+                    self.consume(SIGNATURE.len() + 8);
                     self.state = ReadState::Extension(extension);
                 }
                 ReadState::Extension(left) => {
                     // Skipped as it arrives, never buffered whole: its length is the server's word.
-                    let skip = left.min(self.buf.len());
-                    self.buf.advance(skip);
+                    let skip = left.min(self.pending().len());
+                    self.consume(skip);
                     if skip < left {
                         self.state = ReadState::Extension(left - skip);
                         return Ok(None);
                     }
                     self.state = ReadState::Rows;
                 }
-                ReadState::Rows => return self.split_row(),
-                ReadState::Trailer if !self.buf.is_empty() => {
-                    return Err(after_trailer(self.buf.len()));
+                ReadState::Trailer if !self.pending().is_empty() => {
+                    return Err(after_trailer(self.pending().len()));
                 }
                 ReadState::Trailer | ReadState::Finished => return Ok(None),
             }
         }
     }
 
-    /// Splits one complete row (or the trailer) off the buffer.
-    fn split_row(&mut self) -> Result<Option<BinaryCopyRow>, Error> {
-        let mut cursor: &[u8] = &self.buf;
-        if cursor.len() < 2 {
+    /// Splits one complete row (or the trailer) off the pending data.
+    fn split_row(&mut self) -> Result<Option<RawRow>, Error> {
+        let pending = self.pending();
+        let Some((&count, fields)) = pending.split_first_chunk::<2>() else {
             return Ok(None);
-        }
-        let count = cursor.get_i16();
+        };
+        let count = i16::from_be_bytes(count);
         if count == -1 {
-            self.buf.advance(2);
+            self.consume(2);
             self.state = ReadState::Trailer;
             return self.next_row();
         }
-        if usize::try_from(count).ok() != Some(self.types.len()) {
+        let columns = self.types.len();
+        if usize::try_from(count).ok() != Some(columns) {
             return Err(Error::protocol(format!(
-                "a binary COPY row with {count} fields, but the COPY has {} columns",
-                self.types.len()
+                "a binary COPY row with {count} fields, but the COPY has {columns} columns"
             )));
         }
-        // Field boundaries relative to the row's start; nothing is reserved from the lengths read.
-        let mut ranges = Vec::with_capacity(self.types.len());
-        let mut at = 2usize;
-        for _ in 0..self.types.len() {
-            if cursor.len() < 4 {
+        // Walked once to find the row's end; nothing is reserved from the lengths read.
+        let mut at = 0usize;
+        for _ in 0..columns {
+            let Some(&word) = fields.get(at..).and_then(|rest| rest.first_chunk::<4>()) else {
                 return Ok(None);
-            }
-            let len = cursor.get_i32();
+            };
             at += 4;
+            let len = i32::from_be_bytes(word);
             if len == -1 {
-                ranges.push(None);
                 continue;
             }
             let len = usize::try_from(len)
@@ -428,19 +483,18 @@ impl Decoder {
                 .ok_or_else(|| {
                     Error::protocol(format!("invalid field length {len} in binary COPY data"))
                 })?;
-            if cursor.len() < len {
+            if fields.len() - at < len {
                 return Ok(None);
             }
-            cursor.advance(len);
-            ranges.push(Some(at..at + len));
             at += len;
         }
-        let buffer = self.buf.split_to(at).freeze();
-        Ok(Some(BinaryCopyRow {
-            buffer,
-            ranges,
-            types: self.types.clone(),
-        }))
+        if let Some(row) = RawRow::copied(fields, at, columns) {
+            self.consume(2 + at);
+            return Ok(Some(row));
+        }
+        let mut row = self.take(2 + at);
+        row.advance(2);
+        Ok(Some(RawRow::shared(row)))
     }
 }
 
@@ -453,10 +507,10 @@ impl BinaryCopyRow {
         chunks: impl IntoIterator<Item = &'c [u8]>,
         mut each: impl FnMut(&BinaryCopyRow),
     ) -> Result<(), Error> {
-        let mut decoder = Decoder::new(types.into());
+        let mut decoder = Decoder::new(types);
         for chunk in chunks {
-            decoder.push(chunk)?;
-            while let Some(row) = decoder.next_row()? {
+            decoder.push(Bytes::copy_from_slice(chunk))?;
+            while let Some(row) = decoder.next_copy_row()? {
                 each(&row);
             }
         }
@@ -479,15 +533,23 @@ fn bad_signature() -> Error {
 /// One row of binary COPY data; columns are picked by index and decoded with [`FromSql`].
 #[derive(Clone)]
 pub struct BinaryCopyRow {
-    buffer: Bytes,
-    ranges: Vec<Option<Range<usize>>>,
-    types: Arc<[Type]>,
+    /// The fields, laid out as a DataRow's and checked as they arrived.
+    row: RawRow,
+    types: Arc<[CopyColumn]>,
+}
+
+/// The type of a column of binary COPY data.
+#[derive(Debug)]
+struct CopyColumn {
+    type_: Type,
+    /// Whether its values may hold counts to check before decoding (worked out once, not per value).
+    counted: bool,
 }
 
 impl std::fmt::Debug for BinaryCopyRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BinaryCopyRow")
-            .field("types", &self.types)
+            .field("types", &self.types.iter().map(|c| &c.type_).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -495,12 +557,12 @@ impl std::fmt::Debug for BinaryCopyRow {
 impl BinaryCopyRow {
     /// The number of columns.
     pub fn len(&self) -> usize {
-        self.ranges.len()
+        self.row.len()
     }
 
     /// Whether the row has no columns.
     pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
+        self.row.len() == 0
     }
 
     /// Decodes column `index`.
@@ -518,9 +580,10 @@ impl BinaryCopyRow {
 
     /// Decodes column `index`, checking first that it exists and that `T` accepts its type.
     pub fn try_get<'a, T: FromSql<'a>>(&'a self, index: usize) -> Result<T, Error> {
-        let (Some(range), Some(ty)) = (self.ranges.get(index), self.types.get(index)) else {
+        let Some(column) = self.types.get(index).filter(|_| index < self.row.len()) else {
             return Err(Error::column(index.to_string()));
         };
+        let ty = &column.type_;
         // The column's name is only needed for an error: built then, not for every value.
         let name = || index.to_string();
         if !T::accepts(ty) {
@@ -530,9 +593,11 @@ impl BinaryCopyRow {
                 std::any::type_name::<T>(),
             ));
         }
-        let raw = range.clone().map(|r| &self.buffer[r]);
+        let raw = self.row.field(index);
         // postgres-types reserves what an array's header announces: checked against the value's bytes first.
-        if let Some(raw) = raw {
+        if let Some(raw) = raw
+            && column.counted
+        {
             crate::proto::check_counts(ty, raw).map_err(|e| Error::from_sql(&name(), e))?;
         }
         T::from_sql_nullable(ty, raw).map_err(|e| Error::from_sql(&name(), e))
@@ -540,11 +605,10 @@ impl BinaryCopyRow {
 
     /// The raw binary value of column `index` (`None` for NULL).
     pub fn raw(&self, index: usize) -> Result<Option<&[u8]>, Error> {
-        let range = self
-            .ranges
-            .get(index)
-            .ok_or_else(|| Error::column(index.to_string()))?;
-        Ok(range.clone().map(|r| &self.buffer[r]))
+        if index >= self.row.len() {
+            return Err(Error::column(index.to_string()));
+        }
+        Ok(self.row.field(index))
     }
 }
 
@@ -572,11 +636,11 @@ mod tests {
 
     /// Decodes `data` fed in chunks of `chunk` bytes; the rows as (id, name, blob).
     fn decode(data: &[u8], chunk: usize) -> Result<Vec<Decoded>, Error> {
-        let mut decoder = Decoder::new(types());
+        let mut decoder = Decoder::new(&types());
         let mut rows = Vec::new();
         for piece in data.chunks(chunk) {
-            decoder.push(piece)?;
-            while let Some(row) = decoder.next_row()? {
+            decoder.push(Bytes::copy_from_slice(piece))?;
+            while let Some(row) = decoder.next_copy_row()? {
                 rows.push((
                     row.try_get(0)?,
                     row.try_get::<Option<String>>(1)?,
@@ -625,8 +689,8 @@ mod tests {
         bad[0] = b'X';
         assert!(error_of(&bad).contains("PGCOPY signature"));
         // A wrong signature is refused as soon as its first wrong byte arrives.
-        let mut decoder = Decoder::new(types());
-        decoder.push(b"PGCOPZ").unwrap();
+        let mut decoder = Decoder::new(&types());
+        decoder.push(Bytes::copy_from_slice(b"PGCOPZ")).unwrap();
         assert!(decoder.next_row().is_err());
 
         let mut oids = good.clone();
@@ -655,10 +719,10 @@ mod tests {
         let mut endless = data[..15].to_vec();
         endless.extend_from_slice(&u32::MAX.to_be_bytes());
         endless.extend_from_slice(&[0; 100]);
-        let mut decoder = Decoder::new(types());
-        decoder.push(&endless).unwrap();
+        let mut decoder = Decoder::new(&types());
+        decoder.push(Bytes::copy_from_slice(&endless)).unwrap();
         assert!(decoder.next_row().unwrap().is_none());
-        assert!(decoder.buf.is_empty());
+        assert!(decoder.pending().is_empty());
         assert!(decoder.end().is_err());
     }
 
@@ -671,10 +735,10 @@ mod tests {
         extra.push(0);
         assert!(error_of(&extra).contains("1 bytes of binary COPY data after the trailer"));
         // Data in a later chunk after the trailer is refused too.
-        let mut decoder = Decoder::new(types());
-        decoder.push(&data).unwrap();
+        let mut decoder = Decoder::new(&types());
+        decoder.push(Bytes::copy_from_slice(&data)).unwrap();
         while decoder.next_row().unwrap().is_some() {}
-        assert!(decoder.push(b"x").is_err());
+        assert!(decoder.push(Bytes::copy_from_slice(b"x")).is_err());
     }
 
     #[test]
@@ -694,18 +758,18 @@ mod tests {
         assert!(error_of(&row(3, &[-2])).contains("invalid field length -2"));
         assert!(error_of(&row(3, &[0x4000_0000])).contains("invalid field length 1073741824"));
         // A length within bounds waits for its bytes, reserving nothing for them.
-        let mut decoder = Decoder::new(types());
-        decoder.push(&row(3, &[1_000_000])).unwrap();
+        let mut decoder = Decoder::new(&types());
+        decoder.push(Bytes::copy_from_slice(&row(3, &[1_000_000]))).unwrap();
         assert!(decoder.next_row().unwrap().is_none());
-        assert!(decoder.buf.capacity() < 1_000_000);
+        assert!(decoder.carry.capacity() < 1_000_000 && decoder.chunk.len() < 1_000);
     }
 
     #[test]
     fn rows_decode_through_from_sql_by_index() {
         let data = stream(&[(3, Some("three"), b"\x01")]);
-        let mut decoder = Decoder::new(types());
-        decoder.push(&data).unwrap();
-        let row = decoder.next_row().unwrap().unwrap();
+        let mut decoder = Decoder::new(&types());
+        decoder.push(Bytes::copy_from_slice(&data)).unwrap();
+        let row = decoder.next_copy_row().unwrap().unwrap();
         assert_eq!(row.len(), 3);
         assert_eq!(row.get::<i32>(0), 3);
         assert_eq!(row.get::<&str>(1), "three");

@@ -593,6 +593,10 @@ impl<S: Server> Harness<S> {
                     }
                 }
             }
+            Backend::CopyData(data) => match &mut self.copy_out {
+                Some(copy) => copy.chunks.push(data.to_vec()),
+                None => violated(format_args!("CopyData outside a COPY TO STDOUT")),
+            },
             Backend::Message(message) => self.on_message(id, message),
         }
     }
@@ -643,10 +647,6 @@ impl<S: Server> Harness<S> {
                     chunks: Vec::new(),
                 });
             }
-            Message::CopyData(body) => match &mut self.copy_out {
-                Some(copy) => copy.chunks.push(body.data().to_vec()),
-                None => violated(format_args!("CopyData outside a COPY TO STDOUT")),
-            },
             Message::CopyDone => match self.copy_out.take() {
                 Some(copy) if copy.binary => {
                     // The binary COPY reader's view: columns typed as the caller would declare them.

@@ -146,13 +146,7 @@ pub(crate) fn decode_copy<'c>(
 }
 
 fn one_column_row(ty: &Type, raw: Option<&[u8]>) -> Row {
-    let columns: Arc<[Column]> = vec![Column {
-        name: "v".to_string(),
-        type_: ty.clone(),
-        table_oid: None,
-        column_id: None,
-    }]
-    .into();
+    let columns: Arc<[Column]> = vec![Column::new("v".to_string(), ty.clone(), None, None)].into();
     Row::new(columns, RawRow::from_fields(vec![raw.map(<[u8]>::to_vec)]))
         .unwrap_or_else(|e| violated(format_args!("a one-column row: {e}")))
 }

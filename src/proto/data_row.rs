@@ -132,6 +132,36 @@ impl RawRow {
         })))
     }
 
+    /// A row of `count` fields, checked by the caller, that take the first `len` bytes of `fields_and_more`
+    /// (the bytes after them are never read), copied into the row; `None` if they are too many bytes for
+    /// that, and [`shared`](Self::shared) is the way. Binary COPY rows come this way: their fields are laid
+    /// out as a DataRow's.
+    pub(crate) fn copied(fields_and_more: &[u8], len: usize, count: usize) -> Option<RawRow> {
+        if len > INLINE_BYTES {
+            return None;
+        }
+        let mut bytes = InlineBytes([0; INLINE_BYTES]);
+        match fields_and_more.get(..INLINE_BYTES) {
+            Some(window) => bytes.0.copy_from_slice(window),
+            None => bytes.0[..len].copy_from_slice(&fields_and_more[..len]),
+        }
+        Some(RawRow(Fields::Inline {
+            // At most INLINE_BYTES bytes, and each field takes at least 4 of them.
+            count: u32::try_from(count).unwrap_or(u32::MAX),
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+            bytes,
+        }))
+    }
+
+    /// A row whose fields, checked by the caller, are all of `fields`, kept where they are.
+    pub(crate) fn shared(fields: Bytes) -> RawRow {
+        let offsets = offsets(&fields);
+        RawRow(Fields::Shared {
+            bytes: fields,
+            offsets,
+        })
+    }
+
     /// A row built by the client itself (the simple query mode converts text fields to binary).
     pub(crate) fn from_fields(fields: Vec<Option<Vec<u8>>>) -> RawRow {
         let size = fields.iter().flatten().map(Vec::len).sum::<usize>() + 4 * fields.len();

@@ -5,7 +5,7 @@
 //! the header is checked against the configured cap before a single byte is reserved, only complete frames
 //! reach a parser, and `v` and `K` go to our own parsers in [`wire`](super::wire) instead of postgres-protocol's.
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::message::backend::Message;
 
 use super::wire::{self, NegotiateProtocolVersion};
@@ -25,6 +25,9 @@ const BACKEND_KEY_DATA_TAG: u8 = b'K';
 /// Tag of DataRow, which has a parser of its own for speed.
 const DATA_ROW_TAG: u8 = b'D';
 
+/// Tag of CopyData, whose body is the data itself: no parser needed.
+const COPY_DATA_TAG: u8 = b'd';
+
 /// One backend message.
 pub(crate) enum Frame {
     /// Any message postgres-protocol parses (never `v` or `K`).
@@ -35,6 +38,8 @@ pub(crate) enum Frame {
     BackendKeyData(BackendKey),
     /// A DataRow (`D`), its field lengths checked.
     DataRow(RawRow),
+    /// The data of a CopyData (`d`) message: one per row in a COPY TO STDOUT, so it skips the general parser.
+    CopyData(Bytes),
 }
 
 /// Tags the backend may send in protocol 3.0 and 3.2; anything else is a protocol violation.
@@ -100,6 +105,11 @@ pub(crate) fn next_frame(
     };
     if inbound[0] == DATA_ROW_TAG {
         return RawRow::split_from(inbound, total).map(|row| Some(Frame::DataRow(row)));
+    }
+    if inbound[0] == COPY_DATA_TAG {
+        let mut data = inbound.split_to(total).freeze();
+        data.advance(HEADER_LEN);
+        return Ok(Some(Frame::CopyData(data)));
     }
     let mut frame = inbound.split_to(total);
     match frame[0] {

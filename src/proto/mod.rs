@@ -20,7 +20,7 @@ mod wire;
 
 use std::collections::VecDeque;
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
@@ -32,7 +32,7 @@ pub(crate) use data_row::RawRow;
 use frame::Frame;
 pub(crate) use startup::{ChannelBindingPolicy, StartupParams};
 use startup::{Startup, Step};
-pub(crate) use value::check_counts;
+pub(crate) use value::{check_counts, may_hold_counts};
 #[cfg(any(fuzzing, test))]
 pub(crate) use wire::check_frontend_messages;
 pub(crate) use wire::{cancel_request, check_parameter_count, startup_message};
@@ -131,6 +131,8 @@ pub(crate) enum Backend {
     Ready,
     /// An ErrorResponse (not FATAL: those end the connection at once); ReadyForQuery follows.
     Error(Box<DbError>),
+    /// The data of a CopyData message of the request's COPY TO STDOUT.
+    CopyData(Bytes),
     /// Any other message: RowDescription, CommandComplete, ParseComplete, ...
     Message(Message),
 }
@@ -584,6 +586,13 @@ impl Protocol {
                 return Err(Error::protocol("unexpected BackendKeyData after startup"));
             }
             Frame::DataRow(row) => return self.route_data_row(row).map(Some),
+            Frame::CopyData(data) => {
+                let request = self.check_copy_data()?;
+                return Ok(Some(Response {
+                    request,
+                    message: Backend::CopyData(data),
+                }));
+            }
         };
         match message {
             Message::NoticeResponse(body) => {
@@ -746,6 +755,48 @@ impl Protocol {
             )));
         }
         Ok(pending.id)
+    }
+
+    /// Checks that a CopyData may arrive now: during the COPY TO STDOUT of the oldest request. Returns that
+    /// request.
+    fn check_copy_data(&self) -> Result<RequestId, Error> {
+        match (self.copy, self.pending.front()) {
+            (CopyState::Out(request), Some(pending)) if pending.id == request => Ok(request),
+            (CopyState::Out(_), _) => Err(Error::protocol(
+                "BUG: a COPY TO STDOUT of a request that is not the oldest",
+            )),
+            (_, None) => Err(Error::protocol(
+                "unexpected CopyData with no request in flight",
+            )),
+            (CopyState::Idle, Some(_)) => {
+                Err(Error::protocol("unexpected CopyData outside a COPY"))
+            }
+            (CopyState::In(_), Some(_)) => Err(Error::protocol(
+                "unexpected CopyData during COPY FROM STDIN",
+            )),
+        }
+    }
+
+    /// The data of the next message if it is a CopyData of request `id`'s COPY TO STDOUT buffered whole: the
+    /// fast path of COPY readers, as [`poll_data_row`](Self::poll_data_row) is of row streams. `Ok(None)`
+    /// whenever something else comes next; the caller then goes the general way.
+    pub(crate) fn poll_copy_data(&mut self, id: RequestId) -> Result<Option<Bytes>, Error> {
+        let ours = matches!(self.phase, Phase::Ready)
+            && self.copy == CopyState::Out(id)
+            && self.inbound.first() == Some(&b'd')
+            && self.pending.front().is_some_and(|p| p.id == id);
+        if !ours {
+            return Ok(None);
+        }
+        match frame::complete_frame_len(&self.inbound, self.limits.max_message_size) {
+            Ok(Some(total)) => {
+                let mut data = self.inbound.split_to(total).freeze();
+                data.advance(frame::HEADER_LEN);
+                Ok(Some(data))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(self.fail(e)),
+        }
     }
 
     /// The next response if it is a DataRow of request `id` buffered whole: the fast path of row streams,

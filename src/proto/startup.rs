@@ -143,9 +143,14 @@ impl Startup {
                     ))),
                 };
             }
-            Frame::DataRow(_) => {
+            Frame::DataRow(_) | Frame::CopyData(_) => {
+                let name = if matches!(frame, Frame::DataRow(_)) {
+                    "DataRow"
+                } else {
+                    "CopyData"
+                };
                 return Err(Error::protocol(format!(
-                    "unexpected DataRow during {}",
+                    "unexpected {name} during {}",
                     self.state.describe()
                 )));
             }

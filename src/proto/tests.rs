@@ -972,16 +972,59 @@ fn copy_out_transcript() {
         got[0].message,
         Backend::Message(Message::CopyOutResponse(_))
     ));
-    let Backend::Message(Message::CopyData(body)) = &got[2].message else {
+    let Backend::CopyData(data) = &got[2].message else {
         panic!("CopyData expected")
     };
-    assert_eq!(body.data(), b"rows");
+    assert_eq!(&data[..], b"rows");
     assert!(matches!(
         got[3].message,
         Backend::Message(Message::CopyDone)
     ));
     assert!(matches!(got[5].message, Backend::Ready));
     assert!(!p.has_pending());
+}
+
+#[test]
+fn copy_data_fast_path_takes_only_whole_copy_data_of_its_request() {
+    let mut p = ready_protocol();
+    let older = p.queue_request(Flow::Simple, None, |_| Ok(())).unwrap();
+    let id = p.queue_request(Flow::Simple, None, |_| Ok(())).unwrap();
+    // The older request is answered first: nothing for the COPY's reader yet.
+    p.handle_input(&[command_complete("SELECT 0"), ready(b'I')].concat());
+    assert!(p.poll_copy_data(id).unwrap().is_none());
+    assert_eq!(responses(&mut p).len(), 2);
+    p.handle_input(&copy_response(b'H', 0, &[0]));
+    // Before the CopyOutResponse was routed, the fast path takes nothing.
+    assert!(p.poll_copy_data(id).unwrap().is_none());
+    assert!(p.poll_response().unwrap().is_some());
+    let second = copy_data(b"2\n");
+    p.handle_input(&[copy_data(b"1\n"), second[..3].to_vec()].concat());
+    assert_eq!(&p.poll_copy_data(id).unwrap().unwrap()[..], b"1\n");
+    assert!(
+        p.poll_copy_data(older).unwrap().is_none(),
+        "another request's"
+    );
+    assert!(p.poll_copy_data(id).unwrap().is_none(), "a frame cut short");
+    p.handle_input(&[second[3..].to_vec(), copy_done()].concat());
+    assert_eq!(&p.poll_copy_data(id).unwrap().unwrap()[..], b"2\n");
+    assert!(
+        p.poll_copy_data(id).unwrap().is_none(),
+        "CopyDone goes the general way"
+    );
+    assert!(matches!(
+        p.poll_response().unwrap().unwrap().message,
+        Backend::Message(Message::CopyDone)
+    ));
+    p.handle_input(&copy_data(b"3\n"));
+    assert!(p.poll_copy_data(id).unwrap().is_none(), "no COPY any more");
+    let Err(err) = p.poll_response() else {
+        panic!("CopyData after CopyDone accepted")
+    };
+    assert!(
+        err.to_string()
+            .contains("unexpected CopyData outside a COPY"),
+        "{err}"
+    );
 }
 
 #[test]

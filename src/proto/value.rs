@@ -19,13 +19,18 @@ const MAX_DEPTH: u32 = 32;
 
 /// Checks every count in the binary value `raw` of type `ty` against the bytes that follow it.
 pub(crate) fn check_counts(ty: &Type, raw: &[u8]) -> Result<(), BoxError> {
-    // This runs for every value decoded, so the common case goes first and costs two comparisons: a built-in
-    // scalar holds no count (hstore, the one scalar that does, comes from an extension, so its OID is at least
-    // FirstNormalObjectId).
-    if matches!(ty.kind(), Kind::Simple) && ty.oid() < FIRST_NORMAL_OBJECT_ID {
+    if !may_hold_counts(ty) {
         return Ok(());
     }
     check(ty, raw, 0)
+}
+
+/// Whether values of `ty` may hold counts that [`check_counts`] must check. Rows and COPY readers ask once
+/// per column, not once per value.
+pub(crate) fn may_hold_counts(ty: &Type) -> bool {
+    // A built-in scalar holds no count (hstore, the one scalar that does, comes from an extension, so its OID
+    // is at least FirstNormalObjectId).
+    !(matches!(ty.kind(), Kind::Simple) && ty.oid() < FIRST_NORMAL_OBJECT_ID)
 }
 
 /// PostgreSQL's `FirstNormalObjectId`: the OIDs below it belong to the built-in catalog.
