@@ -17,6 +17,9 @@
 #[cfg(not(target_os = "wasi"))]
 #[allow(dead_code)]
 mod support;
+#[macro_use]
+#[path = "support/two_target.rs"]
+mod two_target;
 
 use std::fmt::{self, Write as _};
 use std::future::Future;
@@ -105,14 +108,6 @@ fn all_cases() -> Vec<Case> {
         invalid_ssl_response_byte,
         close_right_after_s,
     ]
-}
-
-macro_rules! ensure {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            return Err(format!("{}:{}: {}", file!(), line!(), format!($($msg)+)));
-        }
-    };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -921,36 +916,33 @@ fn nothing_sent(connections: &[Transcript]) -> Outcome {
 // The two harnesses.
 // ---------------------------------------------------------------------------------------------------------
 
-/// The marker of the lines in which the wasm guest reports a client half: `outcome\t<case>\tok\t<seen>` or
-/// `outcome\t<case>\tFAIL\t<reason>`.
-const OUTCOME_LINE: &str = "outcome";
+/// The environment variables that carry the fake servers' ports and the CA file to the guest.
+const ENV_PORTS: &str = "ATTACKS_PORTS";
+const ENV_CA_FILE: &str = "ATTACKS_CA_FILE";
 
 #[cfg(not(target_os = "wasi"))]
 fn main() {
     // `run` returns before the exit, so the certificates' temp dir is deleted either way.
-    if !run() {
-        eprintln!("attack cases failed");
-        std::process::exit(1);
+    if let Some(totals) = run() {
+        totals.finish("attack");
     }
 }
 
-/// Runs every case natively, then under wasmtime; whether all passed.
+/// Runs every case natively, then under wasmtime, each against a fresh fake server; `None` for
+/// `ATTACKS_SERVE`.
 #[cfg(not(target_os = "wasi"))]
-fn run() -> bool {
-    use support::WasmBuild;
+fn run() -> Option<two_target::Totals> {
+    use two_target::{Guest, Tally, Totals};
 
     let certs = FakeCerts::generate();
     let cases = all_cases();
     if let Ok(name) = std::env::var("ATTACKS_SERVE") {
         serve_one(&cases, &certs, &name);
-        return true;
+        return None;
     }
 
-    let started = Instant::now();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let mut native = Tally::native();
+    let runtime = two_target::native_runtime();
     let servers = start_servers(&cases, &certs);
     let ca_file = certs.ca_file().display().to_string();
     let client_outcomes: Vec<ClientOutcome> = cases
@@ -964,52 +956,33 @@ fn run() -> bool {
             runtime.block_on((case.client)(&target))
         })
         .collect();
-    let native = report("native", &cases, servers, client_outcomes);
-    let native_time = started.elapsed();
+    record(&mut native, &cases, servers, client_outcomes);
+    native.end();
 
-    let started = Instant::now();
-    let wasm = support::build_wasm(WasmBuild::Test("attacks"));
-    let build_time = started.elapsed();
-    let started = Instant::now();
+    let guest = Guest::build();
+    let mut wasm = Tally::wasm();
+    wasm.detail(guest.build_note());
     let servers = start_servers(&cases, &certs);
-    let ports: Vec<String> = cases
-        .iter()
-        .zip(&servers)
-        .map(|(case, server)| format!("{}={}", case.name, server.port()))
-        .collect();
-    let ports = ports.join(",");
-    let output = support::wasmtime(
-        &wasm,
-        &[],
-        &[
-            ("ATTACKS_PORTS", ports.as_str()),
-            ("ATTACKS_CA_FILE", "/certs/ca.crt"),
-        ],
+    let ports = two_target::port_list(
+        cases
+            .iter()
+            .zip(&servers)
+            .map(|(case, server)| (case.name, server.port())),
+    );
+    let run = guest.run(
+        &[(ENV_PORTS, &ports), (ENV_CA_FILE, "/certs/ca.crt")],
         &[(certs.dir(), "/certs")],
-        None,
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let client_outcomes: Vec<ClientOutcome> = cases
-        .iter()
-        .map(|case| guest_outcome(&stdout, case.name, &output.status, &stderr))
-        .collect();
-    let wasm_summary = report("wasm32-wasip2", &cases, servers, client_outcomes);
-    let wasm_time = started.elapsed();
-    if !output.status.success() {
-        eprintln!("wasmtime exited with {}:\n{stderr}", output.status);
-    }
-
-    println!("\nattack totals:");
-    println!(
-        "  native: {} passed, {} failed ({native_time:.1?})",
-        native.passed, native.failed
-    );
-    println!(
-        "  wasm32-wasip2: {} passed, {} failed ({wasm_time:.1?}, plus {build_time:.1?} to build)",
-        wasm_summary.passed, wasm_summary.failed
-    );
-    native.failed == 0 && wasm_summary.failed == 0 && output.status.success()
+    let client_outcomes: Vec<ClientOutcome> =
+        cases.iter().map(|case| run.outcome(case.name)).collect();
+    record(&mut wasm, &cases, servers, client_outcomes);
+    wasm.record_exit(&run);
+    wasm.end();
+    Some(Totals {
+        native,
+        wasm,
+        notes: Vec::new(),
+    })
 }
 
 /// `ATTACKS_SERVE=<case>`: runs only that case's fake server until stdin closes, for pointing another client
@@ -1035,12 +1008,6 @@ fn serve_one(cases: &[Case], certs: &FakeCerts, name: &str) {
 }
 
 #[cfg(not(target_os = "wasi"))]
-struct Summary {
-    passed: usize,
-    failed: usize,
-}
-
-#[cfg(not(target_os = "wasi"))]
 fn start_servers(cases: &[Case], certs: &FakeCerts) -> Vec<FakeServer> {
     cases
         .iter()
@@ -1048,28 +1015,19 @@ fn start_servers(cases: &[Case], certs: &FakeCerts) -> Vec<FakeServer> {
         .collect()
 }
 
-/// Checks every case's transcripts against its client outcome and prints one line per case and a summary.
+/// Checks every case's transcripts against its client outcome and records the two as one outcome.
 #[cfg(not(target_os = "wasi"))]
-fn report(
-    label: &str,
+fn record(
+    tally: &mut two_target::Tally,
     cases: &[Case],
     servers: Vec<FakeServer>,
     client_outcomes: Vec<ClientOutcome>,
-) -> Summary {
-    let mut summary = Summary {
-        passed: 0,
-        failed: 0,
-    };
+) {
     for ((case, server), client) in cases.iter().zip(servers).zip(client_outcomes) {
         let transcripts = server.finish();
-        let server = (case.check)(&transcripts);
-        match (client, server) {
-            (Ok(seen), Ok(())) => {
-                summary.passed += 1;
-                println!("{label}: ok   {} ({seen})", case.name);
-            }
+        let outcome = match (client, (case.check)(&transcripts)) {
+            (Ok(seen), Ok(())) => Ok(seen),
             (client, server) => {
-                summary.failed += 1;
                 let mut why = Vec::new();
                 if let Err(e) = client {
                     why.push(format!("client: {e}"));
@@ -1077,80 +1035,24 @@ fn report(
                 if let Err(e) = server {
                     why.push(format!("server: {e}"));
                 }
-                println!("{label}: FAIL {}: {}", case.name, why.join("; "));
+                Err(why.join("; "))
             }
-        }
-    }
-    println!(
-        "{label}: {} passed, {} failed",
-        summary.passed, summary.failed
-    );
-    summary
-}
-
-/// The guest's outcome line for `name`, or why there is none.
-#[cfg(not(target_os = "wasi"))]
-fn guest_outcome(
-    stdout: &str,
-    name: &str,
-    status: &std::process::ExitStatus,
-    stderr: &str,
-) -> ClientOutcome {
-    let line = stdout.lines().find_map(|line| {
-        let mut fields = line.splitn(4, '\t');
-        (fields.next() == Some(OUTCOME_LINE) && fields.next() == Some(name))
-            .then(|| (fields.next(), fields.next()))
-    });
-    match line {
-        Some((Some("ok"), seen)) => Ok(seen.unwrap_or_default().to_string()),
-        Some((_, reason)) => Err(reason.unwrap_or("no reason given").to_string()),
-        None => {
-            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-            Err(format!(
-                "no outcome from the guest (wasmtime exited with {status}; stderr ends: {})",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            ))
-        }
+        };
+        tally.record(case.name, outcome);
     }
 }
 
+/// Runs every case's client half against the ports the host passed and prints an outcome line for each.
 #[cfg(target_os = "wasi")]
 fn main() {
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!("{name} is not set: run through `cargo test --test attacks`")
-        })
-    };
-    let ports = var("ATTACKS_PORTS");
-    let ca_file = var("ATTACKS_CA_FILE");
+    let ports = two_target::guest_var(ENV_PORTS);
+    let ca_file = two_target::guest_var(ENV_CA_FILE);
     for case in all_cases() {
-        let port = ports.split(',').find_map(|entry| {
-            let (name, port) = entry.split_once('=')?;
-            (name == case.name)
-                .then(|| port.parse::<u16>().ok())
-                .flatten()
+        let port = two_target::port_in(&ports, case.name);
+        let ca_file = ca_file.clone();
+        two_target::run_in_guest(case.name, async move {
+            let port = port.ok_or_else(|| format!("no port for {} in {ENV_PORTS}", case.name))?;
+            (case.client)(&Target { port, ca_file }).await
         });
-        let outcome = match port {
-            Some(port) => {
-                let target = Target {
-                    port,
-                    ca_file: ca_file.clone(),
-                };
-                wstd::runtime::block_on((case.client)(&target))
-            }
-            None => Err(format!("no port for {} in ATTACKS_PORTS", case.name)),
-        };
-        match outcome {
-            Ok(seen) => println!(
-                "{OUTCOME_LINE}\t{}\tok\t{}",
-                case.name,
-                seen.replace(['\t', '\n'], " ")
-            ),
-            Err(e) => println!(
-                "{OUTCOME_LINE}\t{}\tFAIL\t{}",
-                case.name,
-                e.replace(['\t', '\n'], " ")
-            ),
-        }
     }
 }

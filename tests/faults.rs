@@ -21,10 +21,12 @@ mod restart;
 #[cfg(not(target_os = "wasi"))]
 #[allow(dead_code)]
 mod support;
+#[macro_use]
+#[path = "support/two_target.rs"]
+mod two_target;
 
-use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
-use std::task::Poll;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use wasi_pg_client::{
@@ -33,6 +35,7 @@ use wasi_pg_client::{
 
 #[cfg(not(target_os = "wasi"))]
 use support::fake_server::{FakeServer, Script, backend};
+use two_target::{Outcome, join, sleep};
 
 /// What a client may take to fail on its own, where a case asks for a prompt failure.
 const PROMPT: Duration = Duration::from_secs(5);
@@ -67,7 +70,6 @@ impl Target {
     }
 }
 
-type Outcome = Result<String, String>;
 type ClientFuture<'a> = Pin<Box<dyn Future<Output = Outcome> + 'a>>;
 
 /// One case: its name, its client half and, natively, the script of its fake server (`None`: the cluster).
@@ -131,14 +133,6 @@ fn all_cases() -> Vec<Case> {
         server_restart,
     ]);
     cases
-}
-
-macro_rules! ensure {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            return Err(format!("{}:{}: {}", file!(), line!(), format!($($msg)+)));
-        }
-    };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -235,40 +229,6 @@ fn first_column(messages: &[SimpleQueryMessage]) -> Vec<Option<String>> {
             _ => None,
         })
         .collect()
-}
-
-/// Polls both futures until both are done, on one task (WASI has one thread).
-async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
-    let (mut a, mut b) = (pin!(a), pin!(b));
-    let (mut a_out, mut b_out) = (None, None);
-    poll_fn(move |cx| {
-        if a_out.is_none()
-            && let Poll::Ready(v) = a.as_mut().poll(cx)
-        {
-            a_out = Some(v);
-        }
-        if b_out.is_none()
-            && let Poll::Ready(v) = b.as_mut().poll(cx)
-        {
-            b_out = Some(v);
-        }
-        match (a_out.take(), b_out.take()) {
-            (Some(a), Some(b)) => Poll::Ready((a, b)),
-            (a, b) => {
-                a_out = a;
-                b_out = b;
-                Poll::Pending
-            }
-        }
-    })
-    .await
-}
-
-async fn sleep(duration: Duration) {
-    #[cfg(not(target_os = "wasi"))]
-    tokio::time::sleep(duration).await;
-    #[cfg(target_os = "wasi")]
-    wstd::task::sleep(wstd::time::Duration::from(duration)).await;
 }
 
 /// A name unique to this target, for tables the real-server cases create.
@@ -1290,25 +1250,24 @@ mod server_restart {
 // The two harnesses.
 // ---------------------------------------------------------------------------------------------------------
 
-/// The marker of the lines in which the wasm guest reports a client half.
-const OUTCOME_LINE: &str = "outcome";
+/// The environment variables that carry the fake servers' ports and the cluster's port to the guest.
+const ENV_PORTS: &str = "FAULTS_PORTS";
+const ENV_LIVE_PORT: &str = "FAULTS_LIVE_PORT";
 
 #[cfg(not(target_os = "wasi"))]
 fn main() {
-    if !run() {
-        eprintln!("fault cases failed");
-        std::process::exit(1);
-    }
+    // `run` returns before the exit, so the cluster is stopped either way.
+    run().finish("fault");
 }
 
-/// Runs every case natively, then under wasmtime, with the cluster and the restart watcher up throughout;
-/// whether all passed.
+/// Runs every case natively, then under wasmtime, with the cluster and the restart watcher up throughout.
 #[cfg(not(target_os = "wasi"))]
-fn run() -> bool {
+fn run() -> two_target::Totals {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use support::{Cluster, WasmBuild};
+    use support::Cluster;
+    use two_target::{Guest, Tally, Totals};
 
     let cluster = Cluster::start();
     let restarter = restart::Restarter::new(&cluster);
@@ -1316,80 +1275,41 @@ fn run() -> bool {
     let cases = all_cases();
     std::thread::scope(|scope| {
         let watcher = scope.spawn(|| watch_for_restarts(&cluster, &restarter, &stop));
-        let native = {
-            let started = Instant::now();
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            let servers = start_servers(&cases);
-            let outcomes: Vec<Outcome> = cases
+        let mut native = Tally::native();
+        let runtime = two_target::native_runtime();
+        let servers = start_servers(&cases);
+        for (case, server) in cases.iter().zip(&servers) {
+            let target = Target {
+                fake_port: server.as_ref().map_or(0, FakeServer::port),
+                live_port: cluster.port,
+            };
+            native.record(case.name, runtime.block_on((case.client)(&target)));
+        }
+        finish_servers(servers);
+        native.end();
+
+        let guest = Guest::build();
+        let mut wasm = Tally::wasm();
+        wasm.detail(guest.build_note());
+        let servers = start_servers(&cases);
+        let ports = two_target::port_list(
+            cases
                 .iter()
                 .zip(&servers)
-                .map(|(case, server)| {
-                    let target = Target {
-                        fake_port: server.as_ref().map_or(0, FakeServer::port),
-                        live_port: cluster.port,
-                    };
-                    runtime.block_on((case.client)(&target))
-                })
-                .collect();
-            finish_servers(servers);
-            (report("native", &cases, outcomes), started.elapsed())
-        };
-
-        let started = Instant::now();
-        let wasm = support::build_wasm(WasmBuild::Test("faults"));
-        let build_time = started.elapsed();
-        let started = Instant::now();
-        let servers = start_servers(&cases);
-        let ports: Vec<String> = cases
-            .iter()
-            .zip(&servers)
-            .map(|(case, server)| {
-                format!(
-                    "{}={}",
-                    case.name,
-                    server.as_ref().map_or(0, FakeServer::port)
-                )
-            })
-            .collect();
-        let ports = ports.join(",");
-        let live_port = cluster.port.to_string();
-        let output = support::wasmtime(
-            &wasm,
-            &[],
-            &[("FAULTS_PORTS", &ports), ("FAULTS_LIVE_PORT", &live_port)],
-            &[],
-            None,
+                .map(|(case, server)| (case.name, server.as_ref().map_or(0, FakeServer::port))),
         );
+        let live_port = cluster.port.to_string();
+        let run = guest.run(&[(ENV_PORTS, &ports), (ENV_LIVE_PORT, &live_port)], &[]);
         finish_servers(servers);
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let outcomes: Vec<Outcome> = cases
-            .iter()
-            .map(|case| guest_outcome(&stdout, case.name, &output.status, &stderr))
-            .collect();
-        let wasm_failed = report("wasm32-wasip2", &cases, outcomes);
-        let wasm_time = started.elapsed();
-        if !output.status.success() {
-            eprintln!("wasmtime exited with {}:\n{stderr}", output.status);
-        }
+        wasm.record_guest(&run, cases.iter().map(|case| case.name));
+        wasm.end();
         stop.store(true, Ordering::Release);
         let restarts = watcher.join().unwrap_or(0);
-
-        let (native_failed, native_time) = native;
-        println!("\nfault totals:");
-        println!(
-            "  native: {} passed, {native_failed} failed ({native_time:.1?})",
-            cases.len() - native_failed
-        );
-        println!(
-            "  wasm32-wasip2: {} passed, {wasm_failed} failed ({wasm_time:.1?}, plus {build_time:.1?} to build)",
-            cases.len() - wasm_failed
-        );
-        println!("  server restarts: {restarts}");
-        native_failed == 0 && wasm_failed == 0 && output.status.success()
+        Totals {
+            native,
+            wasm,
+            notes: vec![format!("server restarts: {restarts}")],
+        }
     })
 }
 
@@ -1433,87 +1353,21 @@ fn finish_servers(servers: Vec<Option<FakeServer>>) {
     }
 }
 
-/// Prints one line per case and the summary; the number of failures.
-#[cfg(not(target_os = "wasi"))]
-fn report(label: &str, cases: &[Case], outcomes: Vec<Outcome>) -> usize {
-    let mut failed = 0;
-    for (case, outcome) in cases.iter().zip(outcomes) {
-        match outcome {
-            Ok(seen) => println!("{label}: ok   {} ({seen})", case.name),
-            Err(e) => {
-                failed += 1;
-                println!("{label}: FAIL {}: {e}", case.name);
-            }
-        }
-    }
-    println!("{label}: {} passed, {failed} failed", cases.len() - failed);
-    failed
-}
-
-/// The guest's outcome line for `name`, or why there is none.
-#[cfg(not(target_os = "wasi"))]
-fn guest_outcome(
-    stdout: &str,
-    name: &str,
-    status: &std::process::ExitStatus,
-    stderr: &str,
-) -> Outcome {
-    let line = stdout.lines().find_map(|line| {
-        let mut fields = line.splitn(4, '\t');
-        (fields.next() == Some(OUTCOME_LINE) && fields.next() == Some(name))
-            .then(|| (fields.next(), fields.next()))
-    });
-    match line {
-        Some((Some("ok"), seen)) => Ok(seen.unwrap_or_default().to_string()),
-        Some((_, reason)) => Err(reason.unwrap_or("no reason given").to_string()),
-        None => {
-            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-            Err(format!(
-                "no outcome from the guest (wasmtime exited with {status}; stderr ends: {})",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            ))
-        }
-    }
-}
-
+/// Runs every case's client half against the ports the host passed and prints an outcome line for each.
 #[cfg(target_os = "wasi")]
 fn main() {
-    let var = |name: &str| {
-        std::env::var(name)
-            .unwrap_or_else(|_| panic!("{name} is not set: run through `cargo test --test faults`"))
-    };
-    let ports = var("FAULTS_PORTS");
-    let live_port: u16 = var("FAULTS_LIVE_PORT")
-        .parse()
-        .expect("FAULTS_LIVE_PORT is a port");
+    let ports = two_target::guest_var(ENV_PORTS);
+    let live_port = two_target::guest_port(ENV_LIVE_PORT);
     for case in all_cases() {
-        let port = ports.split(',').find_map(|entry| {
-            let (name, port) = entry.split_once('=')?;
-            (name == case.name)
-                .then(|| port.parse::<u16>().ok())
-                .flatten()
+        let fake_port = two_target::port_in(&ports, case.name);
+        two_target::run_in_guest(case.name, async move {
+            let fake_port =
+                fake_port.ok_or_else(|| format!("no port for {} in {ENV_PORTS}", case.name))?;
+            let target = Target {
+                fake_port,
+                live_port,
+            };
+            (case.client)(&target).await
         });
-        let outcome = match port {
-            Some(fake_port) => {
-                let target = Target {
-                    fake_port,
-                    live_port,
-                };
-                wstd::runtime::block_on((case.client)(&target))
-            }
-            None => Err(format!("no port for {} in FAULTS_PORTS", case.name)),
-        };
-        match outcome {
-            Ok(seen) => println!(
-                "{OUTCOME_LINE}\t{}\tok\t{}",
-                case.name,
-                seen.replace(['\t', '\n'], " ")
-            ),
-            Err(e) => println!(
-                "{OUTCOME_LINE}\t{}\tFAIL\t{}",
-                case.name,
-                e.replace(['\t', '\n'], " ")
-            ),
-        }
     }
 }

@@ -21,14 +21,17 @@
 #[cfg(not(target_os = "wasi"))]
 #[allow(dead_code)]
 mod support;
+#[macro_use]
+#[path = "support/two_target.rs"]
+mod two_target;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone as _, Utc};
+use two_target::{Check, Outcome, join, sleep, with_timeout};
 use wasi_pg_client::config::{ProtocolVersion, QueryMode};
 use wasi_pg_client::types::{Json, Kind};
 use wasi_pg_client::{
@@ -63,8 +66,6 @@ impl Server {
     }
 }
 
-/// What a case saw (for the log), or why it failed.
-type Outcome = Result<String, String>;
 type CaseFuture<'a> = Pin<Box<dyn Future<Output = Outcome> + 'a>>;
 
 struct Case {
@@ -161,45 +162,6 @@ fn all_cases() -> Vec<Case> {
                 answers them"
         ),
     ]
-}
-
-macro_rules! ensure {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            return Err(format!("{}:{}: {}", file!(), line!(), format!($($msg)+)));
-        }
-    };
-}
-
-macro_rules! ensure_eq {
-    ($left:expr, $right:expr) => {
-        match (&$left, &$right) {
-            (l, r) => {
-                if l != r {
-                    return Err(format!(
-                        "{}:{}: {} == {}: {:?} != {:?}",
-                        file!(),
-                        line!(),
-                        stringify!($left),
-                        stringify!($right),
-                        l,
-                        r
-                    ));
-                }
-            }
-        }
-    };
-}
-
-/// `?` for library errors inside cases.
-trait Check<T> {
-    fn check(self, what: &str) -> Result<T, String>;
-}
-
-impl<T, E: std::fmt::Display> Check<T> for Result<T, E> {
-    fn check(self, what: &str) -> Result<T, String> {
-        self.map_err(|e| format!("{what}: {e}"))
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -930,7 +892,7 @@ async fn disconnect_mid_query_blocks_the_next_client(server: &Server) -> Outcome
     const RUN_BEFORE_DROP: Duration = Duration::from_millis(300);
     let mut c = session(server).await?;
     let started = Instant::now();
-    let unfinished = run_for(
+    let unfinished = with_timeout(
         RUN_BEFORE_DROP,
         c.query(&*format!("SELECT pg_sleep({})", SLEEP.as_secs_f64()), &[]),
     )
@@ -1128,62 +1090,10 @@ async fn values(c: &mut Client, table: &str) -> Result<Vec<i32>, String> {
         .collect())
 }
 
-/// Polls `future` until `limit` passes, then drops it. Returns its output if it finished in time.
-async fn run_for<F: Future>(limit: Duration, future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    let mut timer = std::pin::pin!(sleep(limit));
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = future.as_mut().poll(cx) {
-            return Poll::Ready(Some(v));
-        }
-        timer.as_mut().poll(cx).map(|()| None)
-    })
-    .await
-}
-
-async fn sleep(d: Duration) {
-    #[cfg(target_os = "wasi")]
-    let _ = wstd::task::sleep(wstd::time::Duration::from(d)).await;
-    #[cfg(not(target_os = "wasi"))]
-    tokio::time::sleep(d).await;
-}
-
-/// Runs both futures to completion on the current task, polling each in turn (WASI has one task).
-async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
-    let mut a = std::pin::pin!(a);
-    let mut b = std::pin::pin!(b);
-    let mut out_a = None;
-    let mut out_b = None;
-    std::future::poll_fn(|cx| {
-        if out_a.is_none()
-            && let Poll::Ready(v) = a.as_mut().poll(cx)
-        {
-            out_a = Some(v);
-        }
-        if out_b.is_none()
-            && let Poll::Ready(v) = b.as_mut().poll(cx)
-        {
-            out_b = Some(v);
-        }
-        match (out_a.take(), out_b.take()) {
-            (Some(a), Some(b)) => Poll::Ready((a, b)),
-            (a, b) => {
-                out_a = a;
-                out_b = b;
-                Poll::Pending
-            }
-        }
-    })
-    .await
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // The two harnesses.
 // ---------------------------------------------------------------------------------------------------------
 
-/// The marker of the lines in which the wasm guest reports a case: `outcome\t<case>\tok\t<seen>` or
-/// `outcome\t<case>\tFAIL\t<reason>`.
-const OUTCOME_LINE: &str = "outcome";
 /// The marker of the line in which the wasm guest reports [`TURNED_AWAY`]: `turned_away\t<n>`.
 const TURNED_AWAY_LINE: &str = "turned_away";
 /// The environment variable that carries the server's port to the guest.
@@ -1192,49 +1102,37 @@ const ENV_PORT: &str = "PGLITE_PORT";
 #[cfg(not(target_os = "wasi"))]
 fn main() {
     // `run` returns before the exit, so the servers are stopped either way.
-    if !run() {
-        eprintln!("PGlite cases failed");
-        std::process::exit(1);
+    if let Some(totals) = run() {
+        totals.finish("PGlite");
     }
 }
 
-/// Runs every case natively, then under wasmtime, each against a fresh server; whether all passed.
+/// Runs every case natively, then under wasmtime, each against a fresh server; `None` for `PGLITE_SERVE`.
 #[cfg(not(target_os = "wasi"))]
-fn run() -> bool {
-    use support::WasmBuild;
+fn run() -> Option<two_target::Totals> {
     use support::pglite::PGlite;
+    use two_target::{Guest, Tally, Totals};
 
     let serve_only = std::env::var_os("PGLITE_SERVE").is_some();
     // The guest builds while the first server loads PGlite and the native cases run.
-    let build = (!serve_only).then(|| {
-        std::thread::spawn(|| {
-            let started = Instant::now();
-            let wasm = support::build_wasm(WasmBuild::Test("pglite"));
-            (wasm, started.elapsed())
-        })
-    });
+    let build = (!serve_only).then(Guest::build_in_background);
     let mut server = PGlite::start();
     let Some(build) = build else {
         serve(&server);
-        return true;
+        return None;
     };
 
     let cases = all_cases();
-    let native_startup = server.startup;
-    let started = Instant::now();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let mut native = Summary::new("native");
+    let mut native = Tally::native();
+    native.detail(format_args!("the server loaded in {:.1?}", server.startup));
+    let runtime = two_target::native_runtime();
     let target = Server { port: server.port };
     for case in &cases {
         native.record(case.name, runtime.block_on((case.run)(&target)));
     }
-    native.print_totals();
-    let native_time = started.elapsed();
+    native.end();
     let native_turned_away = TURNED_AWAY.load(Ordering::Relaxed);
-    if native.failed > 0 {
+    if native.failed() {
         eprintln!(
             "pglite-server log (last 40 lines):\n{}",
             server.log_tail(40)
@@ -1242,47 +1140,27 @@ fn run() -> bool {
     }
     server.stop();
 
-    let started = Instant::now();
-    let (wasm, build_time) = match build.join() {
-        Ok(built) => built,
-        Err(_) => {
-            eprintln!("building the wasm guest panicked (see above)");
-            return false;
-        }
-    };
-    let waited_for_build = started.elapsed();
+    let guest = build.wait();
     let mut server = PGlite::start();
-    let guest_startup = server.startup;
-    let started = Instant::now();
+    let mut wasm = Tally::wasm();
+    wasm.detail(format_args!("the server loaded in {:.1?}", server.startup));
+    wasm.detail(guest.build_note());
     let port = server.port.to_string();
-    let output = support::wasmtime(&wasm, &[], &[(ENV_PORT, &port)], &[], None);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let mut guest = Summary::new("wasm32-wasip2");
-    for case in &cases {
-        guest.record(
-            case.name,
-            guest_outcome(&stdout, case.name, &output.status, &stderr),
-        );
-    }
-    guest.print_totals();
-    let guest_turned_away = stdout.lines().find_map(|line| {
+    let run = guest.run(&[(ENV_PORT, &port)], &[]);
+    wasm.record_guest(&run, cases.iter().map(|case| case.name));
+    wasm.end();
+    let guest_turned_away = run.stdout().lines().find_map(|line| {
         line.strip_prefix(TURNED_AWAY_LINE)?
             .trim()
             .parse::<usize>()
             .ok()
     });
-    let guest_ok = output.status.success();
-    if !guest_ok {
-        eprintln!("wasmtime exited with {}:\n{stderr}", output.status);
-    }
-    if guest.failed > 0 {
+    if wasm.failed() {
         eprintln!(
             "pglite-server log (last 40 lines):\n{}",
             server.log_tail(40)
         );
     }
-    let wasm_time = started.elapsed();
     server.stop();
 
     println!("\nPGlite does not support (each shown by the case named):");
@@ -1295,22 +1173,16 @@ fn run() -> bool {
             );
         }
     }
-    println!("\nPGlite totals:");
-    println!(
-        "  native: {} passed, {} failed ({native_time:.1?}; the server loaded in {native_startup:.1?})",
-        native.passed, native.failed
-    );
-    println!(
-        "  wasm32-wasip2: {} passed, {} failed ({wasm_time:.1?}; the server loaded in {guest_startup:.1?}; \
-         the build took {build_time:.1?}, {waited_for_build:.1?} of it after the native cases)",
-        guest.passed, guest.failed
-    );
-    println!(
-        "  connects retried while the server still held the previous client's slot: native {native_turned_away}, \
+    let retried = format!(
+        "connects retried while the server still held the previous client's slot: native {native_turned_away}, \
          wasm32-wasip2 {}",
         guest_turned_away.map_or("unknown".to_owned(), |n| n.to_string())
     );
-    native.failed == 0 && guest.failed == 0 && guest_ok
+    Some(Totals {
+        native,
+        wasm,
+        notes: vec![retried],
+    })
 }
 
 /// `PGLITE_SERVE`: prints how to reach the server, then waits for stdin to close.
@@ -1329,90 +1201,21 @@ fn serve(server: &support::pglite::PGlite) {
     let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
 }
 
-#[cfg(not(target_os = "wasi"))]
-struct Summary {
-    label: &'static str,
-    passed: usize,
-    failed: usize,
-}
-
-#[cfg(not(target_os = "wasi"))]
-impl Summary {
-    fn new(label: &'static str) -> Summary {
-        Summary {
-            label,
-            passed: 0,
-            failed: 0,
-        }
-    }
-
-    /// Counts and prints one case's outcome.
-    fn record(&mut self, name: &str, outcome: Outcome) {
-        match outcome {
-            Ok(seen) => {
-                self.passed += 1;
-                println!("{}: ok   {name} ({seen})", self.label);
-            }
-            Err(why) => {
-                self.failed += 1;
-                println!("{}: FAIL {name}: {why}", self.label);
-            }
-        }
-    }
-
-    fn print_totals(&self) {
-        println!(
-            "{}: {} passed, {} failed",
-            self.label, self.passed, self.failed
-        );
-    }
-}
-
-/// The guest's outcome line for `name`, or why there is none.
-#[cfg(not(target_os = "wasi"))]
-fn guest_outcome(
-    stdout: &str,
-    name: &str,
-    status: &std::process::ExitStatus,
-    stderr: &str,
-) -> Outcome {
-    let line = stdout.lines().find_map(|line| {
-        let mut fields = line.splitn(4, '\t');
-        (fields.next() == Some(OUTCOME_LINE) && fields.next() == Some(name))
-            .then(|| (fields.next(), fields.next()))
-    });
-    match line {
-        Some((Some("ok"), seen)) => Ok(seen.unwrap_or_default().to_string()),
-        Some((_, reason)) => Err(reason.unwrap_or("no reason given").to_string()),
-        None => {
-            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-            Err(format!(
-                "no outcome from the guest (wasmtime exited with {status}; stderr ends: {})",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            ))
-        }
-    }
-}
-
-/// Runs every case and prints an outcome line for each.
+/// Runs every case and prints an outcome line for each, then the number of connects retried.
 #[cfg(target_os = "wasi")]
 fn main() {
-    let port = std::env::var(ENV_PORT)
-        .unwrap_or_else(|_| panic!("{ENV_PORT} is not set: run through `cargo test --test pglite`"))
-        .parse::<u16>()
-        .unwrap_or_else(|e| panic!("{ENV_PORT}: {e}"));
-    let server = Server { port };
+    let server = Server {
+        port: two_target::guest_port(ENV_PORT),
+    };
     for case in all_cases() {
-        let outcome = wstd::runtime::block_on((case.run)(&server));
-        let (status, text) = match outcome {
-            Ok(seen) => ("ok", seen),
-            Err(e) => ("FAIL", e),
+        // Without the backtrace wasmtime appends to the text of a WASI socket error.
+        let outcome = async {
+            (case.run)(&server)
+                .await
+                .map(|seen| short(&seen))
+                .map_err(|why| short(&why))
         };
-        println!(
-            "{OUTCOME_LINE}\t{}\t{status}\t{}",
-            case.name,
-            short(&text).replace(['\t', '\n'], " ")
-        );
+        two_target::run_in_guest(case.name, outcome);
     }
     println!(
         "{TURNED_AWAY_LINE}\t{}",

@@ -16,14 +16,18 @@
 #[cfg(not(target_os = "wasi"))]
 #[allow(dead_code)]
 mod support;
+#[macro_use]
+#[path = "support/two_target.rs"]
+mod two_target;
 
-use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use two_target::{Check, Outcome, join, sleep, with_timeout};
 use wasi_pg_client::pool::{Pool, PoolOptions, PoolStatus, PooledClient};
 use wasi_pg_client::transport::MaybeSend;
 use wasi_pg_client::{Client, Config, ErrorKind, TransactionStatus};
@@ -36,26 +40,6 @@ const LOAD_MAX_SIZE: usize = 8;
 const CASE_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long the server may take to end a backend whose client went away or was terminated.
 const BACKEND_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Fails the case with the condition's message and where it failed.
-macro_rules! ensure {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            return Err(format!("{}:{}: {}", file!(), line!(), format!($($msg)+)));
-        }
-    };
-}
-
-/// Turns any displayable error into the case's failure, naming the step that failed.
-trait During<T> {
-    fn during(self, what: &str) -> Result<T, String>;
-}
-
-impl<T, E: std::fmt::Display> During<T> for Result<T, E> {
-    fn during(self, what: &str) -> Result<T, String> {
-        self.map_err(|e| format!("{what}: {e}"))
-    }
-}
 
 /// What a case gets: where the server is, and how to restart it.
 struct Env {
@@ -212,7 +196,6 @@ impl Monitor {
     }
 }
 
-type Outcome = Result<String, String>;
 type CaseFuture<'a> = Pin<Box<dyn Future<Output = Outcome> + 'a>>;
 
 struct Case {
@@ -327,11 +310,11 @@ async fn load_worker(pool: Pool, task: i32) -> (usize, Option<String>) {
     let mut first = None;
     for i in 0..LOAD_QUERIES {
         let result = async {
-            let mut client = pool.get().await.during("get")?;
+            let mut client = pool.get().await.check("get")?;
             let row = client
                 .query_one("SELECT $1::int4 * 1000 + $2::int4", &[&task, &i])
                 .await
-                .during("query")?;
+                .check("query")?;
             let got: i32 = row.get(0);
             ensure!(got == task * 1000 + i, "task {task} query {i} got {got}");
             Ok(())
@@ -396,13 +379,13 @@ async fn churn_worker(pool: Pool, task: i32) -> Result<[u32; 2], String> {
         match (task + i) % 5 {
             0 => match with_timeout(Duration::from_millis(2), pool.get()).await {
                 Some(client) => {
-                    let mut client = client.during("get")?;
-                    client.simple_query("SELECT 1").await.during("query")?;
+                    let mut client = client.check("get")?;
+                    client.simple_query("SELECT 1").await.check("query")?;
                 }
                 None => dropped[0] += 1,
             },
             1 => {
-                let mut client = pool.get().await.during("get")?;
+                let mut client = pool.get().await.check("get")?;
                 let query = client.simple_query("SELECT pg_sleep(0.01)");
                 if with_timeout(Duration::from_millis(1), query)
                     .await
@@ -412,15 +395,15 @@ async fn churn_worker(pool: Pool, task: i32) -> Result<[u32; 2], String> {
                 }
             }
             2 => {
-                let mut client = pool.get().await.during("get")?;
-                client.batch_execute("BEGIN").await.during("BEGIN")?;
+                let mut client = pool.get().await.check("get")?;
+                client.batch_execute("BEGIN").await.check("BEGIN")?;
             }
             _ => {
-                let mut client = pool.get().await.during("get")?;
+                let mut client = pool.get().await.check("get")?;
                 let row = client
                     .query_one("SELECT $1::int4", &[&i])
                     .await
-                    .during("query")?;
+                    .check("query")?;
                 ensure!(row.get::<_, i32>(0) == i, "wrong answer");
             }
         }
@@ -436,8 +419,8 @@ async fn acquire_timeout_when_all_checked_out(env: &Env) -> Outcome {
         "timeout",
         PoolOptions::new().max_size(2).acquire_timeout(Some(limit)),
     )?;
-    let a = pool.get().await.during("get a")?;
-    let _b = pool.get().await.during("get b")?;
+    let a = pool.get().await.check("get a")?;
+    let _b = pool.get().await.check("get b")?;
     let started = Instant::now();
     let third = pool.get().await;
     let waited = started.elapsed();
@@ -457,7 +440,7 @@ async fn acquire_timeout_when_all_checked_out(env: &Env) -> Outcome {
     let pid = a.backend_pid();
     drop(a);
     let started = Instant::now();
-    let again = pool.get().await.during("get after a return")?;
+    let again = pool.get().await.check("get after a return")?;
     ensure!(
         again.backend_pid() == pid,
         "the returned connection was not reused"
@@ -474,7 +457,7 @@ async fn acquire_timeout_when_all_checked_out(env: &Env) -> Outcome {
 /// (or an empty slot) was granted to it gives that back, so nothing leaks.
 async fn dropped_gets_give_their_slot_back(env: &Env) -> Outcome {
     let pool = env.pool("dropped_gets", PoolOptions::new().max_size(1))?;
-    let mut a = pool.get().await.during("get a")?;
+    let mut a = pool.get().await.check("get a")?;
     let pid = a.backend_pid();
 
     // Queued, then dropped.
@@ -501,7 +484,7 @@ async fn dropped_gets_give_their_slot_back(env: &Env) -> Outcome {
         poll_once(granted.as_mut()).is_pending(),
         "the get did not wait"
     );
-    a.simple_query("SELECT 1").await.during("query on a")?;
+    a.simple_query("SELECT 1").await.check("query on a")?;
     drop(a);
     ensure!(
         pool.status().waiting == 0 && pool.status().idle == 0,
@@ -514,7 +497,7 @@ async fn dropped_gets_give_their_slot_back(env: &Env) -> Outcome {
         status.idle == 1 && status.size == 1,
         "the grant was not given back: {status:?}"
     );
-    let mut b = pool.get().await.during("get b")?;
+    let mut b = pool.get().await.check("get b")?;
     ensure!(b.backend_pid() == pid, "the connection was not reused");
 
     // Granted an empty slot (the connection was discarded), then dropped.
@@ -523,7 +506,7 @@ async fn dropped_gets_give_their_slot_back(env: &Env) -> Outcome {
         poll_once(granted.as_mut()).is_pending(),
         "the get did not wait"
     );
-    b.batch_execute("BEGIN").await.during("BEGIN")?;
+    b.batch_execute("BEGIN").await.check("BEGIN")?;
     drop(b);
     drop(granted);
     let status = pool.status();
@@ -531,7 +514,7 @@ async fn dropped_gets_give_their_slot_back(env: &Env) -> Outcome {
         status.size == 0 && status.waiting == 0 && status.discarded == 1,
         "the empty slot was not given back: {status:?}"
     );
-    let c = pool.get().await.during("get c")?;
+    let c = pool.get().await.check("get c")?;
     ensure!(
         c.backend_pid() != pid && pool.status().opened == 2,
         "{:?}",
@@ -548,8 +531,8 @@ async fn returned_inside_transaction_is_discarded(env: &Env) -> Outcome {
     let mut monitor = env.monitor().await?;
     let mut pids = Vec::new();
 
-    let mut client = pool.get().await.during("get")?;
-    client.batch_execute("BEGIN").await.during("BEGIN")?;
+    let mut client = pool.get().await.check("get")?;
+    client.batch_execute("BEGIN").await.check("BEGIN")?;
     pids.push(client.backend_pid());
     drop(client);
     ensure!(
@@ -558,7 +541,7 @@ async fn returned_inside_transaction_is_discarded(env: &Env) -> Outcome {
         pool.status()
     );
 
-    let mut client = pool.get().await.during("get")?;
+    let mut client = pool.get().await.check("get")?;
     ensure!(
         client.transaction_status() == TransactionStatus::Idle,
         "a fresh connection is not idle"
@@ -578,9 +561,9 @@ async fn returned_inside_transaction_is_discarded(env: &Env) -> Outcome {
         pool.status()
     );
 
-    let mut client = pool.get().await.during("get")?;
+    let mut client = pool.get().await.check("get")?;
     pids.push(client.backend_pid());
-    let transaction = client.transaction().await.during("transaction")?;
+    let transaction = client.transaction().await.check("transaction")?;
     drop(transaction);
     drop(client);
     ensure!(
@@ -589,14 +572,14 @@ async fn returned_inside_transaction_is_discarded(env: &Env) -> Outcome {
         pool.status()
     );
 
-    let mut client = pool.get().await.during("get")?;
+    let mut client = pool.get().await.check("get")?;
     client
         .batch_execute("BEGIN; SELECT 1; COMMIT")
         .await
-        .during("BEGIN; COMMIT")?;
+        .check("BEGIN; COMMIT")?;
     let committed = client.backend_pid();
     drop(client);
-    let client = pool.get().await.during("get")?;
+    let client = pool.get().await.check("get")?;
     ensure!(
         client.backend_pid() == committed && pool.status().discarded == 3,
         "not reused after COMMIT: {:?}",
@@ -615,7 +598,7 @@ async fn returned_inside_transaction_is_discarded(env: &Env) -> Outcome {
 /// A connection returned while the request of a dropped query future is unanswered is closed.
 async fn returned_after_dropped_query_is_discarded(env: &Env) -> Outcome {
     let pool = env.pool("dropped_query", PoolOptions::new().max_size(2))?;
-    let mut client = pool.get().await.during("get")?;
+    let mut client = pool.get().await.check("get")?;
     let pid = client.backend_pid();
     let query = client.simple_query("SELECT pg_sleep(1)");
     ensure!(
@@ -630,9 +613,9 @@ async fn returned_after_dropped_query_is_discarded(env: &Env) -> Outcome {
         "kept with a dropped query pending: {:?}",
         pool.status()
     );
-    let mut client = pool.get().await.during("get")?;
+    let mut client = pool.get().await.check("get")?;
     ensure!(client.backend_pid() != pid, "the same connection came back");
-    client.simple_query("SELECT 1").await.during("query")?;
+    client.simple_query("SELECT 1").await.check("query")?;
     Ok(format!("{:?}", pool.status()))
 }
 
@@ -646,12 +629,12 @@ async fn idle_timeout_closes_idle_connections(env: &Env) -> Outcome {
         .health_check_after(None);
     let pool = env.pool(case, options)?;
     let mut monitor = env.monitor().await?;
-    let a = pool.get().await.during("get a")?;
-    let b = pool.get().await.during("get b")?;
+    let a = pool.get().await.check("get a")?;
+    let b = pool.get().await.check("get b")?;
     drop((a, b));
     ensure!(pool.status().idle == 2, "{:?}", pool.status());
     sleep(timeout + Duration::from_millis(200)).await;
-    pool.maintain().await.during("maintain")?;
+    pool.maintain().await.check("maintain")?;
     let status = pool.status();
     ensure!(
         status.idle == 0 && status.size == 0 && status.discarded == 2,
@@ -659,11 +642,11 @@ async fn idle_timeout_closes_idle_connections(env: &Env) -> Outcome {
     );
     wait_sessions(&mut monitor, &env.app(case), 0).await?;
 
-    let c = pool.get().await.during("get c")?;
+    let c = pool.get().await.check("get c")?;
     let pid = c.backend_pid();
     drop(c);
     sleep(timeout + Duration::from_millis(200)).await;
-    let d = pool.get().await.during("get d")?;
+    let d = pool.get().await.check("get d")?;
     ensure!(
         d.backend_pid() != pid,
         "a connection past idle_timeout was handed out"
@@ -682,10 +665,10 @@ async fn max_lifetime_retires_connections(env: &Env) -> Outcome {
         .idle_timeout(None)
         .health_check_after(None);
     let pool = env.pool("max_lifetime", options)?;
-    let a = pool.get().await.during("get a")?;
+    let a = pool.get().await.check("get a")?;
     let pid = a.backend_pid();
     drop(a);
-    let a = pool.get().await.during("get a again")?;
+    let a = pool.get().await.check("get a again")?;
     ensure!(a.backend_pid() == pid, "a young connection was not reused");
     sleep(lifetime + Duration::from_millis(100)).await;
     drop(a);
@@ -695,12 +678,12 @@ async fn max_lifetime_retires_connections(env: &Env) -> Outcome {
         pool.status()
     );
 
-    let b = pool.get().await.during("get b")?;
+    let b = pool.get().await.check("get b")?;
     let pid = b.backend_pid();
     drop(b);
     ensure!(pool.status().idle == 1, "{:?}", pool.status());
     sleep(lifetime + Duration::from_millis(100)).await;
-    let c = pool.get().await.during("get c")?;
+    let c = pool.get().await.check("get c")?;
     ensure!(
         c.backend_pid() != pid,
         "an idle connection past max_lifetime was handed out"
@@ -719,12 +702,12 @@ async fn health_check_after_idle(env: &Env) -> Outcome {
         .health_check_after(Some(after));
     let pool = env.pool("health_check", options)?;
     let mut monitor = env.monitor().await?;
-    let mut client = pool.get().await.during("get")?;
+    let mut client = pool.get().await.check("get")?;
     let pid = client.backend_pid().ok_or("no backend pid")?;
-    client.simple_query("SELECT 42").await.during("query")?;
+    client.simple_query("SELECT 42").await.check("query")?;
     drop(client);
 
-    let client = pool.get().await.during("get at once")?;
+    let client = pool.get().await.check("get at once")?;
     ensure!(client.backend_pid() == Some(pid), "not reused");
     let last = monitor.last_query(pid).await?;
     ensure!(
@@ -734,7 +717,7 @@ async fn health_check_after_idle(env: &Env) -> Outcome {
     drop(client);
 
     sleep(after + Duration::from_millis(100)).await;
-    let client = pool.get().await.during("get after idling")?;
+    let client = pool.get().await.check("get after idling")?;
     ensure!(
         client.backend_pid() == Some(pid),
         "a healthy connection was replaced"
@@ -755,13 +738,13 @@ async fn terminated_idle_connection_is_replaced(env: &Env) -> Outcome {
         .health_check_after(Some(after));
     let pool = env.pool("terminated", options)?;
     let mut monitor = env.monitor().await?;
-    let client = pool.get().await.during("get")?;
+    let client = pool.get().await.check("get")?;
     let pid = client.backend_pid().ok_or("no backend pid")?;
     drop(client);
     monitor.terminate(pid).await?;
     sleep(after + Duration::from_millis(50)).await;
 
-    let mut client = pool.get().await.during("get after terminate")?;
+    let mut client = pool.get().await.check("get after terminate")?;
     ensure!(
         client.backend_pid() != Some(pid),
         "the terminated connection was handed out"
@@ -769,7 +752,7 @@ async fn terminated_idle_connection_is_replaced(env: &Env) -> Outcome {
     let row = client
         .query_one("SELECT 1::int4", &[])
         .await
-        .during("query")?;
+        .check("query")?;
     ensure!(row.get::<_, i32>(0) == 1, "wrong answer");
     let status = pool.status();
     ensure!(status.discarded == 1 && status.opened == 2, "{status:?}");
@@ -782,12 +765,12 @@ async fn broken_connection_is_not_reused(env: &Env) -> Outcome {
     let options = PoolOptions::new().max_size(2).health_check_after(None);
     let pool = env.pool("broken", options)?;
     let mut monitor = env.monitor().await?;
-    let client = pool.get().await.during("get")?;
+    let client = pool.get().await.check("get")?;
     let pid = client.backend_pid().ok_or("no backend pid")?;
     drop(client);
     monitor.terminate(pid).await?;
 
-    let mut client = pool.get().await.during("get the dead one")?;
+    let mut client = pool.get().await.check("get the dead one")?;
     ensure!(
         client.backend_pid() == Some(pid),
         "expected the unchecked idle connection"
@@ -803,8 +786,8 @@ async fn broken_connection_is_not_reused(env: &Env) -> Outcome {
         "a broken connection was taken back: {:?}",
         pool.status()
     );
-    let mut client = pool.get().await.during("get")?;
-    client.simple_query("SELECT 1").await.during("query")?;
+    let mut client = pool.get().await.check("get")?;
+    client.simple_query("SELECT 1").await.check("query")?;
     Ok(format!("the dead one said: {e}"))
 }
 
@@ -815,18 +798,18 @@ async fn maintain_keeps_min_idle(env: &Env) -> Outcome {
     let pool = env.pool(case, options)?;
     let mut monitor = env.monitor().await?;
     let app = env.app(case);
-    pool.maintain().await.during("maintain")?;
+    pool.maintain().await.check("maintain")?;
     expect_status(&pool, 2, 2, 0)?;
     wait_sessions(&mut monitor, &app, 2).await?;
 
-    let a = pool.get().await.during("get a")?;
-    let b = pool.get().await.during("get b")?;
+    let a = pool.get().await.check("get a")?;
+    let b = pool.get().await.check("get b")?;
     expect_status(&pool, 2, 0, 2)?;
-    pool.maintain().await.during("maintain")?;
+    pool.maintain().await.check("maintain")?;
     expect_status(&pool, 4, 2, 2)?;
 
-    let c = pool.get().await.during("get c")?;
-    pool.maintain().await.during("maintain at max_size")?;
+    let c = pool.get().await.check("get c")?;
+    pool.maintain().await.check("maintain at max_size")?;
     expect_status(&pool, 4, 1, 3)?;
     wait_sessions(&mut monitor, &app, 4).await?;
     drop((a, b, c));
@@ -853,7 +836,7 @@ async fn server_restart_while_in_use(env: &Env) -> Outcome {
     let warm: Vec<PooledClient> = {
         let mut held = Vec::new();
         for _ in 0..4 {
-            held.push(pool.get().await.during("warm up")?);
+            held.push(pool.get().await.check("warm up")?);
         }
         held
     };
@@ -863,7 +846,7 @@ async fn server_restart_while_in_use(env: &Env) -> Outcome {
 
     // Two queries in flight when the server goes down; two connections idle.
     let in_flight = |pool: Pool| async move {
-        let mut client = pool.get().await.during("get")?;
+        let mut client = pool.get().await.check("get")?;
         let result = client.simple_query("SELECT pg_sleep(60)").await;
         Ok::<_, String>(result.err())
     };
@@ -897,11 +880,11 @@ async fn server_restart_while_in_use(env: &Env) -> Outcome {
         .map(|i| {
             let pool = pool.clone();
             async move {
-                let mut client = pool.get().await.during("get after the restart")?;
+                let mut client = pool.get().await.check("get after the restart")?;
                 let row = client
                     .query_one("SELECT $1::int4", &[&i])
                     .await
-                    .during("query after the restart")?;
+                    .check("query after the restart")?;
                 ensure!(row.get::<_, i32>(0) == i, "wrong answer");
                 Ok::<_, String>(client.backend_pid())
             }
@@ -961,57 +944,9 @@ async fn wait_sessions(monitor: &mut Monitor, app: &str, count: i64) -> Result<(
     }
 }
 
-async fn sleep(duration: Duration) {
-    #[cfg(not(target_os = "wasi"))]
-    tokio::time::sleep(duration).await;
-    #[cfg(target_os = "wasi")]
-    wstd::task::sleep(duration.into()).await;
-}
-
-/// `future`'s output, or `None` if `limit` passed first (the future is dropped then).
-async fn with_timeout<F: Future>(limit: Duration, future: F) -> Option<F::Output> {
-    let mut future = pin!(future);
-    let mut timer = pin!(sleep(limit));
-    poll_fn(|cx| {
-        if let Poll::Ready(output) = future.as_mut().poll(cx) {
-            return Poll::Ready(Some(output));
-        }
-        timer.as_mut().poll(cx).map(|()| None)
-    })
-    .await
-}
-
 /// Polls `future` once, with a waker that does nothing.
 fn poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
     future.poll(&mut Context::from_waker(Waker::noop()))
-}
-
-/// Both futures' outputs, run concurrently in the current task.
-async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
-    let (mut a, mut b) = (pin!(a), pin!(b));
-    let (mut a_out, mut b_out) = (None, None);
-    poll_fn(|cx| {
-        if a_out.is_none()
-            && let Poll::Ready(out) = a.as_mut().poll(cx)
-        {
-            a_out = Some(out);
-        }
-        if b_out.is_none()
-            && let Poll::Ready(out) = b.as_mut().poll(cx)
-        {
-            b_out = Some(out);
-        }
-        if a_out.is_some() && b_out.is_some() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
-    .await;
-    match (a_out, b_out) {
-        (Some(a), Some(b)) => (a, b),
-        _ => unreachable!("both futures finished"),
-    }
 }
 
 /// Runs the futures concurrently and returns their outputs in order: natively as tasks of the multi-thread
@@ -1042,7 +977,7 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
     let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
     let mut left = futures.len();
-    poll_fn(|cx| {
+    std::future::poll_fn(|cx| {
         for (future, output) in futures.iter_mut().zip(&mut outputs) {
             if output.is_none()
                 && let Poll::Ready(out) = future.as_mut().poll(cx)
@@ -1073,9 +1008,6 @@ async fn run_case(case: &Case, env: &Env) -> Outcome {
 // The two harnesses.
 // ---------------------------------------------------------------------------------------------------------
 
-/// The marker of the lines in which the guest reports a case: `outcome\t<case>\tok\t<seen>` or
-/// `outcome\t<case>\tFAIL\t<reason>`.
-const OUTCOME_LINE: &str = "outcome";
 /// The directory shared with the guest for restart requests, as the guest sees it.
 const CTL_GUEST_DIR: &str = "/ctl";
 /// Created by the guest to ask for a restart; the host removes it.
@@ -1097,24 +1029,23 @@ fn assert_thread_safe() {
 #[cfg(not(target_os = "wasi"))]
 fn main() {
     assert_thread_safe();
-    let failed = run();
-    if failed > 0 {
-        eprintln!("{failed} pool cases failed");
-        std::process::exit(1);
-    }
+    // `run` returns before the exit, so the cluster is stopped either way.
+    run().finish("pool");
 }
 
-/// Runs every case natively, then under wasmtime; the number of failures.
+/// Runs every case natively, then under wasmtime, serving the guest's restart requests.
 #[cfg(not(target_os = "wasi"))]
-fn run() -> usize {
-    use support::{Cluster, Role, WasmBuild};
+fn run() -> two_target::Totals {
+    use support::{Cluster, Role};
+    use two_target::{Guest, Tally, Totals};
 
     let cluster = Cluster::start();
     let conninfo = cluster.conninfo(Role::Trust);
     let cluster = Arc::new(std::sync::Mutex::new(cluster));
     let cases = all_cases();
 
-    let started = Instant::now();
+    let mut native = Tally::native();
+    // Multi-thread: the load case spawns its workers as tasks, so the pool is shared across threads.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1124,135 +1055,62 @@ fn run() -> usize {
         target: "native",
         cluster: cluster.clone(),
     };
-    let outcomes: Vec<Outcome> = cases
-        .iter()
-        .map(|case| runtime.block_on(run_case(case, &env)))
-        .collect();
+    for case in &cases {
+        native.record(case.name, runtime.block_on(run_case(case, &env)));
+    }
     drop(runtime);
-    let native = report("native", &cases, &outcomes);
-    let native_time = started.elapsed();
+    native.end();
 
-    let started = Instant::now();
-    let wasm = support::build_wasm(WasmBuild::Test("pool"));
-    let build_time = started.elapsed();
-    let started = Instant::now();
+    let guest = Guest::build();
+    let mut wasm = Tally::wasm();
+    wasm.detail(guest.build_note());
     let ctl_dir = std::env::temp_dir().join(format!("wasi-pg-pool-ctl-{}", std::process::id()));
     std::fs::create_dir_all(&ctl_dir).expect("cannot create the control dir");
-    let guest = {
-        let (wasm, ctl_dir, conninfo) = (wasm.clone(), ctl_dir.clone(), conninfo.clone());
-        std::thread::spawn(move || {
-            support::wasmtime(
-                &wasm,
-                &[],
-                &[(CONNINFO_VAR, conninfo.as_str())],
+    let run = std::thread::scope(|scope| {
+        let run = scope.spawn(|| {
+            guest.run(
+                &[(CONNINFO_VAR, &conninfo)],
                 &[(ctl_dir.as_path(), CTL_GUEST_DIR)],
-                None,
             )
-        })
-    };
-    // Serve restart requests until the guest exits.
-    while !guest.is_finished() {
-        let request = ctl_dir.join(CTL_RESTART);
-        if request.exists() {
-            let _ = std::fs::remove_file(&request);
-            let mut cluster = cluster.lock().unwrap_or_else(|e| e.into_inner());
-            cluster.shut_down();
-            cluster.start_again();
-            std::fs::write(ctl_dir.join(CTL_RESTARTED), b"").expect("cannot answer the guest");
+        });
+        // Serve restart requests until the guest exits.
+        while !run.is_finished() {
+            let request = ctl_dir.join(CTL_RESTART);
+            if request.exists() {
+                let _ = std::fs::remove_file(&request);
+                let mut cluster = cluster.lock().unwrap_or_else(|e| e.into_inner());
+                cluster.shut_down();
+                cluster.start_again();
+                std::fs::write(ctl_dir.join(CTL_RESTARTED), b"").expect("cannot answer the guest");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = guest.join().expect("the wasmtime thread panicked");
+        run.join().expect("the wasmtime thread panicked")
+    });
     let _ = std::fs::remove_dir_all(&ctl_dir);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    for line in stdout.lines().filter(|line| line.starts_with("pool:")) {
+    for line in run
+        .stdout()
+        .lines()
+        .filter(|line| line.starts_with("pool:"))
+    {
         println!("wasm32-wasip2 {line}");
     }
-    let outcomes: Vec<Outcome> = cases
-        .iter()
-        .map(|case| guest_outcome(&stdout, case.name, &output.status, &stderr))
-        .collect();
-    let wasm_failed = report("wasm32-wasip2", &cases, &outcomes);
-    let wasm_time = started.elapsed();
-    if !output.status.success() {
-        eprintln!("wasmtime exited with {}:\n{stderr}", output.status);
-    }
-
-    println!("\npool totals:");
-    println!(
-        "  native: {} passed, {native} failed ({native_time:.1?})",
-        cases.len() - native
-    );
-    println!(
-        "  wasm32-wasip2: {} passed, {wasm_failed} failed ({wasm_time:.1?}, plus {build_time:.1?} to build)",
-        cases.len() - wasm_failed
-    );
-    native + wasm_failed + usize::from(!output.status.success())
-}
-
-/// Prints one line per case and a summary; the number of failures.
-#[cfg(not(target_os = "wasi"))]
-fn report(label: &str, cases: &[Case], outcomes: &[Outcome]) -> usize {
-    let mut failed = 0;
-    for (case, outcome) in cases.iter().zip(outcomes) {
-        match outcome {
-            Ok(seen) => println!("{label}: ok   {} ({seen})", case.name),
-            Err(why) => {
-                failed += 1;
-                println!("{label}: FAIL {}: {why}", case.name);
-            }
-        }
-    }
-    println!("{label}: {} passed, {failed} failed", cases.len() - failed);
-    failed
-}
-
-/// The guest's outcome line for `name`, or why there is none.
-#[cfg(not(target_os = "wasi"))]
-fn guest_outcome(
-    stdout: &str,
-    name: &str,
-    status: &std::process::ExitStatus,
-    stderr: &str,
-) -> Outcome {
-    let line = stdout.lines().find_map(|line| {
-        let mut fields = line.splitn(4, '\t');
-        (fields.next() == Some(OUTCOME_LINE) && fields.next() == Some(name))
-            .then(|| (fields.next(), fields.next()))
-    });
-    match line {
-        Some((Some("ok"), seen)) => Ok(seen.unwrap_or_default().to_string()),
-        Some((_, reason)) => Err(reason.unwrap_or("no reason given").to_string()),
-        None => {
-            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-            Err(format!(
-                "no outcome from the guest (wasmtime exited with {status}; stderr ends: {})",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            ))
-        }
+    wasm.record_guest(&run, cases.iter().map(|case| case.name));
+    wasm.end();
+    Totals {
+        native,
+        wasm,
+        notes: Vec::new(),
     }
 }
 
 #[cfg(target_os = "wasi")]
 fn main() {
-    let conninfo = std::env::var(CONNINFO_VAR).unwrap_or_else(|_| {
-        panic!("{CONNINFO_VAR} is not set: run through `cargo test --test pool`")
-    });
     let env = Env {
-        conninfo,
+        conninfo: two_target::guest_var(CONNINFO_VAR),
         target: "wasm",
     };
     for case in all_cases() {
-        let outcome = wstd::runtime::block_on(run_case(&case, &env));
-        let (verdict, text) = match outcome {
-            Ok(seen) => ("ok", seen),
-            Err(why) => ("FAIL", why),
-        };
-        println!(
-            "{OUTCOME_LINE}\t{}\t{verdict}\t{}",
-            case.name,
-            text.replace(['\t', '\n'], " ")
-        );
+        two_target::run_in_guest(case.name, run_case(&case, &env));
     }
 }

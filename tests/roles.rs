@@ -20,10 +20,14 @@
 #[cfg(not(target_os = "wasi"))]
 #[allow(dead_code)]
 mod support;
+#[macro_use]
+#[path = "support/two_target.rs"]
+mod two_target;
 
 use std::future::Future;
 use std::pin::Pin;
 
+use two_target::Outcome;
 use wasi_pg_client::{Client, Config, SimpleQueryMessage};
 
 /// How many connections the `load_balance_hosts=random` case makes; both nodes turn up in all but 2 of 2^40
@@ -92,8 +96,6 @@ impl Phase {
     }
 }
 
-/// What a case saw (for the log), or why it failed.
-type Outcome = Result<String, String>;
 type CaseFuture<'a> = Pin<Box<dyn Future<Output = Outcome> + 'a>>;
 
 struct Case {
@@ -136,14 +138,6 @@ fn all_cases() -> Vec<Case> {
         PrimaryBack: primary_back_read_write_reaches_it,
         PrimaryBack: primary_back_primary_reaches_it,
     ]
-}
-
-macro_rules! ensure {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            return Err(format!("{}:{}: {}", file!(), line!(), format!($($msg)+)));
-        }
-    };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -487,9 +481,6 @@ async fn first_row(client: &mut Client, sql: &str) -> Result<Vec<String>, String
 // The two harnesses.
 // ---------------------------------------------------------------------------------------------------------
 
-/// The marker of the lines in which the wasm guest reports a case: `outcome\t<case>\tok\t<seen>` or
-/// `outcome\t<case>\tFAIL\t<reason>`.
-const OUTCOME_LINE: &str = "outcome";
 /// The environment variables that carry [`Nodes`] and the phase to the guest.
 const ENV_PRIMARY: &str = "ROLES_PRIMARY_PORT";
 const ENV_STANDBY: &str = "ROLES_STANDBY_PORT";
@@ -501,27 +492,21 @@ const ENV_PHASE: &str = "ROLES_PHASE";
 #[cfg(not(target_os = "wasi"))]
 fn main() {
     // `run` returns before the exit, so the clusters are stopped and deleted either way.
-    if !run() {
-        eprintln!("role cases failed");
-        std::process::exit(1);
+    if let Some(totals) = run() {
+        totals.finish("role");
     }
 }
 
-/// Runs every case natively, then under wasmtime; whether all passed.
+/// Runs every case natively, then under wasmtime (once per phase); `None` for `ROLES_SERVE`.
 #[cfg(not(target_os = "wasi"))]
-fn run() -> bool {
+fn run() -> Option<two_target::Totals> {
     use std::time::Instant;
-    use support::{Cluster, Role, WasmBuild};
+    use support::{Cluster, Role};
+    use two_target::{Guest, Tally, Totals};
 
     let serve_only = std::env::var_os("ROLES_SERVE").is_some();
     // The guest builds while the clusters start.
-    let build = (!serve_only).then(|| {
-        std::thread::spawn(|| {
-            let started = Instant::now();
-            let wasm = support::build_wasm(WasmBuild::Test("roles"));
-            (wasm, started.elapsed())
-        })
-    });
+    let build = (!serve_only).then(Guest::build_in_background);
     let started = Instant::now();
     let (mut primary, standby) = Cluster::start_replicated();
     // The role of the read-only case; a role setting reaches the standby too, where it changes nothing.
@@ -546,43 +531,28 @@ fn run() -> bool {
     let setup_time = started.elapsed();
     let Some(build) = build else {
         serve(&nodes);
-        return true;
+        return None;
     };
 
     let cases = all_cases();
-    let started = Instant::now();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let mut native = Summary::new("native");
+    let in_phase = |phase| cases.iter().filter(move |case: &&Case| case.phase == phase);
+    let mut native = Tally::native();
+    let runtime = two_target::native_runtime();
     for phase in Phase::ALL {
         enter(phase, &mut primary);
-        for case in cases.iter().filter(|case| case.phase == phase) {
+        for case in in_phase(phase) {
             native.record(case.name, runtime.block_on((case.run)(&nodes)));
         }
     }
-    native.print_totals();
-    let native_time = started.elapsed();
+    native.end();
 
-    let started = Instant::now();
-    let (wasm, build_time) = match build.join() {
-        Ok(built) => built,
-        Err(_) => {
-            eprintln!("building the wasm guest panicked (see above)");
-            return false;
-        }
-    };
-    let waited_for_build = started.elapsed();
-    let started = Instant::now();
+    let guest = build.wait();
+    let mut wasm = Tally::wasm();
+    wasm.detail(guest.build_note());
     let ports = [nodes.primary, nodes.standby, nodes.unused].map(|port| port.to_string());
-    let mut guest = Summary::new("wasm32-wasip2");
-    let mut guest_ok = true;
     for phase in Phase::ALL {
         enter(phase, &mut primary);
-        let output = support::wasmtime(
-            &wasm,
-            &[],
+        let run = guest.run(
             &[
                 (ENV_PHASE, phase.name()),
                 (ENV_PRIMARY, &ports[0]),
@@ -592,41 +562,19 @@ fn run() -> bool {
                 (ENV_READ_ONLY_LOGIN, &nodes.read_only_login),
             ],
             &[],
-            None,
         );
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        for case in cases.iter().filter(|case| case.phase == phase) {
-            guest.record(
-                case.name,
-                guest_outcome(&stdout, case.name, &output.status, &stderr),
-            );
-        }
-        if !output.status.success() {
-            guest_ok = false;
-            eprintln!(
-                "wasmtime ({}) exited with {}:\n{stderr}",
-                phase.name(),
-                output.status
-            );
-        }
+        wasm.record_guest(&run, in_phase(phase).map(|case| case.name));
     }
-    guest.print_totals();
-    let wasm_time = started.elapsed();
+    wasm.end();
     drop((primary, standby));
 
-    println!("\nrole totals:");
-    println!("  setup: primary and standby streaming in {setup_time:.1?}");
-    println!(
-        "  native: {} passed, {} failed ({native_time:.1?})",
-        native.passed, native.failed
-    );
-    println!(
-        "  wasm32-wasip2: {} passed, {} failed ({wasm_time:.1?}; the build took {build_time:.1?}, \
-         {waited_for_build:.1?} of it after the native cases)",
-        guest.passed, guest.failed
-    );
-    native.failed == 0 && guest.failed == 0 && guest_ok
+    Some(Totals {
+        native,
+        wasm,
+        notes: vec![format!(
+            "setup: primary and standby streaming in {setup_time:.1?}"
+        )],
+    })
 }
 
 /// Puts the primary in the state `phase` needs (the standby stays up throughout).
@@ -653,108 +601,22 @@ fn serve(nodes: &Nodes) {
     let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
 }
 
-#[cfg(not(target_os = "wasi"))]
-struct Summary {
-    label: &'static str,
-    passed: usize,
-    failed: usize,
-}
-
-#[cfg(not(target_os = "wasi"))]
-impl Summary {
-    fn new(label: &'static str) -> Summary {
-        Summary {
-            label,
-            passed: 0,
-            failed: 0,
-        }
-    }
-
-    /// Counts and prints one case's outcome.
-    fn record(&mut self, name: &str, outcome: Outcome) {
-        match outcome {
-            Ok(seen) => {
-                self.passed += 1;
-                println!("{}: ok   {name} ({seen})", self.label);
-            }
-            Err(why) => {
-                self.failed += 1;
-                println!("{}: FAIL {name}: {why}", self.label);
-            }
-        }
-    }
-
-    fn print_totals(&self) {
-        println!(
-            "{}: {} passed, {} failed",
-            self.label, self.passed, self.failed
-        );
-    }
-}
-
-/// The guest's outcome line for `name`, or why there is none.
-#[cfg(not(target_os = "wasi"))]
-fn guest_outcome(
-    stdout: &str,
-    name: &str,
-    status: &std::process::ExitStatus,
-    stderr: &str,
-) -> Outcome {
-    let line = stdout.lines().find_map(|line| {
-        let mut fields = line.splitn(4, '\t');
-        (fields.next() == Some(OUTCOME_LINE) && fields.next() == Some(name))
-            .then(|| (fields.next(), fields.next()))
-    });
-    match line {
-        Some((Some("ok"), seen)) => Ok(seen.unwrap_or_default().to_string()),
-        Some((_, reason)) => Err(reason.unwrap_or("no reason given").to_string()),
-        None => {
-            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-            Err(format!(
-                "no outcome from the guest (wasmtime exited with {status}; stderr ends: {})",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            ))
-        }
-    }
-}
-
 /// Runs the cases of the phase in `ROLES_PHASE` and prints an outcome line for each.
 #[cfg(target_os = "wasi")]
 fn main() {
-    let var = |name: &str| {
-        std::env::var(name)
-            .unwrap_or_else(|_| panic!("{name} is not set: run through `cargo test --test roles`"))
-    };
-    let port = |name: &str| {
-        var(name)
-            .parse::<u16>()
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
-    };
     let nodes = Nodes {
-        primary: port(ENV_PRIMARY),
-        standby: port(ENV_STANDBY),
-        unused: port(ENV_UNUSED),
-        login: var(ENV_LOGIN),
-        read_only_login: var(ENV_READ_ONLY_LOGIN),
+        primary: two_target::guest_port(ENV_PRIMARY),
+        standby: two_target::guest_port(ENV_STANDBY),
+        unused: two_target::guest_port(ENV_UNUSED),
+        login: two_target::guest_var(ENV_LOGIN),
+        read_only_login: two_target::guest_var(ENV_READ_ONLY_LOGIN),
     };
-    let phase_name = var(ENV_PHASE);
+    let phase_name = two_target::guest_var(ENV_PHASE);
     let phase = Phase::ALL
         .into_iter()
         .find(|phase| phase.name() == phase_name)
         .unwrap_or_else(|| panic!("{ENV_PHASE}={phase_name:?} is no phase"));
     for case in all_cases().into_iter().filter(|case| case.phase == phase) {
-        let outcome = wstd::runtime::block_on((case.run)(&nodes));
-        match outcome {
-            Ok(seen) => println!(
-                "{OUTCOME_LINE}\t{}\tok\t{}",
-                case.name,
-                seen.replace(['\t', '\n'], " ")
-            ),
-            Err(e) => println!(
-                "{OUTCOME_LINE}\t{}\tFAIL\t{}",
-                case.name,
-                e.replace(['\t', '\n'], " ")
-            ),
-        }
+        two_target::run_in_guest(case.name, (case.run)(&nodes));
     }
 }
