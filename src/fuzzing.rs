@@ -13,9 +13,12 @@
 //! | [`conninfo`] | a connection string or URI |
 //! | [`values`] | one value of any type, binary or text, or a binary COPY stream of them |
 //! | [`pipeline`] | the server's answers to a pipeline, with asynchronous messages and faults mixed in, and a caller that gives up |
+//!
+//! [`record_seeds`] records the seed corpora from real sessions with a server (`scripts/record-seeds.sh`).
 
 mod backend;
 mod pipeline;
+mod record;
 mod scram;
 #[cfg(test)]
 mod tests;
@@ -23,6 +26,7 @@ mod values;
 
 pub use backend::backend_stream;
 pub use pipeline::pipeline;
+pub use record::record_seeds;
 pub use scram::scram;
 pub use values::{try_decode, values};
 

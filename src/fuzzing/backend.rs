@@ -7,7 +7,7 @@
 //! FROM STDIN opens, decodes every DataRow and every binary COPY OUT row, and once the plan is done keeps
 //! reading as a client waiting for notifications does.
 //!
-//! The same driver records the seed corpus against a real server (`tests.rs`), so the seeds are real
+//! The same driver records the seed corpus against a real server (`record.rs`), so the seeds are real
 //! sessions of exactly these plans.
 //!
 //! Invariants, beyond no panic and no unbounded allocation:
