@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full test run, as CI does it: native tests (unit, transcript, live against a real
 # PostgreSQL; the live tests also build the wasm32-wasip2 scenario runner and run it under
-# wasmtime), every example built for wasm32-wasip2, a bounded fuzz smoke, then the doc tests.
+# wasmtime), every example built for wasm32-wasip2, a bounded fuzz smoke, the fuzz seed
+# recorder against a throwaway cluster, then the doc tests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -51,11 +52,12 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
 # The toolchain is FUZZ_TOOLCHAIN if set, else nightly when rustup has it, else the current one (stable);
 # RUSTC_BOOTSTRAP=1 lets a stable toolchain take cargo-fuzz's unstable flags. AddressSanitizer is used if its
 # runtime is in the toolchain's sysroot, else no sanitizer. The targets are the files of fuzz/fuzz_targets/
-# (`cargo fuzz list` also names fuzz/'s record_seeds, which is not one).
+# (`cargo fuzz list` also names fuzz/'s record_seeds, which is not one); fuzz_bin_dir is where they are built.
 fuzz_targets=()
 for target in fuzz/fuzz_targets/*.rs; do
     fuzz_targets+=("$(basename "$target" .rs)")
 done
+fuzz_bin_dir=""
 fuzz_smoke() {
     local seconds="${FUZZ_SECONDS:-}"
     if [ -z "$seconds" ]; then
@@ -84,6 +86,7 @@ fuzz_smoke() {
         sanitizer=none
         "${build[@]}" --sanitizer none
     fi
+    fuzz_bin_dir="$target_dir/$("${rustc_cmd[@]}" -vV | sed -n 's/^host: //p')/release"
     [ "$seconds" -gt 0 ] || return 0
 
     local target root="$PWD/fuzz" failed=() summary=()
@@ -124,6 +127,47 @@ fuzz_smoke() {
 
 step "fuzz smoke (cargo fuzz: each target of fuzz/ from its seeds, FUZZ_SECONDS each)"
 fuzz_smoke
+
+# The seed recorder (scripts/record-seeds.sh: a throwaway cluster, real sessions) into a temp dir. Every fuzz
+# target must get seeds, none of them empty, and each seed must run through its target's fuzzer as the smoke
+# built it without a finding. What it records is not compared with fuzz/seeds: some bytes differ on every run.
+seed_recorder() {
+    local dir
+    dir="$(mktemp -d /tmp/wasi-pg-seeds.XXXXXX)"
+    if ! check_recorded_seeds "$dir"; then
+        printf 'seed recorder: what it recorded is in %s\n' "$dir" >&2
+        return 1
+    fi
+    rm -rf -- "$dir"
+}
+# Called in a condition, where set -e is off: every failure returns explicitly.
+check_recorded_seeds() {
+    local dir="$1" target empty log
+    bash scripts/record-seeds.sh "$dir" || return 1
+    for target in "${fuzz_targets[@]}"; do
+        if ! compgen -G "$dir/$target/*" >/dev/null; then
+            printf 'seed recorder: no seeds for %s\n' "$target" >&2
+            return 1
+        fi
+        empty="$(find "$dir/$target" -type f -empty)"
+        if [ -n "$empty" ]; then
+            printf 'seed recorder: empty seeds:\n%s\n' "$empty" >&2
+            return 1
+        fi
+        # Files, not a directory: libFuzzer runs each once and stops.
+        log="$dir/$target.log"
+        if ! "$fuzz_bin_dir/$target" -timeout=20 -rss_limit_mb=2048 "$dir/$target"/* >"$log" 2>&1; then
+            tail -40 "$log" >&2
+            printf 'seed recorder: a recorded %s seed fails its fuzzer\n' "$target" >&2
+            return 1
+        fi
+        printf 'seed recorder: %s: %s seeds, each run through its fuzzer\n' "$target" \
+            "$(find "$dir/$target" -type f | wc -l)"
+    done
+}
+
+step "seed recorder (scripts/record-seeds.sh into a temp dir; seeds for every target, each run by its fuzzer)"
+seed_recorder
 
 step "doc tests (cargo test --doc)"
 cargo test --doc
