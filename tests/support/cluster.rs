@@ -19,12 +19,13 @@ use std::fs;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::process::{Child, Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::child::run_with_timeout;
+use super::server_dir;
 
 /// Loopback address every cluster listens on (it also listens on `::1`).
 const HOST: &str = "127.0.0.1";
@@ -48,8 +49,6 @@ const CLIENT_CA_FILE: &str = "client-ca.crt";
 /// Serialises "pick a free port, start the server on it" within this process, so two
 /// clusters starting at once never pick the same port. initdb runs outside it, in parallel.
 static START_LOCK: Mutex<()> = Mutex::new(());
-/// Makes temp dir names unique within this process.
-static DIR_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A login role of the test cluster; each one authenticates over TCP with a different method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,7 +242,7 @@ impl Cluster {
     fn prepare(setup: &Setup, replication: Replication) -> Cluster {
         let bin_dir = server_bin_dir();
         let as_postgres = running_as_root();
-        let root = create_root_dir();
+        let root = server_dir::create("test");
         let mut cluster = Cluster {
             host: HOST.to_owned(),
             port: 0,
@@ -360,10 +359,7 @@ impl Cluster {
 
     /// The last `lines` lines of the server log (empty if there is none yet).
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = fs::read(&self.log_path).unwrap_or_default();
-        let log = String::from_utf8_lossy(&log);
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        server_dir::log_tail(&self.log_path, lines)
     }
 
     /// Stops the server (`pg_ctl stop -m immediate`) and deletes the temp dir. Idempotent;
@@ -383,11 +379,7 @@ impl Cluster {
         self.running = false;
         if !self.removed {
             self.removed = true;
-            if let Err(e) = fs::remove_dir_all(&self.root)
-                && e.kind() != ErrorKind::NotFound
-            {
-                eprintln!("[support] cannot remove {}: {e}", self.root.display());
-            }
+            server_dir::remove(&self.root);
         }
         if let Some(mut reaper) = self.reaper.take() {
             // wait() closes its stdin first; on that EOF the reaper repeats the cleanup above,
@@ -736,27 +728,20 @@ impl Cluster {
         cmd
     }
 
-    /// Spawns `sh` waiting for EOF on stdin, then stopping the server and deleting the dir.
-    /// It ignores the terminal's signals so that Ctrl-C on `cargo test` still cleans up.
+    /// Spawns a [`server_dir::reaper`] that stops the server and deletes the dir.
     fn spawn_reaper(&self) -> Option<Child> {
         const SCRIPT: &str = r#"trap '' INT TERM HUP
 cat >/dev/null
 "$@" stop -m immediate -w -t 60 -D "$REAP_DATA" >/dev/null 2>&1
 rm -rf -- "$REAP_ROOT""#;
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c").arg(SCRIPT).arg("reaper");
+        let mut cmd = server_dir::reaper(SCRIPT);
         if self.as_postgres {
             cmd.args(["runuser", "-u", "postgres", "--"]);
         }
         cmd.arg(self.bin_dir.join("pg_ctl"))
             .env("REAP_DATA", &self.data_dir)
-            .env("REAP_ROOT", &self.root)
-            .current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .env("REAP_ROOT", &self.root);
         clear_pg_env(&mut cmd);
-        // Best effort: without a reaper, Drop still cleans up in every ordinary case.
         cmd.spawn().ok()
     }
 
@@ -863,29 +848,6 @@ fn hba_conf(setup: &Setup) -> String {
     hba
 }
 
-/// A fresh directory under /tmp, named `wasi-pg-test-<pid>-<counter>-<nanos>`.
-///
-/// Not `std::env::temp_dir()`: TMPDIR may be somewhere the `postgres` user cannot reach, or
-/// long enough to push the socket path past the 107-byte limit of `sun_path`.
-fn create_root_dir() -> PathBuf {
-    loop {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let counter = DIR_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = PathBuf::from(format!(
-            "/tmp/wasi-pg-test-{}-{counter}-{nanos}",
-            std::process::id()
-        ));
-        match fs::create_dir(&dir) {
-            Ok(()) => return dir,
-            // A leftover from an earlier process with the same pid: pick another name.
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
-            Err(e) => panic!("cannot create {}: {e}", dir.display()),
-        }
-    }
-}
-
 /// Where initdb and pg_ctl live: the Debian PostgreSQL 15 dir, else the newest
 /// /usr/lib/postgresql/<version>/bin, else wherever `pg_config --bindir` says.
 fn server_bin_dir() -> PathBuf {
@@ -930,7 +892,7 @@ fn psql_path() -> &'static Path {
 }
 
 /// Whether the effective uid is 0 (std has no geteuid; Linux reports it in /proc).
-fn running_as_root() -> bool {
+pub(super) fn running_as_root() -> bool {
     if let Ok(status) = fs::read_to_string("/proc/self/status") {
         // "Uid:\t<real>\t<effective>\t<saved>\t<fs>"
         if let Some(euid) = status

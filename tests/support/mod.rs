@@ -24,6 +24,8 @@ pub mod fake_server;
 mod pgbouncer;
 pub mod pglite;
 #[allow(dead_code, unreachable_pub)]
+mod server_dir;
+#[allow(dead_code, unreachable_pub)]
 mod wasm;
 // rcgen is a native dev-dependency only.
 #[cfg(not(target_os = "wasi"))]

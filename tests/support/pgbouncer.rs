@@ -12,15 +12,15 @@
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::child::run_with_timeout;
-use super::cluster::{Cluster, Role, free_port};
+use super::cluster::{Cluster, Role, free_port, running_as_root};
+use super::server_dir;
 
 /// Where Debian's `pgbouncer` package puts the binary.
 const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
@@ -40,9 +40,6 @@ const PSQL_TIMEOUT: Duration = Duration::from_secs(60);
 const START_ATTEMPTS: u32 = 5;
 /// Log lines included in panic messages.
 const LOG_TAIL_LINES: usize = 40;
-
-/// Makes temp dir names unique within this process.
-static DIR_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A running PgBouncer private to one test, in front of one [`Cluster`]. Stopped on drop.
 pub struct PgBouncer {
@@ -84,7 +81,7 @@ impl PgBouncer {
             Cluster::password(role).is_some(),
             "BUG: PgBouncer needs a role with a password, not {role:?}"
         );
-        let root = create_root_dir();
+        let root = server_dir::create("bouncer");
         let mut bouncer = PgBouncer {
             host: HOST.to_owned(),
             port: 0,
@@ -133,13 +130,13 @@ impl PgBouncer {
 
     /// The last `lines` lines of PgBouncer's log; its stderr when the log is still empty.
     pub fn log_tail(&self, lines: usize) -> String {
-        let mut log = fs::read(&self.log_path).unwrap_or_default();
-        if log.is_empty() {
-            log = fs::read(&self.stderr_path).unwrap_or_default();
-        }
-        let log = String::from_utf8_lossy(&log);
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        let log_is_empty = fs::metadata(&self.log_path).map_or(true, |meta| meta.len() == 0);
+        let path = if log_is_empty {
+            &self.stderr_path
+        } else {
+            &self.log_path
+        };
+        server_dir::log_tail(path, lines)
     }
 
     /// Stops PgBouncer (SIGTERM, then SIGKILL if it lingers) and deletes the temp dir.
@@ -148,11 +145,7 @@ impl PgBouncer {
         if let Some(mut child) = self.child.take() {
             terminate(&mut child);
         }
-        if let Err(e) = fs::remove_dir_all(&self.root)
-            && e.kind() != ErrorKind::NotFound
-        {
-            eprintln!("[support] cannot remove {}: {e}", self.root.display());
-        }
+        server_dir::remove(&self.root);
         if let Some(mut reaper) = self.reaper.take() {
             // wait() closes its stdin; on that EOF the reaper finds nothing left to do.
             let _ = reaper.wait();
@@ -305,9 +298,8 @@ impl PgBouncer {
         self.root.join("pgbouncer.pid")
     }
 
-    /// Spawns `sh` waiting for EOF on stdin, then sending SIGTERM to the pid in PgBouncer's
-    /// pidfile (only if that process still runs our config), waiting for it to go and deleting
-    /// the dir. It ignores the terminal's signals so that Ctrl-C on `cargo test` still cleans up.
+    /// Spawns a [`server_dir::reaper`] that sends SIGTERM to the pid in PgBouncer's pidfile
+    /// (only if that process still runs our config), waits for it to go and deletes the dir.
     fn spawn_reaper(&self) -> Option<Child> {
         const SCRIPT: &str = r#"trap '' INT TERM HUP
 cat >/dev/null
@@ -319,19 +311,12 @@ if [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- 
     kill -KILL "$pid" 2>/dev/null
 fi
 rm -rf -- "$REAP_ROOT""#;
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(SCRIPT)
-            .arg("reaper")
+        server_dir::reaper(SCRIPT)
             .env("REAP_PIDFILE", self.pid_path())
             .env("REAP_CONF", &self.conf_path)
             .env("REAP_ROOT", &self.root)
-            .current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // Best effort: without a reaper, Drop still cleans up in every ordinary case.
-        cmd.spawn().ok()
+            .spawn()
+            .ok()
     }
 
     fn fail(&self, message: &str) -> ! {
@@ -383,34 +368,4 @@ fn terminate(child: &mut Child) {
     // Both are no-ops on a child that already exited and was reaped.
     let _ = child.kill();
     let _ = child.wait();
-}
-
-/// A fresh directory under /tmp, short enough for the socket path and reachable by `postgres`.
-fn create_root_dir() -> PathBuf {
-    loop {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let counter = DIR_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = PathBuf::from(format!(
-            "/tmp/wasi-pg-bouncer-{}-{counter}-{nanos}",
-            std::process::id()
-        ));
-        match fs::create_dir(&dir) {
-            Ok(()) => return dir,
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
-            Err(e) => panic!("cannot create {}: {e}", dir.display()),
-        }
-    }
-}
-
-/// Whether the effective uid is 0 (read from /proc: std has no geteuid).
-fn running_as_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let ids = status.lines().find_map(|line| line.strip_prefix("Uid:"))?;
-            Some(ids.split_whitespace().nth(1)? == "0")
-        })
-        .unwrap_or(false)
 }

@@ -20,13 +20,14 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::fs::{self, File};
-use std::io::ErrorKind;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use super::server_dir;
 
 /// The npm project scripts/setup.sh installs, relative to the crate root.
 const TOOLS_DIR: &str = "tools/pglite";
@@ -42,9 +43,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(180);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Log lines included in panic messages.
 const LOG_TAIL_LINES: usize = 40;
-
-/// Makes temp dir names unique within this process.
-static DIR_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A running `pglite-server` private to one test, with a fresh in-memory database. Stopped on drop.
 pub struct PGlite {
@@ -76,7 +74,7 @@ impl PGlite {
             "{} not found: run scripts/setup.sh (it runs `npm ci` in {TOOLS_DIR})",
             script.display()
         );
-        let root = create_root_dir();
+        let root = server_dir::create("pglite");
         let log_path = root.join("pglite-server.log");
         let mut server = PGlite {
             host: HOST.to_owned(),
@@ -139,10 +137,7 @@ impl PGlite {
 
     /// The last `lines` lines of the server's log (stdout and stderr).
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = fs::read(&self.log_path).unwrap_or_default();
-        let log = String::from_utf8_lossy(&log);
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        server_dir::log_tail(&self.log_path, lines)
     }
 
     /// Stops the server (SIGTERM to its process group, then SIGKILL if it lingers) and deletes the temp dir.
@@ -151,11 +146,7 @@ impl PGlite {
         if let Some(mut child) = self.child.take() {
             terminate_group(&mut child);
         }
-        if let Err(e) = fs::remove_dir_all(&self.root)
-            && e.kind() != ErrorKind::NotFound
-        {
-            eprintln!("[support] cannot remove {}: {e}", self.root.display());
-        }
+        server_dir::remove(&self.root);
         if let Some(mut reaper) = self.reaper.take() {
             // wait() closes its stdin; on that EOF the reaper finds nothing left to do.
             let _ = reaper.wait();
@@ -189,9 +180,8 @@ impl PGlite {
         }
     }
 
-    /// Spawns `sh` waiting for EOF on stdin, then stopping process group `pgid` (only if its leader still runs
-    /// in our dir, so a recycled pid is left alone) and deleting the dir. It ignores the terminal's signals so
-    /// that Ctrl-C on `cargo test` still cleans up.
+    /// Spawns a [`server_dir::reaper`] that stops process group `pgid` (only if its leader still runs in our
+    /// dir, so a recycled pid is left alone) and deletes the dir.
     fn spawn_reaper(&self, pgid: u32) -> Option<Child> {
         const SCRIPT: &str = r#"trap '' INT TERM HUP
 cat >/dev/null
@@ -202,18 +192,11 @@ if [ "$(readlink "/proc/$REAP_PGID/cwd" 2>/dev/null)" = "$REAP_ROOT" ]; then
     kill -KILL "-$REAP_PGID" 2>/dev/null
 fi
 rm -rf -- "$REAP_ROOT""#;
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(SCRIPT)
-            .arg("reaper")
+        server_dir::reaper(SCRIPT)
             .env("REAP_PGID", pgid.to_string())
             .env("REAP_ROOT", &self.root)
-            .current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // Best effort: without a reaper, Drop still cleans up in every ordinary case.
-        cmd.spawn().ok()
+            .spawn()
+            .ok()
     }
 
     fn fail(&self, message: &str) -> ! {
@@ -277,23 +260,4 @@ fn terminate_group(child: &mut Child) {
         signal("-KILL");
     }
     let _ = child.wait();
-}
-
-/// A fresh directory under /tmp.
-fn create_root_dir() -> PathBuf {
-    loop {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let counter = DIR_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = PathBuf::from(format!(
-            "/tmp/wasi-pg-pglite-{}-{counter}-{nanos}",
-            std::process::id()
-        ));
-        match fs::create_dir(&dir) {
-            Ok(()) => return dir,
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
-            Err(e) => panic!("cannot create {}: {e}", dir.display()),
-        }
-    }
 }
