@@ -416,9 +416,10 @@ impl Client {
         for oid in param_oids {
             params.push(self.resolve_type(oid).await?);
         }
-        let columns = self
-            .resolve_columns(description.unwrap_or_default())
-            .await?;
+        let columns = match description {
+            Some(description) => Some(self.resolve_columns(description).await?),
+            None => None,
+        };
         let close_queue = (!name.is_empty()).then_some(&self.close_queue);
         Ok(Statement::new(
             name.to_string(),

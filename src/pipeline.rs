@@ -195,8 +195,13 @@ impl Client {
                 let mut buf = BytesMut::with_capacity(256);
                 statement.write_bind(&mut buf, "", &item.params)?;
                 // Describe gives each statement's RowDescription, so the core checks every DataRow against
-                // the statement it belongs to.
-                frontend::describe(b'P', "", &mut buf).map_err(encode_error)?;
+                // the statement it belongs to. A statement the server described with NoData (an INSERT or
+                // UPDATE without RETURNING) has no rows: it goes without, as the answer would be NoData
+                // again. Should it send rows anyway, the core finds them undescribed and ends the connection
+                // rather than pass them on.
+                if statement.statement.returns_rows() {
+                    frontend::describe(b'P', "", &mut buf).map_err(encode_error)?;
+                }
                 frontend::execute("", 0, &mut buf).map_err(encode_error)?;
                 if !atomic {
                     frontend::sync(&mut buf);

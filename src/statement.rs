@@ -110,6 +110,8 @@ struct StatementInner {
     connection_id: u64,
     params: Vec<Type>,
     columns: Arc<[Column]>,
+    /// Whether the server described a row (RowDescription, possibly of no columns) rather than none (NoData).
+    returns_rows: bool,
     close_queue: Option<Weak<Mutex<Vec<String>>>>,
 }
 
@@ -130,14 +132,15 @@ impl Statement {
         name: String,
         connection_id: u64,
         params: Vec<Type>,
-        columns: Vec<Column>,
+        columns: Option<Vec<Column>>,
         close_queue: Option<&CloseQueue>,
     ) -> Statement {
         Statement(Arc::new(StatementInner {
             name,
             connection_id,
             params,
-            columns: columns.into(),
+            returns_rows: columns.is_some(),
+            columns: columns.unwrap_or_default().into(),
             close_queue: close_queue.map(Arc::downgrade),
         }))
     }
@@ -148,6 +151,12 @@ impl Statement {
 
     pub(crate) fn connection_id(&self) -> u64 {
         self.0.connection_id
+    }
+
+    /// Whether the statement returns rows: `false` when the server answered its Describe with NoData (an
+    /// INSERT without RETURNING), `true` for a row of any width, none included (`SELECT FROM t`).
+    pub(crate) fn returns_rows(&self) -> bool {
+        self.0.returns_rows
     }
 
     pub(crate) fn columns_arc(&self) -> Arc<[Column]> {

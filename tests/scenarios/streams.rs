@@ -450,9 +450,14 @@ async fn cursor_dropped_or_failed_rolls_back(env: &Env) -> Outcome {
     drop(cursor);
     ensure_eq!(c.transaction_status(), TransactionStatus::Idle);
 
-    // A fetch dropped mid-flight: the cursor refuses to skip its rows and rolls back.
+    // A fetch dropped mid-flight: the cursor refuses to skip its rows and rolls back. The query sleeps before
+    // its first row, so one poll can never finish the fetch (1000 short rows fit in one read otherwise).
     let mut cursor = c
-        .cursor("SELECT g FROM generate_series(1, 5000) g", &[], 1000)
+        .cursor(
+            "SELECT g FROM pg_sleep(0.3), generate_series(1, 5000) g",
+            &[],
+            1000,
+        )
         .await
         .check("open")?;
     poll_once(cursor.next_batch()).await;
@@ -726,9 +731,12 @@ async fn pipeline_mixed_results_in_order(env: &Env) -> Outcome {
             .push("INSERT INTO pl_mixed VALUES (1), (2)", &[])
             .push(&prepared, &[&"x", &7i32, &true])
             .push("SELECT 1 WHERE false", &[])
-            .push("", &[]);
+            .push("", &[])
+            // Rows of no columns: described by a RowDescription, unlike the INSERT's NoData.
+            .push("SELECT FROM generate_series(1, 2)", &[])
+            .push("UPDATE pl_mixed SET v = v RETURNING v", &[]);
         let out = outputs(c.run_pipeline(&pipeline).await.check("run")?)?;
-        ensure_eq!(out.len(), 7);
+        ensure_eq!(out.len(), 9);
         ensure_eq!(out[0].rows().len(), 1);
         ensure_eq!(out[0].rows()[0].get::<_, i32>(0), 1);
         ensure_eq!(out[1].rows()[0].len(), 2);
@@ -751,6 +759,14 @@ async fn pipeline_mixed_results_in_order(env: &Env) -> Outcome {
         ensure!(out[5].rows().is_empty(), "rows from WHERE false");
         ensure_eq!(out[5].rows_affected(), 0);
         ensure!(out[6].rows().is_empty(), "rows from the empty query");
+        ensure_eq!(out[7].rows().len(), 2);
+        ensure!(
+            out[7].rows().iter().all(|r| r.is_empty()),
+            "columns in SELECT FROM"
+        );
+        let inserted = if mode == PipelineMode::Atomic { 2 } else { 4 };
+        ensure_eq!(out[8].rows().len(), inserted);
+        ensure_eq!(out[8].rows_affected(), inserted as u64);
     }
     ensure_eq!(count_rows(&mut c, "pl_mixed").await?, 4);
     // A prepared statement from another connection fails its own item only.
