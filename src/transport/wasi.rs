@@ -38,7 +38,11 @@ type Wait = Option<(AsyncPollable, Pin<Box<WaitFor>>)>;
 pub struct WasiTcpStream {
     read_wait: Wait,
     write_wait: Wait,
+    /// A flush was requested and its completion not seen yet (only shutdown waits for it).
     flushing: bool,
+    /// Data was just flushed: the answer cannot be there yet, so the next read waits first instead of asking
+    /// the host for nothing (a host call, and a zeroed buffer of the read's size in wasmtime).
+    answer_pending: bool,
     input: InputStream,
     output: OutputStream,
     socket: TcpSocket,
@@ -173,6 +177,7 @@ pub async fn connect_addr(network: &Network, addr: SocketAddr) -> io::Result<Was
         read_wait: None,
         write_wait: None,
         flushing: false,
+        answer_pending: false,
         input,
         output,
         socket,
@@ -265,6 +270,12 @@ impl Transport for WasiTcpStream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
+        if std::mem::take(&mut self.answer_pending) {
+            let input = &self.input;
+            if poll_wait(&mut self.read_wait, || input.subscribe(), cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
         loop {
             // `read` never blocks and returns at most `buf.len()` bytes, so nothing is taken that we cannot hand
             // back in this call.
@@ -300,6 +311,7 @@ impl Transport for WasiTcpStream {
                 }
                 Ok(permitted) => {
                     self.write_wait = None;
+                    self.flushing = false;
                     let n = usize::try_from(permitted)
                         .unwrap_or(usize::MAX)
                         .min(buf.len());
@@ -315,7 +327,19 @@ impl Transport for WasiTcpStream {
         }
     }
 
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_flush(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The host sends what was written without further ado once asked to flush: no need to wait for the
+        // flush to complete, which costs a host call per request. The next write's `check-write` waits for it
+        // (the stream accepts no writes until then) and reports its error, as does shutdown.
+        if let Err(e) = self.output.flush() {
+            return Poll::Ready(Err(stream_error(e)));
+        }
+        self.flushing = true;
+        self.answer_pending = true;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.flushing {
             if let Err(e) = self.output.flush() {
                 return Poll::Ready(Err(stream_error(e)));
@@ -334,24 +358,17 @@ impl Transport for WasiTcpStream {
                 Ok(_) => {
                     self.write_wait = None;
                     self.flushing = false;
-                    return Poll::Ready(Ok(()));
+                    return Poll::Ready(
+                        self.socket
+                            .shutdown(wasip2::sockets::tcp::ShutdownType::Send)
+                            .map_err(|e| socket_error("shutdown", e)),
+                    );
                 }
                 Err(e) => {
                     self.flushing = false;
                     return Poll::Ready(Err(stream_error(e)));
                 }
             }
-        }
-    }
-
-    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.poll_flush(cx) {
-            Poll::Ready(Ok(())) => Poll::Ready(
-                self.socket
-                    .shutdown(wasip2::sockets::tcp::ShutdownType::Send)
-                    .map_err(|e| socket_error("shutdown", e)),
-            ),
-            other => other,
         }
     }
 }
