@@ -3,6 +3,7 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
+use std::time::Duration;
 
 use crate::client::Client;
 use tracing::{Instrument as _, debug};
@@ -130,6 +131,7 @@ impl Client {
                 client.set_cancel_route(CancelRoute {
                     target: None,
                     tls: Some((tls, host)),
+                    tcp: TcpOptions::of(config),
                 });
                 Ok(client)
             }
@@ -144,6 +146,27 @@ pub(crate) struct CancelRoute {
     pub(crate) target: Option<Target>,
     /// The connector and the host name its certificate was checked against.
     pub(crate) tls: Option<(TlsConnector, String)>,
+    /// The session's TCP options, which libpq gives its cancel connections too.
+    pub(crate) tcp: TcpOptions,
+}
+
+/// The TCP options of a connection, from libpq's keywords: keepalives (`None`: off) and TCP_USER_TIMEOUT
+/// (`None`: the system default). Unix-domain sockets take neither.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct TcpOptions {
+    pub(crate) keepalive: Option<Keepalive>,
+    pub(crate) user_timeout: Option<Duration>,
+}
+
+impl TcpOptions {
+    pub(crate) fn of(config: &Config) -> TcpOptions {
+        TcpOptions {
+            keepalive: config.keepalive(),
+            // libpq sets it only when keepalives are on (an accident of the order of its checks); a user who
+            // asks for it expects it either way.
+            user_timeout: config.get_tcp_user_timeout(),
+        }
+    }
 }
 
 impl CancelRoute {
@@ -157,9 +180,8 @@ impl CancelRoute {
                  send a cancel request to",
             ));
         };
-        let keepalive = Keepalive::default();
         let mut transport =
-            open_transport(&target.host, target.hostaddr, target.port, Some(&keepalive)).await?;
+            open_transport(&target.host, target.hostaddr, target.port, &self.tcp).await?;
         let Some((connector, host)) = &self.tls else {
             return Ok(transport);
         };
@@ -286,15 +308,10 @@ async fn attempt(
     target: &Target,
     tls: Option<(&TlsConnector, bool)>,
 ) -> Result<Client, (Error, Stage)> {
-    let keepalive = config.keepalive();
-    let mut transport = open_transport(
-        &target.host,
-        target.hostaddr,
-        target.port,
-        keepalive.as_ref(),
-    )
-    .await
-    .map_err(|e| (e, Stage::Setup))?;
+    let tcp = TcpOptions::of(config);
+    let mut transport = open_transport(&target.host, target.hostaddr, target.port, &tcp)
+        .await
+        .map_err(|e| (e, Stage::Setup))?;
     let plain = |transport| async move {
         let mut client = startup(transport, config, Some(target), None)
             .await
@@ -302,6 +319,7 @@ async fn attempt(
         client.set_cancel_route(CancelRoute {
             target: Some(target.clone()),
             tls: None,
+            tcp,
         });
         Ok(client)
     };
@@ -325,6 +343,7 @@ async fn attempt(
             client.set_cancel_route(CancelRoute {
                 target: Some(target.clone()),
                 tls: Some((connector.clone(), host)),
+                tcp,
             });
             Ok(client)
         }
@@ -341,20 +360,23 @@ fn tls_host(target: &Target) -> String {
     }
 }
 
-/// Opens a connection to `host`; over TCP with keepalives as `keepalive` says (`None`: off).
+/// Opens a connection to `host`; over TCP with the options `tcp` gives.
 #[cfg(target_os = "wasi")]
 async fn open_transport(
     host: &Host,
     hostaddr: Option<IpAddr>,
     port: u16,
-    keepalive: Option<&Keepalive>,
+    tcp: &TcpOptions,
 ) -> Result<Box<dyn Transport>, Error> {
     match host {
         Host::Tcp(name) => {
             let stream = crate::transport::wasi::connect_tcp(name, hostaddr, port)
                 .await
                 .map_err(Error::io)?;
-            stream.set_keepalive(keepalive);
+            stream.set_keepalive(tcp.keepalive.as_ref());
+            if tcp.user_timeout.is_some() {
+                debug!("tcp_user_timeout is ignored: wasi:sockets 0.2 has no such option");
+            }
             Ok(Box::new(stream))
         }
         Host::Unix(dir) => Err(Error::unsupported(format!(
@@ -364,22 +386,16 @@ async fn open_transport(
     }
 }
 
-/// Opens a connection to `host`; over TCP with keepalives as `keepalive` says (`None`: off).
+/// Opens a connection to `host`; over TCP with the options `tcp` gives.
 #[cfg(all(not(target_os = "wasi"), feature = "tokio"))]
 async fn open_transport(
     host: &Host,
     hostaddr: Option<IpAddr>,
     port: u16,
-    keepalive: Option<&Keepalive>,
+    tcp: &TcpOptions,
 ) -> Result<Box<dyn Transport>, Error> {
     match host {
-        Host::Tcp(name) => {
-            let stream = crate::transport::tokio::connect_tcp(name, hostaddr, port)
-                .await
-                .map_err(Error::io)?;
-            crate::transport::tokio::set_keepalive(&stream.0, keepalive).map_err(Error::io)?;
-            Ok(Box::new(stream))
-        }
+        Host::Tcp(name) => Ok(Box::new(open_tcp(name, hostaddr, port, tcp).await?)),
         #[cfg(unix)]
         Host::Unix(dir) => Ok(Box::new(
             crate::transport::tokio::connect_unix(dir, port)
@@ -392,6 +408,23 @@ async fn open_transport(
             dir.display()
         ))),
     }
+}
+
+/// Opens a TCP connection with the options `tcp` gives, set once it is open.
+#[cfg(all(not(target_os = "wasi"), feature = "tokio"))]
+async fn open_tcp(
+    name: &str,
+    hostaddr: Option<IpAddr>,
+    port: u16,
+    tcp: &TcpOptions,
+) -> Result<crate::transport::tokio::TokioStream<tokio::net::TcpStream>, Error> {
+    use crate::transport::tokio::{connect_tcp, set_keepalive, set_tcp_user_timeout};
+    let stream = connect_tcp(name, hostaddr, port)
+        .await
+        .map_err(Error::io)?;
+    set_keepalive(&stream.0, tcp.keepalive.as_ref()).map_err(Error::io)?;
+    set_tcp_user_timeout(&stream.0, tcp.user_timeout).map_err(Error::io)?;
+    Ok(stream)
 }
 
 /// The startup message parameters and credentials from the configuration.
@@ -498,5 +531,87 @@ fn shuffle(targets: &mut [Target]) {
         state ^= state << 17;
         let j = (state % (i as u64 + 1)) as usize;
         targets.swap(i, j);
+    }
+}
+
+#[cfg(all(test, target_os = "linux", feature = "tokio"))]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// `tcp_user_timeout` and the keepalives of a connection string reach the socket (read back with
+    /// getsockopt), with keepalives off too.
+    #[tokio::test]
+    async fn tcp_options_from_the_config_reach_the_socket() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for (conninfo, keepalive) in [
+            ("tcp_user_timeout=12345 keepalives_idle=30", true),
+            ("tcp_user_timeout=12345 keepalives=0", false),
+        ] {
+            let config = Config::parse(conninfo).unwrap();
+            let stream = open_tcp("127.0.0.1", None, port, &TcpOptions::of(&config))
+                .await
+                .unwrap();
+            let socket = socket2::SockRef::from(&stream.0);
+            assert_eq!(
+                socket.tcp_user_timeout().unwrap(),
+                Some(Duration::from_millis(12_345)),
+                "{conninfo}"
+            );
+            assert_eq!(socket.keepalive().unwrap(), keepalive, "{conninfo}");
+            if keepalive {
+                assert_eq!(
+                    socket.tcp_keepalive_time().unwrap(),
+                    Duration::from_secs(30)
+                );
+            }
+        }
+        // Zero, or nothing, leaves the system default.
+        for conninfo in ["tcp_user_timeout=0", ""] {
+            let config = Config::parse(conninfo).unwrap();
+            let stream = open_tcp("127.0.0.1", None, port, &TcpOptions::of(&config))
+                .await
+                .unwrap();
+            let socket = socket2::SockRef::from(&stream.0);
+            assert_eq!(socket.tcp_user_timeout().unwrap(), None, "{conninfo:?}");
+        }
+    }
+
+    /// A session's cancel route keeps its TCP options: `CancelRoute::open` sets them on the cancel connection
+    /// through the same `open_tcp`.
+    #[tokio::test]
+    async fn cancel_route_carries_the_tcp_options() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let config = Config::parse(&format!(
+            "host=127.0.0.1 port={port} user=u dbname=d sslmode=disable tcp_user_timeout=4321 \
+             keepalives_count=4"
+        ))
+        .unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let len = stream.read_u32().await.unwrap() as usize;
+            let mut startup = vec![0; len - 4];
+            stream.read_exact(&mut startup).await.unwrap();
+            // AuthenticationOk, BackendKeyData, ReadyForQuery.
+            let mut reply = vec![b'R', 0, 0, 0, 8, 0, 0, 0, 0];
+            reply.extend([b'K', 0, 0, 0, 12, 0, 0, 0, 7, 1, 2, 3, 4]);
+            reply.extend([b'Z', 0, 0, 0, 5, b'I']);
+            stream.write_all(&reply).await.unwrap();
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest).await;
+        });
+        let client = Client::connect(&config).await.unwrap();
+        let route = client.cancel_route.clone().unwrap();
+        assert_eq!(route.tcp, TcpOptions::of(&config));
+        assert_eq!(route.tcp.user_timeout, Some(Duration::from_millis(4321)));
+        assert_eq!(route.tcp.keepalive.and_then(|k| k.count), Some(4));
+        client.close().await.unwrap();
+        server.await.unwrap();
     }
 }

@@ -455,6 +455,24 @@ impl Config {
         self.set_raw_number("keepalives_count", u64::from(count))
     }
 
+    /// Sets how long data sent on the connection may stay unacknowledged by the server before the operating
+    /// system gives the connection up (libpq's `tcp_user_timeout`, in milliseconds; zero keeps the system
+    /// default). See [`get_tcp_user_timeout`](Self::get_tcp_user_timeout) for where it applies.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let mut config = wasi_pg_client::Config::parse("host=db tcp_user_timeout=10000")?;
+    /// assert_eq!(config.get_tcp_user_timeout(), Some(Duration::from_secs(10)));
+    /// config.tcp_user_timeout(Duration::from_millis(2500));
+    /// assert_eq!(config.get_tcp_user_timeout(), Some(Duration::from_millis(2500)));
+    /// # Ok::<(), wasi_pg_client::Error>(())
+    /// ```
+    pub fn tcp_user_timeout(&mut self, timeout: Duration) -> &mut Config {
+        let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.set_raw_number("tcp_user_timeout", millis)
+    }
+
     /// Keeps a number for a keyword that libpq reads as an `int`, clamped to its range.
     fn set_raw_number(&mut self, key: &'static str, value: u64) -> &mut Config {
         let value = value.min(i32::MAX as u64);
@@ -655,6 +673,19 @@ impl Config {
     /// How many keepalive probes may go unanswered (`keepalives_count`); `None` for the system default.
     pub fn get_keepalives_count(&self) -> Option<u32> {
         self.raw_positive("keepalives_count")
+    }
+
+    /// How long sent data may stay unacknowledged before the connection is given up (`tcp_user_timeout`, in
+    /// milliseconds); `None` for the system default (also when it is zero).
+    ///
+    /// It is set as the socket option TCP_USER_TIMEOUT on every TCP connection, cancel connections included,
+    /// once the connection is open, where the platform has that option: Linux, Android and Fuchsia. On other
+    /// native platforms it is ignored with a debug trace, as libpq ignores it there. It is ignored on WASI too,
+    /// with a debug trace per connection: wasi:sockets 0.2 has no such option. Unix-domain sockets have none
+    /// either. Unlike libpq, which sets it only when keepalives are on, it is set whatever `keepalives` says.
+    pub fn get_tcp_user_timeout(&self) -> Option<Duration> {
+        self.raw_positive("tcp_user_timeout")
+            .map(|millis| Duration::from_millis(millis.into()))
     }
 
     /// A positive integer setting kept as text; zero (or nothing) means the default.

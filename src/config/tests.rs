@@ -1071,3 +1071,19 @@ fn scram_max_iterations_setting() {
     assert_eq!(c.get_scram_max_iterations(), 4096);
     assert!(format!("{c:?}").contains("scram_max_iterations: Some(4096)"));
 }
+
+#[test]
+fn tcp_user_timeout_in_milliseconds() {
+    assert_eq!(
+        parse("tcp_user_timeout=1500").get_tcp_user_timeout(),
+        Some(Duration::from_millis(1500))
+    );
+    assert_eq!(parse("tcp_user_timeout=0").get_tcp_user_timeout(), None);
+    assert_eq!(parse("").get_tcp_user_timeout(), None);
+    let mut c = parse("");
+    c.tcp_user_timeout(Duration::from_secs(u64::MAX));
+    // Clamped to libpq's int.
+    assert_eq!(c.get_raw("tcp_user_timeout"), Some("2147483647"));
+    c.tcp_user_timeout(Duration::ZERO);
+    assert_eq!(c.get_tcp_user_timeout(), None);
+}

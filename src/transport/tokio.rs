@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -100,6 +101,27 @@ pub fn set_keepalive(
     socket.set_tcp_keepalive(&params)
 }
 
+/// Sets TCP_USER_TIMEOUT (libpq's `tcp_user_timeout`): how long sent data may stay unacknowledged before the
+/// system gives the connection up; `None` restores the system default. Only Linux, Android and Fuchsia have
+/// this option: elsewhere a timeout is left unset with a debug trace, as libpq leaves it there.
+pub fn set_tcp_user_timeout(
+    stream: &tokio::net::TcpStream,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+    {
+        socket2::SockRef::from(stream).set_tcp_user_timeout(timeout)
+    }
+    #[cfg(not(any(target_os = "android", target_os = "fuchsia", target_os = "linux")))]
+    {
+        let _ = stream;
+        if timeout.is_some() {
+            tracing::debug!("tcp_user_timeout cannot be set on this platform; ignored");
+        }
+        Ok(())
+    }
+}
+
 /// Connects to the Unix-domain socket `.s.PGSQL.<port>` in `dir`.
 #[cfg(unix)]
 pub async fn connect_unix(
@@ -112,8 +134,6 @@ pub async fn connect_unix(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     /// The socket options are really set: read back with getsockopt.
@@ -142,5 +162,22 @@ mod tests {
         assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
         set_keepalive(&stream.0, None).unwrap();
         assert!(!socket.keepalive().unwrap());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn tcp_user_timeout_reaches_the_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stream = connect_tcp("127.0.0.1", None, port).await.unwrap();
+        let socket = socket2::SockRef::from(&stream.0);
+        assert_eq!(socket.tcp_user_timeout().unwrap(), None);
+        set_tcp_user_timeout(&stream.0, Some(Duration::from_millis(12_345))).unwrap();
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(12_345))
+        );
+        set_tcp_user_timeout(&stream.0, None).unwrap();
+        assert_eq!(socket.tcp_user_timeout().unwrap(), None);
     }
 }

@@ -25,7 +25,7 @@ pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
         query_timeout_racing_completion_never_hits_the_next_query,
         ping_reports_the_status,
         read_deadline_closes_the_connection,
-        keepalive_settings_accepted,
+        keepalive_and_tcp_user_timeout_accepted,
     ]
 }
 
@@ -439,13 +439,20 @@ async fn read_deadline_closes_the_connection(env: &Env) -> Outcome {
     Ok(())
 }
 
-/// libpq's keepalive keywords are accepted and applied (natively a unit test reads the socket options back);
-/// connections work with keepalives off, on with custom values, and by default.
-async fn keepalive_settings_accepted(env: &Env) -> Outcome {
-    let off = Config::parse(&format!("{} keepalives=0", env.trust)).check("parse")?;
+/// libpq's keepalive keywords and `tcp_user_timeout` are accepted and applied (natively unit tests read the
+/// socket options back; WASI has no TCP_USER_TIMEOUT and ignores it); connections work with keepalives off, on
+/// with custom values, and by default, and a cancel goes through with the options set.
+async fn keepalive_and_tcp_user_timeout_accepted(env: &Env) -> Outcome {
+    let off = Config::parse(&format!(
+        "{} keepalives=0 tcp_user_timeout=20000",
+        env.trust
+    ))
+    .check("parse")?;
     ensure!(!off.get_keepalives(), "keepalives=0 is on");
+    ensure_eq!(off.get_tcp_user_timeout(), Some(Duration::from_secs(20)));
     let custom = Config::parse(&format!(
-        "{} keepalives=1 keepalives_idle=30 keepalives_interval=5 keepalives_count=3",
+        "{} keepalives=1 keepalives_idle=30 keepalives_interval=5 keepalives_count=3 \
+         tcp_user_timeout=15000",
         env.trust
     ))
     .check("parse")?;
@@ -461,11 +468,21 @@ async fn keepalive_settings_accepted(env: &Env) -> Outcome {
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(60))
         .keepalives_interval(Duration::from_secs(10))
-        .keepalives_count(4);
+        .keepalives_count(4)
+        .tcp_user_timeout(Duration::from_millis(30_500));
     ensure_eq!(built.get_keepalives_idle(), Some(Duration::from_secs(60)));
+    ensure_eq!(
+        built.get_tcp_user_timeout(),
+        Some(Duration::from_millis(30_500))
+    );
     let default = Config::parse(&env.trust).check("parse")?;
     ensure!(default.get_keepalives(), "keepalives are off by default");
     ensure_eq!(default.get_keepalives_idle(), None);
+    ensure_eq!(default.get_tcp_user_timeout(), None);
+    // The cancel connection is opened with the session's options.
+    let mut c = Client::connect(&custom).await.check("connect custom")?;
+    let mut watcher = connect(&env.trust).await?;
+    cancel_sleep(&mut c, &mut watcher).await?;
     for (label, config) in [
         ("keepalives=0", off),
         ("custom", custom),
