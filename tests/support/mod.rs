@@ -9,6 +9,10 @@
 //! - [`tls`]: a private CA and the server and client certificates of the TLS tests (native
 //!   only: it uses rcgen).
 //!
+//! Beside it, not among its modules, sit files the tests that need them include with `#[path]`:
+//! `two_target.rs`, the runner of the binaries whose scenarios run natively and under wasmtime
+//! (it is compiled for the guest too), and `restart.rs`.
+//!
 //! Each test file includes this with `mod support;` and uses only part of it, hence the allows.
 //! They sit on the submodules and re-exports rather than on this module, so a test file that
 //! writes `#[allow(dead_code)] mod support;` does not trip clippy's `duplicated_attributes`.
