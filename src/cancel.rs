@@ -21,6 +21,7 @@
 use std::future::poll_fn;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -62,15 +63,78 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 /// client.query_one("SELECT 1", &[]).await?;
 /// # Ok(()) }
 /// ```
+///
+/// # Across a session rebuild
+///
+/// With [`Config::session_rebuild`](crate::Config::session_rebuild), a token follows its client: once the
+/// client has rebuilt its session on a new connection, the token cancels there, as a token taken afresh would
+/// (libpq's `PQgetCancel` after `PQreset`). A token names the client's session, never a query: each cancel
+/// acts on the session the client runs when the cancel starts (when [`cancel_query`](Self::cancel_query) is
+/// first polled).
+/// - A cancel that starts while a query runs on the lost session goes to that session, even if the client
+///   rebuilds meanwhile: the rebuild only happens on the call after the one that failed, so the query it was
+///   meant for never runs on the new session. Its backend is gone; the server checks the secret key as well as
+///   the process id, so a backend that reuses that id is not hit.
+/// - A rebuild restores the new session (settings, `LISTEN`s, prepared statements) before its tokens move to
+///   it, in one step with the client, so no cancel ever hits the restore.
+/// - A cancel that starts after the rebuild cancels whatever the client runs then.
 #[derive(Debug, Clone)]
 pub struct CancelToken {
+    /// The session the token was taken on.
+    taken: CancelTarget,
+    /// With session rebuild, the client's current session, which supersedes `taken` once a rebuild set it.
+    current: Option<CurrentSession>,
+}
+
+/// Where a cancel request for one session goes, and the key it carries.
+#[derive(Debug, Clone)]
+struct CancelTarget {
     route: Option<CancelRoute>,
     key: Option<BackendKey>,
 }
 
+/// The session a rebuilding client runs now, shared with its cancel tokens: empty until the first rebuild
+/// replaces the session the client connected with, then the latest rebuilt session.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CurrentSession(Arc<Mutex<Option<CancelTarget>>>);
+
+impl CurrentSession {
+    /// The client runs on `token`'s session from now on.
+    pub(crate) fn take_on(&self, token: &CancelToken) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(token.taken.clone());
+    }
+
+    fn get(&self) -> Option<CancelTarget> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 impl CancelToken {
+    /// A token for one session: its route and key.
     pub(crate) fn new(route: Option<CancelRoute>, key: Option<BackendKey>) -> CancelToken {
-        CancelToken { route, key }
+        CancelToken {
+            taken: CancelTarget { route, key },
+            current: None,
+        }
+    }
+
+    /// This token, following the client to the sessions a rebuild sets in `current`.
+    pub(crate) fn following(self, current: CurrentSession) -> CancelToken {
+        CancelToken {
+            current: Some(current),
+            ..self
+        }
+    }
+
+    /// The session a cancel starting now goes to.
+    fn target(&self) -> CancelTarget {
+        self.current
+            .as_ref()
+            .and_then(CurrentSession::get)
+            .unwrap_or_else(|| self.taken.clone())
     }
 
     /// Asks the server to cancel what the session is running now, and returns once the server has taken the
@@ -88,13 +152,15 @@ impl CancelToken {
     /// [`Client::connect_with_transport`](crate::Client::connect_with_transport), which has no address to send
     /// a cancel request to, or when the server gave the session no cancel key.
     pub async fn cancel_query(&self) -> Result<(), Error> {
-        let route = self.route.as_ref().ok_or_else(|| {
+        // Read once, before any await: the session a rebuild may replace meanwhile is the one this cancel is for.
+        let CancelTarget { route, key } = self.target();
+        let route = route.as_ref().ok_or_else(|| {
             Error::unsupported(
                 "cannot cancel: the client was made with connect_with_transport, so there is no address to \
                  send a cancel request to",
             )
         })?;
-        let key = self.key.as_ref().ok_or_else(|| {
+        let key = key.as_ref().ok_or_else(|| {
             Error::unsupported("cannot cancel: the server sent no cancel key (BackendKeyData)")
         })?;
         let mut transport = route
@@ -371,6 +437,8 @@ mod tests {
     /// Scripted fake servers over real sockets: the driver's time limits, end to end.
     #[cfg(not(target_os = "wasi"))]
     mod fake_server {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
         use std::time::{Duration, Instant};
 
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -427,11 +495,16 @@ mod tests {
 
         /// Accepts a session and answers its startup: trust, the cancel key, ReadyForQuery.
         async fn accept_session(listener: &TcpListener) -> TcpStream {
+            accept_session_as(listener, PID, KEY).await
+        }
+
+        /// Accepts a session of backend `pid` with cancel key `secret`.
+        async fn accept_session_as(listener: &TcpListener, pid: i32, secret: [u8; 4]) -> TcpStream {
             let (mut stream, _) = listener.accept().await.unwrap();
             read_packet(&mut stream).await;
             let mut reply = message(b'R', &0u32.to_be_bytes());
-            let mut key = PID.to_be_bytes().to_vec();
-            key.extend_from_slice(&KEY);
+            let mut key = pid.to_be_bytes().to_vec();
+            key.extend_from_slice(&secret);
             reply.extend(message(b'K', &key));
             reply.extend(ready(b'I'));
             stream.write_all(&reply).await.unwrap();
@@ -491,6 +564,63 @@ mod tests {
             assert!(started.elapsed() >= Duration::from_millis(200));
             assert!(!client.is_closed());
             assert_eq!(client.ping().await.unwrap(), TransactionStatus::Failed);
+            server.await.unwrap();
+        }
+
+        /// Accepts a cancel connection and returns the backend key its CancelRequest carries.
+        async fn accept_cancel(listener: &TcpListener) -> (i32, Vec<u8>) {
+            let (mut cancel, _) = listener.accept().await.unwrap();
+            let request = read_packet(&mut cancel).await;
+            assert_eq!(&request[..4], &80_877_102u32.to_be_bytes());
+            let pid = i32::from_be_bytes(request[4..8].try_into().unwrap());
+            (pid, request[8..].to_vec())
+        }
+
+        /// A token taken before a session rebuild cancels on the rebuilt session; used between the break and
+        /// the rebuild, it goes to the lost session.
+        #[tokio::test]
+        async fn token_follows_a_rebuilt_session() {
+            const NEW_PID: i32 = 5353;
+            const NEW_KEY: [u8; 4] = [1, 2, 3, 4];
+            let (listener, mut config) = listener().await;
+            config.session_rebuild(true);
+            let running = Arc::new(AtomicBool::new(false));
+            let query_runs = running.clone();
+            let server = tokio::spawn(async move {
+                let mut lost = accept_session(&listener).await;
+                read_message(&mut lost).await;
+                drop(lost);
+                // A cancel before the rebuild carries the lost session's key.
+                assert_eq!(accept_cancel(&listener).await, (PID, KEY.to_vec()));
+                let mut rebuilt = accept_session_as(&listener, NEW_PID, NEW_KEY).await;
+                let (tag, _) = read_message(&mut rebuilt).await;
+                assert_eq!(tag, b'Q');
+                running.store(true, Ordering::Release);
+                // The token taken on the lost session now carries the rebuilt one's key.
+                assert_eq!(accept_cancel(&listener).await, (NEW_PID, NEW_KEY.to_vec()));
+                let mut answer = query_canceled();
+                answer.extend(ready(b'I'));
+                rebuilt.write_all(&answer).await.unwrap();
+                let mut rest = Vec::new();
+                let _ = rebuilt.read_to_end(&mut rest).await;
+            });
+            let mut client = Client::connect(&config).await.unwrap();
+            let token = client.cancel_token();
+            let err = client.simple_query("SELECT 1").await.unwrap_err();
+            assert!(err.is_connection_broken(), "{err}");
+            token.cancel_query().await.unwrap();
+            let canceller = tokio::spawn(async move {
+                while !query_runs.load(Ordering::Acquire) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                token.cancel_query().await
+            });
+            let err = client.simple_query("SELECT slow").await.unwrap_err();
+            assert_eq!(err.code(), Some(crate::sqlstate::QUERY_CANCELED), "{err}");
+            canceller.await.unwrap().unwrap();
+            assert_eq!(client.session_rebuilds(), 1);
+            assert_eq!(client.backend_pid(), Some(NEW_PID));
+            drop(client);
             server.await.unwrap();
         }
 

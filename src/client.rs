@@ -188,11 +188,16 @@ impl Client {
     }
 
     /// A token that cancels the query running on this connection, usable without access to the client: from
-    /// another task natively, or as a future joined with the query on WASI. See [`CancelToken`].
+    /// another task natively, or as a future joined with the query on WASI. With [`Config::session_rebuild`]
+    /// it follows the client to its rebuilt sessions. See [`CancelToken`].
     ///
     /// [`CancelToken`]: crate::CancelToken
     pub fn cancel_token(&self) -> crate::CancelToken {
-        self.conn.cancel_token()
+        let token = self.conn.cancel_token();
+        match &self.session {
+            Some(session) => token.following(session.current_session()),
+            None => token,
+        }
     }
 
     /// How long the server may take to answer each request before it is cancelled (see

@@ -7,6 +7,9 @@
 //! call returns its error; the next call connects again with the same [`Config`], replays the settings,
 //! `LISTEN`s again and prepares the statements again under their names, then goes on as if nothing happened.
 //!
+//! Cancel tokens follow the client: one taken before a rebuild cancels on the rebuilt session (see
+//! [`CancelToken`](crate::CancelToken) for what a cancel racing a rebuild reaches).
+//!
 //! A transaction is never rebuilt: its work died with the connection. If the connection broke while a
 //! transaction was open, the next call returns an error saying so instead of rebuilding, and only the call
 //! after that one rebuilds.
@@ -16,6 +19,7 @@ use std::collections::HashMap;
 use postgres_types::Type;
 use tracing::{debug, info};
 
+use crate::cancel::CurrentSession;
 use crate::identifier::quote_identifier;
 use crate::{Client, Config, Error, ErrorKind, Statement, TransactionStatus};
 
@@ -32,6 +36,8 @@ pub(crate) struct SessionRecord {
     lost_transaction_reported: bool,
     /// How many times the session was rebuilt.
     rebuilds: u64,
+    /// The session the client's cancel tokens act on, once a rebuild replaced the first one.
+    current: CurrentSession,
 }
 
 /// What re-preparing a statement under its old name needs, and what it must match for the old handles to
@@ -72,6 +78,7 @@ impl SessionRecord {
                 statements: HashMap::new(),
                 lost_transaction_reported: false,
                 rebuilds: 0,
+                current: CurrentSession::default(),
             })
         })
     }
@@ -111,6 +118,11 @@ impl SessionRecord {
 
     pub(crate) fn forget_all_listens(&mut self) {
         self.channels.clear();
+    }
+
+    /// The session the client's cancel tokens follow across rebuilds.
+    pub(crate) fn current_session(&self) -> CurrentSession {
+        self.current.clone()
     }
 }
 
@@ -298,6 +310,12 @@ impl Client {
             session.rebuilds += 1;
         }
         self.adopt_connection(fresh);
+        // Tokens take on the new session in the same step as the client, with no await between: none of them
+        // could cancel the restore above (a cancelled PREPARE would have passed for a stale statement).
+        let token = self.connection_mut().cancel_token();
+        if let Some(session) = &self.session {
+            session.current.take_on(&token);
+        }
         info!(
             backend_pid = self.backend_pid(),
             parameters = parameters.len(),

@@ -30,7 +30,7 @@ pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
 }
 
 /// Runs both futures to completion on the current task, polling each in turn.
-async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+pub(super) async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
     let mut a = pin!(a);
     let mut b = pin!(b);
     let mut out_a = None;
@@ -60,7 +60,7 @@ async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
 
 /// Waits (on `watcher`, a second session of the same role) until backend `pid` is running `pg_sleep`, so a
 /// cancel sent now hits the query and not the round trips before it.
-async fn until_sleeping(watcher: &mut Client, pid: i32) -> Result<(), String> {
+pub(super) async fn until_sleeping(watcher: &mut Client, pid: i32) -> Result<(), String> {
     let started = Instant::now();
     loop {
         let row = watcher

@@ -3,7 +3,8 @@
 //! Notices reach a handler and `tracing`; notifications come as a stream, and ten thousand sent by another
 //! session while the listener runs queries all arrive, in order; a session terminated by the server (and,
 //! natively, one whose TCP connection is reset or closed by a proxy) is rebuilt by the call after the one that
-//! failed, with its settings, channels and prepared statements, but never inside a transaction.
+//! failed, with its settings, channels and prepared statements, but never inside a transaction; a cancel token
+//! taken before the rebuild cancels on the rebuilt session.
 
 use std::fmt::Debug;
 use std::pin::Pin;
@@ -16,6 +17,7 @@ use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 use wasi_pg_client::{Client, Config, ErrorKind, Notification, TransactionStatus, sqlstate};
 
+use super::cancel::{join, until_sleeping};
 use super::{Check, Env, Outcome, Scenario, connect, poll_once, run_for, sleep};
 
 pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
@@ -26,6 +28,7 @@ pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
         ten_thousand_notifications_none_lost,
         session_rebuild_after_termination,
         session_rebuild_never_inside_a_transaction,
+        cancel_token_follows_a_rebuilt_session,
         set_parameter_outside_transactions_only,
     ];
     #[cfg(not(target_os = "wasi"))]
@@ -571,6 +574,48 @@ async fn session_rebuild_after_termination(env: &Env) -> Outcome {
     let mut stream = c.notifications();
     let n = next_within(&mut stream, "after the stream's rebuild").await?;
     ensure_eq!(n.payload(), "to the stream");
+    Ok(())
+}
+
+/// A token taken before the backend was terminated cancels a query on the rebuilt session (57014), and the
+/// rebuilt session goes on.
+async fn cancel_token_follows_a_rebuilt_session(env: &Env) -> Outcome {
+    let mut c = rebuilding_client(&env.trust).await?;
+    let mut other = connect(&env.trust).await?;
+    let token = c.cancel_token();
+    let old_pid = c.backend_pid().ok_or("pid")?;
+    terminate(&mut other, old_pid).await?;
+    let err = c
+        .query_one("SELECT 1", &[])
+        .await
+        .err()
+        .ok_or("a query on a terminated backend succeeded")?;
+    ensure!(err.is_connection_broken(), "not broken: {err}");
+    // This call rebuilds.
+    c.query_one("SELECT 1", &[]).await.check("rebuild")?;
+    ensure_eq!(c.session_rebuilds(), 1);
+    let pid = c.backend_pid().ok_or("pid")?;
+    ensure!(pid != old_pid, "same backend after the rebuild");
+
+    let (query, cancel) = join(c.query("SELECT pg_sleep(30)", &[]), async {
+        until_sleeping(&mut other, pid).await?;
+        token
+            .cancel_query()
+            .await
+            .check("cancel with the old token")
+    })
+    .await;
+    cancel?;
+    let err = query.err().ok_or("pg_sleep(30) was not cancelled")?;
+    ensure_eq!(err.code(), Some(sqlstate::QUERY_CANCELED));
+    ensure!(!c.is_closed(), "the cancel closed the connection");
+    ensure_eq!(c.session_rebuilds(), 1);
+    let v: i32 = c
+        .query_one("SELECT $1::int4 + 1", &[&41i32])
+        .await
+        .check("after the cancel")?
+        .get(0);
+    ensure_eq!(v, 42);
     Ok(())
 }
 
