@@ -11,11 +11,9 @@ use tracing::{debug, info, warn};
 use crate::cancel::{CancelToken, Due, TimeLimits};
 use crate::connect::CancelRoute;
 use crate::proto::{Backend, Event, Notification, Protocol, RequestId};
+use crate::read_size::ReadSize;
 use crate::transport::Transport;
 use crate::{DbError, Error, ErrorKind};
-
-/// How many bytes one read asks the transport for.
-const READ_CHUNK: usize = 16 * 1024;
 
 /// Notices kept for [`Client::take_notices`](crate::Client::take_notices) before the oldest are dropped.
 const MAX_KEPT_NOTICES: usize = 1024;
@@ -32,6 +30,7 @@ pub(crate) struct Connection {
     transport: Box<dyn Transport>,
     pub(crate) protocol: Protocol,
     read_buf: Box<[u8]>,
+    read_size: ReadSize,
     needs_flush: bool,
     notifications: VecDeque<Notification>,
     notices: VecDeque<DbError>,
@@ -50,7 +49,8 @@ impl Connection {
         Connection {
             transport,
             protocol,
-            read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            read_buf: vec![0; ReadSize::MAX].into_boxed_slice(),
+            read_size: ReadSize::new(),
             needs_flush: false,
             notifications: VecDeque::new(),
             notices: VecDeque::new(),
@@ -105,12 +105,22 @@ impl Connection {
         )
     }
 
+    /// Reads into `read_buf`, adapting the size of the next read to this one.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let n = ready!(
+            self.transport
+                .poll_read(cx, &mut self.read_buf[..self.read_size.get()])
+        )?;
+        self.read_size.record(n);
+        Poll::Ready(Ok(n))
+    }
+
     fn poll_transport(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         // Write first so a request queued by this caller (or left by a dropped one) reaches the server.
         if let Poll::Ready(Err(e)) = self.poll_write_queued(cx) {
             return Poll::Ready(Err(e));
         }
-        match self.transport.poll_read(cx, &mut self.read_buf) {
+        match self.poll_read(cx) {
             Poll::Ready(Ok(0)) => {
                 self.protocol.handle_eof();
                 Poll::Ready(Ok(()))
@@ -216,7 +226,7 @@ impl Connection {
                 if self.protocol.poll_transmit().len() != unsent {
                     self.limits.progress();
                 }
-                match self.transport.poll_read(cx, &mut self.read_buf) {
+                match self.poll_read(cx) {
                     Poll::Ready(Ok(0)) => self.protocol.handle_eof(),
                     Poll::Ready(Ok(n)) => {
                         self.limits.progress();

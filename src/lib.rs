@@ -176,6 +176,7 @@ with_runtime! {
     #[cfg(feature = "pool")]
     pub mod pool;
     mod portal;
+    mod read_size;
     mod rebuild;
     mod runtime;
     mod simple_mode;

@@ -10,10 +10,8 @@ use std::task::{Context, Poll, ready};
 
 use rustls::ClientConnection;
 
+use crate::read_size::ReadSize;
 use crate::transport::Transport;
-
-/// How much ciphertext one read asks the inner transport for: a little more than one full TLS record.
-const CIPHERTEXT_CHUNK: usize = 18 * 1024;
 
 /// Ciphertext waiting to go out is written to the inner transport before more plaintext is accepted once it
 /// grows past this, so a slow server pushes back on the writer.
@@ -25,6 +23,8 @@ pub(crate) struct TlsStream {
     session: ClientConnection,
     /// Ciphertext read from `inner`; `incoming[incoming_start..]` is what rustls has not taken yet.
     incoming: Box<[u8]>,
+    /// How much ciphertext the next read asks the inner transport for.
+    read_size: ReadSize,
     incoming_start: usize,
     incoming_end: usize,
     /// Ciphertext produced by rustls that `inner` has not accepted yet; `outgoing[outgoing_start..]` is left.
@@ -40,7 +40,8 @@ impl TlsStream {
         TlsStream {
             inner,
             session,
-            incoming: vec![0; CIPHERTEXT_CHUNK].into_boxed_slice(),
+            incoming: vec![0; ReadSize::MAX].into_boxed_slice(),
+            read_size: ReadSize::new(),
             incoming_start: 0,
             incoming_end: 0,
             outgoing: Vec::new(),
@@ -99,7 +100,11 @@ impl TlsStream {
     /// alerts, key updates).
     fn poll_feed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.incoming_start == self.incoming_end {
-            let n = ready!(self.inner.poll_read(cx, &mut self.incoming))?;
+            let n = ready!(
+                self.inner
+                    .poll_read(cx, &mut self.incoming[..self.read_size.get()])
+            )?;
+            self.read_size.record(n);
             self.incoming_start = 0;
             self.incoming_end = n;
             if n == 0 {
