@@ -434,6 +434,21 @@ mod tests {
         assert_send(&cancel);
     }
 
+    #[cfg(not(target_os = "wasi"))]
+    #[test]
+    fn debug_output_leaves_the_secret_key_out() {
+        let key = BackendKey {
+            process_id: 4242,
+            secret_key: vec![0xde, 0xad, 0xbe, 0xef].into(),
+        };
+        let token = CancelToken::new(None, Some(key)).following(CurrentSession::default());
+        let shown = format!("{token:?}");
+        assert!(shown.contains("4242"), "{shown}");
+        for secret in ["222, 173, 190, 239", "deadbeef", "DEADBEEF", "-559038737"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
+
     /// Scripted fake servers over real sockets: the driver's time limits, end to end.
     #[cfg(not(target_os = "wasi"))]
     mod fake_server {
