@@ -35,32 +35,11 @@ if [ ! -f "$cwasm" ] || [ "$wasm" -nt "$cwasm" ]; then
     wasmtime compile -C cache=n -o "$cwasm" "$wasm"
 fi
 
-# A TCP port nobody listens on.
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# PostgreSQL 15 as in the issue, else the newest installed.
-bindir=/usr/lib/postgresql/15/bin
-if [ ! -x "$bindir/initdb" ]; then
-    bindir="$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
-fi
-# initdb refuses to run as root: run the cluster as the postgres user then.
-as_owner=()
-if [ "$(id -u)" -eq 0 ]; then
-    as_owner=(runuser -u postgres --)
-fi
-
-work="$(mktemp -d /tmp/wasi-pg-bench.XXXXXX)"
-cluster_started=""
-cleanup() {
-    if [ -n "$cluster_started" ]; then
-        (cd / && "${as_owner[@]}" "$bindir/pg_ctl" stop -m immediate -w -D "$work/data" >/dev/null 2>&1) || true
-    fi
-    rm -rf -- "$work"
-}
-trap cleanup EXIT
-mkdir "$work/sock" "$work/certs" "$work/scripts"
+# shellcheck source=scripts/throwaway-cluster.sh
+source scripts/throwaway-cluster.sh
+cluster_init bench
+work="$cluster_dir"
+mkdir "$work/certs" "$work/scripts"
 
 # A CA and a server certificate for 127.0.0.1 signed by it, so every client verifies the server fully
 # (verify-full) in W6, as a real deployment would.
@@ -72,24 +51,14 @@ printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:
 openssl x509 -req -in "$work/server.csr" -CA "$work/certs/ca.crt" -CAkey "$work/ca.key" -CAcreateserial \
     -days 2 -extfile "$work/server.ext" -out "$work/server.crt" 2>/dev/null
 chmod 600 "$work/server.key"
-if [ "${#as_owner[@]}" -gt 0 ]; then
+if [ "${#cluster_as_owner[@]}" -gt 0 ]; then
     chown -R postgres:postgres "$work"
 fi
 
-port="$(free_port)"
-log "starting PostgreSQL ($bindir) in $work on 127.0.0.1:$port"
-(cd "$work" && "${as_owner[@]}" "$bindir/initdb" -A trust -U postgres --no-sync -E UTF8 --locale=C \
-    -D "$work/data" >"$work/initdb.log" 2>&1) || {
-    cat "$work/initdb.log" >&2
-    exit 1
-}
+log "starting PostgreSQL ($cluster_bindir) in $work on 127.0.0.1:$cluster_port"
 # The same settings for every contender. Durability is off because the client is measured, not the disk;
 # autovacuum is off so it cannot wake up in the middle of one contender's run.
-cat >>"$work/data/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-port = $port
-unix_socket_directories = '$work/sock'
-fsync = off
+cat >>"$cluster_data/postgresql.conf" <<CONF
 synchronous_commit = off
 full_page_writes = off
 autovacuum = off
@@ -99,21 +68,15 @@ ssl = on
 ssl_cert_file = '$work/server.crt'
 ssl_key_file = '$work/server.key'
 CONF
-printf 'local all all trust\nhost all all 127.0.0.1/32 trust\n' >"$work/data/pg_hba.conf"
-(cd "$work" && "${as_owner[@]}" "$bindir/pg_ctl" -w -t 60 -D "$work/data" -l "$work/server.log" \
-    start >/dev/null) || {
-    tail -n 40 "$work/server.log" >&2
-    exit 1
-}
-cluster_started=1
+cluster_start
 
 log "$(nproc) CPUs, $(awk '/model name/ {$1=$2=$3=""; print; exit}' /proc/cpuinfo | sed 's/^ *//'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 "$CARGO_TARGET_DIR/release/bench-driver" \
     --client "$CARGO_TARGET_DIR/release/bench-client" \
     --wasmtime "$(command -v wasmtime)" \
     --cwasm "$cwasm" \
-    --pgbench "$bindir/pgbench" \
+    --pgbench "$cluster_bindir/pgbench" \
     --work-dir "$work/scripts" \
-    --host 127.0.0.1 --port "$port" --user postgres --dbname postgres \
+    --host 127.0.0.1 --port "$cluster_port" --user postgres --dbname postgres \
     --ca "$work/certs/ca.crt" \
     "$@"
