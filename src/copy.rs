@@ -499,6 +499,23 @@ impl CopyOutReader<'_> {
         if self.done {
             return Poll::Ready(Ok(None));
         }
+        // Data already buffered whole is taken straight from the protocol core, outside the request's span
+        // (nothing is logged there, and entering a span per chunk costs a subscriber two calls).
+        if self.error.is_none() {
+            match self
+                .client
+                .connection_mut()
+                .protocol
+                .poll_copy_data(self.id)
+            {
+                Ok(Some(data)) => return Poll::Ready(Ok(Some(data))),
+                Ok(None) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Poll::Ready(self.client.connection_mut().check(Err(e)));
+                }
+            }
+        }
         let span = self.span.clone();
         let _entered = span.enter();
         let result = ready!(self.poll_message(cx));

@@ -285,6 +285,25 @@ impl<'a> RowStream<'a> {
         if self.done {
             return Poll::Ready(Ok(None));
         }
+        // Rows already buffered whole are taken straight from the protocol core, outside the request's span:
+        // nothing is logged there, and entering a span per row costs a subscriber two calls.
+        let buffered = self
+            .client
+            .connection_mut()
+            .protocol
+            .poll_data_row(self.id)
+            .and_then(|raw| {
+                raw.map(|raw| Row::new(self.columns.clone(), raw))
+                    .transpose()
+            });
+        match buffered {
+            Ok(Some(row)) => return Poll::Ready(Ok(Some(row))),
+            Ok(None) => {}
+            Err(e) => {
+                self.done = true;
+                return Poll::Ready(self.client.connection_mut().check(Err(e)));
+            }
+        }
         let span = self.span.clone();
         let _entered = span.enter();
         let result = ready!(self.poll_message(cx));
