@@ -549,7 +549,10 @@ struct CopyColumn {
 impl std::fmt::Debug for BinaryCopyRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BinaryCopyRow")
-            .field("types", &self.types.iter().map(|c| &c.type_).collect::<Vec<_>>())
+            .field(
+                "types",
+                &self.types.iter().map(|c| &c.type_).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -759,7 +762,9 @@ mod tests {
         assert!(error_of(&row(3, &[0x4000_0000])).contains("invalid field length 1073741824"));
         // A length within bounds waits for its bytes, reserving nothing for them.
         let mut decoder = Decoder::new(&types());
-        decoder.push(Bytes::copy_from_slice(&row(3, &[1_000_000]))).unwrap();
+        decoder
+            .push(Bytes::copy_from_slice(&row(3, &[1_000_000])))
+            .unwrap();
         assert!(decoder.next_row().unwrap().is_none());
         assert!(decoder.carry.capacity() < 1_000_000 && decoder.chunk.len() < 1_000);
     }
