@@ -105,7 +105,7 @@ impl std::fmt::Debug for Client {
 }
 
 /// One RowDescription field, before its type is resolved.
-struct FieldInfo {
+pub(crate) struct FieldInfo {
     name: String,
     type_oid: u32,
     table_oid: Option<u32>,
@@ -381,12 +381,8 @@ impl Client {
         sql: &str,
         param_types: &[Type],
     ) -> Result<Statement, Error> {
-        // The client id keeps names apart when several clients of a process share a backend (session poolers,
-        // PGlite).
-        let name = format!("wpc{}_{}", self.id, self.next_statement);
-        self.next_statement += 1;
+        let (name, guard) = self.new_statement_name();
         let span = self.request_span("prepare", Some(sql));
-        let guard = CloseUnlessPrepared::new(&self.close_queue, &name);
         let statement = self
             .prepare_named(&name, sql, param_types)
             .instrument(span)
@@ -396,6 +392,17 @@ impl Client {
             session.remember_statement(&name, sql, &statement);
         }
         Ok(statement)
+    }
+
+    /// A name for a new named statement, with the guard that closes it on the server unless its prepare
+    /// finishes (see [`CloseUnlessPrepared`]).
+    pub(crate) fn new_statement_name(&mut self) -> (String, CloseUnlessPrepared) {
+        // The client id keeps names apart when several clients of a process share a backend (session poolers,
+        // PGlite).
+        let name = format!("wpc{}_{}", self.id, self.next_statement);
+        self.next_statement += 1;
+        let guard = CloseUnlessPrepared::new(&self.close_queue, &name);
+        (name, guard)
     }
 
     pub(crate) async fn prepare_named(
@@ -417,6 +424,18 @@ impl Client {
             })?;
         let described = self.read_statement_description(id).await;
         let (param_oids, description) = self.conn.check(described)?;
+        self.described_statement(name, param_oids, description)
+            .await
+    }
+
+    /// The statement `name` from the server's answer to its Parse/Describe, with its types resolved (a catalog
+    /// lookup for each type postgres-types does not know, once per connection).
+    pub(crate) async fn described_statement(
+        &mut self,
+        name: &str,
+        param_oids: Vec<u32>,
+        description: Option<Vec<FieldInfo>>,
+    ) -> Result<Statement, Error> {
         let mut params = Vec::with_capacity(param_oids.len());
         for oid in param_oids {
             params.push(self.resolve_type(oid).await?);
@@ -436,7 +455,7 @@ impl Client {
     }
 
     /// Reads the answer to Parse/Describe: parameter type OIDs and the row description, or the server's error.
-    async fn read_statement_description(
+    pub(crate) async fn read_statement_description(
         &mut self,
         id: RequestId,
     ) -> Result<(Vec<u32>, Option<Vec<FieldInfo>>), Error> {
@@ -1064,14 +1083,14 @@ pub(crate) fn sql_of<T: ToStatement + ?Sized>(statement: &T) -> Option<&str> {
 }
 
 /// Why a cached statement cannot be used any more.
-enum Stale {
+pub(crate) enum Stale {
     /// Its plan no longer fits: "cached plan must not change result type".
     Plan,
     /// The server no longer has prepared statements of ours ("prepared statement ... does not exist").
     AllGone,
 }
 
-fn stale_statement(e: &Error) -> Option<Stale> {
+pub(crate) fn stale_statement(e: &Error) -> Option<Stale> {
     let db = e.as_db_error()?;
     match db.code() {
         sqlstate::FEATURE_NOT_SUPPORTED if db.message().contains("cached plan") => {
