@@ -719,6 +719,11 @@ impl Client {
         }
     }
 
+    /// The statement cache, when SQL text goes through it ([`QueryMode::Cached`] with a capacity).
+    pub(crate) fn text_cache(&mut self) -> Option<&mut StatementCache> {
+        (self.mode == QueryMode::Cached && self.cache.enabled()).then_some(&mut self.cache)
+    }
+
     /// The cached statement for `sql`, prepared (and cached) on a miss.
     async fn cached_statement(&mut self, sql: &str) -> Result<Statement, Error> {
         if let Some(statement) = self.cache.get(sql) {

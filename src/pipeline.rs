@@ -1,14 +1,23 @@
 //! Pipelines: many statements sent in one write, their results read back in order.
 //!
-//! Every statement goes through the extended protocol with binary parameters. SQL text is prepared first
-//! (once per distinct text; cached statements cost nothing), then the whole batch is queued as one request
-//! whose Sync count the protocol core knows, so the core ends it exactly, and the results are read in order:
-//! each statement's rows end with its CommandComplete (or ErrorResponse), and with a Sync per statement each
-//! also ends with a ReadyForQuery. A result can never be matched to the wrong statement: anything that does
-//! not fit that sequence is a protocol error, which closes the connection.
+//! Every statement goes through the extended protocol with binary parameters. SQL text is prepared first: the
+//! texts the statement cache does not hold (every text, when SQL text does not go through the cache) are
+//! prepared together, a Parse/Describe/Sync per distinct text, all sent in one write and read back in one round
+//! trip. Then the whole batch is queued as one request whose Sync count the protocol core knows, so the core
+//! ends it exactly, and the results are read in order: each statement's rows end with its CommandComplete (or
+//! ErrorResponse), and with a Sync per statement each also ends with a ReadyForQuery. A result can never be
+//! matched to the wrong statement: anything that does not fit that sequence is a protocol error, which closes
+//! the connection.
+//!
+//! A cached statement the server refuses as stale (its result type changed, or `DISCARD ALL` removed it) is
+//! prepared again and run once more when that cannot run any statement twice (see [`Client::run_pipeline`]).
 //!
 //! A pipeline future dropped after its request was queued leaves the request registered in the core: the
 //! statements still run on the server, and the connection's next call reads and discards their results.
+//! Dropped while its texts are being prepared, it leaves nothing in the cache, and the names it gave them are
+//! closed on the server by the next call.
+
+use std::collections::HashMap;
 
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
@@ -16,10 +25,12 @@ use tracing::Instrument as _;
 
 use bytes::BytesMut;
 
-use crate::client::{StatementRef, encode_error, rows_affected, unexpected};
+use crate::client::{
+    Stale, StatementRef, encode_error, rows_affected, stale_statement, unexpected,
+};
 use crate::proto::{Backend, Flow};
 use crate::stream::Bindable;
-use crate::{Client, Error, Param, Row, Statement, ToStatement};
+use crate::{Client, Error, Param, Row, Statement, ToStatement, TransactionStatus};
 
 /// How the statements of a [`Pipeline`] succeed or fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,15 +159,56 @@ struct Sent {
     statement: Statement,
 }
 
+/// What the server did with one sent statement, as far as running it again depends on it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Fate {
+    /// Its BindComplete arrived: the statement started to run. An error before it came from Parse or Bind.
+    bound: bool,
+    /// It completed as a command that cannot have ended the transaction it ran in (see [`plain_command`]).
+    plain: bool,
+    /// With a Sync per statement: the ReadyForQuery after it reported no transaction block.
+    idle_after: bool,
+}
+
+/// One run over the statements of a pipeline, or over those that run once more.
+struct Pass {
+    /// Each statement's result; `None` for one that did not run because an atomic pipeline failed.
+    results: Vec<Option<Result<PipelineOutput, Error>>>,
+    /// The statement whose failure stopped an atomic pipeline.
+    first_failure: Option<usize>,
+    /// The statements to run once more after a stale cached statement (positions in the pass).
+    retry: Option<Vec<usize>>,
+}
+
 impl Client {
     /// Runs a [`Pipeline`]: every statement is sent in one write and the results come back in order, one per
     /// statement.
+    ///
+    /// SQL text missing from the statement cache is prepared first, every distinct text in one more round
+    /// trip; the statements then stay cached like those of [`query`](Self::query). In
+    /// [`QueryMode::Unnamed`](crate::config::QueryMode) and `Simple` every text is described in that round trip
+    /// and runs through the unnamed statement.
     ///
     /// The outer `Err` means the batch as a whole could not run or be read (the connection broke), or, in
     /// [`PipelineMode::Atomic`] outside a transaction block, that the implicit commit at its end failed
     /// (a deferred constraint, a serialization failure), so nothing was committed. Otherwise each statement
     /// has its own result; in atomic mode the failing statement reports its error and every other statement
     /// that did not run reports [`ErrorKind::Skipped`](crate::ErrorKind::Skipped).
+    ///
+    /// A cached statement the server refuses as stale ("cached plan must not change result type", or gone
+    /// after `DISCARD ALL`) fails at Bind, before it runs. Its cache entry is dropped (after `DISCARD ALL`, the
+    /// whole cache), and outside a transaction block the pipeline goes on once more, prepared afresh, if that
+    /// runs no statement twice:
+    /// - atomic: the whole pipeline runs again when the statements before the stale one were queries or plain
+    ///   DML (`SELECT`, `INSERT`, `UPDATE`, `DELETE`, `MERGE`), which the failure rolled back with everything
+    ///   else. Only what they did outside the transaction stays done, as with any retried transaction:
+    ///   sequence values they took, session-level advisory locks, side effects of functions outside the
+    ///   database;
+    /// - independent: the stale statement and the ones after it run again when none of those had started
+    ///   (each failed at Bind too, as after `DISCARD ALL`), so the order holds. Statements before it ran and
+    ///   keep their results.
+    ///
+    /// Otherwise the stale statement reports its error, and the next use prepares it afresh.
     ///
     /// If the future is dropped after the batch was queued, the statements still run and the connection's
     /// next call discards their results.
@@ -173,16 +225,82 @@ impl Client {
         pipeline: &Pipeline<'_>,
     ) -> Result<Vec<Result<PipelineOutput, Error>>, Error> {
         let atomic = pipeline.mode == PipelineMode::Atomic;
-        let count = pipeline.items.len();
+        let items: Vec<&Item<'_>> = pipeline.items.iter().collect();
+        let mut pass = self.run_pass(&items, atomic, true).await?;
+        if let Some(again) = pass.retry.take() {
+            tracing::debug!(
+                statements = again.len(),
+                "cached statements went stale; preparing them again and running the statements that did not \
+                 run once more"
+            );
+            let subset: Vec<&Item<'_>> = again
+                .iter()
+                .filter_map(|&i| items.get(i).copied())
+                .collect();
+            match self.run_pass(&subset, atomic, false).await {
+                // In atomic mode the rerun is the whole pipeline.
+                Ok(rerun) if atomic => pass = rerun,
+                Ok(rerun) => {
+                    for (&i, result) in again.iter().zip(rerun.results) {
+                        pass.results[i] = result;
+                    }
+                }
+                Err(e) if atomic => return Err(e),
+                // The statements before the rerun ones ran and keep their results.
+                Err(e) => {
+                    let cause = e.to_string();
+                    let mut error = Some(e);
+                    for &i in &again {
+                        pass.results[i] = Some(Err(error
+                            .take()
+                            .unwrap_or_else(|| Error::skipped(format!("not run: {cause}")))));
+                    }
+                }
+            }
+        }
+
+        // Statements that did not run name the failure that stopped them, so the first error of the results
+        // (what `collect::<Result<Vec<_>, _>>()` returns) always tells the cause.
+        let Pass {
+            results,
+            first_failure,
+            ..
+        } = pass;
+        let failed = first_failure.unwrap_or(0);
+        let cause = match results.get(failed) {
+            Some(Some(Err(e))) => e.to_string(),
+            _ => "an earlier failure".to_string(),
+        };
+        Ok(results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| {
+                    Err(Error::skipped(format!(
+                        "not run: statement {failed} (counting from 0) of the atomic pipeline failed: {cause}"
+                    )))
+                })
+            })
+            .collect())
+    }
+
+    /// Prepares and runs `items` once. With `may_retry`, says which of them may run once more because a stale
+    /// cached statement failed.
+    async fn run_pass(
+        &mut self,
+        items: &[&Item<'_>],
+        atomic: bool,
+        may_retry: bool,
+    ) -> Result<Pass, Error> {
+        let count = items.len();
         let mut results: Vec<Option<Result<PipelineOutput, Error>>> =
             (0..count).map(|_| None).collect();
-        let statements = self.prepare_pipeline(pipeline, atomic).await?;
+        let statements = self.prepare_pipeline(items, atomic).await?;
 
         // Encode every statement on its own, so a parameter that does not encode fails that statement alone.
         let mut sent = Vec::with_capacity(count);
         let mut messages = BytesMut::new();
         let mut first_failure = None;
-        for (index, (item, statement)) in pipeline.items.iter().zip(statements).enumerate() {
+        for (index, (item, statement)) in items.iter().zip(statements).enumerate() {
             let encoded = statement.and_then(|statement| {
                 let sql = match item.statement {
                     Source::Sql(sql) => Some(sql),
@@ -223,6 +341,7 @@ impl Client {
             sent.clear();
         }
 
+        let mut retry = None;
         if !sent.is_empty() {
             let syncs = if atomic { 1 } else { sent.len() };
             let syncs = u32::try_from(syncs).map_err(|_| {
@@ -240,76 +359,233 @@ impl Client {
                     Ok(())
                 },
             )?;
-            let read = self.read_pipeline(id, &sent, atomic, &mut results).await;
+            let mut fates = vec![Fate::default(); sent.len()];
+            let read = self
+                .read_pipeline(id, &sent, atomic, &mut results, &mut fates)
+                .await;
             if let Some(failed) = self.connection_mut().check(read)? {
                 first_failure.get_or_insert(failed);
             }
+            retry = self.forget_stale(items, &sent, &fates, &results, atomic);
         }
+        Ok(Pass {
+            results,
+            first_failure,
+            retry: retry.filter(|_| may_retry),
+        })
+    }
 
-        // Statements that did not run name the failure that stopped them, so the first error of the results
-        // (what `collect::<Result<Vec<_>, _>>()` returns) always tells the cause.
-        let failed = first_failure.unwrap_or(0);
-        let cause = match results.get(failed) {
-            Some(Some(Err(e))) => e.to_string(),
-            _ => "an earlier failure".to_string(),
-        };
-        Ok(results
+    /// Resolves each statement of the pipeline to a prepared one: statements given prepared, then the
+    /// statement cache, then one round trip that prepares every distinct text still missing (see
+    /// [`prepare_texts`](Self::prepare_texts)). A statement that fails to prepare gets the error; in atomic
+    /// mode, as nothing will run, the failures after the first are reported as skipped.
+    async fn prepare_pipeline(
+        &mut self,
+        items: &[&Item<'_>],
+        atomic: bool,
+    ) -> Result<Vec<Result<Statement, Error>>, Error> {
+        /// Where an item's statement comes from: known already, or the text at this position of the batch.
+        enum Found {
+            Known(Result<Statement, Error>),
+            Text(usize),
+        }
+        let mut texts: Vec<&str> = Vec::new();
+        let mut positions: HashMap<&str, usize> = HashMap::new();
+        let mut found = Vec::with_capacity(items.len());
+        for item in items {
+            found.push(match item.statement {
+                Source::Prepared(statement) => Found::Known(self.statement(statement).await),
+                Source::Sql(sql) => match positions.get(sql) {
+                    Some(&position) => Found::Text(position),
+                    None => match self.text_cache().and_then(|cache| cache.get(sql)) {
+                        Some(statement) => Found::Known(Ok(statement)),
+                        None => {
+                            positions.insert(sql, texts.len());
+                            texts.push(sql);
+                            Found::Text(texts.len() - 1)
+                        }
+                    },
+                },
+            });
+        }
+        let prepared = self.prepare_texts(&texts).await?;
+        let mut failed = false;
+        Ok(found
             .into_iter()
-            .map(|result| {
-                result.unwrap_or_else(|| {
-                    Err(Error::skipped(format!(
-                        "not run: statement {failed} (counting from 0) of the atomic pipeline failed: {cause}"
-                    )))
-                })
+            .map(|found| {
+                let statement = match found {
+                    Found::Known(result) => result,
+                    Found::Text(position) => prepared.get(position).map_or_else(
+                        || {
+                            Err(Error::protocol(
+                                "BUG: a pipeline text without its preparation",
+                            ))
+                        },
+                        clone_result,
+                    ),
+                };
+                let statement = match statement {
+                    Err(_) if failed && atomic => {
+                        Err(Error::skipped("not prepared: an earlier statement failed"))
+                    }
+                    statement => statement,
+                };
+                failed |= statement.is_err();
+                statement
             })
             .collect())
     }
 
-    /// Resolves each statement of the pipeline to a prepared one, preparing each distinct SQL text once.
-    /// A statement that fails to prepare gets the error; in atomic mode nothing more is prepared after it.
-    async fn prepare_pipeline(
+    /// Prepares `texts` in one round trip: a Parse/Describe/Sync request per text, all queued before the first
+    /// answer is read, so they leave in one write. With a Sync each, a text that fails (a syntax error) does
+    /// not stop the others; in atomic mode its failure stops the pipeline before anything runs anyway.
+    ///
+    /// Where SQL text goes through the statement cache, each text becomes a named statement and enters the
+    /// cache; otherwise it is described through the unnamed statement, which the pipeline parses again in
+    /// front of each Bind.
+    async fn prepare_texts(
         &mut self,
-        pipeline: &Pipeline<'_>,
-        atomic: bool,
+        texts: &[&str],
     ) -> Result<Vec<Result<Statement, Error>>, Error> {
-        let mut prepared: Vec<(&str, Result<Statement, Error>)> = Vec::new();
-        let mut statements = Vec::with_capacity(pipeline.items.len());
-        let mut failed = false;
-        for item in &pipeline.items {
-            let statement = match item.statement {
-                Source::Prepared(statement) => self.statement(statement).await,
-                Source::Sql(sql) => match prepared.iter().find(|(text, _)| *text == sql) {
-                    Some((_, result)) => clone_result(result),
-                    None if failed && atomic => {
-                        Err(Error::skipped("not prepared: an earlier statement failed"))
-                    }
-                    None => {
-                        // The unnamed statement is fine for several texts: each Bind is preceded by its Parse.
-                        let result = self.statement(sql).await;
-                        let result = match result {
-                            Err(e) if e.is_connection_broken() => return Err(e),
-                            result => result,
-                        };
-                        let copy = clone_result(&result);
-                        prepared.push((sql, result));
-                        copy
-                    }
-                },
-            };
-            failed |= statement.is_err();
-            statements.push(statement);
+        if texts.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(statements)
+        let named = self.text_cache().is_some();
+        self.prepare_to_send().await?;
+        let mut queued = Vec::with_capacity(texts.len());
+        for sql in texts {
+            // Cancel-safety: each name is armed with its guard before its Parse is queued, and the guard is
+            // disarmed only when the statement enters the cache, after every answer was read. A future dropped
+            // at any await below, or a text that fails, queues the Close of its names with the next request
+            // (closing a statement that was never created is not an error), so the cache holds only names the
+            // server confirmed, and the server keeps none the client forgot.
+            let (name, guard) = if named {
+                let (name, guard) = self.new_statement_name();
+                (name, Some(guard))
+            } else {
+                (String::new(), None)
+            };
+            let id = self
+                .connection_mut()
+                .protocol
+                .queue_request(Flow::Extended(1), None, |buf| {
+                    frontend::parse(&name, sql, std::iter::empty(), buf).map_err(encode_error)?;
+                    frontend::describe(b'S', &name, buf).map_err(encode_error)?;
+                    frontend::sync(buf);
+                    Ok(())
+                });
+            queued.push((name, guard, id));
+        }
+        // The first read sends every request queued above, in one write.
+        let mut answers = Vec::with_capacity(queued.len());
+        for (name, guard, id) in queued {
+            let answer = match id {
+                Ok(id) => {
+                    let read = self.read_statement_description(id).await;
+                    self.connection_mut().check(read)
+                }
+                Err(e) => Err(e),
+            };
+            match answer {
+                Err(e) if e.is_connection_broken() => return Err(e),
+                answer => answers.push((name, guard, answer)),
+            }
+        }
+        // Types are resolved only now: a type the catalog must describe takes a query of its own, and the
+        // answers still unread above would be discarded by it.
+        let mut prepared = Vec::with_capacity(answers.len());
+        for ((name, guard, answer), sql) in answers.into_iter().zip(texts) {
+            let statement = match answer {
+                Ok((param_oids, description)) => {
+                    self.described_statement(&name, param_oids, description)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match statement {
+                Err(e) if e.is_connection_broken() => return Err(e),
+                Ok(statement) => {
+                    if let Some(guard) = guard {
+                        // The handle owns the name now: its last drop closes the statement (when the cache
+                        // evicts it and the pipeline is done with it).
+                        guard.prepared();
+                        if let Some(session) = &mut self.session {
+                            session.remember_statement(&name, sql, &statement);
+                        }
+                        if let Some(cache) = self.text_cache() {
+                            cache.insert(sql.to_string(), statement.clone());
+                        }
+                    }
+                    prepared.push(Ok(statement));
+                }
+                Err(e) => prepared.push(Err(e)),
+            }
+        }
+        Ok(prepared)
     }
 
-    /// Reads the results of a queued pipeline into `results`; returns the index of the statement that failed
-    /// in atomic mode, if one did.
+    /// Drops the cached statements the server refused as stale from the cache (after `DISCARD ALL`, every
+    /// one), and says which statements may run once more without running anything twice (see
+    /// [`run_pipeline`](Self::run_pipeline)): in atomic mode all of them, in independent mode the stale one and
+    /// those after it.
+    fn forget_stale(
+        &mut self,
+        items: &[&Item<'_>],
+        sent: &[Sent],
+        fates: &[Fate],
+        results: &[Option<Result<PipelineOutput, Error>>],
+        atomic: bool,
+    ) -> Option<Vec<usize>> {
+        let mut first = None;
+        for (position, (sent, fate)) in sent.iter().zip(fates).enumerate() {
+            let (Some(item), Some(Some(Err(e)))) = (items.get(sent.index), results.get(sent.index))
+            else {
+                continue;
+            };
+            // Only SQL text has its statement from the cache. An error after BindComplete came from running
+            // the statement (an `EXECUTE` of another one, say), not from its own plan or name.
+            let Source::Sql(sql) = item.statement else {
+                continue;
+            };
+            if fate.bound || sent.statement.name().is_empty() {
+                continue;
+            }
+            let Some(stale) = stale_statement(e) else {
+                continue;
+            };
+            if let Some(cache) = self.text_cache() {
+                match stale {
+                    Stale::Plan => cache.remove(sql),
+                    Stale::AllGone => cache.clear(),
+                }
+            }
+            first.get_or_insert(position);
+        }
+        let first = first?;
+        if atomic {
+            // The failure rolled back the statements before it, unless one of them ended the transaction (or
+            // opened a block, which the failure left open and failed).
+            let rolled_back = self.transaction_status() == TransactionStatus::Idle
+                && fates[..first].iter().all(|fate| fate.plain);
+            rolled_back.then(|| (0..items.len()).collect())
+        } else {
+            // Outside a transaction block, and nothing from the stale statement on started: running those
+            // statements again, in order, is what running them the first time would have been.
+            let none_started =
+                fates[first].idle_after && fates[first..].iter().all(|fate| !fate.bound);
+            none_started.then(|| sent[first..].iter().map(|sent| sent.index).collect())
+        }
+    }
+
+    /// Reads the results of a queued pipeline into `results` and what happened to each sent statement into
+    /// `fates`; returns the index of the statement that failed in atomic mode, if one did.
     async fn read_pipeline(
         &mut self,
         id: crate::proto::RequestId,
         sent: &[Sent],
         atomic: bool,
         results: &mut [Option<Result<PipelineOutput, Error>>],
+        fates: &mut [Fate],
     ) -> Result<Option<usize>, Error> {
         // `current` is the statement whose answer is arriving; it moves on at each CommandComplete or error.
         let mut current = 0;
@@ -333,7 +609,13 @@ impl Client {
                         "ReadyForQuery before a pipelined statement finished",
                     ));
                 }
-                if atomic || readies == sent.len() {
+                if atomic {
+                    break;
+                }
+                if let Some(fate) = fates.get_mut(readies - 1) {
+                    fate.idle_after = self.transaction_status() == TransactionStatus::Idle;
+                }
+                if readies == sent.len() {
                     break;
                 }
                 continue;
@@ -365,23 +647,33 @@ impl Client {
             match message {
                 Backend::Row(raw) => rows.push(Row::new(statement.statement.columns_arc(), raw)?),
                 Backend::Message(Message::CommandComplete(body)) => {
-                    let affected = rows_affected(body.tag().map_err(Error::malformed)?);
+                    let tag = body.tag().map_err(Error::malformed)?;
+                    if let Some(fate) = fates.get_mut(current) {
+                        fate.plain = plain_command(tag);
+                    }
                     results[statement.index] = Some(Ok(PipelineOutput {
                         rows: std::mem::take(&mut rows),
-                        rows_affected: affected,
+                        rows_affected: rows_affected(tag),
                     }));
                     current += 1;
                 }
                 Backend::Message(Message::EmptyQueryResponse) => {
+                    if let Some(fate) = fates.get_mut(current) {
+                        fate.plain = true;
+                    }
                     results[statement.index] = Some(Ok(PipelineOutput {
                         rows: Vec::new(),
                         rows_affected: 0,
                     }));
                     current += 1;
                 }
+                Backend::Message(Message::BindComplete) => {
+                    if let Some(fate) = fates.get_mut(current) {
+                        fate.bound = true;
+                    }
+                }
                 Backend::Message(
                     Message::ParseComplete
-                    | Message::BindComplete
                     | Message::RowDescription(_)
                     | Message::NoData
                     | Message::CopyOutResponse(_)
@@ -396,6 +688,16 @@ impl Client {
             None => Ok(failed),
         }
     }
+}
+
+/// Whether a statement that completed with this command tag changed nothing outside the transaction it ran in,
+/// so a rollback undid it: a query or plain DML. Not COMMIT, a procedure (which may commit), nor a command that
+/// runs outside any transaction (VACUUM).
+fn plain_command(tag: &str) -> bool {
+    matches!(
+        tag.split(' ').next(),
+        Some("SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE")
+    )
 }
 
 fn clone_result(result: &Result<Statement, Error>) -> Result<Statement, Error> {
@@ -419,34 +721,57 @@ fn clone_error(e: &Error) -> Error {
 /// result bookkeeping is checked against exact transcripts, hostile ones included.
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
     use std::io;
     use std::sync::{Arc, Mutex};
     use std::task::{Context, Poll};
 
     use super::*;
+    use crate::config::QueryMode;
     use crate::{Config, ErrorKind, Transport};
 
+    /// What the client did on the scripted transport, in order.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Io {
+        /// The bytes of one write.
+        Write(Vec<u8>),
+        /// A read that returned this many bytes.
+        Read(usize),
+    }
+
     /// Plays one turn of backend bytes per write of the client, like a server answering each request it
-    /// gets, and records the bytes sent. Out of turns, it reports the end of the stream, so a client waiting
-    /// for more fails instead of hanging.
+    /// gets, and logs the writes and reads. Out of turns, it reports the end of the stream, so a client waiting
+    /// for more fails instead of hanging. With `latency`, the first read after each write is pending once,
+    /// like a server that takes its time: a future polled once stops there.
     struct Scripted {
-        turns: std::collections::VecDeque<Vec<u8>>,
+        turns: Arc<Mutex<VecDeque<Vec<u8>>>>,
         readable: Vec<u8>,
-        sent: Arc<Mutex<Vec<u8>>>,
+        log: Arc<Mutex<Vec<Io>>>,
+        latency: bool,
+        waited: bool,
     }
 
     impl Transport for Scripted {
-        fn poll_read(&mut self, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+            if self.latency && !self.waited {
+                self.waited = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             let n = buf.len().min(self.readable.len());
             buf[..n].copy_from_slice(&self.readable[..n]);
             self.readable.drain(..n);
+            if n > 0 {
+                self.log.lock().unwrap().push(Io::Read(n));
+            }
             Poll::Ready(Ok(n))
         }
         fn poll_write(&mut self, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-            self.sent.lock().unwrap().extend_from_slice(buf);
-            if let Some(turn) = self.turns.pop_front() {
+            self.log.lock().unwrap().push(Io::Write(buf.to_vec()));
+            if let Some(turn) = self.turns.lock().unwrap().pop_front() {
                 self.readable.extend_from_slice(&turn);
             }
+            self.waited = false;
             Poll::Ready(Ok(buf.len()))
         }
         fn poll_flush(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -457,7 +782,66 @@ mod tests {
         }
     }
 
-    /// The scripted transport never returns Pending, so one poll loop with a no-op waker finishes any future.
+    /// The test's side of a scripted transport: the turns still to play, and the log.
+    struct Server {
+        turns: Arc<Mutex<VecDeque<Vec<u8>>>>,
+        log: Arc<Mutex<Vec<Io>>>,
+    }
+
+    impl Server {
+        /// Adds the answer to a later write.
+        fn then(&self, turn: Vec<u8>) -> &Server {
+            self.turns.lock().unwrap().push_back(turn);
+            self
+        }
+
+        /// Everything logged after the first `from` entries.
+        fn log_from(&self, from: usize) -> Vec<Io> {
+            self.log.lock().unwrap()[from..].to_vec()
+        }
+
+        fn log_len(&self) -> usize {
+            self.log.lock().unwrap().len()
+        }
+
+        /// The writes logged after the first `from` entries.
+        fn writes_from(&self, from: usize) -> Vec<Vec<u8>> {
+            self.log_from(from)
+                .into_iter()
+                .filter_map(|io| match io {
+                    Io::Write(bytes) => Some(bytes),
+                    Io::Read(_) => None,
+                })
+                .collect()
+        }
+    }
+
+    /// A client connected (trust authentication, default config: the statement cache on) to a scripted server.
+    fn connect(latency: bool) -> (Client, Server) {
+        connect_in(latency, QueryMode::Cached)
+    }
+
+    fn connect_in(latency: bool, mode: QueryMode) -> (Client, Server) {
+        let server = Server {
+            turns: Arc::new(Mutex::new(VecDeque::new())),
+            log: Arc::new(Mutex::new(Vec::new())),
+        };
+        server.then([msg(b'R', &0u32.to_be_bytes()), ready()].concat());
+        let transport = Scripted {
+            turns: server.turns.clone(),
+            readable: Vec::new(),
+            log: server.log.clone(),
+            latency,
+            waited: false,
+        };
+        let mut config = Config::parse("user=u dbname=d sslmode=disable").unwrap();
+        config.query_mode(mode);
+        let client =
+            block_on(Client::connect_with_transport(Box::new(transport), &config)).unwrap();
+        (client, server)
+    }
+
+    /// Polls a future to its end; the scripted transport's waits end at once, so a no-op waker does.
     fn block_on<F: std::future::Future>(future: F) -> F::Output {
         let mut future = std::pin::pin!(future);
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -466,6 +850,52 @@ mod tests {
                 return v;
             }
         }
+    }
+
+    /// The frontend messages in `bytes`: tag and body.
+    fn frontend(bytes: &[u8]) -> Vec<(u8, &[u8])> {
+        let mut messages = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+            messages.push((rest[0], &rest[5..1 + len]));
+            rest = &rest[1 + len..];
+        }
+        messages
+    }
+
+    fn tags(bytes: &[u8]) -> Vec<u8> {
+        frontend(bytes).into_iter().map(|(tag, _)| tag).collect()
+    }
+
+    /// The statement each Parse, Bind, Describe or Close of a statement in `bytes` names, with its tag.
+    fn statements(bytes: &[u8]) -> Vec<(u8, String)> {
+        let cstrs = |body: &[u8]| -> Vec<String> {
+            body.split(|b| *b == 0)
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        };
+        frontend(bytes)
+            .into_iter()
+            .filter_map(|(tag, body)| match tag {
+                b'P' => Some((tag, cstrs(body)[0].clone())),
+                b'B' => Some((tag, cstrs(body)[1].clone())),
+                b'D' | b'C' if body[0] == b'S' => Some((tag, cstrs(&body[1..])[0].clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The SQL text of each Parse in `bytes`.
+    fn parsed_sql(bytes: &[u8]) -> Vec<String> {
+        frontend(bytes)
+            .into_iter()
+            .filter(|(tag, _)| *tag == b'P')
+            .map(|(_, body)| {
+                let text = body.split(|b| *b == 0).nth(1).unwrap();
+                String::from_utf8_lossy(text).into_owned()
+            })
+            .collect()
     }
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -543,41 +973,368 @@ mod tests {
             ready(),
         ]
         .concat();
-        let startup = [msg(b'R', &0u32.to_be_bytes()), ready()].concat();
-        let sent = Arc::new(Mutex::new(Vec::new()));
-        let transport = Scripted {
-            turns: [startup, prepare, script.concat()].into(),
-            readable: Vec::new(),
-            sent: sent.clone(),
-        };
-        let config = Config::parse("user=u dbname=d sslmode=disable").unwrap();
+        let (mut client, server) = connect(false);
+        let start = server.log_len();
+        server.then(prepare).then(script.concat());
         let values: Vec<i32> = (1..=statements).collect();
         let mut pipeline = Pipeline::new(mode);
         for v in &values {
             pipeline.push("SELECT $1::int4", &[v]);
         }
-        let (result, closed) = block_on(async {
-            let mut client = Client::connect_with_transport(Box::new(transport), &config)
-                .await
-                .unwrap();
-            let result = client.run_pipeline(&pipeline).await;
-            (result, client.is_closed())
-        });
-        // Skip the StartupMessage (no tag) and the prepare's Parse, Describe and Sync.
-        let sent = sent.lock().unwrap();
-        let mut tags = Vec::new();
-        let mut rest = &sent[u32::from_be_bytes(sent[..4].try_into().unwrap()) as usize..];
-        while !rest.is_empty() {
-            tags.push(rest[0]);
-            let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
-            rest = &rest[1 + len..];
-        }
+        let result = block_on(client.run_pipeline(&pipeline));
+        let tags = tags(&server.writes_from(start).concat());
         assert_eq!(&tags[..3], b"PDS", "the prepare");
-        (result, closed, tags[3..].to_vec())
+        (result, client.is_closed(), tags[3..].to_vec())
     }
 
     fn value(result: &Result<PipelineOutput, Error>) -> i32 {
         result.as_ref().unwrap().rows()[0].get(0)
+    }
+
+    fn code(result: &Result<PipelineOutput, Error>) -> Option<&str> {
+        result.as_ref().err().and_then(Error::code)
+    }
+
+    fn ready_in(status: u8) -> Vec<u8> {
+        msg(b'Z', &[status])
+    }
+
+    fn error_saying(code: &str, message: &str) -> Vec<u8> {
+        msg(
+            b'E',
+            format!("SERROR\0VERROR\0C{code}\0M{message}\0\0").as_bytes(),
+        )
+    }
+
+    /// The answer to one Parse/Describe/Sync of a text without parameters returning one int4 column.
+    fn described() -> Vec<u8> {
+        [
+            msg(b'1', b""),
+            msg(b't', &0u16.to_be_bytes()),
+            int4_description(),
+            ready(),
+        ]
+        .concat()
+    }
+
+    /// The answer to one request closing `n` statements.
+    fn closed(n: usize) -> Vec<u8> {
+        [vec![msg(b'3', b""); n].concat(), ready()].concat()
+    }
+
+    /// The names of the statements the Parse messages in `bytes` create.
+    fn parsed_names(bytes: &[u8]) -> Vec<String> {
+        statements(bytes)
+            .into_iter()
+            .filter(|(tag, _)| *tag == b'P')
+            .map(|(_, name)| name)
+            .collect()
+    }
+
+    /// Runs `pipeline`, whose `texts` distinct texts the client prepares in its first round trip; `answer`
+    /// answers the pipeline itself.
+    fn run_fresh(
+        client: &mut Client,
+        server: &Server,
+        pipeline: &Pipeline<'_>,
+        texts: usize,
+        answer: Vec<u8>,
+    ) -> Vec<Result<PipelineOutput, Error>> {
+        server.then(vec![described(); texts].concat()).then(answer);
+        block_on(client.run_pipeline(pipeline)).unwrap()
+    }
+
+    #[test]
+    fn missing_texts_are_prepared_in_one_write_before_any_read() {
+        const N: i32 = 20;
+        let (mut client, server) = connect(true);
+        let texts: Vec<String> = (1..=N).map(|k| format!("SELECT {k}::int4")).collect();
+        let mut pipeline = Pipeline::new(PipelineMode::Atomic);
+        for text in &texts {
+            pipeline.push(text.as_str(), &[]);
+        }
+        // The first text again: prepared once, bound twice.
+        pipeline.push(texts[0].as_str(), &[]);
+        let start = server.log_len();
+        let answers: Vec<Vec<u8>> = (1..=N).chain([1]).map(answer).collect();
+        let results = run_fresh(
+            &mut client,
+            &server,
+            &pipeline,
+            texts.len(),
+            [answers.concat(), ready()].concat(),
+        );
+        let values: Vec<i32> = results.iter().map(value).collect();
+        assert_eq!(values, (1..=N).chain([1]).collect::<Vec<_>>());
+
+        // Two writes, the first before any read: every preparation, then the pipeline. One round trip each.
+        let log = server.log_from(start);
+        let writes: Vec<usize> = (0..log.len())
+            .filter(|&i| matches!(log[i], Io::Write(_)))
+            .collect();
+        assert_eq!(writes.len(), 2, "{log:?}");
+        assert_eq!(
+            writes[0], 0,
+            "a read before the preparations went out: {log:?}"
+        );
+        let writes = server.writes_from(start);
+        assert_eq!(tags(&writes[0]), b"PDS".repeat(texts.len()));
+        assert_eq!(parsed_sql(&writes[0]), texts);
+        let names = parsed_names(&writes[0]);
+        let described: Vec<(u8, String)> = statements(&writes[0])
+            .into_iter()
+            .filter(|(tag, _)| *tag == b'D')
+            .collect();
+        let expected: Vec<(u8, String)> = names.iter().map(|n| (b'D', n.clone())).collect();
+        assert_eq!(described, expected, "each Parse is described by its name");
+        let mut distinct = names.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), texts.len());
+        assert!(names.iter().all(|n| n.starts_with("wpc")), "{names:?}");
+
+        assert_eq!(
+            tags(&writes[1]),
+            [b"BDE".repeat(texts.len() + 1), b"S".to_vec()].concat()
+        );
+        let bound: Vec<String> = statements(&writes[1]).into_iter().map(|(_, n)| n).collect();
+        let expected: Vec<String> = names.iter().chain(&names[..1]).cloned().collect();
+        assert_eq!(bound, expected);
+        assert_eq!(client.cached_statements(), texts.len());
+    }
+
+    #[test]
+    fn a_text_that_fails_to_prepare_fails_alone() {
+        let (mut client, server) = connect(false);
+        let mut pipeline = Pipeline::new(PipelineMode::Independent);
+        pipeline
+            .push("SELECT 1::int4", &[])
+            .push("SELEC 2", &[])
+            .push("SELECT 3::int4", &[])
+            .push("SELEC 2", &[]);
+        server
+            .then([described(), error("42601"), ready(), described()].concat())
+            .then([closed(1), answer(1), ready(), answer(3), ready()].concat());
+        let start = server.log_len();
+        let results = block_on(client.run_pipeline(&pipeline)).unwrap();
+        assert_eq!(value(&results[0]), 1);
+        assert_eq!(code(&results[1]), Some("42601"));
+        assert_eq!(value(&results[2]), 3);
+        assert_eq!(code(&results[3]), Some("42601"));
+        let writes = server.writes_from(start);
+        assert_eq!(writes.len(), 2);
+        assert_eq!(tags(&writes[0]), b"PDSPDSPDS");
+        let names = parsed_names(&writes[0]);
+        // The name of the text that failed is closed (in case its Parse had gone through) in front of the
+        // pipeline, which binds the two others.
+        assert_eq!(tags(&writes[1]), b"CSBDESBDES");
+        assert_eq!(
+            statements(&writes[1]),
+            [
+                (b'C', names[1].clone()),
+                (b'B', names[0].clone()),
+                (b'B', names[2].clone())
+            ]
+        );
+        assert_eq!(client.cached_statements(), 2);
+        assert!(!client.is_closed());
+    }
+
+    #[test]
+    fn a_dropped_preparation_caches_nothing_and_closes_its_names() {
+        let (mut client, server) = connect(true);
+        let mut pipeline = Pipeline::new(PipelineMode::Atomic);
+        pipeline
+            .push("SELECT 1::int4", &[])
+            .push("SELECT 2::int4", &[]);
+        server.then([described(), described()].concat());
+        let start = server.log_len();
+        {
+            let mut future = std::pin::pin!(client.run_pipeline(&pipeline));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(future.as_mut().poll(&mut cx).is_pending());
+        }
+        let writes = server.writes_from(start);
+        assert_eq!(writes.len(), 1, "the preparations went out");
+        let mut names = parsed_names(&writes[0]);
+        assert_eq!(names.len(), 2);
+        assert_eq!(client.cached_statements(), 0);
+
+        // The next call reads the abandoned answers, closes both names, then does its own work.
+        server.then([closed(2), msg(b'I', b""), ready()].concat());
+        let start = server.log_len();
+        block_on(client.ping()).unwrap();
+        let writes = server.writes_from(start);
+        assert_eq!(writes.len(), 1);
+        assert_eq!(tags(&writes[0]), b"CCSQ");
+        let mut closed: Vec<String> = statements(&writes[0]).into_iter().map(|(_, n)| n).collect();
+        closed.sort();
+        names.sort();
+        assert_eq!(closed, names);
+        assert_eq!(client.cached_statements(), 0);
+        assert!(!client.is_closed());
+    }
+
+    #[test]
+    fn unnamed_mode_describes_every_text_in_one_round_trip() {
+        let (mut client, server) = connect_in(false, QueryMode::Unnamed);
+        let mut pipeline = Pipeline::new(PipelineMode::Atomic);
+        pipeline
+            .push("SELECT 1::int4", &[])
+            .push("SELECT 2::int4", &[])
+            .push("SELECT 1::int4", &[]);
+        let start = server.log_len();
+        let answers = [answer(1), answer(2), answer(1), ready()].concat();
+        let results = run_fresh(&mut client, &server, &pipeline, 2, answers);
+        assert_eq!(results.iter().map(value).collect::<Vec<_>>(), [1, 2, 1]);
+        let writes = server.writes_from(start);
+        assert_eq!(writes.len(), 2);
+        assert_eq!(tags(&writes[0]), b"PDSPDS");
+        assert_eq!(parsed_names(&writes[0]), ["", ""]);
+        // The unnamed statement is parsed again in front of each Bind.
+        assert_eq!(tags(&writes[1]), b"PBDEPBDEPBDES");
+        assert_eq!(
+            parsed_sql(&writes[1]),
+            ["SELECT 1::int4", "SELECT 2::int4", "SELECT 1::int4"]
+        );
+        assert_eq!(client.cached_statements(), 0);
+    }
+
+    /// Caches `texts` (each returning one int4) with a pipeline, and returns their statement names.
+    fn cache(client: &mut Client, server: &Server, texts: &[&str]) -> Vec<String> {
+        let mut pipeline = Pipeline::new(PipelineMode::Independent);
+        for text in texts {
+            pipeline.push(*text, &[]);
+        }
+        let start = server.log_len();
+        let answers: Vec<u8> = (1..=texts.len())
+            .flat_map(|v| [answer(i32::try_from(v).unwrap()), ready()].concat())
+            .collect();
+        let results = run_fresh(client, server, &pipeline, texts.len(), answers);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        parsed_names(&server.writes_from(start)[0])
+    }
+
+    #[test]
+    fn statements_gone_after_discard_all_run_again_in_independent_mode() {
+        let (mut client, server) = connect(false);
+        let old = cache(&mut client, &server, &["SELECT 1::int4"]);
+        let mut pipeline = Pipeline::new(PipelineMode::Independent);
+        pipeline
+            .push("SELECT 1::int4", &[])
+            .push("SELECT 1::int4", &[]);
+        // DISCARD ALL on the server: both Binds fail, so neither statement ran.
+        let gone = error_saying(
+            "26000",
+            &format!("prepared statement \"{}\" does not exist", old[0]),
+        );
+        server
+            .then([gone.clone(), ready(), gone, ready()].concat())
+            .then([closed(1), described()].concat())
+            .then([answer(1), ready(), answer(1), ready()].concat());
+        let start = server.log_len();
+        let results = block_on(client.run_pipeline(&pipeline)).unwrap();
+        assert_eq!(results.iter().map(value).collect::<Vec<_>>(), [1, 1]);
+        let writes = server.writes_from(start);
+        assert_eq!(
+            writes.len(),
+            3,
+            "the pipeline, the new preparation, the rerun"
+        );
+        assert_eq!(tags(&writes[1]), b"CSPDS");
+        let new = parsed_names(&writes[1]);
+        assert_ne!(new, old);
+        assert_eq!(statements(&writes[1])[0], (b'C', old[0].clone()));
+        assert_eq!(tags(&writes[2]), b"BDESBDES");
+        assert_eq!(
+            statements(&writes[2]),
+            [(b'B', new[0].clone()), (b'B', new[0].clone())]
+        );
+        assert_eq!(client.cached_statements(), 1);
+    }
+
+    #[test]
+    fn a_stale_plan_reruns_the_whole_atomic_pipeline() {
+        let (mut client, server) = connect(false);
+        cache(&mut client, &server, &["SELECT 2::int4"]);
+        let mut pipeline = Pipeline::new(PipelineMode::Atomic);
+        pipeline
+            .push("SELECT 1::int4", &[])
+            .push("SELECT 2::int4", &[]);
+        let stale = error_saying("0A000", "cached plan must not change result type");
+        server
+            .then(described())
+            // The new text ran; the cached one failed at Bind, which rolled the first back.
+            .then([answer(1), stale, ready()].concat())
+            .then([closed(1), described()].concat())
+            .then([answer(1), answer(2), ready()].concat());
+        let start = server.log_len();
+        let results = block_on(client.run_pipeline(&pipeline)).unwrap();
+        assert_eq!(results.iter().map(value).collect::<Vec<_>>(), [1, 2]);
+        let writes = server.writes_from(start);
+        assert_eq!(writes.len(), 4, "{writes:?}");
+        assert_eq!(tags(&writes[1]), b"BDEBDES");
+        assert_eq!(tags(&writes[2]), b"CSPDS");
+        assert_eq!(parsed_sql(&writes[2]), ["SELECT 2::int4"]);
+        assert_eq!(tags(&writes[3]), b"BDEBDES");
+        assert_eq!(client.cached_statements(), 2);
+    }
+
+    #[test]
+    fn stale_statements_do_not_run_again_where_something_could_run_twice() {
+        let stale = || error_saying("0A000", "cached plan must not change result type");
+        let completed_as = |v: i32, tag: &str| {
+            [
+                msg(b'2', b""),
+                int4_description(),
+                int4_row(v),
+                complete(tag),
+            ]
+            .concat()
+        };
+        // Atomic: a COMMIT before the stale statement kept what came before it.
+        let (mut client, server) = connect(false);
+        cache(&mut client, &server, &["SELECT 1::int4", "SELECT 2::int4"]);
+        let mut pipeline = Pipeline::new(PipelineMode::Atomic);
+        pipeline
+            .push("SELECT 1::int4", &[])
+            .push("SELECT 2::int4", &[]);
+        server.then([completed_as(1, "COMMIT"), stale(), ready()].concat());
+        let start = server.log_len();
+        let results = block_on(client.run_pipeline(&pipeline)).unwrap();
+        assert_eq!(code(&results[1]), Some("0A000"));
+        assert_eq!(server.writes_from(start).len(), 1);
+        // The stale entry is gone: its next use prepares it afresh.
+        assert_eq!(client.cached_statements(), 1);
+
+        // Independent: a statement after the stale one ran.
+        let (mut client, server) = connect(false);
+        cache(&mut client, &server, &["SELECT 1::int4", "SELECT 2::int4"]);
+        let mut pipeline = Pipeline::new(PipelineMode::Independent);
+        pipeline
+            .push("SELECT 1::int4", &[])
+            .push("SELECT 2::int4", &[]);
+        server.then([stale(), ready(), answer(2), ready()].concat());
+        let start = server.log_len();
+        let results = block_on(client.run_pipeline(&pipeline)).unwrap();
+        assert_eq!(code(&results[0]), Some("0A000"));
+        assert_eq!(value(&results[1]), 2);
+        assert_eq!(server.writes_from(start).len(), 1);
+        assert_eq!(client.cached_statements(), 1);
+
+        // Inside a transaction block, which the failure failed.
+        for mode in [PipelineMode::Atomic, PipelineMode::Independent] {
+            let (mut client, server) = connect(false);
+            cache(&mut client, &server, &["SELECT 1::int4"]);
+            let mut pipeline = Pipeline::new(mode);
+            pipeline.push("SELECT 1::int4", &[]);
+            server.then([stale(), ready_in(b'E')].concat());
+            let start = server.log_len();
+            let results = block_on(client.run_pipeline(&pipeline)).unwrap();
+            assert_eq!(code(&results[0]), Some("0A000"), "{mode:?}");
+            assert_eq!(server.writes_from(start).len(), 1, "{mode:?}");
+            assert_eq!(client.cached_statements(), 0);
+        }
     }
 
     #[test]
