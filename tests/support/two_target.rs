@@ -1,5 +1,5 @@
-//! The runner shared by the scenario binaries that run on both targets (`attacks`, `faults`, `pglite`, `roles`,
-//! `pool`): the same scenarios natively on tokio, then in the binary's own wasm32-wasip2 build under the real
+//! The runner shared by the scenario binaries that run on both targets (`attacks`, `faults`, `live`, `pglite`,
+//! `roles`, `pool`): the same scenarios natively on tokio, then in the binary's own wasm32-wasip2 build under the real
 //! wasmtime CLI.
 //!
 //! A scenario returns an [`Outcome`] instead of panicking (wasm32-wasip2 aborts on panic, and one failing
@@ -28,6 +28,12 @@ pub type Outcome = Result<String, String>;
 /// The label of each target in every line the runner prints.
 pub const NATIVE: &str = "native";
 pub const WASM: &str = "wasm32-wasip2";
+/// The label of the target this code runs on, for the figures a scenario prints.
+pub const THIS_TARGET: &str = if cfg!(target_os = "wasi") {
+    WASM
+} else {
+    NATIVE
+};
 
 /// The marker of the lines in which the guest reports a scenario: `outcome\t<scenario>\tok\t<seen>` or
 /// `outcome\t<scenario>\tFAIL\t<reason>`.
@@ -206,8 +212,8 @@ mod host {
             .expect("tokio runtime")
     }
 
-    /// One target's results. Each outcome is printed as it is recorded (`<target>: ok   <scenario> (<seen>)` or
-    /// `<target>: FAIL <scenario>: <why>`), then [`Tally::end`] prints `<target>: N passed, M failed`.
+    /// One target's results. Each outcome is printed as it is recorded (`<target>: ok   <scenario> (<seen>)`,
+    /// without the brackets if nothing was seen, or `<target>: FAIL <scenario>: <why>`), then [`Tally::end`] prints `<target>: N passed, M failed`.
     pub struct Tally {
         label: &'static str,
         passed: usize,
@@ -247,6 +253,10 @@ mod host {
         /// Counts and prints one scenario's outcome.
         pub fn record(&mut self, scenario: &str, outcome: Outcome) {
             match outcome {
+                Ok(seen) if seen.is_empty() => {
+                    self.passed += 1;
+                    println!("{}: ok   {scenario}", self.label);
+                }
                 Ok(seen) => {
                     self.passed += 1;
                     println!("{}: ok   {scenario} ({seen})", self.label);
@@ -354,7 +364,7 @@ mod host {
     pub struct Guest {
         wasm: PathBuf,
         build_time: Duration,
-        /// For a build in the background: how long the host waited for it once the native run was done.
+        /// For a build in the background: how long the host waited for it once it needed it.
         waited: Option<Duration>,
     }
 
@@ -402,7 +412,7 @@ mod host {
             match self.waited {
                 None => format!("plus {:.1?} to build", self.build_time),
                 Some(waited) => format!(
-                    "the build took {:.1?}, {waited:.1?} of it after the native cases",
+                    "the build took {:.1?}; the run waited {waited:.1?} for it",
                     self.build_time
                 ),
             }
@@ -443,6 +453,13 @@ mod host {
     impl GuestRun {
         pub fn stdout(&self) -> &str {
             &self.stdout
+        }
+
+        /// The lines the guest printed besides its outcome lines (figures its scenarios report).
+        pub fn other_lines(&self) -> impl Iterator<Item = &str> {
+            self.stdout
+                .lines()
+                .filter(|line| line.split('\t').next() != Some(OUTCOME_LINE))
         }
 
         /// The outcome the guest reported for `scenario`, or why there is none.
