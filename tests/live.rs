@@ -2,30 +2,50 @@
 //!
 //! Natively this binary starts throwaway clusters, runs every scenario on tokio, then runs this same file built
 //! for wasm32-wasip2 under the real wasmtime CLI against the same clusters (the conninfo strings travel as
-//! environment variables, the password file and the certificates through preopened directories). Each target
-//! prints `<target>: N passed, M failed`; any failure fails the test.
+//! environment variables, the password file and the certificates through preopened directories). The runner is
+//! the one the other two-target binaries share (`tests/support/two_target.rs`): each target prints
+//! `<target>: N passed, M failed`; any failure fails the test, naming the scenario and the target.
 //!
 //! The clusters: the main one (`ssl = off`), and three with `ssl = on` for `scenarios/tls.rs`, each presenting
 //! a different server certificate (PostgreSQL 15 has one per server). They start in parallel, while cargo
 //! builds the wasm artifact. PgBouncer, in transaction pooling mode, runs in front of the main cluster for
 //! `scenarios/pgbouncer.rs`.
 
+#[cfg(not(target_os = "wasi"))]
+#[allow(dead_code)]
+mod support;
+#[macro_use]
+#[path = "support/two_target.rs"]
+mod two_target;
+
 mod scenarios;
 
 use scenarios::Env;
 
-#[cfg(not(target_os = "wasi"))]
-#[allow(dead_code)]
-mod support;
+/// The check the guest runs before the scenarios: a client made under one `block_on` used under the next.
+const SECOND_BLOCK_ON: &str = "client_survives_a_second_block_on";
+
+/// A scenario's outcome as the runner records it: a pass with nothing seen to report.
+fn recorded(outcome: scenarios::Outcome) -> two_target::Outcome {
+    outcome.map(|()| String::new())
+}
 
 #[cfg(not(target_os = "wasi"))]
 fn main() {
+    // `run` returns before the exit, so the servers are stopped and the temp dirs deleted either way.
+    run().finish("scenario");
+}
+
+/// Runs every scenario natively, then under wasmtime, against the same servers.
+#[cfg(not(target_os = "wasi"))]
+fn run() -> two_target::Totals {
     use std::net::TcpListener;
     use support::tls::{ServerCert, TestCerts};
-    use support::{Cluster, PgBouncer, Role, Setup, WasmBuild};
+    use support::{Cluster, PgBouncer, Role, Setup};
+    use two_target::{Guest, Tally, Totals};
 
     // The build needs no cluster and the clusters need no build: overlap them.
-    let wasm_build = std::thread::spawn(|| support::build_wasm(WasmBuild::Test("live")));
+    let build = Guest::build_in_background();
     let certs = TestCerts::generate();
     let tls_setup = |cert, client_ca| Setup {
         ssl: Some(certs.server_tls(cert, client_ca)),
@@ -98,53 +118,47 @@ fn main() {
     };
 
     // Wait for the build before the native run, so that it does not compete with the scenarios for CPU.
-    let wasm = wasm_build
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let native = runtime.block_on(scenarios::run_all(&env, "native", Vec::new()));
+    let guest = build.wait();
+    let mut native = Tally::native();
+    two_target::native_runtime().block_on(async {
+        for (name, scenario) in scenarios::all() {
+            native.record(name, recorded(scenario(&env).await));
+        }
+    });
+    native.end();
 
+    let mut wasm = Tally::wasm();
+    wasm.detail(guest.build_note());
     let mut vars = env.to_vars();
     // The component sees the password file and the certificates through preopened directories.
     vars.push(("LIVE_PASSFILE", "/pgpass/pgpass".to_string()));
     vars.push(("LIVE_TLS_CERTS", "/certs".to_string()));
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let output = support::wasmtime(
-        &wasm,
-        &[],
+    let run = guest.run(
         &vars,
         &[(passfile_dir.as_path(), "/pgpass"), (certs.dir(), "/certs")],
-        None,
     );
+    // The figures the scenarios printed in the guest.
+    for line in run.other_lines() {
+        println!("{line}");
+    }
+    let expected = scenarios::all()
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| !scenarios::NATIVE_ONLY.contains(name));
+    wasm.record_guest(&run, std::iter::once(SECOND_BLOCK_ON).chain(expected));
+    wasm.end();
     let _ = std::fs::remove_dir_all(&passfile_dir);
-    // Kept for the failure report: the drop deletes the log. The drop comes before the clusters' and before
-    // exit() below could skip it (its reaper would still stop it).
-    let pgbouncer_log = pgbouncer.log_tail(20);
-    drop(pgbouncer);
-    // Deletes the certificate dir; exit() below would skip it.
-    drop(certs);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    print!("{stdout}");
-    eprint!("{}", String::from_utf8_lossy(&output.stderr));
-    let wasm_summary = stdout
-        .lines()
-        .find(|l| l.starts_with("wasm32-wasip2: ") && l.contains(" passed, "))
-        .map(str::to_string)
-        .unwrap_or_else(|| "wasm32-wasip2: no summary line (the component crashed)".to_string());
-
-    println!(
-        "\nscenario totals:\n  native: {} passed, {} failed",
-        native.passed, native.failed
-    );
-    println!("  {wasm_summary}");
-    let wasm_ok = output.status.success() && wasm_summary.ends_with(" 0 failed");
-    if native.failed > 0 || !wasm_ok {
-        eprintln!("PgBouncer log (last 20 lines, for the pgbouncer_* scenarios):\n{pgbouncer_log}");
-        eprintln!("live scenarios failed");
-        std::process::exit(1);
+    if native.failed() || wasm.failed() {
+        eprintln!(
+            "PgBouncer log (last 20 lines, for the pgbouncer_* scenarios):\n{}",
+            pgbouncer.log_tail(20)
+        );
+    }
+    Totals {
+        native,
+        wasm,
+        notes: Vec::new(),
     }
 }
 
@@ -170,23 +184,25 @@ fn write_passfile(cluster: &support::Cluster) -> std::path::PathBuf {
     dir
 }
 
+/// Runs every scenario against the servers the host passed and prints an outcome line for each.
 #[cfg(target_os = "wasi")]
 fn main() {
-    use wstd::runtime::block_on;
     let env = Env::from_vars();
+    let scenarios = scenarios::all();
+    // The host expects no outcome for these.
+    if let Some((name, _)) = scenarios
+        .iter()
+        .find(|(name, _)| scenarios::NATIVE_ONLY.contains(name))
+    {
+        panic!("{name} runs on wasm32-wasip2 too: take it out of scenarios::NATIVE_ONLY");
+    }
     // A client made under one reactor must keep working under the next one: the transport leaves no wait
     // registered between calls.
-    let first = block_on(scenarios::client_for_next_reactor(&env));
-    let result = block_on(async {
-        let carried = scenarios::client_from_previous_reactor(first).await;
-        scenarios::run_all(
-            &env,
-            "wasm32-wasip2",
-            vec![("client_survives_a_second_block_on", carried)],
-        )
-        .await
+    let first = wstd::runtime::block_on(scenarios::client_for_next_reactor(&env));
+    two_target::run_in_guest(SECOND_BLOCK_ON, async {
+        recorded(scenarios::client_from_previous_reactor(first).await)
     });
-    if result.failed > 0 {
-        std::process::exit(1);
+    for (name, scenario) in scenarios {
+        two_target::run_in_guest(name, async { recorded(scenario(&env).await) });
     }
 }

@@ -3,14 +3,12 @@
 //! WASI has one task and no executor beyond `block_on`, so a cancel runs as a second future joined with the
 //! query by hand ([`join`]); natively the same scenarios run, and one also cancels from a spawned task.
 
-use std::future::{Future, poll_fn};
-use std::pin::pin;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use wasi_pg_client::{Client, Config, ErrorKind, TransactionStatus, sqlstate};
 
-use super::{Check, Env, Login, Outcome, Scenario, connect, run_for, sleep};
+use super::{Check, Env, Login, Outcome, Scenario, connect, sleep, with_timeout};
+use crate::two_target::join;
 
 pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
     scenarios![
@@ -27,35 +25,6 @@ pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
         read_deadline_closes_the_connection,
         keepalive_and_tcp_user_timeout_accepted,
     ]
-}
-
-/// Runs both futures to completion on the current task, polling each in turn.
-pub(super) async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
-    let mut a = pin!(a);
-    let mut b = pin!(b);
-    let mut out_a = None;
-    let mut out_b = None;
-    poll_fn(|cx| {
-        if out_a.is_none()
-            && let Poll::Ready(v) = a.as_mut().poll(cx)
-        {
-            out_a = Some(v);
-        }
-        if out_b.is_none()
-            && let Poll::Ready(v) = b.as_mut().poll(cx)
-        {
-            out_b = Some(v);
-        }
-        match (out_a.take(), out_b.take()) {
-            (Some(a), Some(b)) => Poll::Ready((a, b)),
-            (a, b) => {
-                out_a = a;
-                out_b = b;
-                Poll::Pending
-            }
-        }
-    })
-    .await
 }
 
 /// Waits (on `watcher`, a second session of the same role) until backend `pid` is running `pg_sleep`, so a
@@ -289,7 +258,7 @@ async fn query_timeout_in_a_transaction(env: &Env) -> Outcome {
 async fn query_timeout_reads_out_dropped_requests(env: &Env) -> Outcome {
     let mut c = connect(&env.trust).await?;
     c.set_query_timeout(Duration::from_millis(500));
-    let finished = run_for(
+    let finished = with_timeout(
         Duration::from_millis(200),
         c.query("SELECT pg_sleep(20)", &[]),
     )

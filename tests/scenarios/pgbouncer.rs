@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use wasi_pg_client::config::QueryMode;
 use wasi_pg_client::{Client, Config, Error};
 
-use super::{Check, Env, Outcome, Scenario, run_for};
+use super::{Check, Env, Outcome, Scenario, with_timeout};
 
 /// Concurrent clients: several times PgBouncer's pool size.
 const CLIENTS: i32 = 24;
@@ -296,7 +296,7 @@ async fn run_workload(
     let sql = Sql::for_table(table);
     let started = Instant::now();
     let clients = (1..=CLIENTS).map(|id| run_client(&config, &sql, id, iterations));
-    let runs = run_for(DEADLINE, join_all(clients))
+    let runs = with_timeout(DEADLINE, join_all(clients))
         .await
         .ok_or_else(|| format!("{mode:?}: the workload did not finish within {DEADLINE:?}"))?;
     let report = Report {

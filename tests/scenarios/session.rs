@@ -17,8 +17,9 @@ use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 use wasi_pg_client::{Client, Config, ErrorKind, Notification, TransactionStatus, sqlstate};
 
-use super::cancel::{join, until_sleeping};
-use super::{Check, Env, Outcome, Scenario, connect, poll_once, run_for, sleep};
+use super::cancel::until_sleeping;
+use super::{Check, Env, Outcome, Scenario, connect, poll_once, sleep, with_timeout};
+use crate::two_target::join;
 
 pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
     #[allow(unused_mut)]
@@ -171,7 +172,7 @@ async fn next_within<S>(stream: &mut S, what: &str) -> Result<Notification, Stri
 where
     S: Stream<Item = Result<Notification, wasi_pg_client::Error>> + Unpin,
 {
-    match run_for(NOTIFY_WAIT, poll_stream(stream)).await {
+    match with_timeout(NOTIFY_WAIT, poll_stream(stream)).await {
         Some(Some(result)) => result.check(what),
         Some(None) => Err(format!("{what}: the stream ended")),
         None => Err(format!("{what}: no notification within {NOTIFY_WAIT:?}")),
@@ -200,7 +201,7 @@ async fn notifications_as_a_stream(env: &Env) -> Outcome {
 
     // Nothing sent: the stream waits, and a wait dropped midway loses nothing.
     ensure!(
-        run_for(Duration::from_millis(200), stream.next())
+        with_timeout(Duration::from_millis(200), stream.next())
             .await
             .is_none(),
         "the stream yielded with nothing sent"
@@ -332,7 +333,7 @@ async fn ten_thousand_notifications_none_lost(env: &Env) -> Outcome {
         received.push(next_within(&mut stream, "final reads").await?);
     }
     ensure!(
-        run_for(Duration::from_millis(200), stream.next())
+        with_timeout(Duration::from_millis(200), stream.next())
             .await
             .is_none(),
         "more than {TEN_THOUSAND} notifications"
@@ -560,7 +561,7 @@ async fn session_rebuild_after_termination(env: &Env) -> Outcome {
     }
     // Rebuilds, then waits for a notification that does not come.
     ensure!(
-        run_for(Duration::from_secs(3), stream.next())
+        with_timeout(Duration::from_secs(3), stream.next())
             .await
             .is_none(),
         "the stream yielded after the rebuild with nothing sent"

@@ -13,7 +13,7 @@ use wasi_pg_client::{
     sqlstate,
 };
 
-use super::{Check, Env, Outcome, Scenario, connect, poll_once, run_for};
+use super::{Check, Env, Outcome, Scenario, connect, poll_once, with_timeout};
 
 pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
     scenarios![
@@ -817,7 +817,7 @@ async fn pipeline_dropped_future_then_query(env: &Env) -> Outcome {
         .push("SELECT 'stale'::text", &[])
         .push("SELECT 'slow'::text FROM pg_sleep(0.3)", &[])
         .push("SELECT 'stale'::text", &[]);
-    let finished = run_for(Duration::from_millis(100), c.run_pipeline(&pipeline)).await;
+    let finished = with_timeout(Duration::from_millis(100), c.run_pipeline(&pipeline)).await;
     ensure!(finished.is_none(), "the slow pipeline finished in 100 ms");
     ensure_eq!(
         c.query_one("SELECT 'fresh'::text", &[])
