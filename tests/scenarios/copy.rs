@@ -13,6 +13,7 @@ use wasi_pg_client::{
 };
 
 use super::{Check, Env, Outcome, Scenario, connect, poll_once};
+use crate::two_target::THIS_TARGET;
 
 const MILLION: i64 = 1_000_000;
 /// The sum of the ids 1..=MILLION.
@@ -21,14 +22,6 @@ const MILLION_SUM: i64 = MILLION * (MILLION + 1) / 2;
 const ROWS_PER_WRITE: i64 = 10_000;
 /// How many rows the bad-row scenario writes at most while it waits for the server's error.
 const BAD_ROW_LIMIT: i64 = 5_000_000;
-
-fn target() -> &'static str {
-    if cfg!(target_os = "wasi") {
-        "wasm32-wasip2"
-    } else {
-        "native"
-    }
-}
 
 /// The row count, the sum of the ids, and the summed length of the names in `table`.
 async fn table_summary(c: &mut Client, table: &str) -> Result<(i64, i64, i64), String> {
@@ -145,7 +138,7 @@ async fn copy_million_rows_text(env: &Env) -> Outcome {
     ensure_eq!(out, (MILLION, MILLION_SUM));
     println!(
         "{}: copy in text: {MILLION} rows in {in_ms} ms; copy out text: {MILLION} rows in {out_ms} ms",
-        target()
+        THIS_TARGET
     );
     still_usable(&mut c).await
 }
@@ -189,7 +182,7 @@ async fn copy_million_rows_csv(env: &Env) -> Outcome {
     ensure_eq!(out, (MILLION, MILLION_SUM));
     println!(
         "{}: copy in csv: {MILLION} rows in {in_ms} ms; copy out csv: {MILLION} rows in {out_ms} ms",
-        target()
+        THIS_TARGET
     );
     still_usable(&mut c).await
 }
@@ -243,7 +236,7 @@ async fn copy_million_rows_binary(env: &Env) -> Outcome {
     );
     println!(
         "{}: copy in binary: {MILLION} rows in {in_ms} ms; copy out binary: {MILLION} rows in {out_ms} ms",
-        target()
+        THIS_TARGET
     );
     still_usable(&mut c).await
 }

@@ -26,6 +26,7 @@ use wasi_pg_client::config::QueryMode;
 use wasi_pg_client::{Client, Config, Error};
 
 use super::{Check, Env, Outcome, Scenario, with_timeout};
+use crate::two_target::THIS_TARGET;
 
 /// Concurrent clients: several times PgBouncer's pool size.
 const CLIENTS: i32 = 24;
@@ -37,12 +38,6 @@ const CACHED_ITERATIONS: i32 = 10;
 const DEADLINE: Duration = Duration::from_secs(120);
 /// Failures quoted in a scenario's error message.
 const QUOTED_FAILURES: usize = 5;
-/// Prefix of the summary lines.
-const TARGET: &str = if cfg!(target_os = "wasi") {
-    "wasm32-wasip2"
-} else {
-    "native"
-};
 
 /// PgBouncer in front of the main cluster; travels to the wasm run as `LIVE_PGBOUNCER*` variables.
 pub struct PgBouncerEnv {
@@ -102,7 +97,7 @@ async fn pgbouncer_cached_mode_contrast(env: &Env) -> Outcome {
         }
     }
     println!(
-        "{TARGET}: pgbouncer Cached (information only): {}; {missing} \"prepared statement ... does not \
+        "{THIS_TARGET}: pgbouncer Cached (information only): {}; {missing} \"prepared statement ... does not \
          exist\", {duplicate} \"... already exists\", {wrong} wrong results, {} other errors{}",
         report.headline(CACHED_ITERATIONS),
         other.len(),
@@ -121,7 +116,7 @@ async fn exact_workload(env: &Env, mode: QueryMode, table: &str) -> Outcome {
     let backends = report.backends();
     let movers = report.runs.iter().filter(|r| r.backends.len() > 1).count();
     println!(
-        "{TARGET}: pgbouncer {mode:?}: {}; {} server connections served them, {movers} of {CLIENTS} clients \
+        "{THIS_TARGET}: pgbouncer {mode:?}: {}; {} server connections served them, {movers} of {CLIENTS} clients \
          ran on more than one",
         report.headline(ITERATIONS),
         backends.len(),

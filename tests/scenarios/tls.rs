@@ -25,6 +25,7 @@ use std::time::Instant;
 use wasi_pg_client::{Client, Config, ErrorKind, SimpleQueryMessage};
 
 use super::{Check, Env, Outcome, Scenario};
+use crate::two_target::THIS_TARGET;
 
 /// The TLS servers and how to log in to them; travels to the wasm run as `LIVE_TLS_*` variables.
 pub struct TlsEnv {
@@ -907,15 +908,6 @@ async fn tls_protocol_versions_and_sni(env: &Env) -> Outcome {
     check_cases(env, &cases).await
 }
 
-/// The label of this target in printed figures.
-fn target() -> &'static str {
-    if cfg!(target_os = "wasi") {
-        "wasm32-wasip2"
-    } else {
-        "native"
-    }
-}
-
 /// Milliseconds since `start`, for printed figures.
 fn millis(start: Instant) -> u128 {
     start.elapsed().as_millis()
@@ -963,7 +955,7 @@ async fn tls_bulk_bytea_64mib(env: &Env) -> Outcome {
     let back: &[u8] = row.get(0);
     ensure!(back.len() == LEN, "{} bytes came back", back.len());
     ensure!(back == data.as_slice(), "the bytes that came back differ");
-    println!("{}: tls: 64 MiB bytea round trip in {elapsed} ms", target());
+    println!("{THIS_TARGET}: tls: 64 MiB bytea round trip in {elapsed} ms");
     drop(row);
     c.close().await.check("close")
 }
@@ -1002,7 +994,7 @@ async fn tls_million_rows_vs_plaintext(env: &Env) -> Outcome {
     plain.close().await.check("close")?;
     println!(
         "{}: tls: 1000000 rows in {tls_ms} ms, plain in {plain_ms} ms",
-        target()
+        THIS_TARGET
     );
     Ok(())
 }
