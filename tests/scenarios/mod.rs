@@ -1517,21 +1517,28 @@ async fn close_sends_terminate(env: &Env) -> Outcome {
     let pid = c.backend_pid().ok_or("pid")?;
     c.close().await.check("close")?;
     let mut other = connect(&env.trust).await?;
+    until_gone(&mut other, pid)
+        .await
+        .map_err(|e| format!("after close: {e}"))
+}
+
+/// Waits (on `admin`) until backend `pid` has left `pg_stat_activity`, for 2 s at most.
+async fn until_gone(admin: &mut Client, pid: i32) -> Outcome {
     for _ in 0..100 {
-        let alive: i64 = other
+        let alive: i64 = admin
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
                 &[&pid],
             )
             .await
-            .check("activity")?
+            .check("pg_stat_activity")?
             .get(0);
         if alive == 0 {
             return Ok(());
         }
         sleep(Duration::from_millis(20)).await;
     }
-    Err(format!("backend {pid} still alive 2 s after close"))
+    Err(format!("backend {pid} still alive after 2 s"))
 }
 
 async fn table_values(c: &mut Client, table: &str) -> Result<Vec<i32>, String> {

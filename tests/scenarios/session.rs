@@ -18,7 +18,7 @@ use tracing::{Event, Level, Metadata, Subscriber};
 use wasi_pg_client::{Client, Config, ErrorKind, Notification, TransactionStatus, sqlstate};
 
 use super::cancel::until_sleeping;
-use super::{Check, Env, Outcome, Scenario, connect, poll_once, sleep, with_timeout};
+use super::{Check, Env, Outcome, Scenario, connect, poll_once, until_gone, with_timeout};
 use crate::two_target::join;
 
 pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
@@ -258,21 +258,7 @@ async fn terminate(admin: &mut Client, pid: i32) -> Outcome {
         .check("pg_terminate_backend")?
         .get(0);
     ensure!(killed, "pg_terminate_backend({pid}) returned false");
-    for _ in 0..200 {
-        let alive: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
-                &[&pid],
-            )
-            .await
-            .check("pg_stat_activity")?
-            .get(0);
-        if alive == 0 {
-            return Ok(());
-        }
-        sleep(Duration::from_millis(10)).await;
-    }
-    Err(format!("backend {pid} still alive after termination"))
+    until_gone(admin, pid).await
 }
 
 const TEN_THOUSAND: i32 = 10_000;
@@ -655,16 +641,8 @@ async fn session_rebuild_never_inside_a_transaction(env: &Env) -> Outcome {
         lost.to_string().contains("transaction"),
         "unclear error: {lost}"
     );
-    ensure_eq!(c.session_rebuilds(), 0);
     ensure!(c.is_closed(), "reconnected on the transaction error");
-    ensure_eq!(setting(&mut c, "work_mem").await?, "5MB");
-    ensure_eq!(c.session_rebuilds(), 1);
-    let count: i64 = c
-        .query_one("SELECT count(*) FROM session_tx", &[])
-        .await
-        .check("count")?
-        .get(0);
-    ensure_eq!(count, 0);
+    rebuilt_without_the_transaction(&mut c, 0, "a Transaction open at the break").await?;
 
     // A Transaction kept alive after the break never runs on a rebuilt session: every call through it fails,
     // its commit too, and only after it is dropped does the client connect again.
@@ -688,15 +666,7 @@ async fn session_rebuild_never_inside_a_transaction(env: &Env) -> Outcome {
             "commit of a lost transaction succeeded"
         );
     }
-    ensure_eq!(c.session_rebuilds(), 1);
-    ensure_eq!(setting(&mut c, "work_mem").await?, "5MB");
-    ensure_eq!(c.session_rebuilds(), 2);
-    let count: i64 = c
-        .query_one("SELECT count(*) FROM session_tx", &[])
-        .await
-        .check("count after kept transaction")?
-        .get(0);
-    ensure_eq!(count, 0);
+    rebuilt_without_the_transaction(&mut c, 1, "a Transaction kept after the break").await?;
 
     // A transaction block begun with SQL, the client's status says so: the same.
     c.batch_execute("BEGIN; INSERT INTO session_tx VALUES (3)")
@@ -718,20 +688,31 @@ async fn session_rebuild_never_inside_a_transaction(env: &Env) -> Outcome {
         lost.to_string().contains("transaction"),
         "unclear error: {lost}"
     );
-    ensure_eq!(c.session_rebuilds(), 2);
-    ensure_eq!(setting(&mut c, "work_mem").await?, "5MB");
-    ensure_eq!(c.session_rebuilds(), 3);
-    let count: i64 = c
-        .query_one("SELECT count(*) FROM session_tx", &[])
-        .await
-        .check("count")?
-        .get(0);
-    ensure_eq!(count, 0);
+    rebuilt_without_the_transaction(&mut c, 2, "a transaction block").await?;
     other
         .batch_execute("DROP TABLE session_tx")
         .await
         .check("drop")?;
     Ok(())
+}
+
+/// After `what` was lost at a break: rebuild number `rebuilds + 1` comes with the next call, the setting made
+/// before the break survives it, and nothing the transaction wrote to `session_tx` is there.
+async fn rebuilt_without_the_transaction(c: &mut Client, rebuilds: u64, what: &str) -> Outcome {
+    async {
+        ensure_eq!(c.session_rebuilds(), rebuilds);
+        ensure_eq!(setting(c, "work_mem").await?, "5MB");
+        ensure_eq!(c.session_rebuilds(), rebuilds + 1);
+        let count: i64 = c
+            .query_one("SELECT count(*) FROM session_tx", &[])
+            .await
+            .check("count")?
+            .get(0);
+        ensure_eq!(count, 0);
+        Ok(())
+    }
+    .await
+    .map_err(|e: String| format!("{what}: {e}"))
 }
 
 async fn set_parameter_outside_transactions_only(env: &Env) -> Outcome {
@@ -814,7 +795,7 @@ impl Proxy {
         if let Ok(mut links) = self.links.lock() {
             links.drain(..).for_each(|link| link.abort());
         }
-        sleep(Duration::from_millis(100)).await;
+        super::sleep(Duration::from_millis(100)).await;
     }
 }
 
