@@ -29,7 +29,11 @@ const FIELDS_START: usize = HEADER_LEN + 2;
 #[derive(Debug, Clone)]
 pub(crate) struct RawRow(Fields);
 
+// A tag of a whole word: the payload then starts word-aligned, so moving a row copies whole aligned words
+// (with a one-byte tag, moves copied the bytes after it with unaligned loads that could not be forwarded
+// from the stores that built the row).
 #[derive(Debug, Clone)]
+#[repr(u64)]
 enum Fields {
     /// `count` fields in the first `len` bytes of `bytes`.
     Inline {
