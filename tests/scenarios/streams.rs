@@ -31,6 +31,8 @@ pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
         pipeline_mixed_results_in_order,
         pipeline_dropped_future_then_query,
         unnamed_mode_streams_portals_pipelines,
+        pipeline_prepares_new_texts_in_one_round_trip,
+        pipeline_reprepares_stale_statements,
     ]
 }
 
@@ -880,5 +882,170 @@ async fn unnamed_mode_streams_portals_pipelines(env: &Env) -> Outcome {
         .check("prepared statements")?
         .get(0);
     ensure_eq!(named, 0);
+    Ok(())
+}
+
+/// One value of a simple query, as text: goes around the statement cache, so it is safe while cached
+/// statements are stale.
+async fn simple_value(c: &mut Client, sql: &str) -> Result<String, String> {
+    c.simple_query(sql)
+        .await
+        .check(sql)?
+        .iter()
+        .find_map(|m| match m {
+            wasi_pg_client::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        })
+        .ok_or_else(|| format!("no value from {sql}"))
+}
+
+/// How many of `texts` the server holds prepared.
+async fn prepared_count(c: &mut Client, texts: &[String]) -> Result<i64, String> {
+    Ok(c.query_one(
+        "SELECT count(*) FROM pg_prepared_statements WHERE statement = ANY($1)",
+        &[&texts],
+    )
+    .await
+    .check("pg_prepared_statements")?
+    .get(0))
+}
+
+/// A pipeline of 20 texts the cache does not hold: results in order, every text prepared once on the server
+/// and cached, none prepared again on the next run. That the client sends the 20 preparations in one write and
+/// reads them back in one round trip is checked by the scripted tests in `src/pipeline.rs`; on a local server
+/// a round trip is too cheap to show in timings, which are printed as figures only.
+async fn pipeline_prepares_new_texts_in_one_round_trip(env: &Env) -> Outcome {
+    const N: i32 = 20;
+    let mut c = connect(&env.trust).await?;
+    let texts: Vec<String> = (1..=N)
+        .map(|k| format!("SELECT $1::int4 * {k} AS v, '{k}'::text AS k"))
+        .collect();
+    let values: Vec<i32> = (1..=N).collect();
+    let mut pipeline = Pipeline::new(PipelineMode::Independent);
+    for (text, v) in texts.iter().zip(&values) {
+        pipeline.push(text.as_str(), &[v]);
+    }
+    // A text twice: prepared once.
+    pipeline.push(texts[0].as_str(), &[&100i32]);
+    let cached = c.cached_statements();
+    let started = std::time::Instant::now();
+    let out = outputs(c.run_pipeline(&pipeline).await.check("run")?)?;
+    let first_run = started.elapsed();
+    ensure_eq!(out.len(), 21);
+    for (k, o) in (1..=N).zip(&out) {
+        let row = &o.rows()[0];
+        ensure_eq!(row.get::<_, i32>("v"), k * k);
+        ensure_eq!(row.get::<_, &str>("k"), k.to_string());
+    }
+    ensure_eq!(out[20].rows()[0].get::<_, i32>("v"), 100);
+    ensure_eq!(c.cached_statements(), cached + 20);
+    ensure_eq!(prepared_count(&mut c, &texts).await?, i64::from(N));
+
+    // Everything cached now: nothing is prepared again.
+    let cached = c.cached_statements();
+    let started = std::time::Instant::now();
+    let again = outputs(c.run_pipeline(&pipeline).await.check("rerun")?)?;
+    let cached_run = started.elapsed();
+    ensure_eq!(again[19].rows()[0].get::<_, i32>("v"), 400);
+    ensure_eq!(c.cached_statements(), cached);
+    ensure_eq!(prepared_count(&mut c, &texts).await?, i64::from(N));
+    println!(
+        "pipeline: {N} new texts prepared and run in {} µs (two round trips), run again cached in {} µs",
+        first_run.as_micros(),
+        cached_run.as_micros()
+    );
+    Ok(())
+}
+
+/// Cached statements the server no longer has or whose plan changed: a pipeline prepares them again and runs
+/// once more, outside a transaction block, without running any statement twice (the primary key would refuse
+/// a second insert).
+async fn pipeline_reprepares_stale_statements(env: &Env) -> Outcome {
+    let mut c = connect(&env.trust).await?;
+    // DISCARD ALL drops temporary tables too: these are plain ones.
+    c.batch_execute(
+        "DROP TABLE IF EXISTS pl_discard, pl_plan; CREATE TABLE pl_discard (v int PRIMARY KEY); \
+         CREATE TABLE pl_plan (a int); INSERT INTO pl_plan VALUES (1)",
+    )
+    .await
+    .check("create")?;
+    let insert = "INSERT INTO pl_discard VALUES ($1)";
+    let count = "SELECT count(*) FROM pl_discard";
+    let mut rows = 0i64;
+    for (mode, base) in [(PipelineMode::Atomic, 0), (PipelineMode::Independent, 100)] {
+        c.execute(insert, &[&base])
+            .await
+            .check("cache the insert")?;
+        c.query_one(count, &[]).await.check("cache the count")?;
+        rows += 1;
+        // Through the simple protocol from the same client: the cache still names statements that are gone.
+        c.batch_execute("DISCARD ALL").await.check("discard")?;
+        ensure_eq!(
+            simple_value(&mut c, "SELECT count(*) FROM pg_prepared_statements").await?,
+            "0"
+        );
+        let values = [base + 1, base + 2, base + 3];
+        let mut pipeline = Pipeline::new(mode);
+        for v in &values {
+            pipeline.push(insert, &[v]);
+        }
+        pipeline.push(count, &[]);
+        let out = outputs(c.run_pipeline(&pipeline).await.check("after DISCARD ALL")?)?;
+        for o in &out[..3] {
+            ensure_eq!(o.rows_affected(), 1);
+        }
+        rows += 3;
+        ensure_eq!(out[3].rows()[0].get::<_, i64>(0), rows);
+        ensure_eq!(c.transaction_status(), TransactionStatus::Idle);
+    }
+    ensure_eq!(simple_value(&mut c, count).await?, rows.to_string());
+
+    // A cached `SELECT *` whose table gained a column: "cached plan must not change result type".
+    let select = "SELECT * FROM pl_plan";
+    for (mode, column) in [
+        (PipelineMode::Atomic, "b"),
+        (PipelineMode::Independent, "c"),
+    ] {
+        c.query(select, &[]).await.check("cache the select")?;
+        c.batch_execute(&format!(
+            "ALTER TABLE pl_plan ADD COLUMN {column} int DEFAULT 7"
+        ))
+        .await
+        .check("alter")?;
+        let mut pipeline = Pipeline::new(mode);
+        pipeline.push("SELECT 1", &[]).push(select, &[]);
+        let out = outputs(c.run_pipeline(&pipeline).await.check("after ALTER")?)?;
+        let row = &out[1].rows()[0];
+        ensure_eq!(row.get::<_, Option<i32>>(column), Some(7));
+    }
+
+    // Inside a transaction block the failure fails the block: reported, not run again.
+    c.query(select, &[]).await.check("cache the select")?;
+    let mut tx = c.transaction().await.check("begin")?;
+    tx.batch_execute("ALTER TABLE pl_plan ADD COLUMN d int")
+        .await
+        .check("alter in the transaction")?;
+    let mut pipeline = Pipeline::new(PipelineMode::Independent);
+    pipeline.push(select, &[]);
+    let results = tx
+        .run_pipeline(&pipeline)
+        .await
+        .check("in the transaction")?;
+    ensure_eq!(
+        results[0].as_ref().err().and_then(|e| e.code()),
+        Some(sqlstate::FEATURE_NOT_SUPPORTED)
+    );
+    ensure_eq!(tx.transaction_status(), TransactionStatus::Failed);
+    tx.rollback().await.check("rollback")?;
+    // The stale entry is gone: the next pipeline prepares the text afresh.
+    let out = outputs(
+        c.run_pipeline(&pipeline)
+            .await
+            .check("after the rollback")?,
+    )?;
+    ensure_eq!(out[0].rows()[0].len(), 3);
+    c.batch_execute("DROP TABLE pl_discard, pl_plan")
+        .await
+        .check("drop")?;
     Ok(())
 }
