@@ -734,6 +734,17 @@ impl Client {
         Ok(statement)
     }
 
+    /// Drops `statement` from the cache if `e` says it went stale (its plan no longer fits, or the server lost
+    /// every prepared statement), so that the next use prepares it afresh. For the calls that return the error
+    /// instead of running the statement again (row streams, portals).
+    pub(crate) fn forget_if_stale(&mut self, statement: &Statement, e: &Error) {
+        match stale_statement(e) {
+            Some(Stale::Plan) => self.cache.remove_statement(statement.name()),
+            Some(Stale::AllGone) => self.cache.clear(),
+            None => {}
+        }
+    }
+
     /// Runs SQL text through its cached statement. When the server says the cached plan no longer fits (the
     /// schema changed its result type) or the statement is gone (DISCARD ALL, DEALLOCATE), the entry is dropped
     /// and, outside a transaction block, the statement is prepared again and run once more: inside one the

@@ -140,7 +140,10 @@ impl Transaction<'_> {
             }
         }
         match error {
-            Some(e) => Err(e),
+            Some(e) => {
+                client.forget_if_stale(&portal.statement, &e);
+                Err(e)
+            }
             None => Ok(portal),
         }
     }

@@ -77,6 +77,13 @@ impl StatementCache {
         self.entries.remove(sql);
     }
 
+    /// Forgets the statement named `name`, whatever its text (its plan went stale on the server). A linear
+    /// scan: this happens only after a stale statement's error.
+    pub(crate) fn remove_statement(&mut self, name: &str) {
+        self.entries
+            .retain(|_, entry| entry.statement.name() != name);
+    }
+
     /// Forgets every statement (the server no longer has them, e.g. after DISCARD ALL).
     pub(crate) fn clear(&mut self) {
         self.entries.clear();

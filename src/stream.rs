@@ -126,7 +126,9 @@ impl Client {
                 Ok(())
             },
         )?;
-        Ok(RowStream::new(self, id, columns, None))
+        let mut stream = RowStream::new(self, id, columns, None);
+        stream.statement = Some(statement.statement.clone());
+        Ok(stream)
     }
 }
 
@@ -211,6 +213,9 @@ pub struct RowStream<'a> {
     done: bool,
     /// A portal's "fetch in flight" flag, cleared once this fetch has been read to its end.
     fetching: Option<&'a AtomicBool>,
+    /// The statement bound by this request (not for a portal's fetch, which binds nothing): dropped from the
+    /// cache if the server says it went stale.
+    statement: Option<Statement>,
 }
 
 impl std::fmt::Debug for RowStream<'_> {
@@ -242,6 +247,7 @@ impl<'a> RowStream<'a> {
             suspended: false,
             done: false,
             fetching,
+            statement: None,
         }
     }
 
@@ -340,7 +346,12 @@ impl<'a> RowStream<'a> {
                         fetching.store(false, Ordering::Release);
                     }
                     return Poll::Ready(match self.error.take() {
-                        Some(e) => Err(e),
+                        Some(e) => {
+                            if let Some(statement) = &self.statement {
+                                self.client.forget_if_stale(statement, &e);
+                            }
+                            Err(e)
+                        }
                         None => Ok(None),
                     });
                 }

@@ -1,7 +1,7 @@
 //! Query modes and the statement cache, against the real server on both targets.
 
 use wasi_pg_client::config::QueryMode;
-use wasi_pg_client::{Client, Config, ErrorKind, SimpleQueryMessage, TransactionStatus};
+use wasi_pg_client::{Client, Config, ErrorKind, SimpleQueryMessage, TransactionStatus, sqlstate};
 
 use super::{Check, Env, Outcome, Scenario};
 
@@ -148,7 +148,36 @@ async fn statement_cache_survives_discard_all(env: &Env) -> Outcome {
             .get::<_, String>(0),
         "bx"
     );
+    // A row stream returns the error instead of running again, but drops the stale entry, so the next
+    // stream prepares afresh instead of failing the same way forever.
+    ensure_eq!(stream_count(&mut c, 3).await.check("stream")?, 3);
+    c.batch_execute("DISCARD ALL")
+        .await
+        .check("discard again")?;
+    let err = stream_count(&mut c, 3)
+        .await
+        .err()
+        .ok_or("a stream of a discarded statement ran")?;
+    ensure_eq!(err.code(), Some(sqlstate::INVALID_SQL_STATEMENT_NAME));
+    ensure_eq!(
+        stream_count(&mut c, 4)
+            .await
+            .check("stream after the error")?,
+        4
+    );
     Ok(())
+}
+
+/// Streams `SELECT g FROM generate_series(1, n) g` through the statement cache and counts the rows.
+async fn stream_count(c: &mut Client, n: i32) -> Result<usize, wasi_pg_client::Error> {
+    let mut rows = c
+        .query_stream("SELECT g FROM generate_series(1, $1) g", &[&n])
+        .await?;
+    let mut seen = 0;
+    while rows.next().await?.is_some() {
+        seen += 1;
+    }
+    Ok(seen)
 }
 
 async fn unnamed_mode_one_round_trip_and_fallback(env: &Env) -> Outcome {
