@@ -93,6 +93,13 @@ pub(crate) fn complete_frame_len(
     Ok((inbound.len() >= total).then_some(total))
 }
 
+/// Splits the complete CopyData frame of `total` bytes off `inbound` and returns its data.
+pub(crate) fn split_copy_data(inbound: &mut BytesMut, total: usize) -> Bytes {
+    let mut data = inbound.split_to(total).freeze();
+    data.advance(HEADER_LEN);
+    data
+}
+
 /// Splits the next complete frame off `inbound` and parses it; `version` is the protocol version in use, which
 /// decides how long a cancel key may be.
 pub(crate) fn next_frame(
@@ -107,9 +114,7 @@ pub(crate) fn next_frame(
         return RawRow::split_from(inbound, total).map(|row| Some(Frame::DataRow(row)));
     }
     if inbound[0] == COPY_DATA_TAG {
-        let mut data = inbound.split_to(total).freeze();
-        data.advance(HEADER_LEN);
-        return Ok(Some(Frame::CopyData(data)));
+        return Ok(Some(Frame::CopyData(split_copy_data(inbound, total))));
     }
     let mut frame = inbound.split_to(total);
     match frame[0] {

@@ -20,7 +20,7 @@ mod wire;
 
 use std::collections::VecDeque;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
@@ -789,11 +789,7 @@ impl Protocol {
             return Ok(None);
         }
         match frame::complete_frame_len(&self.inbound, self.limits.max_message_size) {
-            Ok(Some(total)) => {
-                let mut data = self.inbound.split_to(total).freeze();
-                data.advance(frame::HEADER_LEN);
-                Ok(Some(data))
-            }
+            Ok(Some(total)) => Ok(Some(frame::split_copy_data(&mut self.inbound, total))),
             Ok(None) => Ok(None),
             Err(e) => Err(self.fail(e)),
         }
@@ -835,13 +831,13 @@ fn copy_phase(copy: CopyState) -> Option<&'static str> {
     }
 }
 
-/// Checks that `message` may arrive in COPY state `copy` (asynchronous messages and ErrorResponse are sorted out
-/// before): during COPY FROM STDIN the server sends nothing else, during COPY TO STDOUT only CopyData and
-/// CopyDone, and outside a COPY neither of those.
+/// Checks that `message` may arrive in COPY state `copy` (asynchronous messages, ErrorResponse and CopyData,
+/// see [`Protocol::check_copy_data`], are sorted out before): during COPY FROM STDIN the server sends nothing
+/// else, during COPY TO STDOUT only CopyData and CopyDone, and outside a COPY neither of those.
 fn check_copy_message(copy: CopyState, message: &Message) -> Result<(), Error> {
     let during = match (copy, message) {
-        (CopyState::Idle, Message::CopyData(_) | Message::CopyDone) => "outside a COPY",
-        (CopyState::Idle, _) | (CopyState::Out(_), Message::CopyData(_) | Message::CopyDone) => {
+        (CopyState::Idle, Message::CopyDone) => "outside a COPY",
+        (CopyState::Idle, _) | (CopyState::Out(_), Message::CopyDone) => {
             return Ok(());
         }
         (CopyState::In(_), _) => "during COPY FROM STDIN",
