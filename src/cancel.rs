@@ -29,7 +29,7 @@ use bytes::BytesMut;
 
 use crate::connect::CancelRoute;
 use crate::proto::{BackendKey, RequestId};
-use crate::transport::Transport;
+use crate::transport::{Transport, write_all};
 use crate::{Client, Error, runtime};
 
 /// The least time a timed-out request's cancel and read-out get before the connection is given up.
@@ -169,24 +169,11 @@ impl CancelToken {
             .map_err(|e| e.context("opening the cancel connection".to_string()))?;
         let mut request = BytesMut::new();
         crate::proto::cancel_request(key, &mut request);
-        write_all(transport.as_mut(), &request).await?;
-        wait_for_close(transport.as_mut()).await
-    }
-}
-
-async fn write_all(transport: &mut dyn Transport, mut bytes: &[u8]) -> Result<(), Error> {
-    while !bytes.is_empty() {
-        let n = poll_fn(|cx| transport.poll_write(cx, bytes))
+        write_all(transport.as_mut(), &request)
             .await
             .map_err(Error::io)?;
-        if n == 0 {
-            return Err(Error::io(std::io::ErrorKind::WriteZero.into()));
-        }
-        bytes = &bytes[n..];
+        wait_for_close(transport.as_mut()).await
     }
-    poll_fn(|cx| transport.poll_flush(cx))
-        .await
-        .map_err(Error::io)
 }
 
 /// Waits until the server closes the cancel connection, which it does only after signalling the backend.

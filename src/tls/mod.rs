@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 
 use crate::Error;
-use crate::transport::Transport;
+use crate::transport::{Transport, write_all};
 
 pub(crate) use setup::{ALPN_POSTGRESQL, TlsConnector};
 pub(crate) use stream::TlsStream;
@@ -39,7 +39,7 @@ pub(crate) enum SslResponse {
 pub(crate) async fn request_ssl(transport: &mut dyn Transport) -> Result<SslResponse, Error> {
     let mut request = BytesMut::with_capacity(8);
     frontend::ssl_request(&mut request);
-    write_all(transport, &request).await?;
+    write_all(transport, &request).await.map_err(Error::io)?;
     let mut answer = [0u8; 1];
     let n = poll_fn(|cx| transport.poll_read(cx, &mut answer))
         .await
@@ -80,21 +80,6 @@ fn bytes_already_waiting(transport: &mut dyn Transport) -> Result<bool, Error> {
         // An error now will show again, with its proper context, in the handshake.
         Poll::Ready(Err(_)) | Poll::Pending => Ok(false),
     }
-}
-
-async fn write_all(transport: &mut dyn Transport, mut bytes: &[u8]) -> Result<(), Error> {
-    while !bytes.is_empty() {
-        let n = poll_fn(|cx| transport.poll_write(cx, bytes))
-            .await
-            .map_err(Error::io)?;
-        if n == 0 {
-            return Err(Error::io(std::io::ErrorKind::WriteZero.into()));
-        }
-        bytes = &bytes[n..];
-    }
-    poll_fn(|cx| transport.poll_flush(cx))
-        .await
-        .map_err(Error::io)
 }
 
 /// A finished handshake: the encrypted transport and the channel binding it offers.

@@ -57,6 +57,18 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     }
 }
 
+/// Writes all of `bytes` and flushes them: the short exchanges outside a session (SSLRequest, CancelRequest).
+pub(crate) async fn write_all(transport: &mut dyn Transport, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = std::future::poll_fn(|cx| transport.poll_write(cx, bytes)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    std::future::poll_fn(|cx| transport.poll_flush(cx)).await
+}
+
 /// TCP keepalive settings: libpq's `keepalives_idle`, `keepalives_interval` and `keepalives_count` (see
 /// [`Config::keepalives_idle`](crate::Config::keepalives_idle)). `None` keeps the system default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
