@@ -153,6 +153,15 @@ async fn connect_with(conninfo: &str, tweak: impl FnOnce(&mut Config)) -> Result
 
 /// `error` broke the connection: its kind is one of `kinds`, it says the connection broke, it came within
 /// `limit` of `started`, the client is closed, and the next call fails at once with a broken error too.
+/// Runs `sql` as a simple query that must fail: its error, and when the query started.
+async fn failing_query(client: &mut Client, sql: &str) -> Result<(Error, Instant), String> {
+    let started = Instant::now();
+    match client.simple_query(sql).await {
+        Ok(messages) => Err(format!("the query returned {messages:?}")),
+        Err(e) => Ok((e, started)),
+    }
+}
+
 async fn check_broken(
     client: &mut Client,
     error: Error,
@@ -312,11 +321,7 @@ mod closed_mid_query {
 
     pub(super) async fn client(target: &Target) -> Outcome {
         let mut client = connect(&target.fake("")).await?;
-        let started = Instant::now();
-        let error = match client.simple_query("SELECT 1").await {
-            Ok(_) => return Err("the query succeeded".to_string()),
-            Err(e) => e,
-        };
+        let (error, started) = failing_query(&mut client, "SELECT 1").await?;
         check_broken(&mut client, error, &[ErrorKind::Io], started, PROMPT).await
     }
 
@@ -332,11 +337,7 @@ mod closed_mid_data_row {
 
     pub(super) async fn client(target: &Target) -> Outcome {
         let mut client = connect(&target.fake("")).await?;
-        let started = Instant::now();
-        let error = match client.simple_query("SELECT 'hello'").await {
-            Ok(messages) => return Err(format!("the query returned {messages:?}")),
-            Err(e) => e,
-        };
+        let (error, started) = failing_query(&mut client, "SELECT 'hello'").await?;
         check_broken(&mut client, error, &[ErrorKind::Io], started, PROMPT).await
     }
 
@@ -492,11 +493,7 @@ mod silent_server_read_timeout {
             config.read_timeout(Duration::from_secs(1));
         })
         .await?;
-        let started = Instant::now();
-        let error = match client.simple_query("SELECT 1").await {
-            Ok(_) => return Err("the query succeeded".to_string()),
-            Err(e) => e,
-        };
+        let (error, started) = failing_query(&mut client, "SELECT 1").await?;
         ensure!(
             started.elapsed() >= Duration::from_millis(900),
             "the read deadline fired after {:?}",
@@ -517,11 +514,7 @@ mod oversized_message {
 
     pub(super) async fn client(target: &Target) -> Outcome {
         let mut client = connect(&target.fake("")).await?;
-        let started = Instant::now();
-        let error = match client.simple_query("SELECT 1").await {
-            Ok(_) => return Err("the query succeeded".to_string()),
-            Err(e) => e,
-        };
+        let (error, started) = failing_query(&mut client, "SELECT 1").await?;
         ensure!(
             error.to_string().contains("exceeds the limit"),
             "the error does not name the limit: {error}"
@@ -553,11 +546,7 @@ mod message_over_configured_cap {
             config.max_message_size(64 * 1024);
         })
         .await?;
-        let started = Instant::now();
-        let error = match client.simple_query("SELECT repeat('x', 102400)").await {
-            Ok(_) => return Err("the query succeeded".to_string()),
-            Err(e) => e,
-        };
+        let (error, started) = failing_query(&mut client, "SELECT repeat('x', 102400)").await?;
         ensure!(
             error.to_string().contains("max_message_size"),
             "the error does not name the setting: {error}"
@@ -589,11 +578,7 @@ mod malformed_data_row {
 
     pub(super) async fn client(target: &Target) -> Outcome {
         let mut client = connect(&target.fake("")).await?;
-        let started = Instant::now();
-        let error = match client.simple_query("SELECT 'x'").await {
-            Ok(messages) => return Err(format!("the query returned {messages:?}")),
-            Err(e) => e,
-        };
+        let (error, started) = failing_query(&mut client, "SELECT 'x'").await?;
         check_broken(&mut client, error, &[ErrorKind::Protocol], started, PROMPT).await
     }
 
@@ -620,11 +605,7 @@ mod unknown_message_type {
 
     pub(super) async fn client(target: &Target) -> Outcome {
         let mut client = connect(&target.fake("")).await?;
-        let started = Instant::now();
-        let error = match client.simple_query("SELECT 1").await {
-            Ok(_) => return Err("the query succeeded".to_string()),
-            Err(e) => e,
-        };
+        let (error, started) = failing_query(&mut client, "SELECT 1").await?;
         ensure!(
             error.to_string().contains("unknown message type"),
             "{error}"
@@ -785,11 +766,7 @@ mod unexpected_in_simple_query {
 
     pub(super) async fn client(target: &Target) -> Outcome {
         let mut client = connect(&target.fake("")).await?;
-        let started = Instant::now();
-        let error = match client.simple_query("SELECT 1").await {
-            Ok(messages) => return Err(format!("the query returned {messages:?}")),
-            Err(e) => e,
-        };
+        let (error, started) = failing_query(&mut client, "SELECT 1").await?;
         check_broken(&mut client, error, &[ErrorKind::Protocol], started, PROMPT).await
     }
 
@@ -1206,11 +1183,7 @@ mod server_restart {
 
     pub(super) async fn client(target: &Target) -> Outcome {
         let mut client = connect(&target.live(&format!("application_name={RESTART_APP}"))).await?;
-        let started = Instant::now();
-        let error = match client.simple_query("SELECT pg_sleep(60)").await {
-            Ok(_) => return Err("the query outlived the restart".to_string()),
-            Err(e) => e,
-        };
+        let (error, started) = failing_query(&mut client, "SELECT pg_sleep(60)").await?;
         let seen = check_broken(
             &mut client,
             error,
