@@ -6,24 +6,9 @@ use std::path::{Path, PathBuf};
 
 use crate::Row;
 
-/// The Rust types of the optional features, for [`values`](super::values): the fuzz target decodes the same.
-fn feature_types(row: &Row) {
-    use super::try_decode;
-    try_decode::<chrono::NaiveDate>(row);
-    try_decode::<chrono::NaiveTime>(row);
-    try_decode::<chrono::NaiveDateTime>(row);
-    try_decode::<chrono::DateTime<chrono::Utc>>(row);
-    try_decode::<chrono::DateTime<chrono::FixedOffset>>(row);
-    try_decode::<Vec<chrono::NaiveDate>>(row);
-    try_decode::<time::Date>(row);
-    try_decode::<time::Time>(row);
-    try_decode::<time::PrimitiveDateTime>(row);
-    try_decode::<time::OffsetDateTime>(row);
-    try_decode::<uuid::Uuid>(row);
-    try_decode::<Vec<uuid::Uuid>>(row);
-    try_decode::<serde_json::Value>(row);
-    try_decode::<Vec<serde_json::Value>>(row);
-}
+use super::try_decode;
+
+include!("feature_types.rs");
 
 /// Runs one target's entry point on a file's bytes.
 fn run(target: &str, data: &[u8]) {
