@@ -525,12 +525,7 @@ async fn session_rebuild_after_termination(env: &Env) -> Outcome {
     terminate(&mut other, old_pid).await?;
 
     // The first call after the termination fails; the next one rebuilds.
-    let err = c
-        .query_one("SELECT 1", &[])
-        .await
-        .err()
-        .ok_or("a query on a terminated backend succeeded")?;
-    ensure!(err.is_connection_broken(), "not broken: {err}");
+    let err = query_on_terminated_backend(&mut c).await?;
     ensure!(
         err.code() == Some(sqlstate::ADMIN_SHUTDOWN) || err.kind() == ErrorKind::Io,
         "unexpected error {err:?}"
@@ -564,6 +559,17 @@ async fn session_rebuild_after_termination(env: &Env) -> Outcome {
     Ok(())
 }
 
+/// The first call after the client's backend was terminated: it must fail with the connection broken.
+async fn query_on_terminated_backend(c: &mut Client) -> Result<wasi_pg_client::Error, String> {
+    let err = c
+        .query_one("SELECT 1", &[])
+        .await
+        .err()
+        .ok_or("a query on a terminated backend succeeded")?;
+    ensure!(err.is_connection_broken(), "not broken: {err}");
+    Ok(err)
+}
+
 /// A token taken before the backend was terminated cancels a query on the rebuilt session (57014), and the
 /// rebuilt session goes on.
 async fn cancel_token_follows_a_rebuilt_session(env: &Env) -> Outcome {
@@ -572,12 +578,7 @@ async fn cancel_token_follows_a_rebuilt_session(env: &Env) -> Outcome {
     let token = c.cancel_token();
     let old_pid = c.backend_pid().ok_or("pid")?;
     terminate(&mut other, old_pid).await?;
-    let err = c
-        .query_one("SELECT 1", &[])
-        .await
-        .err()
-        .ok_or("a query on a terminated backend succeeded")?;
-    ensure!(err.is_connection_broken(), "not broken: {err}");
+    query_on_terminated_backend(&mut c).await?;
     // This call rebuilds.
     c.query_one("SELECT 1", &[]).await.check("rebuild")?;
     ensure_eq!(c.session_rebuilds(), 1);
