@@ -734,15 +734,17 @@ impl Client {
         Ok(statement)
     }
 
-    /// Drops `statement` from the cache if `e` says it went stale (its plan no longer fits, or the server lost
-    /// every prepared statement), so that the next use prepares it afresh. For the calls that return the error
-    /// instead of running the statement again (row streams, portals).
-    pub(crate) fn forget_if_stale(&mut self, statement: &Statement, e: &Error) {
+    /// Drops `statement` from the cache if `e` says it went stale (its plan no longer fits; after 26000, the
+    /// server lost every prepared statement, so the whole cache goes), so that the next use prepares it
+    /// afresh. Whether it was stale: plain queries and pipelines then run it once more where that is safe,
+    /// row streams and portals return the error.
+    pub(crate) fn forget_if_stale(&mut self, statement: &Statement, e: &Error) -> bool {
         match stale_statement(e) {
             Some(Stale::Plan) => self.cache.remove_statement(statement.name()),
             Some(Stale::AllGone) => self.cache.clear(),
-            None => {}
+            None => return false,
         }
+        true
     }
 
     /// Runs SQL text through its cached statement. When the server says the cached plan no longer fits (the
@@ -758,14 +760,10 @@ impl Client {
         match self.execute_statement(&statement, params).await {
             Ok(collected) => Ok((collected, statement.columns_arc())),
             Err(e) => {
-                let Some(stale) = stale_statement(&e) else {
+                if !self.forget_if_stale(&statement, &e) {
                     return Err(e);
-                };
-                drop(statement);
-                match stale {
-                    Stale::Plan => self.cache.remove(sql),
-                    Stale::AllGone => self.cache.clear(),
                 }
+                drop(statement);
                 if self.transaction_status() != TransactionStatus::Idle {
                     return Err(e);
                 }
@@ -1099,14 +1097,14 @@ pub(crate) fn sql_of<T: ToStatement + ?Sized>(statement: &T) -> Option<&str> {
 }
 
 /// Why a cached statement cannot be used any more.
-pub(crate) enum Stale {
+enum Stale {
     /// Its plan no longer fits: "cached plan must not change result type".
     Plan,
     /// The server no longer has prepared statements of ours ("prepared statement ... does not exist").
     AllGone,
 }
 
-pub(crate) fn stale_statement(e: &Error) -> Option<Stale> {
+fn stale_statement(e: &Error) -> Option<Stale> {
     let db = e.as_db_error()?;
     match db.code() {
         sqlstate::FEATURE_NOT_SUPPORTED if db.message().contains("cached plan") => {

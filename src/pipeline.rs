@@ -25,9 +25,7 @@ use tracing::Instrument as _;
 
 use bytes::BytesMut;
 
-use crate::client::{
-    Stale, StatementRef, encode_error, rows_affected, stale_statement, unexpected,
-};
+use crate::client::{StatementRef, encode_error, rows_affected, unexpected};
 use crate::proto::{Backend, Flow};
 use crate::stream::Bindable;
 use crate::{Client, Error, Param, Row, Statement, ToStatement, TransactionStatus};
@@ -544,20 +542,12 @@ impl Client {
             };
             // Only SQL text has its statement from the cache. An error after BindComplete came from running
             // the statement (an `EXECUTE` of another one, say), not from its own plan or name.
-            let Source::Sql(sql) = item.statement else {
+            if !matches!(item.statement, Source::Sql(_))
+                || fate.bound
+                || sent.statement.name().is_empty()
+                || !self.forget_if_stale(&sent.statement, e)
+            {
                 continue;
-            };
-            if fate.bound || sent.statement.name().is_empty() {
-                continue;
-            }
-            let Some(stale) = stale_statement(e) else {
-                continue;
-            };
-            if let Some(cache) = self.text_cache() {
-                match stale {
-                    Stale::Plan => cache.remove(sql),
-                    Stale::AllGone => cache.clear(),
-                }
             }
             first.get_or_insert(position);
         }

@@ -72,11 +72,6 @@ impl StatementCache {
         );
     }
 
-    /// Forgets the statement for `sql` (its plan went stale on the server).
-    pub(crate) fn remove(&mut self, sql: &str) {
-        self.entries.remove(sql);
-    }
-
     /// Forgets the statement named `name`, whatever its text (its plan went stale on the server). A linear
     /// scan: this happens only after a stale statement's error.
     pub(crate) fn remove_statement(&mut self, name: &str) {
