@@ -908,6 +908,38 @@ async fn tls_protocol_versions_and_sni(env: &Env) -> Outcome {
     check_cases(env, &cases).await
 }
 
+/// The cipher suite the server picked, as `pg_stat_ssl` names it: ChaCha20-Poly1305 under wasmtime, where the
+/// client leaves AES-256-GCM out and offers ChaCha20 first (no AES instructions in wasm), AES-GCM natively.
+async fn tls_cipher_suite_per_target(env: &Env) -> Outcome {
+    let wasm = cfg!(target_family = "wasm");
+    for settings in ["", "ssl_max_protocol_version=TLSv1.2"] {
+        let conninfo = case(
+            Server::Tls,
+            Login::Scram,
+            format!("sslmode=require {settings}"),
+            Expect::Tls,
+        )
+        .conninfo(env);
+        let config = Config::parse(&conninfo).check(settings)?;
+        let mut c = Client::connect(&config).await.check(settings)?;
+        let cipher: String = c
+            .query_one(
+                "SELECT cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .check("pg_stat_ssl.cipher")?
+            .get(0);
+        let expected = if wasm { "CHACHA20" } else { "AES" };
+        ensure!(
+            cipher.contains(expected),
+            "{settings:?}: {cipher}, expected a {expected} suite"
+        );
+        c.close().await.check("close")?;
+    }
+    Ok(())
+}
+
 /// Milliseconds since `start`, for printed figures.
 fn millis(start: Instant) -> u128 {
     start.elapsed().as_millis()
@@ -1013,6 +1045,7 @@ pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
         tls_channel_binding_undefined_for_ed25519,
         tls_require_auth,
         tls_protocol_versions_and_sni,
+        tls_cipher_suite_per_target,
         tls_bulk_bytea_64mib,
         tls_million_rows_vs_plaintext,
     ]
