@@ -8,10 +8,10 @@ use wasi_pg_client::{Client, Config, Error};
 async fn run() -> Result<(), Error> {
     let conninfo = std::env::var("DATABASE_URL").unwrap_or_default();
     let config = Config::from_conninfo_and_env(&conninfo)?;
-    let mut client = Client::connect(&config).await?;
+    let client = Client::connect(&config).await?;
     println!(
         "connected to PostgreSQL {} (backend pid {})",
-        client.parameter("server_version").unwrap_or("?"),
+        client.parameter("server_version").as_deref().unwrap_or("?"),
         client.backend_pid().unwrap_or(0)
     );
 

@@ -272,8 +272,10 @@ struct QueryDue {
     limit: Duration,
 }
 
-/// A request that outlived the query timeout: its cancel, then the read-out of every pending request.
+/// A request that outlived the query timeout: its cancel, then the read-out of its answers.
 pub(crate) struct Expiry {
+    /// The request that timed out.
+    pub(crate) request: RequestId,
     pub(crate) limit: Duration,
     /// The cancel request in flight; `None` once the server closed the cancel connection.
     pub(crate) cancel: Option<BoxFuture<Result<(), Error>>>,
@@ -285,8 +287,10 @@ pub(crate) struct Expiry {
 pub(crate) enum Due {
     /// The read deadline: no byte arrived for this long.
     Read(Duration),
-    /// The query timeout of the awaited request.
+    /// The query timeout of the request the server works on.
     Query(Duration),
+    /// A timed-out request was neither cancelled nor ended within its grace time.
+    GiveUp,
 }
 
 impl TimeLimits {
@@ -298,9 +302,9 @@ impl TimeLimits {
         self.timer = None;
     }
 
-    /// The caller waits for the answer to `request` (`None`: for the requests of dropped futures): starts its
-    /// query clock, unless it is running for that request already (callers that poll a fresh future each time
-    /// keep their clock).
+    /// The server works on `request` (the oldest pending one), whoever waits for it: starts its query clock,
+    /// unless it is running for that request already (callers that poll a fresh future each time keep their
+    /// clock, and so does a request while the futures waiting on the connection take turns to read).
     pub(crate) fn watch(&mut self, request: Option<RequestId>) {
         let Some(limit) = self.query_timeout else {
             self.query_due = None;
@@ -347,6 +351,10 @@ impl TimeLimits {
         pending: bool,
         query: bool,
     ) -> Poll<Due> {
+        if let Some(give_up_at) = self.expiry.as_ref().and_then(|e| e.give_up_at) {
+            ready!(self.poll_timer(cx, give_up_at));
+            return Poll::Ready(Due::GiveUp);
+        }
         if !pending {
             self.timer = None;
             return Poll::Pending;
@@ -387,11 +395,17 @@ impl TimeLimits {
         Poll::Ready(())
     }
 
-    /// The awaited request outlived `limit`: from now on the driver sends `cancel`, then reads out every pending
-    /// request, before anything else.
-    pub(crate) fn expire(&mut self, limit: Duration, cancel: BoxFuture<Result<(), Error>>) {
+    /// `request`, which the server works on, outlived `limit`: from now on the driver sends `cancel` and
+    /// discards the request's answers up to its ReadyForQuery; then its owner gets the timeout.
+    pub(crate) fn expire(
+        &mut self,
+        request: RequestId,
+        limit: Duration,
+        cancel: BoxFuture<Result<(), Error>>,
+    ) {
         self.new_wait();
         self.expiry = Some(Expiry {
+            request,
             limit,
             cancel: Some(cancel),
             give_up_at: Instant::now().checked_add(limit.max(MIN_CANCEL_GRACE)),
@@ -558,7 +572,7 @@ mod tests {
                 answer.extend(ready(b'E'));
                 session.write_all(&answer).await.unwrap();
             });
-            let mut client = Client::connect(&config).await.unwrap();
+            let client = Client::connect(&config).await.unwrap();
             let started = Instant::now();
             let err = client.simple_query("SELECT slow").await.unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
@@ -606,7 +620,7 @@ mod tests {
                 let mut rest = Vec::new();
                 let _ = rebuilt.read_to_end(&mut rest).await;
             });
-            let mut client = Client::connect(&config).await.unwrap();
+            let client = Client::connect(&config).await.unwrap();
             let token = client.cancel_token();
             let err = client.simple_query("SELECT 1").await.unwrap_err();
             assert!(err.is_connection_broken(), "{err}");
@@ -638,7 +652,7 @@ mod tests {
                 let mut rest = Vec::new();
                 let _ = session.read_to_end(&mut rest).await;
             });
-            let mut client = Client::connect(&config).await.unwrap();
+            let client = Client::connect(&config).await.unwrap();
             let started = Instant::now();
             let err = client.simple_query("SELECT 1").await.unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");

@@ -607,7 +607,7 @@ mod tests {
             let _ = stream.read_to_end(&mut rest).await;
         });
         let client = Client::connect(&config).await.unwrap();
-        let route = client.cancel_route.clone().unwrap();
+        let route = client.lock().cancel_route.clone().unwrap();
         assert_eq!(route.tcp, TcpOptions::of(&config));
         assert_eq!(route.tcp.user_timeout, Some(Duration::from_millis(4321)));
         assert_eq!(route.tcp.keepalive.and_then(|k| k.count), Some(4));

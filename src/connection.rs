@@ -12,6 +12,7 @@ use crate::cancel::{CancelToken, Due, TimeLimits};
 use crate::connect::CancelRoute;
 use crate::proto::{Backend, Event, Notification, Protocol, RequestId};
 use crate::read_size::ReadSize;
+use crate::slots::{Routed, Slots};
 use crate::transport::Transport;
 use crate::{DbError, Error, ErrorKind};
 
@@ -42,6 +43,8 @@ pub(crate) struct Connection {
     pub(crate) limits: TimeLimits,
     /// How to reach the server for a cancel request: the driver cancels timed-out requests itself.
     pub(crate) cancel_route: Option<CancelRoute>,
+    /// The requests of futures that share the client, whose answers may arrive while another one reads.
+    pub(crate) slots: Slots,
 }
 
 impl Connection {
@@ -58,6 +61,7 @@ impl Connection {
             notices_overflowed: false,
             limits: TimeLimits::default(),
             cancel_route: None,
+            slots: Slots::default(),
         }
     }
 
@@ -78,12 +82,19 @@ impl Connection {
                 match ready!(self.limits.poll_due(cx, self.protocol.has_pending(), true)) {
                     Due::Read(limit) => Poll::Ready(Err(self.read_deadline_passed(limit))),
                     Due::Query(limit) => {
+                        let Some(request) = self.protocol.front_request() else {
+                            return Poll::Ready(Ok(()));
+                        };
                         debug!(?limit, "a request timed out; cancelling it on the server");
                         let token = self.cancel_token();
-                        self.limits
-                            .expire(limit, Box::pin(async move { token.cancel_query().await }));
+                        self.limits.expire(
+                            request,
+                            limit,
+                            Box::pin(async move { token.cancel_query().await }),
+                        );
                         Poll::Ready(Ok(()))
                     }
+                    Due::GiveUp => Poll::Ready(Err(self.expiry_overdue())),
                 }
             }
         }
@@ -260,136 +271,112 @@ impl Connection {
     pub(crate) async fn drain_abandoned(&mut self) -> Result<(), Error> {
         // A new operation starts here: clocks left by dropped futures do not count against it.
         self.limits.new_wait();
-        poll_fn(|cx| self.poll_next(cx, None)).await.map(drop)
+        poll_fn(|cx| self.poll_next(cx, None)).await?;
+        // Only an exclusive operation drains: every future that shared the client is gone, and so are the
+        // slots of their requests, all read out now.
+        self.slots.clear();
+        Ok(())
     }
 
-    /// With `Some(id)`: the next response to `id`, discarding those of older requests. With `None`: discards
-    /// everything until no request is pending, then `Ok(None)`.
-    fn poll_next(
+    /// With `Some(id)`: the next response to `id`: one routed to its slot by another future's read, or the next
+    /// one read now. Responses to other requests go to their slots, or are discarded when nobody waits for them
+    /// (their futures were dropped). With `None`: discards everything until no request is pending, then
+    /// `Ok(None)`.
+    pub(crate) fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
         id: Option<RequestId>,
     ) -> Poll<Result<Option<Backend>, Error>> {
         loop {
-            if self.limits.expiry.is_some() {
-                // A request timed out: nothing else happens until its cancel went through and every pending
-                // request was read out, whoever polls (the timed-out caller, or the next call, which comes here
-                // through `drain_abandoned` before it queues anything). This is why a cancel that races the
-                // request's completion never hits the next query: the server closes the cancel connection only
-                // after it signalled the backend, and the next query is sent only after the ReadyForQuery of the
-                // abandoned request was read, so the signal reaches the backend while it still runs that
-                // request or while it waits for a command, where PostgreSQL ignores it.
-                let limit = ready!(self.poll_expiry(cx))?;
-                if id.is_some() {
-                    return Poll::Ready(Err(Error::timeout("the query", limit)));
-                }
-                continue;
+            if let Some(id) = id
+                && let Some(answer) = self.slots.take(id)
+            {
+                return Poll::Ready(answer.map(Some));
             }
-            if id.is_none() && !self.protocol.has_pending() {
+            if self.limits.expiry.is_some() {
+                // A request timed out. Its cancel goes out first; its answers are discarded up to its
+                // ReadyForQuery, and then its owner gets the timeout. Requests behind it go on as usual.
+                match self.poll_expiry(cx) {
+                    Poll::Ready(Ok((expired, limit))) => {
+                        let timeout = Error::timeout("the query", limit);
+                        if Some(expired) == id {
+                            return Poll::Ready(Err(timeout));
+                        }
+                        self.slots.route(expired, Err(timeout), true);
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if id.is_none() && !self.protocol.has_pending() && self.limits.expiry.is_none() {
                 return Poll::Ready(Ok(None));
             }
-            let response = self.protocol.poll_response();
+            let expired = self.limits.expiry.as_ref().map(|expiry| expiry.request);
+            let routed = self.slots.route_next(&mut self.protocol, id, expired);
             self.collect_events();
-            match (response, id) {
-                (Ok(Some(response)), Some(id)) if response.request == id => {
-                    return Poll::Ready(Ok(Some(response.message)));
-                }
-                (Ok(Some(response)), Some(id)) if response.request > id => {
-                    return Poll::Ready(Err(Error::protocol(
-                        "BUG: a response for a request queued later arrived first",
-                    )));
-                }
-                // Cancel-safety: an abandoned request's rows and errors end here, not in a later caller's result.
-                (Ok(Some(_)), _) => continue,
-                (Ok(None), _) => {}
-                (Err(e), _) => return Poll::Ready(Err(e)),
+            match routed {
+                Ok(Routed::Answer(message)) => return Poll::Ready(Ok(Some(message))),
+                Ok(Routed::Elsewhere) => continue,
+                Ok(Routed::Nothing) => {}
+                Err(e) => return Poll::Ready(Err(e)),
             }
-            if id.is_some() && !self.protocol.has_pending() {
-                // Nothing will answer: the request was read out with the others after one of them timed out.
-                return Poll::Ready(Err(Error::skipped(
-                    "the request's answer was discarded after an earlier request timed out",
-                )));
+            if let Some(id) = id
+                && !self.protocol.is_pending(id)
+                && self.limits.expiry.is_none()
+            {
+                return Poll::Ready(Err(Error::protocol(format!(
+                    "BUG: request {id} is waited for, but it finished and nothing of it is left to read"
+                ))));
             }
-            self.limits.watch(id);
+            self.limits.watch(self.protocol.front_request());
             if let Err(e) = ready!(self.poll_io(cx)) {
                 return Poll::Ready(Err(e));
             }
         }
     }
 
-    /// Drives the expiry of a timed-out request: its cancel first, then the read-out of every pending request,
-    /// within a grace time. `Ready(Ok(limit))` once nothing is pending any more.
-    fn poll_expiry(&mut self, cx: &mut Context<'_>) -> Poll<Result<Duration, Error>> {
-        let poll = self.poll_expiry_steps(cx);
-        if poll.is_ready() {
-            self.limits.disarm();
+    /// Drives the expiry of a timed-out request: its cancel first, then the wait for its ReadyForQuery (read
+    /// by the caller's loop), within a grace time. `Ready(Ok((request, limit)))` once both are done.
+    fn poll_expiry(&mut self, cx: &mut Context<'_>) -> Poll<Result<(RequestId, Duration), Error>> {
+        let Some(expiry) = &mut self.limits.expiry else {
+            return Poll::Ready(Err(Error::protocol(
+                "BUG: no timed-out request to read out",
+            )));
+        };
+        if let Some(cancel) = &mut expiry.cancel {
+            match cancel.as_mut().poll(cx) {
+                // The server closed the cancel connection: the backend has been signalled.
+                Poll::Ready(Ok(())) => expiry.cancel = None,
+                Poll::Ready(Err(e)) => {
+                    let why = format!("the cancel request failed ({e})");
+                    return Poll::Ready(Err(self.expiry_failed(&why)));
+                }
+                Poll::Pending => {}
+            }
         }
-        poll
+        let (request, limit, cancelled) = (expiry.request, expiry.limit, expiry.cancel.is_none());
+        if cancelled && !self.protocol.is_pending(request) {
+            self.limits.expiry = None;
+            self.limits.disarm();
+            return Poll::Ready(Ok((request, limit)));
+        }
+        Poll::Pending
     }
 
-    fn poll_expiry_steps(&mut self, cx: &mut Context<'_>) -> Poll<Result<Duration, Error>> {
-        loop {
-            let Some(expiry) = &mut self.limits.expiry else {
-                return Poll::Ready(Err(Error::protocol(
-                    "BUG: no timed-out request to read out",
-                )));
-            };
-            let (limit, give_up_at) = (expiry.limit, expiry.give_up_at);
-            if let Some(cancel) = &mut expiry.cancel {
-                match cancel.as_mut().poll(cx) {
-                    Poll::Ready(Ok(())) => {
-                        // The server closed the cancel connection: the backend has been signalled.
-                        expiry.cancel = None;
-                        continue;
-                    }
-                    Poll::Ready(Err(e)) => {
-                        let why = format!("the cancel request failed ({e})");
-                        return Poll::Ready(Err(self.expiry_failed(&why)));
-                    }
-                    Poll::Pending => {}
-                }
-            } else {
-                if !self.protocol.has_pending() {
-                    self.limits.expiry = None;
-                    return Poll::Ready(Ok(limit));
-                }
-                let response = self.protocol.poll_response();
-                self.collect_events();
-                match response {
-                    // The timed-out request's 57014 error or late results, and whatever was queued behind it.
-                    Ok(Some(_)) => continue,
-                    Ok(None) => {}
-                    Err(e) => {
-                        self.limits.expiry = None;
-                        return Poll::Ready(Err(e));
-                    }
-                }
-                match self.poll_transport(cx) {
-                    Poll::Ready(Ok(())) => continue,
-                    Poll::Ready(Err(e)) => {
-                        self.protocol.mark_broken(&e);
-                        self.limits.expiry = None;
-                        return Poll::Ready(Err(e));
-                    }
-                    Poll::Pending => {}
-                }
-            }
-            let Some(give_up_at) = give_up_at else {
-                return Poll::Pending;
-            };
-            ready!(self.limits.poll_timer(cx, give_up_at));
-            let why = if self
-                .limits
-                .expiry
-                .as_ref()
-                .is_some_and(|e| e.cancel.is_some())
-            {
-                "the cancel request did not finish in time"
-            } else {
-                "the server did not end the cancelled request in time"
-            };
-            return Poll::Ready(Err(self.expiry_failed(why)));
-        }
+    /// The grace time of an expiry ran out.
+    fn expiry_overdue(&mut self) -> Error {
+        let why = if self
+            .limits
+            .expiry
+            .as_ref()
+            .is_some_and(|e| e.cancel.is_some())
+        {
+            "the cancel request did not finish in time"
+        } else {
+            "the server did not end the cancelled request in time"
+        };
+        self.expiry_failed(why)
     }
 
     /// A timed-out request could not be stopped: its answer may still come, so the connection is given up.

@@ -176,10 +176,14 @@ with_runtime! {
     #[cfg(feature = "pool")]
     pub mod pool;
     mod portal;
+    mod prepare;
+    mod query;
     mod read_size;
     mod rebuild;
     mod runtime;
     mod simple_mode;
+    mod simple_query;
+    mod slots;
     mod statement_cache;
     mod stream;
     #[cfg(feature = "tls")]
@@ -193,7 +197,8 @@ with_runtime! {
     mod typeinfo;
 
     pub use cancel::{CancelToken, QueryTimeoutScope};
-    pub use client::{Client, Param, SimpleQueryStream, ToStatement};
+    pub use client::{Client, Param, ToStatement};
+    pub use simple_query::SimpleQueryStream;
     pub use copy::{
         BinaryCopyInWriter, BinaryCopyOutReader, BinaryCopyRow, CopyInWriter, CopyOutReader,
     };

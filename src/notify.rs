@@ -26,36 +26,36 @@ impl Client {
     /// With [`Config::session_rebuild`](crate::Config::session_rebuild) the channel is subscribed again when
     /// the session is rebuilt. Inside a transaction block `LISTEN` takes effect at `COMMIT`; a rebuild restores
     /// the channels as `listen` and `unlisten` last asked, whether or not that transaction committed.
-    pub async fn listen(&mut self, channel: &str) -> Result<(), Error> {
+    pub async fn listen(&self, channel: &str) -> Result<(), Error> {
         self.batch_execute(&format!("LISTEN {}", quote_identifier(channel)))
             .await?;
-        if let Some(session) = &mut self.session {
+        if let Some(session) = &mut self.lock().session {
             session.remember_listen(channel);
         }
         Ok(())
     }
 
     /// Unsubscribes from `channel` (`UNLISTEN`).
-    pub async fn unlisten(&mut self, channel: &str) -> Result<(), Error> {
+    pub async fn unlisten(&self, channel: &str) -> Result<(), Error> {
         self.batch_execute(&format!("UNLISTEN {}", quote_identifier(channel)))
             .await?;
-        if let Some(session) = &mut self.session {
+        if let Some(session) = &mut self.lock().session {
             session.forget_listen(channel);
         }
         Ok(())
     }
 
     /// Unsubscribes from every channel (`UNLISTEN *`).
-    pub async fn unlisten_all(&mut self) -> Result<(), Error> {
+    pub async fn unlisten_all(&self) -> Result<(), Error> {
         self.batch_execute("UNLISTEN *").await?;
-        if let Some(session) = &mut self.session {
+        if let Some(session) = &mut self.lock().session {
             session.forget_all_listens();
         }
         Ok(())
     }
 
     /// Sends a notification on `channel` with `payload` (through `pg_notify`, so both are parameters).
-    pub async fn notify(&mut self, channel: &str, payload: &str) -> Result<(), Error> {
+    pub async fn notify(&self, channel: &str, payload: &str) -> Result<(), Error> {
         self.execute("SELECT pg_catalog.pg_notify($1, $2)", &[&channel, &payload])
             .await
             .map(drop)

@@ -28,6 +28,7 @@ use bytes::BytesMut;
 use crate::client::{StatementRef, encode_error, rows_affected, unexpected};
 use crate::proto::{Backend, Flow};
 use crate::stream::Bindable;
+use crate::prepare::read_statement_description;
 use crate::{Client, Error, Param, Row, Statement, ToStatement, TransactionStatus};
 
 /// How the statements of a [`Pipeline`] succeed or fail.
@@ -395,7 +396,7 @@ impl Client {
                 Source::Prepared(statement) => Found::Known(self.statement(statement).await),
                 Source::Sql(sql) => match positions.get(sql) {
                     Some(&position) => Found::Text(position),
-                    None => match self.text_cache().and_then(|cache| cache.get(sql)) {
+                    None => match self.cached_text(sql) {
                         Some(statement) => Found::Known(Ok(statement)),
                         None => {
                             positions.insert(sql, texts.len());
@@ -448,7 +449,7 @@ impl Client {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let named = self.text_cache().is_some();
+        let named = self.caches_text();
         self.prepare_to_send().await?;
         let mut queued = Vec::with_capacity(texts.len());
         for sql in texts {
@@ -479,8 +480,8 @@ impl Client {
         for (name, guard, id) in queued {
             let answer = match id {
                 Ok(id) => {
-                    let read = self.read_statement_description(id).await;
-                    self.connection_mut().check(read)
+                    let read = read_statement_description(self.request(id)).await;
+                    self.check(read)
                 }
                 Err(e) => Err(e),
             };
@@ -507,12 +508,11 @@ impl Client {
                         // The handle owns the name now: its last drop closes the statement (when the cache
                         // evicts it and the pipeline is done with it).
                         guard.prepared();
-                        if let Some(session) = &mut self.session {
+                        let mut state = self.lock();
+                        if let Some(session) = &mut state.session {
                             session.remember_statement(&name, sql, &statement);
                         }
-                        if let Some(cache) = self.text_cache() {
-                            cache.insert(sql.to_string(), statement.clone());
-                        }
+                        state.cache.insert(sql.to_string(), statement.clone());
                     }
                     prepared.push(Ok(statement));
                 }

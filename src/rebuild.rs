@@ -15,6 +15,7 @@
 //! after that one rebuilds.
 
 use std::collections::HashMap;
+use std::task::{Poll, Waker};
 
 use postgres_types::Type;
 use tracing::{debug, info};
@@ -155,7 +156,7 @@ impl Client {
             &[(&name, Type::TEXT), (&value, Type::TEXT)],
         )
         .await?;
-        if let Some(session) = &mut self.session {
+        if let Some(session) = &mut self.state_mut().session {
             session.remember_parameter(name, value);
         }
         Ok(())
@@ -163,13 +164,13 @@ impl Client {
 
     /// How many times the session was rebuilt after a lost connection (see [`Config::session_rebuild`]).
     pub fn session_rebuilds(&self) -> u64 {
-        self.session.as_ref().map_or(0, |s| s.rebuilds)
+        self.lock().session.as_ref().map_or(0, |s| s.rebuilds)
     }
 
     /// Whether the next call will connect again: session rebuild is on, the connection was lost in a way a
     /// rebuild repairs, and the client can reopen its transport.
-    pub(crate) fn will_rebuild(&mut self) -> bool {
-        self.session.is_some() && self.is_closed() && self.lost_connection().is_some()
+    pub(crate) fn will_rebuild(&self) -> bool {
+        self.lock().session.is_some() && self.is_closed() && self.lost_connection().is_some()
     }
 
     /// How the connection was lost, if it was lost in a way a rebuild repairs: an I/O error (reset, end of
@@ -177,15 +178,16 @@ impl Client {
     /// ([`Config::read_timeout`]). A protocol violation is not repaired (the server would likely
     /// do it again), nor is a client whose transport the caller opened (`connect_with_transport`: there is no
     /// way to open it again).
-    fn lost_connection(&mut self) -> Option<ErrorKind> {
-        let reopenable = self
+    fn lost_connection(&self) -> Option<ErrorKind> {
+        let mut state = self.lock();
+        let reopenable = state
             .cancel_route
             .as_ref()
             .is_some_and(|route| route.target.is_some());
         if !reopenable {
             return None;
         }
-        let kind = self.connection_mut().broken_kind()?;
+        let kind = state.conn.broken_kind()?;
         matches!(kind, ErrorKind::Io | ErrorKind::Db | ErrorKind::Timeout).then_some(kind)
     }
 
@@ -195,56 +197,100 @@ impl Client {
     /// Cancel-safe: the new connection replaces the lost one only once it is fully restored, in one step with
     /// no await; dropped before that, the client is still closed (having forgotten only what belonged to the
     /// lost connection) and the next call starts again.
-    pub(crate) async fn rebuild_session(&mut self) -> Result<(), Error> {
+    pub(crate) async fn rebuild_if_lost(&self) -> Result<(), Error> {
+        let lost = {
+            let state = self.lock();
+            state.session.is_some() && state.conn.protocol.is_closed()
+        };
+        if !lost {
+            return Ok(());
+        }
+        // One rebuild at a time: futures that find one under way wait for it, then look again.
+        std::future::poll_fn(|cx| {
+            let mut state = self.lock();
+            if state.rebuild.running {
+                state.rebuild.waiters.push(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        if self.lock().session.is_none() || !self.is_closed() {
+            return Ok(());
+        }
+        // Boxed: the rebuild itself runs requests, which come back here.
+        Box::pin(self.rebuild_session()).await
+    }
+
+    /// The synchronous start of a rebuild: whether one may run now (or the error that says why not), what it
+    /// restores, and the mark that a rebuild is under way.
+    fn plan_rebuild(&self) -> Result<Option<(RebuildPlan, RebuildRunning<'_>)>, Error> {
         let Some(kind) = self.lost_connection() else {
             // Nothing a rebuild can repair: the request goes on and returns the error that closed the client.
-            return Ok(());
+            return Ok(None);
         };
         // A transaction was open if the last ReadyForQuery said so, or if a Transaction was dropped after the
         // break (its ROLLBACK waits in `deferred`).
         let in_transaction =
             self.transaction_status() != TransactionStatus::Idle || self.has_deferred();
-        if self.session.is_none() {
-            return Ok(());
-        }
-        // A Transaction still alive would carry on in autocommit on a new session, and its commit() would
-        // "succeed": every call fails until it is dropped.
-        if self.open_transactions > 0 {
-            if let Some(session) = self.session.as_mut() {
+        {
+            let mut state = self.lock();
+            // A Transaction still alive would carry on in autocommit on a new session, and its commit() would
+            // "succeed": every call fails until it is dropped.
+            let open_transactions = state.open_transactions;
+            let Some(session) = state.session.as_mut() else {
+                return Ok(None);
+            };
+            if open_transactions > 0 {
                 // The caller has been told the transaction is lost: once it is dropped, the next call rebuilds.
                 session.lost_transaction_reported = true;
+                return Err(Error::still_broken(
+                    kind,
+                    "the connection was lost while a transaction was open: its uncommitted work is lost; drop \
+                     the Transaction, and the next call on the client connects again",
+                ));
             }
-            return Err(Error::still_broken(
-                kind,
-                "the connection was lost while a transaction was open: its uncommitted work is lost; drop the \
-                 Transaction, and the next call on the client connects again",
-            ));
-        }
-        let Some(session) = self.session.as_mut() else {
-            return Ok(());
-        };
-        if in_transaction && !session.lost_transaction_reported {
-            session.lost_transaction_reported = true;
-            return Err(Error::still_broken(
-                kind,
-                "the connection was lost while a transaction was open: its uncommitted work is lost (a \
-                 COMMIT sent just before may or may not have taken effect); this call does not rebuild the \
-                 session, the next call connects again",
-            ));
+            if in_transaction && !session.lost_transaction_reported {
+                session.lost_transaction_reported = true;
+                return Err(Error::still_broken(
+                    kind,
+                    "the connection was lost while a transaction was open: its uncommitted work is lost (a \
+                     COMMIT sent just before may or may not have taken effect); this call does not rebuild \
+                     the session, the next call connects again",
+                ));
+            }
         }
         let gone = self.forget_lost_connection();
-        let Some(session) = self.session.as_mut() else {
-            return Ok(());
+        let mut state = self.lock();
+        let Some(session) = state.session.as_mut() else {
+            return Ok(None);
         };
         session.forget_statements(&gone);
-        let config = session.config.clone();
-        let parameters = session.parameters.clone();
-        let channels = session.channels.clone();
-        let statements: Vec<(String, PreparedRecord)> = session
-            .statements
-            .iter()
-            .map(|(name, record)| (name.clone(), record.clone()))
-            .collect();
+        let plan = RebuildPlan {
+            config: session.config.clone(),
+            parameters: session.parameters.clone(),
+            channels: session.channels.clone(),
+            statements: session
+                .statements
+                .iter()
+                .map(|(name, record)| (name.clone(), record.clone()))
+                .collect(),
+        };
+        let running = RebuildRunning::start(&mut state.rebuild, self);
+        Ok(Some((plan, running)))
+    }
+
+    async fn rebuild_session(&self) -> Result<(), Error> {
+        let Some((plan, _running)) = self.plan_rebuild()? else {
+            return Ok(());
+        };
+        let RebuildPlan {
+            config,
+            parameters,
+            channels,
+            statements,
+        } = plan;
         debug!(
             parameters = parameters.len(),
             channels = channels.len(),
@@ -258,7 +304,7 @@ impl Client {
             .await
             .map_err(|e| e.context("session rebuild: connecting again".to_string()))?;
         // The new client restores; it must never try to rebuild itself.
-        fresh.session = None;
+        fresh.state_mut().session = None;
         for (name, value) in &parameters {
             fresh
                 .query_typed(
@@ -304,18 +350,17 @@ impl Client {
         // Queues the Closes of stale statements; their answers are read by this client's next call.
         fresh.prepare_to_send().await?;
 
-        if let Some(session) = self.session.as_mut() {
-            session.forget_statements(&stale);
-            session.lost_transaction_reported = false;
-            session.rebuilds += 1;
-        }
-        self.adopt_connection(fresh);
-        // Tokens take on the new session in the same step as the client, with no await between: none of them
-        // could cancel the restore above (a cancelled PREPARE would have passed for a stale statement).
-        let token = self.connection_mut().cancel_token();
-        if let Some(session) = &self.session {
-            session.current.take_on(&token);
-        }
+        self.adopt_connection(fresh, |state| {
+            if let Some(session) = state.session.as_mut() {
+                session.forget_statements(&stale);
+                session.lost_transaction_reported = false;
+                session.rebuilds += 1;
+                // Tokens take on the new session in the same step as the client, with no await between: none
+                // of them could cancel the restore above (a cancelled PREPARE would have passed for a stale
+                // statement).
+                session.current.take_on(&state.conn.cancel_token());
+            }
+        });
         info!(
             backend_pid = self.backend_pid(),
             parameters = parameters.len(),
@@ -326,4 +371,43 @@ impl Client {
         );
         Ok(())
     }
+}
+
+/// Whether a session rebuild is under way on a client, and the futures waiting for it to finish.
+#[derive(Default)]
+pub(crate) struct RebuildGate {
+    pub(crate) running: bool,
+    pub(crate) waiters: Vec<Waker>,
+}
+
+/// Marks a rebuild under way until dropped (finished, failed, or its future dropped): then the futures that
+/// waited for it are woken to look again.
+struct RebuildRunning<'c> {
+    client: &'c Client,
+}
+
+impl<'c> RebuildRunning<'c> {
+    fn start(gate: &mut RebuildGate, client: &'c Client) -> RebuildRunning<'c> {
+        gate.running = true;
+        RebuildRunning { client }
+    }
+}
+
+impl Drop for RebuildRunning<'_> {
+    fn drop(&mut self) {
+        let waiters = {
+            let mut state = self.client.lock();
+            state.rebuild.running = false;
+            std::mem::take(&mut state.rebuild.waiters)
+        };
+        waiters.into_iter().for_each(Waker::wake);
+    }
+}
+
+/// What a rebuild restores on the new connection.
+struct RebuildPlan {
+    config: Config,
+    parameters: Vec<(String, String)>,
+    channels: Vec<String>,
+    statements: Vec<(String, PreparedRecord)>,
 }

@@ -177,7 +177,7 @@ fn run_with(config: Config) -> Vec<Seen> {
             let transport = Box::new(Scripted {
                 script: script.into(),
             });
-            let mut client = Client::connect_with_transport(transport, &config)
+            let client = Client::connect_with_transport(transport, &config)
                 .await
                 .unwrap();
             let secret = "parameter-value-s3cret";

@@ -148,7 +148,7 @@ impl<'a> Transaction<'a> {
             None => (None, 0),
         };
         // From here on the value exists: if this future is dropped below, its drop schedules the rollback.
-        client.open_transactions += 1;
+        client.state_mut().open_transactions += 1;
         let transaction = Transaction {
             client,
             savepoint,
@@ -231,7 +231,7 @@ impl<'a> Transaction<'a> {
 
 impl Drop for Transaction<'_> {
     fn drop(&mut self) {
-        self.client.open_transactions -= 1;
+        self.client.state_mut().open_transactions -= 1;
         if !self.finished {
             let sql = self.rollback_sql();
             self.client.defer(sql);

@@ -37,13 +37,13 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
 /// Looks up a type that `Type::from_oid` does not know.
-pub(crate) async fn lookup(client: &mut Client, oid: u32) -> Result<Type, Error> {
+pub(crate) async fn lookup(client: &Client, oid: u32) -> Result<Type, Error> {
     lookup_depth(client, oid, 0).await
 }
 
-fn lookup_depth(client: &mut Client, oid: u32, depth: u32) -> BoxFuture<'_, Result<Type, Error>> {
+fn lookup_depth(client: &Client, oid: u32, depth: u32) -> BoxFuture<'_, Result<Type, Error>> {
     Box::pin(async move {
-        if let Some(ty) = Type::from_oid(oid).or_else(|| client.type_cache().get(oid)) {
+        if let Some(ty) = Type::from_oid(oid).or_else(|| client.lock().types.get(oid)) {
             return Ok(ty);
         }
         if depth > MAX_TYPE_DEPTH {
@@ -51,7 +51,7 @@ fn lookup_depth(client: &mut Client, oid: u32, depth: u32) -> BoxFuture<'_, Resu
                 "type {oid} nests deeper than {MAX_TYPE_DEPTH} levels"
             )));
         }
-        client.type_cache().lookups += 1;
+        client.lock().types.lookups += 1;
         // Catalog lookups use the simple protocol: no named statement is left on the server, so they also work
         // behind transaction-pooling PgBouncer. The price is that they replace the unnamed statement, which the
         // caller re-parses (see `Client::statement`). The OID is a number we format: no quoting is needed.
@@ -113,13 +113,13 @@ fn lookup_depth(client: &mut Client, oid: u32, depth: u32) -> BoxFuture<'_, Resu
             _ => Kind::Simple,
         };
         let ty = Type::new(name, oid, kind, schema);
-        client.type_cache().types.insert(oid, ty.clone());
+        client.lock().types.types.insert(oid, ty.clone());
         Ok(ty)
     })
 }
 
 /// Runs a catalog query and returns its rows as text.
-async fn text_rows(client: &mut Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, Error> {
+async fn text_rows(client: &Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, Error> {
     let mut rows = Vec::new();
     for message in client.simple_query(sql).await? {
         if let SimpleQueryMessage::Row(row) = message {

@@ -710,7 +710,7 @@ async fn connect_ok(conninfo: &str) -> Result<Client, String> {
 }
 
 /// `SELECT 1` returns one row holding `1`; then the client closes (sending Terminate).
-async fn select_one_and_close(mut client: Client) -> ClientOutcome {
+async fn select_one_and_close(client: Client) -> ClientOutcome {
     let messages = client
         .simple_query("SELECT 1")
         .await

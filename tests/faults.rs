@@ -668,7 +668,7 @@ mod error_mid_result_keeps_connection {
     use super::*;
 
     pub(super) async fn client(target: &Target) -> Outcome {
-        let mut client = connect(&target.fake("")).await?;
+        let client = connect(&target.fake("")).await?;
         let error = match client
             .simple_query("SELECT 1/(2-g) FROM generate_series(1, 3) g")
             .await
@@ -942,7 +942,7 @@ mod terminated_during_query {
             Duration::from_secs(30),
         )
         .await?;
-        let mut again = connect(&target.live("")).await?;
+        let again = connect(&target.live("")).await?;
         let rows = again
             .simple_query("SELECT 42")
             .await
@@ -1028,7 +1028,7 @@ mod terminated_during_copy_in {
 
         // Not acknowledged as committed: an open transaction, then a COPY that is cut off.
         let uncommitted = per_target("faults_uncommitted");
-        let mut cut = connect(&target.live(&format!("application_name={uncommitted}"))).await?;
+        let cut = connect(&target.live(&format!("application_name={uncommitted}"))).await?;
         cut.batch_execute(&format!(
             "BEGIN; INSERT INTO {table} SELECT g, 'uncommitted' FROM generate_series(1, 7) g"
         ))
@@ -1193,7 +1193,7 @@ mod server_restart {
         )
         .await?;
         let deadline = Instant::now() + RESTART_WAIT;
-        let mut fresh = loop {
+        let fresh = loop {
             match connect(&target.live("")).await {
                 Ok(fresh) => break fresh,
                 Err(e) if Instant::now() < deadline => {

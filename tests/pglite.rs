@@ -172,7 +172,7 @@ fn all_cases() -> Vec<Case> {
 /// `postgres` in database `postgres`, whatever user and database the startup names. It says it is PostgreSQL 18.
 async fn connect_trust_as_any_user(server: &Server) -> Outcome {
     let mut c = connect(&server.conninfo("require_auth=none")).await?;
-    let server_version = c.parameter("server_version").unwrap_or_default().to_owned();
+    let server_version = c.parameter("server_version").unwrap_or_default();
     ensure!(
         server_version.starts_with("18."),
         "server_version {server_version}"
@@ -201,7 +201,7 @@ async fn connect_trust_as_any_user(server: &Server) -> Outcome {
 }
 
 async fn simple_queries(server: &Server) -> Outcome {
-    let mut c = session(server).await?;
+    let c = session(server).await?;
     let messages = c
         .simple_query(
             "CREATE TEMP TABLE sq (id int, name text); \
@@ -238,7 +238,7 @@ async fn simple_queries(server: &Server) -> Outcome {
 }
 
 async fn extended_binary_parameters(server: &Server) -> Outcome {
-    let mut c = session(server).await?;
+    let c = session(server).await?;
     let row = c
         .query_one(
             "SELECT $1::int2, $2::int4, $3::int8, $4::float8, $5::bool, $6::text, $7::bytea",
@@ -376,14 +376,14 @@ async fn transactions_and_savepoints(server: &Server) -> Outcome {
         .await
         .check("1")?;
     {
-        let mut sp = tx.transaction().await.check("savepoint")?;
+        let sp = tx.transaction().await.check("savepoint")?;
         sp.execute("INSERT INTO tx VALUES (2)", &[])
             .await
             .check("2")?;
         sp.rollback().await.check("rollback to savepoint")?;
     }
     {
-        let mut sp = tx.savepoint("named").await.check("named savepoint")?;
+        let sp = tx.savepoint("named").await.check("named savepoint")?;
         sp.execute("INSERT INTO tx VALUES (3)", &[])
             .await
             .check("3")?;
@@ -400,7 +400,7 @@ async fn transactions_and_savepoints(server: &Server) -> Outcome {
     tx.commit().await.check("commit")?;
     ensure_eq!(values(&mut c, "tx").await?, [1, 4]);
     {
-        let mut tx = c.transaction().await.check("begin")?;
+        let tx = c.transaction().await.check("begin")?;
         tx.execute("INSERT INTO tx VALUES (5)", &[])
             .await
             .check("5")?;
@@ -459,7 +459,7 @@ async fn errors_and_recovery(server: &Server) -> Outcome {
     ensure_eq!(db.constraint(), Some("uq_v"));
     ensure_eq!(db.table(), Some("uq"));
     // In a transaction block: the block fails, and rolls back cleanly.
-    let mut tx = c.transaction().await.check("begin")?;
+    let tx = c.transaction().await.check("begin")?;
     ensure!(
         tx.execute("INSERT INTO uq VALUES (1)", &[]).await.is_err(),
         "duplicate in the block"
@@ -670,7 +670,7 @@ async fn listen_notify_in_one_session(server: &Server) -> Outcome {
         "the empty wait returned early"
     );
     // Inside a transaction, delivered at commit.
-    let mut tx = c.transaction().await.check("begin")?;
+    let tx = c.transaction().await.check("begin")?;
     tx.notify(channel, "two").await.check("notify in tx")?;
     ensure!(
         tx.take_notifications().is_empty(),
@@ -689,7 +689,7 @@ async fn listen_notify_in_one_session(server: &Server) -> Outcome {
 }
 
 async fn enum_type_lookup(server: &Server) -> Outcome {
-    let mut c = session(server).await?;
+    let c = session(server).await?;
     c.batch_execute(
         "DROP TYPE IF EXISTS pgl_mood CASCADE; CREATE TYPE pgl_mood AS ENUM ('sad', 'ok', 'happy')",
     )
@@ -766,7 +766,7 @@ async fn one_connection_at_a_time(server: &Server) -> Outcome {
 /// A prepared statement, a temporary table, a setting and a LISTEN of one client are still there for the
 /// next; and the next client's statement cache reuses the previous one's statement names.
 async fn session_state_outlives_the_connection(server: &Server) -> Outcome {
-    let mut c = session(server).await?;
+    let c = session(server).await?;
     c.batch_execute(
         "PREPARE pgl_kept AS SELECT 1; CREATE TEMP TABLE pgl_kept (v int); \
          SET application_name = 'pgl_kept'; LISTEN pgl_kept",
@@ -890,7 +890,7 @@ async fn cancel_is_ignored(server: &Server) -> Outcome {
 async fn disconnect_mid_query_blocks_the_next_client(server: &Server) -> Outcome {
     const SLEEP: Duration = Duration::from_millis(1500);
     const RUN_BEFORE_DROP: Duration = Duration::from_millis(300);
-    let mut c = session(server).await?;
+    let c = session(server).await?;
     let started = Instant::now();
     let unfinished = with_timeout(
         RUN_BEFORE_DROP,
@@ -1034,7 +1034,7 @@ fn turned_away(e: &wasi_pg_client::Error) -> bool {
 /// A client whose session starts clean: every connection reaches the same PGlite backend, which still holds
 /// what earlier clients left (see `session_state_outlives_the_connection`).
 async fn session(server: &Server) -> Result<Client, String> {
-    let mut c = connect(&server.conninfo("")).await?;
+    let c = connect(&server.conninfo("")).await?;
     c.batch_execute("DISCARD ALL").await.check("DISCARD ALL")?;
     Ok(c)
 }

@@ -310,7 +310,7 @@ async fn load_worker(pool: Pool, task: i32) -> (usize, Option<String>) {
     let mut first = None;
     for i in 0..LOAD_QUERIES {
         let result = async {
-            let mut client = pool.get().await.check("get")?;
+            let client = pool.get().await.check("get")?;
             let row = client
                 .query_one("SELECT $1::int4 * 1000 + $2::int4", &[&task, &i])
                 .await
@@ -379,13 +379,13 @@ async fn churn_worker(pool: Pool, task: i32) -> Result<[u32; 2], String> {
         match (task + i) % 5 {
             0 => match with_timeout(Duration::from_millis(2), pool.get()).await {
                 Some(client) => {
-                    let mut client = client.check("get")?;
+                    let client = client.check("get")?;
                     client.simple_query("SELECT 1").await.check("query")?;
                 }
                 None => dropped[0] += 1,
             },
             1 => {
-                let mut client = pool.get().await.check("get")?;
+                let client = pool.get().await.check("get")?;
                 let query = client.simple_query("SELECT pg_sleep(0.01)");
                 if with_timeout(Duration::from_millis(1), query)
                     .await
@@ -395,11 +395,11 @@ async fn churn_worker(pool: Pool, task: i32) -> Result<[u32; 2], String> {
                 }
             }
             2 => {
-                let mut client = pool.get().await.check("get")?;
+                let client = pool.get().await.check("get")?;
                 client.batch_execute("BEGIN").await.check("BEGIN")?;
             }
             _ => {
-                let mut client = pool.get().await.check("get")?;
+                let client = pool.get().await.check("get")?;
                 let row = client
                     .query_one("SELECT $1::int4", &[&i])
                     .await
@@ -457,7 +457,7 @@ async fn acquire_timeout_when_all_checked_out(env: &Env) -> Outcome {
 /// (or an empty slot) was granted to it gives that back, so nothing leaks.
 async fn dropped_gets_give_their_slot_back(env: &Env) -> Outcome {
     let pool = env.pool("dropped_gets", PoolOptions::new().max_size(1))?;
-    let mut a = pool.get().await.check("get a")?;
+    let a = pool.get().await.check("get a")?;
     let pid = a.backend_pid();
 
     // Queued, then dropped.
@@ -497,7 +497,7 @@ async fn dropped_gets_give_their_slot_back(env: &Env) -> Outcome {
         status.idle == 1 && status.size == 1,
         "the grant was not given back: {status:?}"
     );
-    let mut b = pool.get().await.check("get b")?;
+    let b = pool.get().await.check("get b")?;
     ensure!(b.backend_pid() == pid, "the connection was not reused");
 
     // Granted an empty slot (the connection was discarded), then dropped.
@@ -531,7 +531,7 @@ async fn returned_inside_transaction_is_discarded(env: &Env) -> Outcome {
     let mut monitor = env.monitor().await?;
     let mut pids = Vec::new();
 
-    let mut client = pool.get().await.check("get")?;
+    let client = pool.get().await.check("get")?;
     client.batch_execute("BEGIN").await.check("BEGIN")?;
     pids.push(client.backend_pid());
     drop(client);
@@ -541,7 +541,7 @@ async fn returned_inside_transaction_is_discarded(env: &Env) -> Outcome {
         pool.status()
     );
 
-    let mut client = pool.get().await.check("get")?;
+    let client = pool.get().await.check("get")?;
     ensure!(
         client.transaction_status() == TransactionStatus::Idle,
         "a fresh connection is not idle"
@@ -572,7 +572,7 @@ async fn returned_inside_transaction_is_discarded(env: &Env) -> Outcome {
         pool.status()
     );
 
-    let mut client = pool.get().await.check("get")?;
+    let client = pool.get().await.check("get")?;
     client
         .batch_execute("BEGIN; SELECT 1; COMMIT")
         .await
@@ -598,7 +598,7 @@ async fn returned_inside_transaction_is_discarded(env: &Env) -> Outcome {
 /// A connection returned while the request of a dropped query future is unanswered is closed.
 async fn returned_after_dropped_query_is_discarded(env: &Env) -> Outcome {
     let pool = env.pool("dropped_query", PoolOptions::new().max_size(2))?;
-    let mut client = pool.get().await.check("get")?;
+    let client = pool.get().await.check("get")?;
     let pid = client.backend_pid();
     let query = client.simple_query("SELECT pg_sleep(1)");
     ensure!(
@@ -613,7 +613,7 @@ async fn returned_after_dropped_query_is_discarded(env: &Env) -> Outcome {
         "kept with a dropped query pending: {:?}",
         pool.status()
     );
-    let mut client = pool.get().await.check("get")?;
+    let client = pool.get().await.check("get")?;
     ensure!(client.backend_pid() != pid, "the same connection came back");
     client.simple_query("SELECT 1").await.check("query")?;
     Ok(format!("{:?}", pool.status()))
@@ -702,7 +702,7 @@ async fn health_check_after_idle(env: &Env) -> Outcome {
         .health_check_after(Some(after));
     let pool = env.pool("health_check", options)?;
     let mut monitor = env.monitor().await?;
-    let mut client = pool.get().await.check("get")?;
+    let client = pool.get().await.check("get")?;
     let pid = client.backend_pid().ok_or("no backend pid")?;
     client.simple_query("SELECT 42").await.check("query")?;
     drop(client);
@@ -744,7 +744,7 @@ async fn terminated_idle_connection_is_replaced(env: &Env) -> Outcome {
     monitor.terminate(pid).await?;
     sleep(after + Duration::from_millis(50)).await;
 
-    let mut client = pool.get().await.check("get after terminate")?;
+    let client = pool.get().await.check("get after terminate")?;
     ensure!(
         client.backend_pid() != Some(pid),
         "the terminated connection was handed out"
@@ -770,7 +770,7 @@ async fn broken_connection_is_not_reused(env: &Env) -> Outcome {
     drop(client);
     monitor.terminate(pid).await?;
 
-    let mut client = pool.get().await.check("get the dead one")?;
+    let client = pool.get().await.check("get the dead one")?;
     ensure!(
         client.backend_pid() == Some(pid),
         "expected the unchecked idle connection"
@@ -786,7 +786,7 @@ async fn broken_connection_is_not_reused(env: &Env) -> Outcome {
         "a broken connection was taken back: {:?}",
         pool.status()
     );
-    let mut client = pool.get().await.check("get")?;
+    let client = pool.get().await.check("get")?;
     client.simple_query("SELECT 1").await.check("query")?;
     Ok(format!("the dead one said: {e}"))
 }
@@ -846,7 +846,7 @@ async fn server_restart_while_in_use(env: &Env) -> Outcome {
 
     // Two queries in flight when the server goes down; two connections idle.
     let in_flight = |pool: Pool| async move {
-        let mut client = pool.get().await.check("get")?;
+        let client = pool.get().await.check("get")?;
         let result = client.simple_query("SELECT pg_sleep(60)").await;
         Ok::<_, String>(result.err())
     };
@@ -880,7 +880,7 @@ async fn server_restart_while_in_use(env: &Env) -> Outcome {
         .map(|i| {
             let pool = pool.clone();
             async move {
-                let mut client = pool.get().await.check("get after the restart")?;
+                let client = pool.get().await.check("get after the restart")?;
                 let row = client
                     .query_one("SELECT $1::int4", &[&i])
                     .await

@@ -170,7 +170,7 @@ async fn with_client<T>(
 /// Connects with the environment's settings and makes sure the table exists.
 async fn connect() -> Result<Client, StoreError> {
     let config = config()?;
-    let mut client = Client::connect(&config)
+    let client = Client::connect(&config)
         .await
         .map_err(StoreError::from_connect)?;
     client
@@ -179,7 +179,7 @@ async fn connect() -> Result<Client, StoreError> {
         .map_err(StoreError::from_query)?;
     crate::log_line(format_args!(
         "connected to PostgreSQL {} (backend pid {})",
-        client.parameter("server_version").unwrap_or("?"),
+        client.parameter("server_version").as_deref().unwrap_or("?"),
         client.backend_pid().unwrap_or(0)
     ));
     Ok(client)

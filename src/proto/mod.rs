@@ -326,6 +326,24 @@ impl Protocol {
         !self.pending.is_empty()
     }
 
+    /// Whether request `id` still waits for a ReadyForQuery. Requests finish in queue order, so those from the
+    /// oldest pending one up to the newest queued are all pending.
+    pub(crate) fn is_pending(&self, id: RequestId) -> bool {
+        self.pending
+            .front()
+            .is_some_and(|front| front.id <= id && id < self.next_request)
+    }
+
+    /// The newest request still waiting for its ReadyForQuery.
+    pub(crate) fn last_pending(&self) -> Option<RequestId> {
+        self.pending.back().map(|pending| pending.id)
+    }
+
+    /// The request the server is working on: the oldest still waiting for its ReadyForQuery.
+    pub(crate) fn front_request(&self) -> Option<RequestId> {
+        self.pending.front().map(|pending| pending.id)
+    }
+
     fn check_usable(&self) -> Result<(), Error> {
         match &self.phase {
             Phase::Failed(kind, why) => Err(Error::still_broken(*kind, why)),
@@ -636,6 +654,7 @@ impl Protocol {
             }
             _ => {}
         }
+        let pipelined_behind = self.pending.len() > 1;
         let Some(pending) = self.pending.front_mut() else {
             return Err(Error::protocol(format!(
                 "unexpected {} with no request in flight",
@@ -647,6 +666,15 @@ impl Protocol {
         let backend = match message {
             Message::CopyInResponse(body) => {
                 check_copy_formats(body.format(), body.column_formats())?;
+                if pipelined_behind {
+                    // Requests pipelined behind this one are on their way already: the server reads them as
+                    // COPY data, fails the COPY and skips to a Sync that is not the one we would count. Nothing
+                    // keeps the connection in step after that.
+                    return Err(Error::protocol(
+                        "COPY FROM STDIN was started by a request with other requests pipelined behind it \
+                         (run COPY through copy_in, which has the connection alone)",
+                    ));
+                }
                 if pending.copy_in == CopyInPolicy::Accept {
                     // One COPY per request: a second one in the same simple Query is refused.
                     pending.copy_in = CopyInPolicy::Refuse;

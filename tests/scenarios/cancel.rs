@@ -128,7 +128,7 @@ async fn cancel_without_a_route(env: &Env) -> Outcome {
     #[cfg(target_os = "wasi")]
     let stream = wasi_pg_client::transport::wasi::connect_tcp(&env.host, None, env.port).await;
     let stream = stream.check("open a transport")?;
-    let mut c = Client::connect_with_transport(Box::new(stream), &config)
+    let c = Client::connect_with_transport(Box::new(stream), &config)
         .await
         .check("connect_with_transport")?;
     let err = c
@@ -189,7 +189,7 @@ async fn query_timeout_per_query(env: &Env) -> Outcome {
         .await
         .check("a query longer than the earlier limit")?;
     // A scope covers every call made through it.
-    let mut scoped = c.with_query_timeout(Duration::from_millis(300));
+    let scoped = c.with_query_timeout(Duration::from_millis(300));
     let started = Instant::now();
     let slow = scoped.simple_query("SELECT pg_sleep(10)").await;
     expect_timeout(slow, started, Duration::from_millis(300))?;
@@ -292,7 +292,7 @@ impl Lcg {
 /// Cancels fired around the completion of fast queries, in varying order and timing: whatever the cancel
 /// hits, the next query must return its own result, never 57014.
 async fn cancel_racing_completion_never_hits_the_next_query(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     let token = c.cancel_token();
     let mut random = Lcg(2024);
     let (mut cancelled, mut completed) = (0, 0);
@@ -364,7 +364,7 @@ async fn query_timeout_racing_completion_never_hits_the_next_query(env: &Env) ->
 }
 
 async fn ping_reports_the_status(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     ensure_eq!(c.ping().await.check("ping")?, TransactionStatus::Idle);
     c.batch_execute("BEGIN").await.check("BEGIN")?;
     ensure_eq!(
@@ -383,7 +383,7 @@ async fn read_deadline_closes_the_connection(env: &Env) -> Outcome {
     let limit = Duration::from_secs(1);
     let mut config = Config::parse(&env.trust).check("parse")?;
     config.read_timeout(limit);
-    let mut c = Client::connect(&config).await.check("connect")?;
+    let c = Client::connect(&config).await.check("connect")?;
     c.query("SELECT pg_sleep(0.5)", &[])
         .await
         .check("a query within the read deadline")?;
@@ -458,7 +458,7 @@ async fn keepalive_and_tcp_user_timeout_accepted(env: &Env) -> Outcome {
         ("built", built),
         ("default", default),
     ] {
-        let mut c = Client::connect(&config).await.check(label)?;
+        let c = Client::connect(&config).await.check(label)?;
         let v: i32 = c
             .query_one("SELECT $1::int4", &[&3i32])
             .await

@@ -181,7 +181,7 @@ pub fn all() -> Vec<(&'static str, Scenario)> {
 /// Connects and runs a query; the client is then used under another reactor.
 #[allow(dead_code)]
 pub async fn client_for_next_reactor(env: &Env) -> Result<Client, String> {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     c.query_one("SELECT 1", &[]).await.check("first reactor")?;
     Ok(c)
 }
@@ -189,7 +189,7 @@ pub async fn client_for_next_reactor(env: &Env) -> Result<Client, String> {
 /// Uses a client made under an earlier reactor, idle while a timer runs, then for a query.
 #[allow(dead_code)]
 pub async fn client_from_previous_reactor(client: Result<Client, String>) -> Outcome {
-    let mut c = client?;
+    let c = client?;
     sleep(Duration::from_millis(50)).await;
     let v: i32 = c
         .query_one("SELECT $1::int4", &[&7i32])
@@ -315,7 +315,7 @@ async fn uri_with_percent_encoded_password(env: &Env) -> Outcome {
 }
 
 async fn ipv6_loopback(env: &Env) -> Outcome {
-    let mut c = connect(&format!(
+    let c = connect(&format!(
         "host=::1 port={} user=pgc_trust dbname=postgres",
         env.port
     ))
@@ -335,7 +335,7 @@ async fn ipv6_loopback(env: &Env) -> Outcome {
 }
 
 async fn simple_query_results(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     let messages = c
         .simple_query("CREATE TEMP TABLE s (a int, b text); INSERT INTO s VALUES (1, 'x'), (2, NULL); SELECT a, b FROM s ORDER BY a")
         .await
@@ -378,7 +378,7 @@ async fn simple_query_results(env: &Env) -> Outcome {
 }
 
 async fn simple_query_error_after_rows(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     let mut stream = c
         .simple_query_stream("SELECT 1; SELECT * FROM missing_table; SELECT 2")
         .await
@@ -409,7 +409,7 @@ async fn simple_query_error_after_rows(env: &Env) -> Outcome {
 }
 
 async fn empty_query(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     ensure!(
         c.simple_query("").await.check("empty")?.is_empty(),
         "empty query returned messages"
@@ -422,7 +422,7 @@ async fn empty_query(env: &Env) -> Outcome {
 }
 
 async fn extended_query_and_prepared_reuse(env: &Env) -> Outcome {
-    let mut c = connect(&env.scram).await?;
+    let c = connect(&env.scram).await?;
     c.batch_execute("CREATE TEMP TABLE e (id int PRIMARY KEY, name text)")
         .await
         .check("create")?;
@@ -463,7 +463,7 @@ async fn extended_query_and_prepared_reuse(env: &Env) -> Outcome {
 }
 
 async fn query_one_and_opt(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     let none = c
         .query_opt("SELECT 1 WHERE false", &[])
         .await
@@ -492,7 +492,7 @@ async fn query_one_and_opt(env: &Env) -> Outcome {
 }
 
 async fn query_typed_one_round_trip(env: &Env) -> Outcome {
-    let mut c = connect(&env.md5).await?;
+    let c = connect(&env.md5).await?;
     let rows = c
         .query_typed(
             "SELECT $1 + 1 AS n, $2 AS s",
@@ -519,7 +519,7 @@ async fn query_typed_one_round_trip(env: &Env) -> Outcome {
 }
 
 async fn integers_round_trip(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     for v in [i16::MIN, -1, 0, 1, i16::MAX] {
         ensure_eq!(
             c.query_one("SELECT $1::int2", &[&v])
@@ -563,7 +563,7 @@ async fn integers_round_trip(env: &Env) -> Outcome {
 }
 
 async fn floats_round_trip(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     for v in [
         0.0f64,
         -1.5,
@@ -600,7 +600,7 @@ async fn floats_round_trip(env: &Env) -> Outcome {
 
 async fn numeric_as_text(env: &Env) -> Outcome {
     // postgres-types has no Rust numeric type without extra crates: numeric travels as text both ways.
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     for v in [
         "0",
         "-12345678901234567890.000000000123",
@@ -637,7 +637,7 @@ async fn numeric_as_text(env: &Env) -> Outcome {
 }
 
 async fn text_and_bytea_round_trip(env: &Env) -> Outcome {
-    let mut c = connect(&env.password).await?;
+    let c = connect(&env.password).await?;
     for v in [
         "",
         "plain",
@@ -690,7 +690,7 @@ async fn text_and_bytea_round_trip(env: &Env) -> Outcome {
 }
 
 async fn bool_and_nulls_round_trip(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     for v in [true, false] {
         ensure_eq!(
             c.query_one("SELECT $1::bool", &[&v])
@@ -722,7 +722,7 @@ async fn bool_and_nulls_round_trip(env: &Env) -> Outcome {
 
 async fn date_time_round_trip(env: &Env) -> Outcome {
     use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     c.batch_execute("SET TimeZone = 'Europe/Berlin'")
         .await
         .check("set tz")?;
@@ -785,7 +785,7 @@ async fn date_time_round_trip(env: &Env) -> Outcome {
 
 async fn time_crate_round_trip(env: &Env) -> Outcome {
     use time::macros::{date, datetime};
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     let d = date!(1970 - 01 - 01);
     ensure_eq!(
         c.query_one("SELECT $1::date", &[&d])
@@ -813,7 +813,7 @@ async fn time_crate_round_trip(env: &Env) -> Outcome {
 }
 
 async fn uuid_and_json_round_trip(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     let id = uuid::Uuid::parse_str("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11").check("uuid")?;
     ensure_eq!(
         c.query_one("SELECT $1::uuid", &[&id])
@@ -841,7 +841,7 @@ async fn uuid_and_json_round_trip(env: &Env) -> Outcome {
 }
 
 async fn arrays_round_trip(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     let ints = vec![1i32, -2, 3];
     ensure_eq!(
         c.query_one("SELECT $1::int4[]", &[&ints])
@@ -889,7 +889,7 @@ async fn arrays_round_trip(env: &Env) -> Outcome {
 }
 
 async fn enum_type_lookup(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     c.batch_execute(
         "DROP TYPE IF EXISTS live_mood CASCADE; CREATE TYPE live_mood AS ENUM ('sad', 'ok', 'happy'); \
          CREATE TEMP TABLE moods (m live_mood, ms live_mood[])",
@@ -922,7 +922,7 @@ async fn enum_type_lookup(env: &Env) -> Outcome {
 }
 
 async fn type_mismatch_is_an_error(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     let row = c
         .query_one("SELECT 1::int4, 'x'::text", &[])
         .await
@@ -966,7 +966,7 @@ async fn type_mismatch_is_an_error(env: &Env) -> Outcome {
 }
 
 async fn parameter_count_mismatch(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     let err = c
         .query("SELECT $1::int4, $2::int4", &[&1i32])
         .await
@@ -990,7 +990,7 @@ async fn parameter_count_mismatch(env: &Env) -> Outcome {
 }
 
 async fn error_fields_and_classification(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     c.batch_execute("CREATE TEMP TABLE u (id int CONSTRAINT u_pk PRIMARY KEY)")
         .await
         .check("create")?;
@@ -1044,7 +1044,7 @@ async fn error_fields_and_classification(env: &Env) -> Outcome {
 }
 
 async fn error_recovery_simple_and_extended(env: &Env) -> Outcome {
-    let mut c = connect(&env.scram).await?;
+    let c = connect(&env.scram).await?;
     for _ in 0..3 {
         let err = c
             .query("SELEC 1", &[])
@@ -1077,7 +1077,7 @@ async fn error_recovery_simple_and_extended(env: &Env) -> Outcome {
 }
 
 async fn failed_transaction_status(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     c.batch_execute("BEGIN").await.check("begin")?;
     ensure_eq!(c.transaction_status(), TransactionStatus::InTransaction);
     ensure!(
@@ -1097,7 +1097,7 @@ async fn failed_transaction_status(env: &Env) -> Outcome {
 }
 
 async fn dropped_future_mid_query(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     for delay_ms in [0u64, 1, 5, 50] {
         let finished = with_timeout(
             Duration::from_millis(delay_ms),
@@ -1138,7 +1138,7 @@ async fn dropped_future_mid_query(env: &Env) -> Outcome {
 }
 
 async fn dropped_stream_mid_result(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     {
         let mut stream = c
             .simple_query_stream("SELECT g FROM generate_series(1, 50000) g; SELECT 'stale'")
@@ -1161,7 +1161,7 @@ async fn dropped_stream_mid_result(env: &Env) -> Outcome {
 }
 
 async fn dropped_future_before_send(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     // Polled zero times: nothing was queued, nothing must be left over.
     drop(c.query("SELECT 'never'", &[]));
     // Dropped right after the first poll: the request is sent but unanswered.
@@ -1178,7 +1178,7 @@ async fn dropped_future_before_send(env: &Env) -> Outcome {
 }
 
 async fn copy_from_stdin_is_refused(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     c.batch_execute("CREATE TEMP TABLE cp (a int)")
         .await
         .check("create")?;
@@ -1334,7 +1334,7 @@ async fn password_file(env: &Env) -> Outcome {
 }
 
 async fn application_name_and_options(env: &Env) -> Outcome {
-    let mut c = connect(&format!(
+    let c = connect(&format!(
         "{} application_name='live test' options='-c search_path=pg_catalog -c statement_timeout=1234'",
         env.trust
     ))
@@ -1354,13 +1354,13 @@ async fn application_name_and_options(env: &Env) -> Outcome {
             .is_some_and(|v| v.starts_with("15")),
         "server_version"
     );
-    ensure_eq!(c.parameter("client_encoding"), Some("UTF8"));
+    ensure_eq!(c.parameter("client_encoding").as_deref(), Some("UTF8"));
     ensure!(c.backend_pid().is_some(), "backend pid");
     Ok(())
 }
 
 async fn notices_and_notifications(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     c.batch_execute("DO $$ BEGIN RAISE NOTICE 'hello %', 42; RAISE WARNING 'careful'; END $$")
         .await
         .check("notice")?;
@@ -1373,7 +1373,7 @@ async fn notices_and_notifications(env: &Env) -> Outcome {
     c.batch_execute("LISTEN \"Live Chan\"")
         .await
         .check("listen")?;
-    let mut other = connect(&env.trust).await?;
+    let other = connect(&env.trust).await?;
     other
         .batch_execute("NOTIFY \"Live Chan\", 'one'; NOTIFY \"Live Chan\", 'two'")
         .await
@@ -1400,7 +1400,7 @@ async fn notices_and_notifications(env: &Env) -> Outcome {
 async fn listen_and_wait_for_notifications(env: &Env) -> Outcome {
     let channel = "Wait \"Chan\"; DROP TABLE x";
     let mut c = connect(&env.trust).await?;
-    let mut other = connect(&env.trust).await?;
+    let other = connect(&env.trust).await?;
     c.listen(channel).await.check("listen")?;
 
     // Nothing sent: the wait really lasts its timeout, then reports none.
@@ -1474,7 +1474,7 @@ async fn listen_and_wait_for_notifications(env: &Env) -> Outcome {
 }
 
 async fn statement_closed_on_drop(env: &Env) -> Outcome {
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     let count = "SELECT count(*) FROM pg_prepared_statements";
     let before: i64 = c.query_one(count, &[]).await.check("count")?.get(0);
     let s1 = c.prepare("SELECT 1").await.check("prepare")?;
@@ -1503,7 +1503,7 @@ async fn statement_closed_on_drop(env: &Env) -> Outcome {
     );
     let after_drops: i64 = c.query_one(count, &[]).await.check("count")?.get(0);
     ensure_eq!(after_drops, before);
-    let mut other = connect(&env.trust).await?;
+    let other = connect(&env.trust).await?;
     let foreign = other.prepare("SELECT 2").await.check("prepare other")?;
     ensure!(
         c.query(&foreign, &[]).await.is_err(),
@@ -1557,20 +1557,20 @@ async fn transaction_commit_rollback_and_drop(env: &Env) -> Outcome {
     c.batch_execute("CREATE TEMP TABLE txa (v int)")
         .await
         .check("create")?;
-    let mut tx = c.transaction().await.check("begin")?;
+    let tx = c.transaction().await.check("begin")?;
     tx.execute("INSERT INTO txa VALUES (1)", &[])
         .await
         .check("insert")?;
     ensure_eq!(tx.transaction_status(), TransactionStatus::InTransaction);
     tx.commit().await.check("commit")?;
     ensure_eq!(c.transaction_status(), TransactionStatus::Idle);
-    let mut tx = c.transaction().await.check("begin")?;
+    let tx = c.transaction().await.check("begin")?;
     tx.execute("INSERT INTO txa VALUES (2)", &[])
         .await
         .check("insert")?;
     tx.rollback().await.check("rollback")?;
     {
-        let mut tx = c.transaction().await.check("begin")?;
+        let tx = c.transaction().await.check("begin")?;
         tx.execute("INSERT INTO txa VALUES (3)", &[])
             .await
             .check("insert")?;
@@ -1590,7 +1590,7 @@ async fn savepoints_nest(env: &Env) -> Outcome {
         .await
         .check("10")?;
     {
-        let mut sp = tx.transaction().await.check("savepoint")?;
+        let sp = tx.transaction().await.check("savepoint")?;
         sp.execute("INSERT INTO txs VALUES (11)", &[])
             .await
             .check("11")?;
@@ -1605,7 +1605,7 @@ async fn savepoints_nest(env: &Env) -> Outcome {
             .await
             .check("12")?;
         {
-            let mut inner = sp.transaction().await.check("inner")?;
+            let inner = sp.transaction().await.check("inner")?;
             inner
                 .execute("INSERT INTO txs VALUES (13)", &[])
                 .await
@@ -1614,7 +1614,7 @@ async fn savepoints_nest(env: &Env) -> Outcome {
         sp.commit().await.check("release")?;
     }
     {
-        let mut sp = tx.transaction().await.check("savepoint")?;
+        let sp = tx.transaction().await.check("savepoint")?;
         ensure!(
             sp.batch_execute("SELECT nope").await.is_err(),
             "error expected"
@@ -1634,7 +1634,7 @@ async fn commit_of_failed_transaction_is_an_error(env: &Env) -> Outcome {
     c.batch_execute("CREATE TEMP TABLE txf (v int)")
         .await
         .check("create")?;
-    let mut tx = c.transaction().await.check("begin")?;
+    let tx = c.transaction().await.check("begin")?;
     tx.execute("INSERT INTO txf VALUES (30)", &[])
         .await
         .check("insert")?;
@@ -1655,7 +1655,7 @@ async fn commit_of_failed_transaction_is_an_error(env: &Env) -> Outcome {
 
 async fn transaction_builder_modes(env: &Env) -> Outcome {
     let mut c = connect(&env.trust).await?;
-    let mut tx = c
+    let tx = c
         .build_transaction()
         .isolation_level(IsolationLevel::Serializable)
         .read_only(true)
@@ -1681,7 +1681,7 @@ async fn transaction_builder_modes(env: &Env) -> Outcome {
         .ok_or("write in a read-only transaction")?;
     ensure_eq!(err.code(), Some("25006"));
     tx.rollback().await.check("rollback")?;
-    let mut tx = c
+    let tx = c
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
         .start()
@@ -1707,7 +1707,7 @@ async fn dropped_futures_never_leak_a_transaction(env: &Env) -> Outcome {
     ensure_eq!(table_values(&mut c, "txd").await?, Vec::<i32>::new());
     ensure_eq!(c.transaction_status(), TransactionStatus::Idle);
     // COMMIT sent, its answer never read: it still commits, and nothing rolls it back.
-    let mut tx = c.transaction().await.check("begin")?;
+    let tx = c.transaction().await.check("begin")?;
     tx.execute("INSERT INTO txd VALUES (40)", &[])
         .await
         .check("insert")?;
@@ -1716,7 +1716,7 @@ async fn dropped_futures_never_leak_a_transaction(env: &Env) -> Outcome {
     ensure_eq!(c.transaction_status(), TransactionStatus::Idle);
     // A query inside the transaction dropped mid-flight, then the transaction dropped: all rolled back.
     {
-        let mut tx = c.transaction().await.check("begin")?;
+        let tx = c.transaction().await.check("begin")?;
         tx.execute("INSERT INTO txd VALUES (41)", &[])
             .await
             .check("insert")?;
@@ -1728,9 +1728,9 @@ async fn dropped_futures_never_leak_a_transaction(env: &Env) -> Outcome {
 }
 
 async fn terminated_backend_is_reported(env: &Env) -> Outcome {
-    let mut victim = connect(&env.trust).await?;
+    let victim = connect(&env.trust).await?;
     let pid = victim.backend_pid().ok_or("pid")?;
-    let mut admin = connect(&env.trust).await?;
+    let admin = connect(&env.trust).await?;
     let killed: bool = admin
         .query_one("SELECT pg_terminate_backend($1)", &[&pid])
         .await
@@ -1786,7 +1786,7 @@ async fn target_session_attrs_primary(env: &Env) -> Outcome {
 #[cfg(not(target_os = "wasi"))]
 async fn unix_socket(env: &Env) -> Outcome {
     let dir = env.socket_dir.as_deref().ok_or("no socket dir")?;
-    let mut c = connect(&format!(
+    let c = connect(&format!(
         "host={dir} port={} user=pgc_trust dbname=postgres",
         env.port
     ))

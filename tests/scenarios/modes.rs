@@ -88,7 +88,7 @@ async fn statement_cache_disabled_leaves_nothing(env: &Env) -> Outcome {
 }
 
 async fn statement_cache_survives_schema_change(env: &Env) -> Outcome {
-    let mut c = connect_mode(&env.scram, QueryMode::Cached, None).await?;
+    let c = connect_mode(&env.scram, QueryMode::Cached, None).await?;
     c.batch_execute("CREATE TEMP TABLE sc (a int); INSERT INTO sc VALUES (1)")
         .await
         .check("create")?;

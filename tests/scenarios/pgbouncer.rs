@@ -112,7 +112,7 @@ async fn pgbouncer_cached_mode_contrast(env: &Env) -> Outcome {
 /// Runs the workload in `mode` and requires it to be exact: no error, every value back as written, every
 /// transaction on one server connection, no more server connections than the pool has, exact final counts.
 async fn exact_workload(env: &Env, mode: QueryMode, table: &str) -> Outcome {
-    let (mut c, report) = run_workload(env, mode, table, ITERATIONS).await?;
+    let (c, report) = run_workload(env, mode, table, ITERATIONS).await?;
     let backends = report.backends();
     let movers = report.runs.iter().filter(|r| r.backends.len() > 1).count();
     println!(
@@ -278,7 +278,7 @@ async fn run_workload(
 ) -> Result<(Client, Report), String> {
     let mut config = Config::parse(&env.pgbouncer.conninfo).check("parse conninfo")?;
     config.query_mode(mode);
-    let mut c = Client::connect(&config)
+    let c = Client::connect(&config)
         .await
         .check("connect through PgBouncer")?;
     c.batch_execute(&format!(
@@ -362,7 +362,7 @@ async fn iteration(
         v,
     )?;
 
-    let mut tx = client.transaction().await.map_err(db("begin"))?;
+    let tx = client.transaction().await.map_err(db("begin"))?;
     let negated = -v;
     let row = tx
         .query_one(sql.insert_in_tx.as_str(), &[&id, &i, &negated])
@@ -393,7 +393,7 @@ async fn iteration(
     Ok(())
 }
 
-async fn drop_table(mut c: Client, table: &str) -> Outcome {
+async fn drop_table(c: Client, table: &str) -> Outcome {
     c.batch_execute(&format!("DROP TABLE {table}"))
         .await
         .check("drop the table")?;

@@ -266,7 +266,7 @@ const CHUNK: i32 = 500;
 
 async fn ten_thousand_notifications_none_lost(env: &Env) -> Outcome {
     let mut listener = connect(&env.trust).await?;
-    let mut sender = connect(&env.trust).await?;
+    let sender = connect(&env.trust).await?;
     let sender_pid = sender.backend_pid().ok_or("pid")?;
     listener.listen("bulk").await.check("listen")?;
     let mut received: Vec<Notification> = Vec::with_capacity(TEN_THOUSAND as usize);
@@ -619,7 +619,7 @@ async fn session_rebuild_never_inside_a_transaction(env: &Env) -> Outcome {
     // A Transaction open at the break: its work is lost, and the call after the failing one says so.
     let pid = c.backend_pid().ok_or("pid")?;
     {
-        let mut tx = c.transaction().await.check("begin")?;
+        let tx = c.transaction().await.check("begin")?;
         tx.execute("INSERT INTO session_tx VALUES (1)", &[])
             .await
             .check("insert")?;
@@ -649,7 +649,7 @@ async fn session_rebuild_never_inside_a_transaction(env: &Env) -> Outcome {
     // its commit too, and only after it is dropped does the client connect again.
     let pid = c.backend_pid().ok_or("pid")?;
     {
-        let mut tx = c.transaction().await.check("begin kept")?;
+        let tx = c.transaction().await.check("begin kept")?;
         tx.execute("INSERT INTO session_tx VALUES (4)", &[])
             .await
             .check("insert kept")?;
@@ -721,7 +721,10 @@ async fn set_parameter_outside_transactions_only(env: &Env) -> Outcome {
     c.set_parameter("application_name", "session scenario")
         .await
         .check("set")?;
-    ensure_eq!(c.parameter("application_name"), Some("session scenario"));
+    ensure_eq!(
+        c.parameter("application_name").as_deref(),
+        Some("session scenario")
+    );
     let mut tx = c.transaction().await.check("begin")?;
     let err = tx
         .set_parameter("work_mem", "3MB")

@@ -772,7 +772,7 @@ async fn pipeline_mixed_results_in_order(env: &Env) -> Outcome {
     }
     ensure_eq!(count_rows(&mut c, "pl_mixed").await?, 4);
     // A prepared statement from another connection fails its own item only.
-    let mut other = connect(&env.trust).await?;
+    let other = connect(&env.trust).await?;
     let foreign = other.prepare("SELECT 1").await.check("prepare")?;
     let mut pipeline = Pipeline::new(PipelineMode::Independent);
     pipeline.push(&foreign, &[]).push("SELECT 2", &[]);

@@ -588,7 +588,7 @@ async fn tls_client_certificates(env: &Env) -> Outcome {
     let config =
         Config::parse(&case(Server::Tls, c, format!("{verify} {client}"), Tls).conninfo(env))
             .check("parse")?;
-    let mut client = Client::connect(&config).await.check("connect")?;
+    let client = Client::connect(&config).await.check("connect")?;
     let dn: String = client
         .query_one(
             "SELECT client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
@@ -738,7 +738,7 @@ async fn tls_channel_binding(env: &Env) -> Outcome {
         .conninfo(env),
     )
     .check("parse")?;
-    let mut c = Client::connect(&config).await.check("connect")?;
+    let c = Client::connect(&config).await.check("connect")?;
     let one: i32 = c.query_one("SELECT 1", &[]).await.check("SELECT 1")?.get(0);
     ensure_eq!(one, 1);
     let messages = c.simple_query("SELECT 2").await.check("simple SELECT 2")?;
@@ -877,7 +877,7 @@ async fn tls_protocol_versions_and_sni(env: &Env) -> Outcome {
         )
         .conninfo(env);
         let config = Config::parse(&conninfo).check(settings)?;
-        let mut c = Client::connect(&config).await.check(settings)?;
+        let c = Client::connect(&config).await.check(settings)?;
         let got: String = c
             .query_one(
                 "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
@@ -921,7 +921,7 @@ async fn tls_cipher_suite_per_target(env: &Env) -> Outcome {
         )
         .conninfo(env);
         let config = Config::parse(&conninfo).check(settings)?;
-        let mut c = Client::connect(&config).await.check(settings)?;
+        let c = Client::connect(&config).await.check(settings)?;
         let cipher: String = c
             .query_one(
                 "SELECT cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
@@ -975,7 +975,7 @@ async fn tls_bulk_bytea_64mib(env: &Env) -> Outcome {
         state ^= state << 17;
         data.extend_from_slice(&state.to_le_bytes());
     }
-    let mut c = connect_tls(env, "require").await?;
+    let c = connect_tls(env, "require").await?;
     let start = Instant::now();
     let row = c
         .query_one("SELECT $1::bytea, length($1::bytea)", &[&data])
