@@ -132,15 +132,23 @@ fn target_args(target: &Target, ca: Option<&str>) -> Vec<String> {
 fn command(options: &Options, workload: Workload, contender: Contender) -> Command {
     let count = options.plan.count(workload);
     let run_args = |name: &str| {
-        vec![
+        let mut args = vec![
             "run".to_string(),
             name.to_string(),
             workload.name().to_string(),
             count.to_string(),
-        ]
+        ];
+        // W7's concurrent contenders share the queries among futures; ours-sequential runs them in one.
+        if workload == Workload::W7 && contender != Contender::OursSequential {
+            args.extend([
+                "--tasks".to_string(),
+                options.plan.concurrent_tasks.to_string(),
+            ]);
+        }
+        args
     };
     match contender {
-        Contender::Ours | Contender::TokioPostgres => {
+        Contender::Ours | Contender::TokioPostgres | Contender::OursSequential => {
             let mut cmd = Command::new(&options.client);
             cmd.args(run_args(contender.name()));
             cmd.args(target_args(
@@ -388,7 +396,7 @@ struct Comparison {
 
 /// The comparisons issue 7 sets targets for, in output order.
 fn comparisons() -> Vec<Comparison> {
-    use Contender::{Ours, OursWasi, Pgbench, TokioPostgres};
+    use Contender::{Ours, OursSequential, OursWasi, Pgbench, TokioPostgres};
     use Metric::{Cpu, Throughput};
     let mut list = Vec::new();
     let mut add = |workload: Workload, metric: Metric, a: Contender, b: (Workload, Contender)| {
@@ -410,6 +418,7 @@ fn comparisons() -> Vec<Comparison> {
         match w {
             Workload::W4Pipeline => add(w, Throughput, Ours, (Workload::W4Sequential, Ours)),
             Workload::W6 => add(w, Throughput, Ours, (Workload::W3, Ours)),
+            Workload::W7 => add(w, Throughput, Ours, (w, OursSequential)),
             _ => {}
         }
         add(w, Throughput, OursWasi, (w, Ours));

@@ -3,6 +3,8 @@
 use std::error::Error as StdError;
 use std::time::{Instant, SystemTime};
 
+use futures_util::future::try_join_all;
+
 use wasi_pg_client::config::SslMode;
 use wasi_pg_client::types::Type;
 use wasi_pg_client::{
@@ -10,7 +12,7 @@ use wasi_pg_client::{
     SimpleQueryMessage,
 };
 
-use crate::workload::{Outcome, Target, W4_BATCH, Workload, expect, sql};
+use crate::workload::{Outcome, Target, W4_BATCH, Workload, expect, sql, w7_echoed, w7_parameters};
 
 type BoxError = Box<dyn StdError>;
 
@@ -43,7 +45,7 @@ pub async fn connect(target: &Target, tls: bool) -> Result<Client, BoxError> {
 
 /// Creates the tables and fills W5's source (once per cluster, before any run).
 pub async fn setup(target: &Target, copy_rows: u64) -> Result<(), BoxError> {
-    let mut client = connect(target, false).await?;
+    let client = connect(target, false).await?;
     for statement in sql::setup(copy_rows) {
         client.batch_execute(&statement).await?;
     }
@@ -53,7 +55,7 @@ pub async fn setup(target: &Target, copy_rows: u64) -> Result<(), BoxError> {
 
 /// Empties the tables the inserts and COPY IN fill.
 pub async fn truncate(target: &Target) -> Result<(), BoxError> {
-    let mut client = connect(target, false).await?;
+    let client = connect(target, false).await?;
     client
         .batch_execute(&sql::truncate(&format!(
             "{}, {}",
@@ -65,8 +67,14 @@ pub async fn truncate(target: &Target) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Runs `workload` for `count` operations and returns what was timed.
-pub async fn run(workload: Workload, count: u64, target: &Target) -> Result<Outcome, BoxError> {
+/// Runs `workload` for `count` operations and returns what was timed; W7 shares them among `tasks` futures
+/// (the other workloads run in one).
+pub async fn run(
+    workload: Workload,
+    count: u64,
+    tasks: u64,
+    target: &Target,
+) -> Result<Outcome, BoxError> {
     let mut client = connect(target, workload.uses_tls()).await?;
     let outcome = match workload {
         Workload::W1 => w1(&mut client, count).await?,
@@ -76,7 +84,24 @@ pub async fn run(workload: Workload, count: u64, target: &Target) -> Result<Outc
         Workload::W4Sequential => w4_sequential(&mut client, count).await?,
         Workload::W5CopyIn => copy_in(&mut client, count).await?,
         Workload::W5CopyOut => copy_out(&mut client, count).await?,
+        Workload::W7 => w7(&mut client, count, tasks).await?,
     };
+    client.close().await?;
+    Ok(outcome)
+}
+
+/// Runs `workload`'s queries one after another in one task (the contender ours-sequential, which runs W7
+/// only) and returns what was timed.
+pub async fn run_sequential(
+    workload: Workload,
+    count: u64,
+    target: &Target,
+) -> Result<Outcome, BoxError> {
+    if workload != Workload::W7 {
+        return Err(format!("ours-sequential does not run {workload}").into());
+    }
+    let mut client = connect(target, false).await?;
+    let outcome = w7_sequential(&mut client, count).await?;
     client.close().await?;
     Ok(outcome)
 }
@@ -202,6 +227,41 @@ async fn copy_out(client: &mut Client, rows: u64) -> Result<Outcome, BoxError> {
         return Err(format!("{seen} rows instead of {rows}").into());
     }
     finish(rows, started, check, expect::copy_out(rows))
+}
+
+/// W7: `tasks` futures share the client, each sending its own values through one prepared
+/// `SELECT $1::int4` and checking every answer. They are joined on one thread (no spawned task), so the client
+/// pipelines their queries on its one connection.
+async fn w7(client: &mut Client, count: u64, tasks: u64) -> Result<Outcome, BoxError> {
+    let parameters = w7_parameters(count, tasks)?;
+    let statement = &client.prepare(sql::ECHO).await?;
+    // From here on every future holds the same shared `&Client`.
+    let client: &Client = client;
+    let started = Instant::now();
+    let sums = try_join_all(parameters.into_iter().map(|values| async move {
+        let mut sum = 0u64;
+        for sent in values {
+            let row = client.query_one(statement, &[&sent]).await?;
+            sum += w7_echoed(sent, row.get(0))?;
+        }
+        Ok::<_, BoxError>(sum)
+    }))
+    .await?;
+    finish(count, started, sums.into_iter().sum(), expect::w7(count))
+}
+
+/// W7's queries one round trip each, in one task: the same statement, values and checks.
+async fn w7_sequential(client: &mut Client, count: u64) -> Result<Outcome, BoxError> {
+    let statement = client.prepare(sql::ECHO).await?;
+    let started = Instant::now();
+    let mut check = 0u64;
+    for values in w7_parameters(count, 1)? {
+        for sent in values {
+            let row = client.query_one(&statement, &[&sent]).await?;
+            check += w7_echoed(sent, row.get(0))?;
+        }
+    }
+    finish(count, started, check, expect::w7(count))
 }
 
 /// The outcome of a run timed from `started`, if its checksum is right.

@@ -15,7 +15,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use crate::ours::finish;
-use crate::workload::{Outcome, Target, W4_BATCH, Workload, expect, sql};
+use crate::workload::{Outcome, Target, W4_BATCH, Workload, expect, sql, w7_echoed, w7_parameters};
 
 type BoxError = Box<dyn StdError>;
 
@@ -59,8 +59,14 @@ async fn connect(target: &Target, tls: bool) -> Result<Client, BoxError> {
     Ok(client)
 }
 
-/// Runs `workload` for `count` operations and returns what was timed.
-pub async fn run(workload: Workload, count: u64, target: &Target) -> Result<Outcome, BoxError> {
+/// Runs `workload` for `count` operations and returns what was timed; W7 shares them among `tasks` futures
+/// (the other workloads run in one).
+pub async fn run(
+    workload: Workload,
+    count: u64,
+    tasks: u64,
+    target: &Target,
+) -> Result<Outcome, BoxError> {
     let client = connect(target, workload.uses_tls()).await?;
     match workload {
         Workload::W1 => w1(&client, count).await,
@@ -70,6 +76,7 @@ pub async fn run(workload: Workload, count: u64, target: &Target) -> Result<Outc
         Workload::W4Sequential => w4_sequential(&client, count).await,
         Workload::W5CopyIn => copy_in(&client, count).await,
         Workload::W5CopyOut => copy_out(&client, count).await,
+        Workload::W7 => w7(&client, count, tasks).await,
     }
 }
 
@@ -202,4 +209,22 @@ async fn copy_out(client: &Client, rows: u64) -> Result<Outcome, BoxError> {
         return Err(format!("{seen} rows instead of {rows}").into());
     }
     finish(rows, started, check, expect::copy_out(rows))
+}
+
+/// `tasks` futures share the client and are joined in this task; the spawned connection task pipelines the
+/// queries they have in flight.
+async fn w7(client: &Client, count: u64, tasks: u64) -> Result<Outcome, BoxError> {
+    let parameters = w7_parameters(count, tasks)?;
+    let statement = &client.prepare(sql::ECHO).await?;
+    let started = Instant::now();
+    let sums = try_join_all(parameters.into_iter().map(|values| async move {
+        let mut sum = 0u64;
+        for sent in values {
+            let row = client.query_one(statement, &[&sent]).await?;
+            sum += w7_echoed(sent, row.get(0))?;
+        }
+        Ok::<_, BoxError>(sum)
+    }))
+    .await?;
+    finish(count, started, sums.into_iter().sum(), expect::w7(count))
 }

@@ -1,6 +1,7 @@
 //! What is measured: the workloads, the contenders, the sizes, and the line a client prints.
 
 use std::fmt;
+use std::ops::Range;
 use std::str::FromStr;
 
 /// One workload of issue 7. Each variant is reported on its own `bench` line.
@@ -22,11 +23,14 @@ pub enum Workload {
     W5CopyOut,
     /// W3 over TLS; ops are rows.
     W6,
+    /// Prepared `SELECT $1::int4` from many futures at once on one shared client, each sending its own
+    /// values and checking every answer; ops are queries.
+    W7,
 }
 
 impl Workload {
     /// Every workload, in the order they run and are reported.
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 9] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -35,6 +39,7 @@ impl Workload {
         Workload::W5CopyIn,
         Workload::W5CopyOut,
         Workload::W6,
+        Workload::W7,
     ];
 
     /// The name on the output lines.
@@ -48,6 +53,7 @@ impl Workload {
             Workload::W5CopyIn => "W5-copy-in",
             Workload::W5CopyOut => "W5-copy-out",
             Workload::W6 => "W6",
+            Workload::W7 => "W7",
         }
     }
 
@@ -83,16 +89,20 @@ pub enum Contender {
     OursWasi,
     /// tokio-postgres 0.7, native.
     TokioPostgres,
+    /// This crate, native, running W7's queries one after another in one task: the baseline its concurrency
+    /// is measured against.
+    OursSequential,
     /// PostgreSQL's pgbench (libpq), for the workloads it can express.
     Pgbench,
 }
 
 impl Contender {
     /// Every contender, in the order they run within a workload.
-    pub const ALL: [Contender; 4] = [
+    pub const ALL: [Contender; 5] = [
         Contender::Ours,
         Contender::OursWasi,
         Contender::TokioPostgres,
+        Contender::OursSequential,
         Contender::Pgbench,
     ];
 
@@ -102,17 +112,19 @@ impl Contender {
             Contender::Ours => "ours",
             Contender::OursWasi => "ours-wasi",
             Contender::TokioPostgres => "tokio-postgres",
+            Contender::OursSequential => "ours-sequential",
             Contender::Pgbench => "pgbench",
         }
     }
 
-    /// Whether the contender can run `workload`: pgbench only runs W1, W2 and W4.
+    /// Whether the contender can run `workload`: pgbench only runs W1, W2 and W4, ours-sequential only W7.
     pub fn runs(self, workload: Workload) -> bool {
         match self {
             Contender::Pgbench => matches!(
                 workload,
                 Workload::W1 | Workload::W2 | Workload::W4Pipeline | Workload::W4Sequential
             ),
+            Contender::OursSequential => workload == Workload::W7,
             _ => true,
         }
     }
@@ -138,6 +150,29 @@ impl FromStr for Contender {
 /// Inserts per pipeline in W4.
 pub const W4_BATCH: u64 = 100;
 
+/// W7's parameters: `count` queries shared among `tasks` futures, each task its own slice of `0..count`, so
+/// every value is sent once and the checksum is the same for every contender.
+pub fn w7_parameters(count: u64, tasks: u64) -> Result<Vec<Range<i32>>, String> {
+    let end = i32::try_from(count)
+        .map_err(|_| format!("W7: {count} queries do not fit in int4 parameters"))?;
+    let tasks = i32::try_from(tasks)
+        .ok()
+        .filter(|&tasks| tasks > 0 && end % tasks == 0)
+        .ok_or_else(|| format!("W7: {count} queries cannot be shared among {tasks} tasks"))?;
+    let per_task = end / tasks;
+    Ok((0..tasks)
+        .map(|task| task * per_task..(task + 1) * per_task)
+        .collect())
+}
+
+/// W7's check of one answer: the value sent must come back; what it adds to the checksum.
+pub fn w7_echoed(sent: i32, got: i32) -> Result<u64, String> {
+    if got != sent {
+        return Err(format!("W7: sent {sent}, got {got} back"));
+    }
+    u64::try_from(got).map_err(|_| format!("W7: sent {sent}, which is negative"))
+}
+
 /// The sizes of one run: the issue's figures, or smaller ones for `--quick`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
@@ -151,6 +186,10 @@ pub struct Plan {
     pub sequential_inserts: u64,
     /// W5 rows, in and out.
     pub copy_rows: u64,
+    /// W7 futures sharing one client.
+    pub concurrent_tasks: u64,
+    /// W7 queries per future.
+    pub queries_per_task: u64,
     /// How many times every workload runs for every contender (interleaved); the median is reported.
     pub rounds: u32,
 }
@@ -163,6 +202,8 @@ impl Plan {
         pipelined_inserts: 100_000,
         sequential_inserts: 100_000,
         copy_rows: 1_000_000,
+        concurrent_tasks: 100,
+        queries_per_task: 1_000,
         rounds: 5,
     };
 
@@ -173,6 +214,8 @@ impl Plan {
         pipelined_inserts: 20_000,
         sequential_inserts: 10_000,
         copy_rows: 300_000,
+        concurrent_tasks: 10,
+        queries_per_task: 100,
         rounds: 1,
     };
 
@@ -184,6 +227,7 @@ impl Plan {
             Workload::W4Pipeline => self.pipelined_inserts,
             Workload::W4Sequential => self.sequential_inserts,
             Workload::W5CopyIn | Workload::W5CopyOut => self.copy_rows,
+            Workload::W7 => self.concurrent_tasks * self.queries_per_task,
         }
     }
 }
@@ -254,6 +298,8 @@ pub mod sql {
     pub const SELECT_ONE: &str = "SELECT 1";
     /// W2.
     pub const ADD_ONE: &str = "SELECT $1::int4 + 1";
+    /// W7.
+    pub const ECHO: &str = "SELECT $1::int4";
     /// W4's target table.
     pub const W4_TABLE: &str = "bench_w4";
     /// W4's insert.
@@ -338,6 +384,11 @@ pub mod expect {
         rows
     }
 
+    /// W7: the sum of the parameters `0..count`, each echoed once.
+    pub fn w7(count: u64) -> u64 {
+        count * count.saturating_sub(1) / 2
+    }
+
     /// W5 COPY OUT: the sum of `id + amount + payload length` over `1..=rows`, where `amount = 3 * id`.
     pub fn copy_out(rows: u64) -> u64 {
         4 * (rows * (rows + 1) / 2) + rows * super::sql::W5_PAYLOAD.len() as u64
@@ -352,7 +403,24 @@ pub mod expect {
                 assert_eq!(super::stream(n), stream, "stream({n})");
                 let copy: u64 = (1..=n).map(|id| 4 * id + 16).sum();
                 assert_eq!(super::copy_out(n), copy, "copy_out({n})");
+                let echoed: u64 = (0..n).sum();
+                assert_eq!(super::w7(n), echoed, "w7({n})");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::w7_parameters;
+
+    #[test]
+    fn w7_tasks_send_every_value_once() {
+        let ranges = w7_parameters(12, 3).unwrap();
+        assert_eq!(ranges, vec![0..4, 4..8, 8..12]);
+        assert_eq!(w7_parameters(100_000, 100).unwrap()[99], 99_000..100_000);
+        assert!(w7_parameters(10, 3).is_err());
+        assert!(w7_parameters(10, 0).is_err());
+        assert!(w7_parameters(1 << 40, 1).is_err());
     }
 }

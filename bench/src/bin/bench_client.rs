@@ -1,14 +1,17 @@
 //! Runs one workload with one client library and prints `result ops=<n> seconds=<s> check=<n>`.
 //!
 //! ```text
-//! bench-client run <ours|tokio-postgres> <workload> <count> --host H --port P --user U --dbname D [--ca FILE]
-//!                  [--runtime current-thread|multi-thread]
+//! bench-client run <ours|tokio-postgres|ours-sequential> <workload> <count> --host H --port P --user U --dbname D
+//!                  [--ca FILE] [--runtime current-thread|multi-thread] [--tasks N]
 //! bench-client setup <copy-rows> --host H --port P --user U --dbname D
 //! bench-client truncate --host H --port P --user U --dbname D
 //! ```
 //!
 //! `setup` creates the tables (and fills W5's source); `truncate` empties the insert targets, which the
 //! driver does before each pgbench run of W4 (the other clients empty them themselves, untimed).
+//!
+//! `--tasks N` (W7 only) shares the `count` queries among N futures joined on one client; without it the
+//! workload runs in one task.
 //!
 //! Natively the runtime is tokio's current-thread one unless `--runtime multi-thread` is given; on
 //! wasm32-wasip2 it is wstd's (and only `ours` exists there).
@@ -27,6 +30,8 @@ enum Command {
         contender: Contender,
         workload: Workload,
         count: u64,
+        /// W7's futures sharing the client: 1 unless `--tasks` says otherwise.
+        tasks: u64,
     },
     Setup {
         copy_rows: u64,
@@ -45,6 +50,7 @@ fn parse_args(args: &[String]) -> Result<Args, BoxError> {
     let (mut host, mut port, mut user, mut dbname, mut ca_file) =
         (None, None, None, None, None::<String>);
     let mut multi_thread = false;
+    let mut tasks = None::<u64>;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         let mut value = || {
@@ -58,6 +64,7 @@ fn parse_args(args: &[String]) -> Result<Args, BoxError> {
             "--user" => user = Some(value()?),
             "--dbname" => dbname = Some(value()?),
             "--ca" => ca_file = Some(value()?),
+            "--tasks" => tasks = Some(value()?.parse()?),
             "--runtime" => {
                 multi_thread = match value()?.as_str() {
                     "current-thread" => false,
@@ -70,11 +77,20 @@ fn parse_args(args: &[String]) -> Result<Args, BoxError> {
         }
     }
     let command = match positional.as_slice() {
-        ["run", contender, workload, count] => Command::Run {
-            contender: contender.parse()?,
-            workload: workload.parse()?,
-            count: count.parse()?,
-        },
+        ["run", contender, workload, count] => {
+            let (contender, workload) = (contender.parse()?, workload.parse()?);
+            if tasks.is_some()
+                && (workload != Workload::W7 || contender == Contender::OursSequential)
+            {
+                return Err(format!("{contender} runs {workload} in one task: no --tasks").into());
+            }
+            Command::Run {
+                contender,
+                workload,
+                count: count.parse()?,
+                tasks: tasks.unwrap_or(1),
+            }
+        }
         ["setup", copy_rows] => Command::Setup {
             copy_rows: copy_rows.parse()?,
         },
@@ -102,14 +118,19 @@ async fn run(args: Args) -> Result<(), BoxError> {
             contender,
             workload,
             count,
+            tasks,
         } => {
             let outcome = match contender {
                 Contender::Ours | Contender::OursWasi => {
-                    ours::run(workload, count, &args.target).await?
+                    ours::run(workload, count, tasks, &args.target).await?
+                }
+                Contender::OursSequential => {
+                    ours::run_sequential(workload, count, &args.target).await?
                 }
                 #[cfg(not(target_os = "wasi"))]
                 Contender::TokioPostgres => {
-                    wasi_pg_client_bench::tokio_pg::run(workload, count, &args.target).await?
+                    wasi_pg_client_bench::tokio_pg::run(workload, count, tasks, &args.target)
+                        .await?
                 }
                 other => return Err(format!("bench-client cannot run {other}").into()),
             };
