@@ -148,7 +148,9 @@ pub(crate) struct ClientState {
     /// What session rebuild restores, when [`Config::session_rebuild`] is on (see `rebuild.rs`).
     pub(crate) session: Option<Box<crate::rebuild::SessionRecord>>,
     /// The request whose future drove the socket last (see `slots.rs`).
-    driver: Option<RequestId>,
+    driver: Option<Driver>,
+    /// Numbers the futures that wait for notifications (see `notify.rs`).
+    next_listener: u64,
     /// A session rebuild is under way (see `rebuild.rs`), and the futures waiting for it.
     pub(crate) rebuild: crate::rebuild::RebuildGate,
 }
@@ -179,6 +181,7 @@ impl Client {
                 cache: StatementCache::new(config.get_statement_cache_capacity()),
                 session: crate::rebuild::SessionRecord::for_config(config),
                 driver: None,
+                next_listener: 1,
                 rebuild: crate::rebuild::RebuildGate::default(),
             }),
             io_waker: Waker::from(io.clone()),
@@ -513,7 +516,7 @@ impl Client {
         let mut state = self.lock();
         let pending = state.conn.protocol.is_pending(id);
         state.conn.slots.close(id, pending);
-        if state.driver == Some(id) {
+        if state.driver == Some(Driver::Request(id)) {
             state.driver = None;
             state.conn.slots.wake_successor();
         }
@@ -626,7 +629,7 @@ impl ClientState {
     /// Queues what drops left to send before the next request: the ROLLBACK of dropped transactions, then
     /// Close for statements whose handles were all dropped. Their answers are discarded like those of an
     /// abandoned request. If the connection broke, the server ends the transaction anyway when it goes.
-    fn queue_housekeeping(&mut self, close_queue: &CloseQueue) -> Result<(), Error> {
+    pub(crate) fn queue_housekeeping(&mut self, close_queue: &CloseQueue) -> Result<(), Error> {
         for sql in std::mem::take(&mut self.deferred) {
             check_sql(&sql)?;
             self.conn.protocol.queue_request(Flow::Simple, None, |buf| {
@@ -685,7 +688,7 @@ impl ClientState {
         self.conn.slots.register(id, cx.waker());
         // This future drives the socket now; the transport and the timers only ever see the io waker, which
         // wakes it (see `slots.rs`).
-        self.driver = Some(id);
+        self.driver = Some(Driver::Request(id));
         client.io.set_driver(cx.waker());
         let mut io_cx = Context::from_waker(&client.io_waker);
         match self.conn.poll_next(&mut io_cx, Some(id)) {
@@ -698,14 +701,66 @@ impl ClientState {
         }
     }
 
+    /// A number for a new future that waits for notifications.
+    pub(crate) fn new_listener(&mut self) -> u64 {
+        let id = self.next_listener;
+        self.next_listener += 1;
+        id
+    }
+
+    /// The next notification for listener `listener`: one received already, or, driving the socket, the
+    /// next to arrive. Answers to requests in flight are routed on the way, as any driver does.
+    pub(crate) fn poll_notification(
+        &mut self,
+        listener: u64,
+        cx: &mut Context<'_>,
+        client: &Client,
+    ) -> Poll<Result<Notification, Error>> {
+        if let Some(notification) = self.conn.take_notification() {
+            return Poll::Ready(Ok(notification));
+        }
+        // A dropped transaction's ROLLBACK must go out: notifications are delivered outside transactions only.
+        if let Err(e) = self.queue_housekeeping(client.close_queue()) {
+            return Poll::Ready(Err(e));
+        }
+        self.conn.slots.register_listener(listener, cx.waker());
+        self.driver = Some(Driver::Listener(listener));
+        client.io.set_driver(cx.waker());
+        let mut io_cx = Context::from_waker(&client.io_waker);
+        match self.conn.poll_notification(&mut io_cx) {
+            Poll::Ready(Ok(notification)) => Poll::Ready(Ok(notification)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.broke(e))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Listener `listener` goes away: it no longer gets woken, and if it drove the socket another waiting
+    /// future takes over.
+    pub(crate) fn release_listener(&mut self, listener: u64) {
+        self.conn.slots.forget_listener(listener);
+        if self.driver == Some(Driver::Listener(listener)) {
+            self.driver = None;
+            self.conn.slots.wake_successor();
+        }
+    }
+
     /// Passes an error on; if it broke the connection, every future waiting on it is woken to see that.
-    fn broke(&mut self, e: Error) -> Error {
+    pub(crate) fn broke(&mut self, e: Error) -> Error {
         self.conn.protocol.mark_broken(&e);
         if self.conn.protocol.is_closed() {
             self.conn.slots.wake_all();
         }
         e
     }
+}
+
+/// The future that drove the socket last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Driver {
+    /// The owner of this request.
+    Request(RequestId),
+    /// The future with this number that waits for a notification.
+    Listener(u64),
 }
 
 /// A request queued on a [`Client`], from the future that waits for its answers.

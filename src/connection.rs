@@ -393,43 +393,44 @@ impl Connection {
         error
     }
 
-    /// The next notification: one already received, or the next to arrive. Requests left by dropped futures
-    /// are drained first. A notification leaves the queue only when this returns it, so dropping the future
-    /// (for example on a timeout) loses nothing.
-    pub(crate) async fn next_notification(&mut self) -> Result<Notification, Error> {
-        self.limits.new_wait();
-        poll_fn(|cx| {
-            loop {
-                if let Some(notification) = self.notifications.pop_front() {
-                    return Poll::Ready(Ok(notification));
-                }
-                if self.protocol.has_pending() {
-                    if let Err(e) = ready!(self.poll_next(cx, None)) {
-                        return Poll::Ready(Err(e));
-                    }
-                    continue;
-                }
-                // Idle: whatever arrives now can only be asynchronous; anything else is a protocol error.
-                let idle = self.protocol.poll_response();
-                self.collect_events();
-                match idle {
-                    Ok(Some(_)) => {
-                        return Poll::Ready(Err(Error::protocol(
-                            "BUG: a response arrived with no request pending",
-                        )));
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
-                if !self.notifications.is_empty() {
-                    continue;
-                }
-                if let Err(e) = ready!(self.poll_io(cx)) {
+    /// The oldest notification received and not taken yet.
+    pub(crate) fn take_notification(&mut self) -> Option<Notification> {
+        self.notifications.pop_front()
+    }
+
+    /// The next notification to arrive, reading the socket: answers to requests in flight are routed to
+    /// their slots on the way (or discarded when nobody waits for them). A notification leaves the queue only
+    /// when this returns it, so dropping the caller's future (for example on a timeout) loses nothing.
+    pub(crate) fn poll_notification(&mut self, cx: &mut Context<'_>) -> Poll<Result<Notification, Error>> {
+        loop {
+            if let Some(notification) = self.notifications.pop_front() {
+                return Poll::Ready(Ok(notification));
+            }
+            if self.protocol.has_pending() || self.limits.expiry.is_some() {
+                if let Err(e) = ready!(self.poll_next(cx, None)) {
                     return Poll::Ready(Err(e));
                 }
+                continue;
             }
-        })
-        .await
+            // Idle: whatever arrives now can only be asynchronous; anything else is a protocol error.
+            let idle = self.protocol.poll_response();
+            self.collect_events();
+            match idle {
+                Ok(Some(_)) => {
+                    return Poll::Ready(Err(Error::protocol(
+                        "BUG: a response arrived with no request pending",
+                    )));
+                }
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            if !self.notifications.is_empty() {
+                continue;
+            }
+            if let Err(e) = ready!(self.poll_io(cx)) {
+                return Poll::Ready(Err(e));
+            }
+        }
     }
 
     /// Sends everything queued and closes the sending side (used by close, where no response follows).
@@ -463,7 +464,10 @@ impl Connection {
                     }
                     self.notices.push_back(*notice);
                 }
-                Event::Notification(notification) => self.notifications.push_back(notification),
+                Event::Notification(notification) => {
+                    self.notifications.push_back(notification);
+                    self.slots.wake_listeners();
+                }
                 Event::ParameterStatus(name, value) => debug!(%name, %value, "parameter status"),
             }
         }

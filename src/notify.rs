@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use futures_core::Stream;
@@ -63,10 +63,18 @@ impl Client {
 
     /// Waits for the next notification: one already received, or the next one the server sends.
     ///
+    /// Takes `&self`: a task can wait for notifications while others run queries on the same client, and
+    /// whichever of them reads the socket keeps the notifications for it. With several waiting at once, each
+    /// notification goes to one of them.
+    ///
     /// Cancel-safe: if the future is dropped, no notification is lost.
-    pub async fn next_notification(&mut self) -> Result<Notification, Error> {
-        self.prepare_to_send().await?;
-        self.connection_mut().next_notification().await
+    pub async fn next_notification(&self) -> Result<Notification, Error> {
+        self.rebuild_if_lost().await?;
+        let listener = Listener {
+            client: self,
+            id: self.lock().new_listener(),
+        };
+        std::future::poll_fn(|cx| listener.poll(cx)).await
     }
 
     /// Waits up to `timeout` for the next notification; `Ok(None)` if none came in time.
@@ -80,7 +88,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn wait_for_notification(
-        &mut self,
+        &self,
         timeout: Duration,
     ) -> Result<Option<Notification>, Error> {
         match runtime::timeout(Some(timeout), self.next_notification()).await {
@@ -90,8 +98,7 @@ impl Client {
     }
 
     /// The notifications as a [`Stream`]: those already received first, then each one as the server sends it.
-    /// The stream reads the socket itself while it is polled; it borrows the client, so drop it to run queries
-    /// (notifications that arrive meanwhile are kept for the next stream).
+    /// The stream reads the socket itself while it is polled, and other calls on the client go on meanwhile.
     ///
     /// Cancel-safe: a notification leaves the client only when the stream yields it, so dropping the stream
     /// (or a `next` future, for example on a timeout) loses nothing.
@@ -111,9 +118,9 @@ impl Client {
     /// }
     /// # Ok(()) }
     /// ```
-    pub fn notifications(&mut self) -> NotificationStream<'_> {
+    pub fn notifications(&self) -> NotificationStream<'_> {
         NotificationStream {
-            client: Some(self),
+            client: self,
             waiting: None,
             ended: false,
         }
@@ -158,19 +165,44 @@ impl Client {
 /// It never ends while the connection works: `None` comes only after an error that broke the connection
 /// (when session rebuild is off).
 pub struct NotificationStream<'a> {
-    /// The client, while no wait is in progress.
-    client: Option<&'a mut Client>,
-    /// The wait in progress, which holds the client and hands it back with its result.
+    client: &'a Client,
+    /// The wait in progress.
     waiting: Option<NextNotification<'a>>,
     ended: bool,
 }
 
 #[cfg(not(target_os = "wasi"))]
-type NextNotification<'a> =
-    Pin<Box<dyn Future<Output = (&'a mut Client, Result<Notification, Error>)> + Send + 'a>>;
+type NextNotification<'a> = Pin<Box<dyn Future<Output = Result<Notification, Error>> + Send + 'a>>;
 #[cfg(target_os = "wasi")]
-type NextNotification<'a> =
-    Pin<Box<dyn Future<Output = (&'a mut Client, Result<Notification, Error>)> + 'a>>;
+type NextNotification<'a> = Pin<Box<dyn Future<Output = Result<Notification, Error>> + 'a>>;
+
+/// A future waiting for a notification, by its number: its drop unregisters it, and hands the socket on if it
+/// was driving.
+struct Listener<'c> {
+    client: &'c Client,
+    id: u64,
+}
+
+impl Listener<'_> {
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<Result<Notification, Error>> {
+        let mut state = self.client.lock();
+        let poll = state.poll_notification(self.id, cx, self.client);
+        let wakes = state.conn.slots.take_wakes();
+        drop(state);
+        wakes.into_iter().for_each(Waker::wake);
+        poll
+    }
+}
+
+impl Drop for Listener<'_> {
+    fn drop(&mut self) {
+        let mut state = self.client.lock();
+        state.release_listener(self.id);
+        let wakes = state.conn.slots.take_wakes();
+        drop(state);
+        wakes.into_iter().for_each(Waker::wake);
+    }
+}
 
 impl std::fmt::Debug for NotificationStream<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -197,28 +229,17 @@ impl Stream for NotificationStream<'_> {
         if this.ended {
             return Poll::Ready(None);
         }
-        let waiting = match &mut this.waiting {
-            Some(waiting) => waiting,
-            None => {
-                let Some(client) = this.client.take() else {
-                    return Poll::Ready(Some(Err(Error::protocol(
-                        "BUG: a notification stream lost its client",
-                    ))));
-                };
-                // One wait per item, kept across polls: a session rebuild takes several awaits. Dropping it
-                // (with the stream) loses nothing, as `next_notification` is cancel-safe.
-                this.waiting.insert(Box::pin(async move {
-                    let result = client.next_notification().await;
-                    (client, result)
-                }))
-            }
-        };
-        let (client, result) = ready!(waiting.as_mut().poll(cx));
+        let client = this.client;
+        // One wait per item, kept across polls: a session rebuild takes several awaits. Dropping it (with the
+        // stream) loses nothing, as `next_notification` is cancel-safe.
+        let waiting = this
+            .waiting
+            .get_or_insert_with(|| Box::pin(client.next_notification()));
+        let result = ready!(waiting.as_mut().poll(cx));
         this.waiting = None;
         if let Err(e) = &result {
             this.ended = e.is_connection_broken() && !client.will_rebuild();
         }
-        this.client = Some(client);
         Poll::Ready(Some(result))
     }
 }

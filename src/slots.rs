@@ -50,6 +50,8 @@ struct Slot {
 #[derive(Default)]
 pub(crate) struct Slots {
     slots: VecDeque<Slot>,
+    /// The futures waiting for a notification, by number, with their wakers.
+    listeners: Vec<(u64, Waker)>,
     /// Wakers to wake once the client's lock is released.
     wakes: Vec<Waker>,
 }
@@ -192,8 +194,9 @@ impl Slots {
         self.slots.clear();
     }
 
-    /// The driver leaves: wakes the oldest owner that waits with nothing to read, so it takes over the socket.
-    /// Owners with answers in their slot were woken when they arrived.
+    /// The driver leaves: wakes the oldest owner that waits with nothing to read (else a future waiting for a
+    /// notification), so it takes over the socket. Owners with answers in their slot were woken when they
+    /// arrived.
     pub(crate) fn wake_successor(&mut self) {
         if let Some(slot) = self
             .slots
@@ -202,16 +205,40 @@ impl Slots {
             && let Some(waker) = slot.waker.take()
         {
             self.wakes.push(waker);
+        } else if let Some((_, waker)) = self.listeners.first() {
+            self.wakes.push(waker.clone());
         }
     }
 
-    /// The connection broke: every owner is woken, and reads the error from the connection.
+    /// Remembers the waker of the future numbered `listener`, which waits for a notification.
+    pub(crate) fn register_listener(&mut self, listener: u64, waker: &Waker) {
+        match self.listeners.iter_mut().find(|(id, _)| *id == listener) {
+            Some((_, known)) if known.will_wake(waker) => {}
+            Some((_, known)) => *known = waker.clone(),
+            None => self.listeners.push((listener, waker.clone())),
+        }
+    }
+
+    /// The future numbered `listener` no longer waits for a notification.
+    pub(crate) fn forget_listener(&mut self, listener: u64) {
+        self.listeners.retain(|(id, _)| *id != listener);
+    }
+
+    /// A notification arrived: every future waiting for one is woken (the first to poll takes it).
+    pub(crate) fn wake_listeners(&mut self) {
+        self.wakes
+            .extend(self.listeners.iter().map(|(_, waker)| waker.clone()));
+    }
+
+    /// The connection broke: every owner and every future waiting for a notification is woken, and reads
+    /// the error from the connection.
     pub(crate) fn wake_all(&mut self) {
         for slot in &mut self.slots {
             if let Some(waker) = slot.waker.take() {
                 self.wakes.push(waker);
             }
         }
+        self.wake_listeners();
     }
 
     /// The wakers collected under the lock, to wake after releasing it.

@@ -181,7 +181,7 @@ where
 
 async fn notifications_as_a_stream(env: &Env) -> Outcome {
     let channel = "Stream \"Chan\"";
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     let mut other = connect(&env.trust).await?;
     let sender = other.backend_pid().ok_or("pid")?;
     c.listen(channel).await.check("listen")?;
@@ -265,7 +265,7 @@ const TEN_THOUSAND: i32 = 10_000;
 const CHUNK: i32 = 500;
 
 async fn ten_thousand_notifications_none_lost(env: &Env) -> Outcome {
-    let mut listener = connect(&env.trust).await?;
+    let listener = connect(&env.trust).await?;
     let sender = connect(&env.trust).await?;
     let sender_pid = sender.backend_pid().ok_or("pid")?;
     listener.listen("bulk").await.check("listen")?;
