@@ -108,10 +108,11 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 ///
 /// What needs the connection alone takes `&mut self`, so it cannot overlap shared calls: transactions
 /// ([`transaction`](Self::transaction)), COPY ([`copy_in`](Self::copy_in), [`copy_out`](Self::copy_out)), row
-/// streams and portals ([`query_raw`](Self::query_raw), [`bind`](Self::bind)), [`Pipeline`](crate::Pipeline)s,
-/// waiting for notifications ([`next_notification`](Self::next_notification)), and settings of this client
-/// ([`set_query_timeout`](Self::set_query_timeout)). Inside a [`Transaction`](crate::Transaction), queries take
-/// `&self` again and are pipelined the same way.
+/// streams ([`query_raw`](Self::query_raw)), portals and cursors (on a [`Transaction`](crate::Transaction)),
+/// [`Pipeline`](crate::Pipeline)s, and settings of this client ([`set_query_timeout`](Self::set_query_timeout)).
+/// Inside a [`Transaction`](crate::Transaction), queries take `&self` again and are pipelined the same way.
+/// Waiting for notifications ([`next_notification`](Self::next_notification)) takes `&self`: a task can wait
+/// while others query.
 ///
 /// Errors belong to the request that caused them: each request has its own Sync, so one failing statement
 /// does not fail its neighbours (except inside an explicit transaction block, which PostgreSQL aborts as a

@@ -2,15 +2,17 @@
 //! programs on tokio, from one code base.
 //!
 //! The protocol lives in a sans-IO core (no sockets, no async, no clock) driven by a thin async client over a
-//! [`Transport`]: wasi:sockets on `wasm32-wasip2`, tokio TCP and Unix-domain sockets natively. There is no
-//! background task, so the same client works on WASI's single-threaded runtime without spawning.
+//! [`Transport`]: wasi:sockets on `wasm32-wasip2`, tokio TCP and Unix-domain sockets natively. One [`Client`]
+//! is shared by as many tasks as you like (`&Client`, or `Arc<Client>` natively): concurrent calls are
+//! pipelined on its one connection. There is no background task: the futures waiting on the client take
+//! turns driving its socket, so the same client works on WASI's single-threaded runtime without spawning.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wasi_pg_client::Error> {
 //! use wasi_pg_client::{Client, Config};
 //!
 //! let config = Config::from_conninfo_and_env("postgresql://app@localhost/app")?;
-//! let mut client = Client::connect(&config).await?;
+//! let client = Client::connect(&config).await?;
 //! client.execute("CREATE TEMP TABLE t (id int, name text)", &[]).await?;
 //! client.execute("INSERT INTO t VALUES ($1, $2)", &[&1i32, &"one"]).await?;
 //! for row in client.query("SELECT id, name FROM t", &[]).await? {
@@ -90,23 +92,23 @@
 //!
 //! # Migrating from tokio-postgres
 //!
-//! Most calls keep their names and shapes; what changes is that there is no connection task, and a client runs
-//! one operation at a time.
+//! Most calls keep their names and shapes; what changes is that there is no connection task to spawn.
 //!
 //! | tokio-postgres | wasi-pg-client |
 //! |---|---|
-//! | `let (client, connection) = tokio_postgres::connect(s, tls).await?; tokio::spawn(connection);` | `let mut client = Client::connect(&Config::parse(s)?).await?;` nothing to spawn |
+//! | `let (client, connection) = tokio_postgres::connect(s, tls).await?; tokio::spawn(connection);` | `let client = Client::connect(&Config::parse(s)?).await?;` nothing to spawn |
 //! | `Config` built or parsed | [`Config`], same builder names; [`Config::from_conninfo_and_env`] also reads `PG*` |
 //! | a `MakeTlsConnect` (`postgres-openssl`, `tokio-postgres-rustls`) | built in, configured by `sslmode` and friends |
-//! | `&Client`: concurrent calls pipelined by the connection task | `&mut Client`: one call at a time; [`Pipeline`] for batches, a pool (feature `pool`) for concurrency |
+//! | `&Client`: concurrent calls pipelined by the connection task | `&Client` (or `Arc<Client>`): concurrent calls pipelined in the order their futures are first polled, driven by whichever of them is polled; no task needed on WASI or a current-thread runtime |
+//! | `query_raw`, `copy_in`, `copy_out`, `transaction` on `&Client`/`&mut Client` | transactions, COPY, row streams, portals and [`Pipeline`]s take `&mut Client`: they have the connection alone (calls inside a [`Transaction`] take `&self` and are pipelined again) |
 //! | `query`, `query_one`, `query_opt`, `execute`, `prepare`, `prepare_typed`, `query_typed`, `simple_query`, `batch_execute` | the same |
 //! | `query_raw` returning a `RowStream` | [`Client::query_raw`] and [`Client::query_stream`]: a [`RowStream`] with an inherent `next` and `Stream` |
 //! | `transaction`, `build_transaction`, `savepoint` | the same; a transaction dropped without commit is rolled back before the next call |
 //! | `copy_in` (a `Sink`), `copy_out` (a `Stream`), `binary_copy` | [`Client::copy_in`] and [`Client::copy_out`] with `write`/`finish` and `next`; [`BinaryCopyInWriter`], [`BinaryCopyOutReader`] |
-//! | `AsyncMessage::Notification` from polling the `Connection` | [`Client::next_notification`], [`Client::notifications`] (a `Stream`), [`Client::take_notifications`]; none are lost while other calls run |
+//! | `AsyncMessage::Notification` from polling the `Connection` | [`Client::next_notification`], [`Client::notifications`] (a `Stream`), [`Client::take_notifications`], all on `&Client`: a task can wait while others query, and none are lost |
 //! | notices logged through `log` | [`Client::take_notices`], [`Client::set_notice_handler`], and `tracing` events |
-//! | `cancel_token()` and `CancelToken::cancel_query(tls)` | [`Client::cancel_token`] and [`CancelToken::cancel_query`], over TLS when the session uses it |
-//! | a `tokio::time::timeout` around a query (the query goes on running on the server) | [`Config::query_timeout`] or [`Client::with_query_timeout`]: the query is cancelled on the server and the connection stays usable |
+//! | `cancel_token()` and `CancelToken::cancel_query(tls)` | [`Client::cancel_token`] and [`CancelToken::cancel_query`], over TLS when the session uses it; like any PostgreSQL cancel it stops whatever the backend runs, which on a shared client may be a neighbour's request (it fails with 57014, never silently) |
+//! | a `tokio::time::timeout` around a query (the query goes on running on the server) | [`Config::query_timeout`] or [`Client::with_query_timeout`]: a request that the server runs longer than that is cancelled there, only while it is the one running; the connection stays usable and requests behind it go on |
 //! | `Row::get`, `Row::try_get`, `types::{ToSql, FromSql, Type}` | the same ([`types`] re-exports postgres-types) |
 //! | `Error::code`, `Error::as_db_error` | the same, plus [`Error::kind`] and [`Error::class`] to tell broken connections and transient errors (worth a retry) from the rest |
 //!
