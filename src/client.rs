@@ -150,6 +150,11 @@ pub(crate) struct ClientState {
     pub(crate) session: Option<Box<crate::rebuild::SessionRecord>>,
     /// The request whose future drove the socket last (see `slots.rs`).
     driver: Option<Driver>,
+    /// The driver waits on the socket (or was woken to read it): other futures polled meanwhile leave the
+    /// socket to it instead of asking the transport again (on WASI each ask is a host call).
+    armed: bool,
+    /// A future queued bytes while the driver waited, and woke it to send them.
+    write_wake_sent: bool,
     /// Numbers the futures that wait for notifications (see `notify.rs`).
     next_listener: u64,
     /// A session rebuild is under way (see `rebuild.rs`), and the futures waiting for it.
@@ -182,6 +187,8 @@ impl Client {
                 cache: StatementCache::new(config.get_statement_cache_capacity()),
                 session: crate::rebuild::SessionRecord::for_config(config),
                 driver: None,
+                armed: false,
+                write_wake_sent: false,
                 next_listener: 1,
                 rebuild: crate::rebuild::RebuildGate::default(),
             }),
@@ -505,6 +512,10 @@ impl Client {
     fn poll_answer(&self, id: RequestId, cx: &mut Context<'_>) -> Poll<Result<Backend, Error>> {
         let mut state = self.lock();
         let poll = state.poll_answer(id, cx, self);
+        if poll.is_ready() {
+            // The caller may not poll again soon (a stream handing out one row): another waiter drives.
+            state.step_back(Driver::Request(id));
+        }
         let wakes = state.conn.slots.take_wakes();
         drop(state);
         wakes.into_iter().for_each(Waker::wake);
@@ -517,10 +528,7 @@ impl Client {
         let mut state = self.lock();
         let pending = state.conn.protocol.is_pending(id);
         state.conn.slots.close(id, pending);
-        if state.driver == Some(Driver::Request(id)) {
-            state.driver = None;
-            state.conn.slots.wake_successor();
-        }
+        state.step_back(Driver::Request(id));
         let wakes = state.conn.slots.take_wakes();
         drop(state);
         wakes.into_iter().for_each(Waker::wake);
@@ -613,6 +621,7 @@ impl Client {
         state.cancel_route = cancel_route;
         state.types = types;
         state.driver = None;
+        state.armed = false;
         then(&mut state);
         drop(state);
         wakes.into_iter().for_each(Waker::wake);
@@ -687,10 +696,11 @@ impl ClientState {
             }
         }
         self.conn.slots.register(id, cx.waker());
-        // This future drives the socket now; the transport and the timers only ever see the io waker, which
-        // wakes it (see `slots.rs`).
-        self.driver = Some(Driver::Request(id));
-        client.io.set_driver(cx.waker());
+        let me = Driver::Request(id);
+        if self.leave_to_driver(me, client) {
+            return Poll::Pending;
+        }
+        self.start_driving(me, cx, client);
         let mut io_cx = Context::from_waker(&client.io_waker);
         match self.conn.poll_next(&mut io_cx, Some(id)) {
             Poll::Ready(Ok(Some(message))) => Poll::Ready(Ok(message)),
@@ -698,7 +708,46 @@ impl ClientState {
                 "BUG: a request finished before its responses were read",
             ))),
             Poll::Ready(Err(e)) => Poll::Ready(Err(self.broke(e))),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                self.armed = true;
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Whether another future drives the socket and will read it: then `me` waits for its answers to be
+    /// routed to it. Bytes queued meanwhile (this future's request) are the driver's to send: it is woken
+    /// once to send them all in one write.
+    fn leave_to_driver(&mut self, me: Driver, client: &Client) -> bool {
+        if !self.armed || self.driver.is_none_or(|driver| driver == me) {
+            return false;
+        }
+        if !self.write_wake_sent && !self.conn.protocol.poll_transmit().is_empty() {
+            self.write_wake_sent = true;
+            if let Some(driver) = client.io.driver_waker() {
+                self.conn.slots.defer_wake(driver);
+            }
+        }
+        true
+    }
+
+    /// `me` drives the socket now; the transport and the timers only ever see the io waker, which wakes it
+    /// (see `slots.rs`).
+    fn start_driving(&mut self, me: Driver, cx: &Context<'_>, client: &Client) {
+        self.driver = Some(me);
+        self.armed = false;
+        self.write_wake_sent = false;
+        client.io.set_driver(cx.waker());
+    }
+
+    /// `me` stops driving the socket (it got what it waited for, or went away): a waiting future is woken to
+    /// take over. Also when nobody drives: `me` may have been woken to take over and leave without driving
+    /// (its answers had been routed to it meanwhile), so it passes that on.
+    pub(crate) fn step_back(&mut self, me: Driver) {
+        if self.driver.is_none_or(|driver| driver == me) {
+            self.driver = None;
+            self.armed = false;
+            self.conn.slots.wake_successor();
         }
     }
 
@@ -725,13 +774,19 @@ impl ClientState {
             return Poll::Ready(Err(e));
         }
         self.conn.slots.register_listener(listener, cx.waker());
-        self.driver = Some(Driver::Listener(listener));
-        client.io.set_driver(cx.waker());
+        let me = Driver::Listener(listener);
+        if self.leave_to_driver(me, client) {
+            return Poll::Pending;
+        }
+        self.start_driving(me, cx, client);
         let mut io_cx = Context::from_waker(&client.io_waker);
         match self.conn.poll_notification(&mut io_cx) {
             Poll::Ready(Ok(notification)) => Poll::Ready(Ok(notification)),
             Poll::Ready(Err(e)) => Poll::Ready(Err(self.broke(e))),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                self.armed = true;
+                Poll::Pending
+            }
         }
     }
 
@@ -739,10 +794,7 @@ impl ClientState {
     /// future takes over.
     pub(crate) fn release_listener(&mut self, listener: u64) {
         self.conn.slots.forget_listener(listener);
-        if self.driver == Some(Driver::Listener(listener)) {
-            self.driver = None;
-            self.conn.slots.wake_successor();
-        }
+        self.step_back(Driver::Listener(listener));
     }
 
     /// Passes an error on; if it broke the connection, every future waiting on it is woken to see that.
@@ -803,6 +855,9 @@ impl<'c> Request<'c> {
                     Poll::Pending => break Poll::Pending,
                 }
             };
+            if poll.is_ready() {
+                state.step_back(Driver::Request(self.id));
+            }
             let wakes = state.conn.slots.take_wakes();
             drop(state);
             wakes.into_iter().for_each(Waker::wake);

@@ -16,6 +16,7 @@ use std::time::Duration;
 use futures_core::Stream;
 use futures_core::stream::FusedStream;
 
+use crate::client::Driver;
 use crate::identifier::quote_identifier;
 use crate::transport::MaybeSend;
 use crate::{Client, DbError, Error, Notification, runtime};
@@ -187,6 +188,9 @@ impl Listener<'_> {
     fn poll(&self, cx: &mut Context<'_>) -> Poll<Result<Notification, Error>> {
         let mut state = self.client.lock();
         let poll = state.poll_notification(self.id, cx, self.client);
+        if poll.is_ready() {
+            state.step_back(Driver::Listener(self.id));
+        }
         let wakes = state.conn.slots.take_wakes();
         drop(state);
         wakes.into_iter().for_each(Waker::wake);

@@ -16,6 +16,11 @@
 //!   wait, it wakes one of them ([`Slots::successor`]) to take over: no wakeup is lost, which on wstd's
 //!   executor would be a panic rather than a hang.
 //!
+//! - Fewer asks of the transport: while the driver waits on the socket (it is *armed*), a future polled with
+//!   an empty slot leaves the socket to it rather than asking the transport again (on WASI every ask is a host
+//!   call). If that future queued a request, it wakes the driver once, so everything queued meanwhile leaves
+//!   in one write.
+//!
 //! Wakers are collected while the lock is held and woken after it is released.
 
 use std::collections::VecDeque;
@@ -241,6 +246,11 @@ impl Slots {
         self.wake_listeners();
     }
 
+    /// Wakes `waker` once the lock is released.
+    pub(crate) fn defer_wake(&mut self, waker: Waker) {
+        self.wakes.push(waker);
+    }
+
     /// The wakers collected under the lock, to wake after releasing it.
     pub(crate) fn take_wakes(&mut self) -> Vec<Waker> {
         std::mem::take(&mut self.wakes)
@@ -262,6 +272,16 @@ impl IoWaker {
             Some(known) if known.will_wake(waker) => {}
             _ => *driver = Some(waker.clone()),
         }
+    }
+}
+
+impl IoWaker {
+    /// The waker of the future that drives the socket now.
+    pub(crate) fn driver_waker(&self) -> Option<Waker> {
+        self.driver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
