@@ -389,7 +389,11 @@ impl Client {
 
     /// A run-time parameter the server reported, such as `server_version`, `TimeZone` or `DateStyle`.
     pub fn parameter(&self, name: &str) -> Option<String> {
-        self.lock().conn.protocol.parameter(name).map(str::to_string)
+        self.lock()
+            .conn
+            .protocol
+            .parameter(name)
+            .map(str::to_string)
     }
 
     /// Notifications received so far (from `LISTEN`), oldest first; they are removed from the client.
@@ -472,7 +476,10 @@ impl Client {
     ) -> Result<Request<'_>, Error> {
         let mut state = self.lock();
         state.queue_housekeeping(&self.close_queue)?;
-        let id = state.conn.protocol.queue_request(flow, row_columns, write)?;
+        let id = state
+            .conn
+            .protocol
+            .queue_request(flow, row_columns, write)?;
         state.conn.slots.open(id);
         Ok(Request { client: self, id })
     }
@@ -610,7 +617,10 @@ impl Client {
             cancel_route,
             types,
             ..
-        } = fresh.state.into_inner().unwrap_or_else(PoisonError::into_inner);
+        } = fresh
+            .state
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut state = self.lock();
         conn.take_over_events(&mut state.conn);
         conn.limits.take_over_settings(&state.conn.limits);
@@ -642,9 +652,11 @@ impl ClientState {
     pub(crate) fn queue_housekeeping(&mut self, close_queue: &CloseQueue) -> Result<(), Error> {
         for sql in std::mem::take(&mut self.deferred) {
             check_sql(&sql)?;
-            self.conn.protocol.queue_request(Flow::Simple, None, |buf| {
-                frontend::query(&sql, buf).map_err(encode_error)
-            })?;
+            self.conn
+                .protocol
+                .queue_request(Flow::Simple, None, |buf| {
+                    frontend::query(&sql, buf).map_err(encode_error)
+                })?;
         }
         let names: Vec<String> = match close_queue.lock() {
             Ok(mut names) if !names.is_empty() => names.drain(..).collect(),
@@ -744,6 +756,11 @@ impl ClientState {
     /// take over. Also when nobody drives: `me` may have been woken to take over and leave without driving
     /// (its answers had been routed to it meanwhile), so it passes that on.
     pub(crate) fn step_back(&mut self, me: Driver) {
+        // `me` no longer waits: it must not be its own successor.
+        match me {
+            Driver::Request(id) => self.conn.slots.unregister(id),
+            Driver::Listener(listener) => self.conn.slots.forget_listener(listener),
+        }
         if self.driver.is_none_or(|driver| driver == me) {
             self.driver = None;
             self.armed = false;

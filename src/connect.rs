@@ -419,9 +419,7 @@ async fn open_tcp(
     tcp: &TcpOptions,
 ) -> Result<crate::transport::tokio::TokioStream<tokio::net::TcpStream>, Error> {
     use crate::transport::tokio::{connect_tcp, set_keepalive, set_tcp_user_timeout};
-    let stream = connect_tcp(name, hostaddr, port)
-        .await
-        .map_err(Error::io)?;
+    let stream = connect_tcp(name, hostaddr, port).await.map_err(Error::io)?;
     set_keepalive(&stream.0, tcp.keepalive.as_ref()).map_err(Error::io)?;
     set_tcp_user_timeout(&stream.0, tcp.user_timeout).map_err(Error::io)?;
     Ok(stream)

@@ -401,7 +401,10 @@ impl Connection {
     /// The next notification to arrive, reading the socket: answers to requests in flight are routed to
     /// their slots on the way (or discarded when nobody waits for them). A notification leaves the queue only
     /// when this returns it, so dropping the caller's future (for example on a timeout) loses nothing.
-    pub(crate) fn poll_notification(&mut self, cx: &mut Context<'_>) -> Poll<Result<Notification, Error>> {
+    pub(crate) fn poll_notification(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Notification, Error>> {
         loop {
             if let Some(notification) = self.notifications.pop_front() {
                 return Poll::Ready(Ok(notification));

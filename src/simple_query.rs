@@ -25,7 +25,8 @@ impl Client {
         sql: &str,
         params: &[Param<'_>],
     ) -> Result<(Collected, Arc<[Column]>), Error> {
-        let standard_strings = self.parameter("standard_conforming_strings").as_deref() != Some("off");
+        let standard_strings =
+            self.parameter("standard_conforming_strings").as_deref() != Some("off");
         let text = crate::simple_mode::render(sql, params, standard_strings)?;
         self.before_request().await?;
         let mut request = self.start_simple(&text)?;
@@ -102,9 +103,7 @@ impl Client {
             None => Ok((collected, columns.into())),
         }
     }
-
 }
-
 
 /// The results of a simple query, read one message at a time.
 ///

@@ -158,6 +158,14 @@ impl Slots {
         Ok(Routed::Elsewhere)
     }
 
+    /// Request `id`'s owner got an answer and no longer waits: its waker is stale, and must not be picked to
+    /// take over the socket (see [`wake_successor`](Self::wake_successor)).
+    pub(crate) fn unregister(&mut self, id: RequestId) {
+        if let Some(position) = self.position(id) {
+            self.slots[position].waker = None;
+        }
+    }
+
     /// Routes an answer that arrived for request `id` while another future was reading: into its slot (waking
     /// its owner), or nowhere if its owner went away or it has no slot (a request of a dropped exclusive
     /// operation). `finished` says the request got its last answer: an abandoned slot is closed then.
@@ -255,7 +263,6 @@ impl Slots {
     pub(crate) fn take_wakes(&mut self) -> Vec<Waker> {
         std::mem::take(&mut self.wakes)
     }
-
 }
 
 /// The waker given to the transport and the timers: it wakes whichever future drives the socket now.
@@ -301,3 +308,7 @@ impl Wake for IoWaker {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "slots_tests.rs"]
+mod tests;
