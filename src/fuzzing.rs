@@ -13,6 +13,7 @@
 //! | [`conninfo`] | a connection string or URI |
 //! | [`values`] | one value of any type, binary or text, or a binary COPY stream of them |
 //! | [`pipeline`] | the server's answers to a pipeline, with asynchronous messages and faults mixed in, and a caller that gives up |
+//! | [`shared`] | a script of requests queued, server bytes read, futures polled, dropped and timed out on a connection they share |
 //!
 //! [`record_seeds`] records the seed corpora from real sessions with a server (`scripts/record-seeds.sh`).
 
@@ -20,6 +21,7 @@ mod backend;
 mod pipeline;
 mod record;
 mod scram;
+mod shared;
 #[cfg(test)]
 mod tests;
 mod values;
@@ -28,6 +30,7 @@ pub use backend::backend_stream;
 pub use pipeline::pipeline;
 pub use record::record_seeds;
 pub use scram::scram;
+pub use shared::shared;
 pub use values::{try_decode, values};
 
 /// Parses `text` as a connection string; errors are fine, panics are not.

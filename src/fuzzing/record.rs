@@ -60,10 +60,10 @@ const SESSIONS: &[(&str, u8, &[u8])] = &[
 const AUTH_REQUESTS: [u32; 4] = [0, 3, 5, 10];
 
 /// Records the seeds of `backend_stream` (one per session), `scram` and `values` (cut from those sessions)
-/// from the server at `server` (`host:port`), and the hand-written ones of `conninfo` and `pipeline`, into
-/// `out/<target>/<name>`, replacing files of the same name, once every session went as planned (else nothing
-/// is written). The server must authenticate each user of `backend.rs` by the method in its name
-/// (`fuzz_trust`, `fuzz_password`, `fuzz_md5` with the password stored as md5, `fuzz_scram`), all
+/// from the server at `server` (`host:port`), and the hand-written ones of `conninfo`, `pipeline` and
+/// `shared`, into `out/<target>/<name>`, replacing files of the same name, once every session went as planned
+/// (else nothing is written). The server must authenticate each user of `backend.rs` by the method in its
+/// name (`fuzz_trust`, `fuzz_password`, `fuzz_md5` with the password stored as md5, `fuzz_scram`), all
 /// superusers with its password. Returns the names written, by target.
 pub fn record_seeds(
     server: &str,
@@ -101,6 +101,9 @@ pub fn record_seeds(
     }
     for (name, scenario) in PIPELINE_SEEDS {
         seeds.add("pipeline", name, scenario);
+    }
+    for (name, script) in super::shared::seeds() {
+        seeds.add("shared", name, &script);
     }
     seeds.write(out)
 }

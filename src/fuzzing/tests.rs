@@ -22,11 +22,19 @@ fn run(target: &str, data: &[u8]) {
         }
         "values" => super::values(data, &feature_types),
         "pipeline" => super::pipeline(data),
+        "shared" => super::shared(data),
         other => panic!("no fuzz target {other}"),
     }
 }
 
-const TARGETS: [&str; 5] = ["backend_stream", "scram", "conninfo", "values", "pipeline"];
+const TARGETS: [&str; 6] = [
+    "backend_stream",
+    "scram",
+    "conninfo",
+    "values",
+    "pipeline",
+    "shared",
+];
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
@@ -214,5 +222,55 @@ fn correct_pipelines_give_exact_results() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn shared_seeds_reach_every_routing_path() {
+    // The hand-written scripts of `shared` (see `shared::seeds`) between them take every way an answer can
+    // go, so the fuzzer starts from all of them.
+    let mut total = super::shared::Stats::default();
+    for (_, script) in super::shared::seeds() {
+        let stats = super::shared::run(&script);
+        for (sum, add) in [
+            (&mut total.handed, stats.handed),
+            (&mut total.routed, stats.routed),
+            (&mut total.taken, stats.taken),
+            (&mut total.discarded, stats.discarded),
+            (&mut total.discarded_expired, stats.discarded_expired),
+            (&mut total.timeouts, stats.timeouts),
+            (&mut total.completed, stats.completed),
+            (&mut total.adoptions, stats.adoptions),
+            (&mut total.drains, stats.drains),
+            (&mut total.failed, stats.failed),
+        ] {
+            *sum += add;
+        }
+    }
+    let super::shared::Stats {
+        handed,
+        routed,
+        taken,
+        discarded,
+        discarded_expired,
+        timeouts,
+        completed,
+        adoptions,
+        drains,
+        failed,
+    } = total;
+    for (what, count) in [
+        ("handed", handed),
+        ("routed", routed),
+        ("taken", taken),
+        ("discarded", discarded),
+        ("discarded_expired", discarded_expired),
+        ("timeouts", timeouts),
+        ("completed", completed),
+        ("adoptions", adoptions),
+        ("drains", drains),
+        ("failed", failed),
+    ] {
+        assert!(count > 0, "no seed reaches {what}: {total:?}");
     }
 }

@@ -1,5 +1,5 @@
 //! Records the seed corpora of `backend_stream`, `scram` and `values` from real sessions with a PostgreSQL
-//! server (and writes the hand-written ones of `conninfo` and `pipeline`):
+//! server (and writes the hand-written ones of `conninfo`, `pipeline` and `shared`):
 //!
 //! ```sh
 //! record_seeds HOST:PORT DIR    # writes DIR/<target>/<name>
