@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Records the fuzz seed corpora from real sessions: starts a throwaway PostgreSQL cluster on 127.0.0.1 (see
 # scripts/throwaway-cluster.sh) with one user per authentication method, runs fuzz/'s record_seeds against it
-# and writes DIR/<target>/<name> for backend_stream, scram and values (and the hand-written conninfo and
-# pipeline seeds). Fails, writing nothing, if the server cannot be started or a session does not go as planned.
+# and writes DIR/<target>/<name> for backend_stream, scram and values (and the hand-written conninfo,
+# pipeline and shared seeds). Fails, writing nothing, if the server cannot be started or a session does not go
+# as planned.
 #
 #   scripts/record-seeds.sh [DIR]     # default fuzz/seeds: re-records the committed corpus
 #

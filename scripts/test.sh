@@ -42,6 +42,10 @@ step "sans-IO core for other hosts (cargo build --target wasm32-unknown-unknown 
 # .cargo/config.toml gives getrandom its custom backend for this target (a RUSTFLAGS variable would replace it).
 cargo build --target wasm32-unknown-unknown --no-default-features
 
+step "formatting (cargo fmt --check, and rustfmt on the modules declared inside with_runtime!, which cargo fmt skips)"
+cargo fmt --check
+git ls-files -z 'src/*.rs' | xargs -0 rustfmt --edition 2024 --check
+
 step "docs (cargo doc --no-deps, warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
 
