@@ -262,6 +262,9 @@ pub(crate) struct TimeLimits {
     timer: Option<(Instant, BoxFuture<()>)>,
     /// A request that timed out, while it is cancelled and read out.
     pub(crate) expiry: Option<Expiry>,
+    /// The request queued right behind the last one that timed out: PostgreSQL may cancel it too (see
+    /// [`TimeLimits::hit_by_stray_cancel`]).
+    stray_cancel_victim: Option<RequestId>,
 }
 
 /// When the answer awaited now is due.
@@ -404,12 +407,26 @@ impl TimeLimits {
         cancel: BoxFuture<Result<(), Error>>,
     ) {
         self.new_wait();
+        // Request ids count up with every request queued: the next one is the first to run after this one.
+        self.stray_cancel_victim = request.checked_add(1);
         self.expiry = Some(Expiry {
             request,
             limit,
             cancel: Some(cancel),
             give_up_at: Instant::now().checked_add(limit.max(MIN_CANCEL_GRACE)),
         });
+    }
+
+    /// Whether `error` of request `id` may come from the cancel of the request that timed out before it, not
+    /// from anything of its own. PostgreSQL signals a cancelled backend twice (the process, then its process
+    /// group); when the second signal lands after the first was handled, it stops the statement that runs
+    /// next, which on a pipelined connection is the request queued behind. Such a request failed as a whole
+    /// and may run again where that cannot do anything twice (outside a transaction block).
+    pub(crate) fn hit_by_stray_cancel(&self, id: RequestId, error: &Error) -> bool {
+        self.stray_cancel_victim == Some(id)
+            && error.as_db_error().is_some_and(|db| {
+                db.code() == crate::sqlstate::QUERY_CANCELED && db.message().contains("user request")
+            })
     }
 
     /// Takes over the limits set on `lost` (a session rebuild replaces the connection, not the settings).

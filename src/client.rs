@@ -282,7 +282,8 @@ impl Client {
     /// requests in flight on this client, that is the oldest unfinished one, which may be a neighbour's; the
     /// request it stops fails with SQLSTATE 57014 (`query_canceled`), never silently. To stop one request of
     /// your own, prefer a query timeout ([`Config::query_timeout`]): it cancels only while that request is
-    /// the one the server runs.
+    /// the one the server runs (see the README's "Sharing a client" for the one request behind it that
+    /// PostgreSQL's cancel can still reach).
     ///
     /// [`CancelToken`]: crate::CancelToken
     pub fn cancel_token(&self) -> crate::CancelToken {
@@ -843,6 +844,11 @@ pub(crate) struct Request<'c> {
 }
 
 impl<'c> Request<'c> {
+    /// The request's id.
+    pub(crate) fn id(&self) -> RequestId {
+        self.id
+    }
+
     /// The client the request was queued on.
     pub(crate) fn client(&self) -> &'c Client {
         self.client

@@ -17,7 +17,7 @@ use crate::client::{
 };
 use crate::config::QueryMode;
 use crate::prepare::{FieldInfo, read_description};
-use crate::proto::{Backend, Flow, RawRow};
+use crate::proto::{Backend, Flow, RawRow, RequestId};
 use crate::row::Row;
 use crate::statement::{Column, Statement};
 use crate::{Client, Error};
@@ -226,31 +226,75 @@ impl Client {
         if types.len() != params.len() {
             return Err(Error::parameters(types.len(), params.len()));
         }
-        self.before_request().await?;
         let columns = statement.columns().len();
-        let request = self.start(Flow::Extended(1), Some(columns), |buf| {
-            write_bind_portal(buf, "", statement.name(), types, params)?;
-            frontend::execute("", 0, buf).map_err(encode_error)?;
-            frontend::sync(buf);
-            Ok(())
-        })?;
-        read_results(request).await
+        self.run_once_more_after_stray_cancel(|| async {
+            let queued = async {
+                self.before_request().await?;
+                self.start(Flow::Extended(1), Some(columns), |buf| {
+                    write_bind_portal(buf, "", statement.name(), types, params)?;
+                    frontend::execute("", 0, buf).map_err(encode_error)?;
+                    frontend::sync(buf);
+                    Ok(())
+                })
+            };
+            match queued.await {
+                Ok(request) => (Some(request.id()), read_results(request).await),
+                Err(e) => (None, Err(e)),
+            }
+        })
+        .await
+    }
+
+    /// Runs a request (`attempt` queues it and reads its results) once more if PostgreSQL's cancel of the
+    /// timed-out request ahead of it stopped it too (see `TimeLimits::hit_by_stray_cancel`), outside a
+    /// transaction block, where the statement failed as a whole and running it again cannot do anything twice.
+    async fn run_once_more_after_stray_cancel<F, Fut>(&self, attempt: F) -> Result<Collected, Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = (Option<RequestId>, Result<Collected, Error>)>,
+    {
+        let (id, result) = attempt().await;
+        let stray = match (id, &result) {
+            (Some(id), Err(e)) => {
+                let hit = self.lock().conn.limits.hit_by_stray_cancel(id, e);
+                hit && self.may_retry_stale()
+            }
+            _ => false,
+        };
+        match (id, result) {
+            (Some(_), Err(_)) if stray => {
+                tracing::debug!(
+                    "the cancel of a timed-out request also stopped the one behind it; running it again"
+                );
+                attempt().await.1
+            }
+            (_, result) => result,
+        }
     }
 
     async fn run_typed(&self, sql: &str, params: &[(Param<'_>, Type)]) -> Result<Collected, Error> {
         crate::proto::check_parameter_count(params.len())?;
-        self.before_request().await?;
         let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
         let values: Vec<Param<'_>> = params.iter().map(|(v, _)| *v).collect();
-        let request = self.start(Flow::Extended(1), None, |buf| {
-            frontend::parse("", sql, types.iter().map(Type::oid), buf).map_err(encode_error)?;
-            write_bind_portal(buf, "", "", &types, &values)?;
-            frontend::describe(b'P', "", buf).map_err(encode_error)?;
-            frontend::execute("", 0, buf).map_err(encode_error)?;
-            frontend::sync(buf);
-            Ok(())
-        })?;
-        read_results(request).await
+        self.run_once_more_after_stray_cancel(|| async {
+            let queued = async {
+                self.before_request().await?;
+                self.start(Flow::Extended(1), None, |buf| {
+                    frontend::parse("", sql, types.iter().map(Type::oid), buf)
+                        .map_err(encode_error)?;
+                    write_bind_portal(buf, "", "", &types, &values)?;
+                    frontend::describe(b'P', "", buf).map_err(encode_error)?;
+                    frontend::execute("", 0, buf).map_err(encode_error)?;
+                    frontend::sync(buf);
+                    Ok(())
+                })
+            };
+            match queued.await {
+                Ok(request) => (Some(request.id()), read_results(request).await),
+                Err(e) => (None, Err(e)),
+            }
+        })
+        .await
     }
 }
 

@@ -288,7 +288,9 @@ impl Protocol {
     /// Records an error that broke the connection (a transport failure, or a message the client layer found
     /// malformed or out of place): nothing more can be sent or trusted.
     pub(crate) fn mark_broken(&mut self, error: &Error) {
-        if error.is_connection_broken() && !matches!(self.phase, Phase::Closed) {
+        // The first cause is kept: errors that only repeat it (`still_broken`) must not wrap it again.
+        if error.is_connection_broken() && !matches!(self.phase, Phase::Closed | Phase::Failed(..))
+        {
             self.phase = Phase::Failed(error.kind(), error.to_string());
         }
     }

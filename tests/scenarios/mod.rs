@@ -99,6 +99,7 @@ mod copy;
 mod modes;
 mod pgbouncer;
 mod session;
+mod shared;
 mod streams;
 mod tls;
 #[allow(unused_imports)]
@@ -108,7 +109,11 @@ pub use tls::{Login, TlsEnv};
 
 /// The scenarios that run natively only: [`all`] leaves them out on wasm32-wasip2. The host expects an
 /// outcome from the guest for each of the others.
-pub const NATIVE_ONLY: [&str; 2] = ["session_rebuild_after_reset_and_eof", "unix_socket"];
+pub const NATIVE_ONLY: [&str; 3] = [
+    "session_rebuild_after_reset_and_eof",
+    "arc_client_shared_by_spawned_tasks",
+    "unix_socket",
+];
 
 /// Every scenario this target runs, in order.
 pub fn all() -> Vec<(&'static str, Scenario)> {
@@ -173,6 +178,7 @@ pub fn all() -> Vec<(&'static str, Scenario)> {
     list.extend(pgbouncer::scenarios());
     list.extend(session::scenarios());
     list.extend(cancel::scenarios());
+    list.extend(shared::scenarios());
     #[cfg(not(target_os = "wasi"))]
     list.push(("unix_socket", |env| Box::pin(unix_socket(env))));
     list
@@ -1399,7 +1405,7 @@ async fn notices_and_notifications(env: &Env) -> Outcome {
 
 async fn listen_and_wait_for_notifications(env: &Env) -> Outcome {
     let channel = "Wait \"Chan\"; DROP TABLE x";
-    let mut c = connect(&env.trust).await?;
+    let c = connect(&env.trust).await?;
     let other = connect(&env.trust).await?;
     c.listen(channel).await.check("listen")?;
 
