@@ -425,7 +425,8 @@ impl TimeLimits {
     pub(crate) fn hit_by_stray_cancel(&self, id: RequestId, error: &Error) -> bool {
         self.stray_cancel_victim == Some(id)
             && error.as_db_error().is_some_and(|db| {
-                db.code() == crate::sqlstate::QUERY_CANCELED && db.message().contains("user request")
+                db.code() == crate::sqlstate::QUERY_CANCELED
+                    && db.message().contains("user request")
             })
     }
 
