@@ -7,6 +7,9 @@
 //! on timing out, a future adopting the newest request of dropped ones, an exclusive operation draining them,
 //! a bad frame from the server.
 //!
+//! Longer than 800 lines on purpose: the model (its world, its futures, its checks) and the client-level tests
+//! that replay its findings read as one piece; split, each half would need the other to be understood.
+//!
 //! Every answer the server sends names its request (the column, row values, tags and error messages carry the
 //! request's id), so the model knows whose each one is. It checks, at every step:
 //! - a future receives only its own request's answers, each once, complete and in order; those read after its
@@ -225,7 +228,6 @@ struct Stats {
     slotless: usize,
     broken: usize,
     completed: usize,
-    unwoken_polls: usize,
 }
 
 impl Stats {
@@ -247,7 +249,6 @@ impl Stats {
             slotless,
             broken,
             completed,
-            unwoken_polls,
         } = other;
         self.polls += polls;
         self.spurious_polls += spurious_polls;
@@ -265,7 +266,6 @@ impl Stats {
         self.slotless += slotless;
         self.broken += broken;
         self.completed += completed;
-        self.unwoken_polls += unwoken_polls;
     }
 }
 

@@ -1,5 +1,8 @@
 //! [`shared`]: the routing of a connection that many futures share (`slots.rs`), under a hostile server.
 //!
+//! Longer than 800 lines on purpose: the script's decoder, the shadow protocol and the invariants are one
+//! harness, and each check refers to the state the others keep.
+//!
 //! The input is a script: requests queued (with a slot, or without one as housekeeping requests are), bytes
 //! from the server (raw pieces, well-formed messages, whole answers) and how they are cut into reads, futures
 //! polled and dropped, the request the server works on timing out, a future adopting the newest request of

@@ -1,6 +1,9 @@
 //! One client, many futures: concurrent calls on one `&Client`, pipelined on its one connection with no
 //! background task, against the real server on both targets.
 //!
+//! Longer than 800 lines on purpose: the scenarios share their join helper, their statements and their checks
+//! of whose rows are whose; each scenario is short, and they read best side by side.
+//!
 //! A hundred futures joined in one task (no spawn: wstd has none, and the client needs none; each future has a
 //! waker of its own, so a lost wakeup is not hidden by a neighbour's) each get exactly their own rows, whether
 //! they run SQL text, a prepared statement, a simple query or a typed query; errors stay with the request that
