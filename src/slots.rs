@@ -49,6 +49,48 @@ struct Slot {
     waker: Option<Waker>,
     /// The owner went away before the request finished: its answers are discarded as they arrive.
     abandoned: bool,
+    /// About how many bytes `responses` holds.
+    held: usize,
+    /// `responses` outgrew [`MAX_HELD`]: they were dropped, the owner gets an error, and the rest of the
+    /// request's answers are discarded (never handed out with a gap).
+    overflowed: bool,
+}
+
+/// How much of a request's answers a slot holds for an owner that does not read them while other futures read
+/// the connection: past this the request fails (the connection stays in step), rather than memory growing
+/// with a result nobody reads.
+pub(crate) const MAX_HELD: usize = 256 << 20;
+
+impl Slot {
+    fn new(id: RequestId) -> Slot {
+        Slot {
+            id,
+            responses: VecDeque::new(),
+            waker: None,
+            abandoned: false,
+            held: 0,
+            overflowed: false,
+        }
+    }
+}
+
+/// About how many bytes an answer holds, for [`MAX_HELD`].
+fn answer_size(answer: &Result<Backend, Error>) -> usize {
+    match answer {
+        Ok(Backend::Row(row)) => (0..row.len())
+            .map(|i| 4 + row.field(i).map_or(0, <[u8]>::len))
+            .sum(),
+        Ok(Backend::CopyData(data)) => data.len(),
+        _ => 64,
+    }
+}
+
+fn overflow_error() -> Error {
+    Error::unsupported(format!(
+        "the request's answers grew past {MAX_HELD} bytes while other futures read the connection and this \
+         one did not: the request was given up (its remaining answers are discarded; the connection is fine); \
+         read large results as they come, or through query_raw"
+    ))
 }
 
 /// The slots of the requests queued by futures that share the client, ordered by request id.
@@ -70,12 +112,7 @@ impl Slots {
     /// Opens the slot of request `id`, just queued.
     pub(crate) fn open(&mut self, id: RequestId) {
         debug_assert!(self.slots.back().is_none_or(|slot| slot.id < id));
-        self.slots.push_back(Slot {
-            id,
-            responses: VecDeque::new(),
-            waker: None,
-            abandoned: false,
-        });
+        self.slots.push_back(Slot::new(id));
     }
 
     /// Makes the future that calls this the owner of request `id`, whose own owner went away (or which was
@@ -87,15 +124,7 @@ impl Slots {
                 slot.abandoned = false;
                 slot.responses.clear();
             }
-            Err(position) => self.slots.insert(
-                position,
-                Slot {
-                    id,
-                    responses: VecDeque::new(),
-                    waker: None,
-                    abandoned: false,
-                },
-            ),
+            Err(position) => self.slots.insert(position, Slot::new(id)),
         }
     }
 
@@ -107,7 +136,16 @@ impl Slots {
     /// The oldest answer routed to request `id`'s slot, if any.
     pub(crate) fn take(&mut self, id: RequestId) -> Option<Result<Backend, Error>> {
         let position = self.position(id)?;
-        self.slots[position].responses.pop_front()
+        let slot = &mut self.slots[position];
+        match slot.responses.pop_front() {
+            Some(answer) => {
+                slot.held = slot.held.saturating_sub(answer_size(&answer));
+                Some(answer)
+            }
+            // Given up: every later poll gets the error again, never an answer after the gap.
+            None if slot.overflowed => Some(Err(overflow_error())),
+            None => None,
+        }
     }
 
     /// Remembers the waker of `id`'s owner, which the next answer routed to it wakes.
@@ -180,7 +218,17 @@ impl Slots {
             }
             return;
         }
-        slot.responses.push_back(answer);
+        if slot.overflowed {
+            return;
+        }
+        slot.held += answer_size(&answer);
+        if slot.held > MAX_HELD {
+            slot.overflowed = true;
+            slot.held = 0;
+            slot.responses.clear();
+        } else {
+            slot.responses.push_back(answer);
+        }
         if let Some(waker) = slot.waker.take() {
             self.wakes.push(waker);
         }

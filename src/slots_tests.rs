@@ -41,7 +41,8 @@ use postgres_protocol::message::frontend;
 use super::{IoWaker, Routed, Slots};
 use crate::config::{ChannelBinding, ProtocolVersion, RequireAuth};
 use crate::proto::{
-    Backend, ChannelBindingPolicy, Flow, Limits, Protocol, RequestId, StartupParams, message_name,
+    Backend, ChannelBindingPolicy, Flow, Limits, Protocol, RawRow, RequestId, StartupParams,
+    message_name,
 };
 use crate::{Client, Config, Error, ErrorKind, SimpleQueryMessage, Transport};
 
@@ -1626,4 +1627,50 @@ fn a_stream_kept_after_its_end_passes_the_socket_on() {
         );
         assert_eq!(received.borrow()["b"], ["2"]);
     }
+}
+
+/// A slot whose owner does not read while other futures route its answers holds at most `MAX_HELD` bytes: past
+/// that its answers are dropped, the owner gets an error (again on every poll, never an answer after the gap),
+/// later answers are discarded, and the slot goes when the owner does.
+#[test]
+fn a_slot_that_outgrows_its_bound_fails_its_request_and_holds_nothing() {
+    const ROW: usize = 16 << 20;
+    let mut slots = Slots::default();
+    slots.open(1);
+    slots.open(2);
+    let row = || Ok(Backend::Row(RawRow::from_fields(vec![Some(vec![7; ROW])])));
+    let rows_that_fit = super::MAX_HELD / (ROW + 4);
+    for _ in 0..rows_that_fit {
+        slots.route(1, row(), false);
+    }
+    slots.route(2, row(), false);
+    assert!(
+        matches!(slots.take(1), Some(Ok(Backend::Row(_)))),
+        "rows within the bound are kept"
+    );
+    // Taking one made room for one more; two more go past the bound.
+    slots.route(1, row(), false);
+    slots.route(1, row(), false);
+    for _ in 0..2 {
+        let error = match slots.take(1) {
+            Some(Err(e)) => e,
+            Some(Ok(_)) => panic!("an answer came out of a slot that outgrew its bound"),
+            None => panic!("an overflowed slot gave nothing"),
+        };
+        assert_eq!(error.kind(), ErrorKind::Unsupported);
+        assert!(!error.is_connection_broken(), "{error}");
+    }
+    slots.route(1, Ok(Backend::Ready), true);
+    assert!(
+        matches!(slots.take(1), Some(Err(_))),
+        "an answer after the gap"
+    );
+    // The neighbour's answers are untouched.
+    assert!(matches!(slots.take(2), Some(Ok(Backend::Row(_)))));
+    assert!(slots.take(2).is_none());
+    slots.close(1, false);
+    assert!(
+        slots.position(1).is_none(),
+        "the overflowed slot outlived its owner"
+    );
 }
