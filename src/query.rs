@@ -6,6 +6,7 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use postgres_types::Type;
@@ -17,7 +18,7 @@ use crate::client::{
 };
 use crate::config::QueryMode;
 use crate::prepare::{FieldInfo, read_description};
-use crate::proto::{Backend, Flow, RawRow, RequestId};
+use crate::proto::{Backend, Flow, RawRow};
 use crate::row::Row;
 use crate::statement::{Column, Statement};
 use crate::{Client, Error};
@@ -227,48 +228,44 @@ impl Client {
             return Err(Error::parameters(types.len(), params.len()));
         }
         let columns = statement.columns().len();
-        self.run_once_more_after_stray_cancel(|| async {
-            let queued = async {
-                self.before_request().await?;
-                self.start(Flow::Extended(1), Some(columns), |buf| {
-                    write_bind_portal(buf, "", statement.name(), types, params)?;
-                    frontend::execute("", 0, buf).map_err(encode_error)?;
-                    frontend::sync(buf);
-                    Ok(())
-                })
-            };
-            match queued.await {
-                Ok(request) => (Some(request.id()), read_results(request).await),
-                Err(e) => (None, Err(e)),
-            }
+        self.run_request(Some(columns), |buf| {
+            write_bind_portal(buf, "", statement.name(), types, params)?;
+            frontend::execute("", 0, buf).map_err(encode_error)?;
+            frontend::sync(buf);
+            Ok(())
         })
         .await
     }
 
-    /// Runs a request (`attempt` queues it and reads its results) once more if PostgreSQL's cancel of the
-    /// timed-out request ahead of it stopped it too (see `TimeLimits::hit_by_stray_cancel`), outside a
-    /// transaction block, where the statement failed as a whole and running it again cannot do anything twice.
-    async fn run_once_more_after_stray_cancel<F, Fut>(&self, attempt: F) -> Result<Collected, Error>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = (Option<RequestId>, Result<Collected, Error>)>,
-    {
-        let (id, result) = attempt().await;
-        let stray = match (id, &result) {
-            (Some(id), Err(e)) => {
-                let hit = self.lock().conn.limits.hit_by_stray_cancel(id, e);
-                hit && self.may_retry_stale()
+    /// Queues one Extended(1) request that `write` encodes and reads its results; once more if PostgreSQL's
+    /// cancel of the timed-out request ahead of it stopped it too (see `TimeLimits::hit_by_stray_cancel`),
+    /// outside a transaction block, where the statement failed as a whole and running it again cannot do
+    /// anything twice.
+    async fn run_request(
+        &self,
+        row_columns: Option<usize>,
+        write: impl Fn(&mut BytesMut) -> Result<(), Error>,
+    ) -> Result<Collected, Error> {
+        let mut retried = false;
+        loop {
+            self.before_request().await?;
+            let request = self.start(Flow::Extended(1), row_columns, &write)?;
+            let id = request.id();
+            let result = read_results(request).await;
+            let stray = match &result {
+                Err(e) if !retried => {
+                    let hit = self.lock().conn.limits.hit_by_stray_cancel(id, e);
+                    hit && self.may_retry_stale()
+                }
+                _ => false,
+            };
+            if !stray {
+                return result;
             }
-            _ => false,
-        };
-        match (id, result) {
-            (Some(_), Err(_)) if stray => {
-                tracing::debug!(
-                    "the cancel of a timed-out request also stopped the one behind it; running it again"
-                );
-                attempt().await.1
-            }
-            (_, result) => result,
+            retried = true;
+            tracing::debug!(
+                "the cancel of a timed-out request also stopped the one behind it; running it again"
+            );
         }
     }
 
@@ -276,23 +273,13 @@ impl Client {
         crate::proto::check_parameter_count(params.len())?;
         let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
         let values: Vec<Param<'_>> = params.iter().map(|(v, _)| *v).collect();
-        self.run_once_more_after_stray_cancel(|| async {
-            let queued = async {
-                self.before_request().await?;
-                self.start(Flow::Extended(1), None, |buf| {
-                    frontend::parse("", sql, types.iter().map(Type::oid), buf)
-                        .map_err(encode_error)?;
-                    write_bind_portal(buf, "", "", &types, &values)?;
-                    frontend::describe(b'P', "", buf).map_err(encode_error)?;
-                    frontend::execute("", 0, buf).map_err(encode_error)?;
-                    frontend::sync(buf);
-                    Ok(())
-                })
-            };
-            match queued.await {
-                Ok(request) => (Some(request.id()), read_results(request).await),
-                Err(e) => (None, Err(e)),
-            }
+        self.run_request(None, |buf| {
+            frontend::parse("", sql, types.iter().map(Type::oid), buf).map_err(encode_error)?;
+            write_bind_portal(buf, "", "", &types, &values)?;
+            frontend::describe(b'P', "", buf).map_err(encode_error)?;
+            frontend::execute("", 0, buf).map_err(encode_error)?;
+            frontend::sync(buf);
+            Ok(())
         })
         .await
     }
