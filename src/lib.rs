@@ -158,67 +158,44 @@ pub mod fuzzing;
     allow(dead_code, unused_imports)
 )]
 mod proto;
-mod row;
 pub mod sans_io;
-mod statement;
-#[cfg(all(test, feature = "tokio", not(target_os = "wasi")))]
-mod tracing_tests;
 
 with_runtime! {
-    mod cancel;
     mod client;
-    mod connect;
-    mod connection;
-    mod copy;
-    mod cursor;
-    mod identifier;
-    mod notify;
-    mod param_types;
-    mod pipeline;
+    mod conn;
     #[cfg(feature = "pool")]
     pub mod pool;
-    mod portal;
-    mod prepare;
-    mod query;
-    mod read_size;
-    mod rebuild;
-    mod runtime;
-    mod simple_mode;
-    mod simple_query;
-    mod slots;
-    mod statement_cache;
-    mod stream;
     #[cfg(feature = "tls")]
     mod tls;
     // The same interface with every TLS mode refused, so the connection code reads the same either way.
     #[cfg(not(feature = "tls"))]
-    #[path = "tls_disabled.rs"]
+    #[path = "tls/disabled.rs"]
     mod tls;
-    mod transaction;
     pub mod transport;
-    mod typeinfo;
 
-    pub use cancel::{CancelToken, QueryTimeoutScope};
+    pub use conn::cancel::{CancelToken, QueryTimeoutScope};
     pub use client::{Client, Param, ToStatement};
-    pub use simple_query::SimpleQueryStream;
-    pub use copy::{
+    pub use client::simple_query::SimpleQueryStream;
+    pub use client::copy::{
         BinaryCopyInWriter, BinaryCopyOutReader, BinaryCopyRow, CopyInWriter, CopyOutReader,
     };
-    pub use cursor::Cursor;
-    pub use notify::NotificationStream;
-    pub use pipeline::{Pipeline, PipelineMode, PipelineOutput};
-    pub use portal::Portal;
-    pub use statement::Statement;
-    pub use stream::RowStream;
-    pub use transaction::{IsolationLevel, Transaction, TransactionBuilder};
+    pub use client::cursor::Cursor;
+    pub use client::notify::NotificationStream;
+    pub use client::pipeline::{Pipeline, PipelineMode, PipelineOutput};
+    pub use client::portal::Portal;
+    pub use proto::statement::Statement;
+    pub use client::stream::RowStream;
+    pub use client::transaction::{IsolationLevel, Transaction, TransactionBuilder};
     pub use transport::Transport;
 }
 
 pub use config::Config;
 pub use error::{DbError, Error, ErrorClass, ErrorKind, ErrorPosition, sqlstate};
+pub use proto::row::{
+    Row, RowIndex, SimpleColumn, SimpleQueryMessage, SimpleQueryRow, SimpleRowIndex,
+};
+pub use proto::statement::Column;
 pub use proto::{Notification, TransactionStatus};
-pub use row::{Row, RowIndex, SimpleColumn, SimpleQueryMessage, SimpleQueryRow, SimpleRowIndex};
-pub use statement::Column;
 
 /// Re-export of postgres-types: [`ToSql`](types::ToSql), [`FromSql`](types::FromSql), [`Type`](types::Type)
 /// and friends. Enable the `with-*` features for chrono, time, uuid and serde_json (`Json` comes with the last).

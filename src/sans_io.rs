@@ -86,9 +86,9 @@ use postgres_protocol::message::frontend;
 use postgres_types::{Format, IsNull, ToSql, Type};
 
 use crate::config::{ProtocolVersion, SslMode};
+use crate::proto::row::{Row, SimpleColumn, SimpleQueryRow};
+use crate::proto::statement::Column;
 use crate::proto::{self, Backend, ChannelBindingPolicy, Flow, Limits, RawRow, StartupParams};
-use crate::row::{Row, SimpleColumn, SimpleQueryRow};
-use crate::statement::Column;
 use crate::{Config, DbError, Error, Notification, TransactionStatus};
 
 /// Identifies a queued request: every [`Response`] names the request it answers.

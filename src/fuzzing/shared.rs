@@ -37,10 +37,10 @@ use postgres_protocol::message::frontend;
 use super::backend::{MAX_MESSAGE_SIZE, startup_params};
 use super::{Input, message, violated};
 use crate::Error;
+use crate::conn::slots::{IoWaker, Routed, Slots};
 use crate::proto::{
     Backend, Flow, Limits, Protocol, RequestId, check_frontend_messages, message_name,
 };
-use crate::slots::{IoWaker, Routed, Slots};
 
 /// The query timeout the script's timeouts report.
 const LIMIT: Duration = Duration::from_secs(1);

@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
-use crate::{Client, Config, Error, TransactionStatus, runtime};
+use crate::{Client, Config, Error, TransactionStatus, transport::runtime};
 use state::{Aftermath, Pooled, State};
 
 /// How a [`Pool`] sizes and ages its connections. Built by chaining setters on [`PoolOptions::new`].

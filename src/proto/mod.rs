@@ -12,7 +12,9 @@
 
 mod data_row;
 mod frame;
+pub(crate) mod row;
 mod startup;
+pub(crate) mod statement;
 #[cfg(test)]
 mod tests;
 mod value;

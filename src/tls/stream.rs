@@ -10,8 +10,8 @@ use std::task::{Context, Poll, ready};
 
 use rustls::ClientConnection;
 
-use crate::read_size::ReadSize;
 use crate::transport::Transport;
+use crate::transport::read_size::ReadSize;
 
 /// Ciphertext waiting to go out is written to the inner transport before more plaintext is accepted once it
 /// grows past this, so a slow server pushes back on the writer.

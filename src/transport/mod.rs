@@ -10,6 +10,8 @@ use std::io;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+pub(crate) mod read_size;
+pub(crate) mod runtime;
 #[cfg(all(feature = "tokio", not(target_os = "wasi")))]
 pub mod tokio;
 #[cfg(target_os = "wasi")]

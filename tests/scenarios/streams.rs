@@ -912,7 +912,7 @@ async fn prepared_count(c: &mut Client, texts: &[String]) -> Result<i64, String>
 
 /// A pipeline of 20 texts the cache does not hold: results in order, every text prepared once on the server
 /// and cached, none prepared again on the next run. That the client sends the 20 preparations in one write and
-/// reads them back in one round trip is checked by the scripted tests in `src/pipeline.rs`; on a local server
+/// reads them back in one round trip is checked by the scripted tests in `src/client/pipeline.rs`; on a local server
 /// a round trip is too cheap to show in timings, which are printed as figures only.
 async fn pipeline_prepares_new_texts_in_one_round_trip(env: &Env) -> Outcome {
     const N: i32 = 20;

@@ -7,7 +7,7 @@ use postgres_types::FromSql;
 
 use crate::Error;
 use crate::proto::RawRow;
-use crate::statement::Column;
+use crate::proto::statement::Column;
 
 mod sealed {
     pub trait Sealed {}

@@ -165,7 +165,7 @@ fn skip_dollar_quoted(sql: &str, start: usize) -> usize {
 /// One parameter as a parenthesised, cast SQL literal.
 fn literal(param: Param<'_>, index: usize) -> Result<String, Error> {
     let mut buf = BytesMut::new();
-    let ty = crate::param_types::infer(param, &mut buf).ok_or_else(|| {
+    let ty = crate::client::param_types::infer(param, &mut buf).ok_or_else(|| {
         unsupported(format_args!(
             "parameter ${} (its type is not a built-in scalar type)",
             index + 1

@@ -19,6 +19,27 @@
 //! queued, never after an await. A future dropped at any await leaves its slot abandoned (see [`Request`]'s
 //! drop): its answers are read and discarded by whoever reads next, and no result reaches the wrong caller.
 
+pub(crate) mod copy;
+pub(crate) mod cursor;
+pub(crate) mod identifier;
+pub(crate) mod notify;
+pub(crate) mod param_types;
+pub(crate) mod pipeline;
+pub(crate) mod portal;
+pub(crate) mod prepare;
+pub(crate) mod query;
+pub(crate) mod rebuild;
+#[cfg(test)]
+mod shared_tests;
+pub(crate) mod simple_mode;
+pub(crate) mod simple_query;
+pub(crate) mod statement_cache;
+pub(crate) mod stream;
+#[cfg(all(test, feature = "tokio", not(target_os = "wasi")))]
+mod tracing_tests;
+pub(crate) mod transaction;
+pub(crate) mod typeinfo;
+
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -30,16 +51,15 @@ use postgres_types::ToSql;
 use tracing::Instrument as _;
 
 use crate::config::QueryMode;
-use crate::connection::Connection;
+use crate::conn::connection::Connection;
+use crate::proto::row::SimpleQueryMessage;
 use crate::proto::{Backend, Flow, Notification, RequestId, TransactionStatus};
-use crate::row::SimpleQueryMessage;
 // Shared with the hosts' API of the sans-IO core.
+use crate::client::simple_query::SimpleQueryStream;
+use crate::client::statement_cache::StatementCache;
+use crate::conn::slots::IoWaker;
+use crate::proto::statement::{CloseQueue, Statement};
 pub(crate) use crate::sans_io::{encode_error, write_bind_portal};
-use crate::simple_query::SimpleQueryStream;
-use crate::slots::IoWaker;
-use crate::statement::{CloseQueue, Statement};
-use crate::statement_cache::StatementCache;
-use crate::typeinfo;
 use crate::{Config, DbError, Error};
 
 /// A statement to run: SQL text or a prepared [`Statement`].
@@ -143,11 +163,11 @@ pub(crate) struct ClientState {
     /// never rebuilt under it: its calls would otherwise run in autocommit on the new session.
     pub(crate) open_transactions: u32,
     /// How to reach the same server again for a cancel request (address and TLS settings).
-    pub(crate) cancel_route: Option<crate::connect::CancelRoute>,
+    pub(crate) cancel_route: Option<crate::conn::connect::CancelRoute>,
     /// Named statements prepared for SQL text in [`QueryMode::Cached`].
     pub(crate) cache: StatementCache,
     /// What session rebuild restores, when [`Config::session_rebuild`] is on (see `rebuild.rs`).
-    pub(crate) session: Option<Box<crate::rebuild::SessionRecord>>,
+    pub(crate) session: Option<Box<crate::client::rebuild::SessionRecord>>,
     /// The request whose future drove the socket last (see `slots.rs`).
     driver: Option<Driver>,
     /// The driver waits on the socket (or was woken to read it): other futures polled meanwhile leave the
@@ -158,7 +178,7 @@ pub(crate) struct ClientState {
     /// Numbers the futures that wait for notifications (see `notify.rs`).
     next_listener: u64,
     /// A session rebuild is under way (see `rebuild.rs`), and the futures waiting for it.
-    pub(crate) rebuild: crate::rebuild::RebuildGate,
+    pub(crate) rebuild: crate::client::rebuild::RebuildGate,
 }
 
 impl std::fmt::Debug for Client {
@@ -185,12 +205,12 @@ impl Client {
                 open_transactions: 0,
                 cancel_route: None,
                 cache: StatementCache::new(config.get_statement_cache_capacity()),
-                session: crate::rebuild::SessionRecord::for_config(config),
+                session: crate::client::rebuild::SessionRecord::for_config(config),
                 driver: None,
                 armed: false,
                 write_wake_sent: false,
                 next_listener: 1,
-                rebuild: crate::rebuild::RebuildGate::default(),
+                rebuild: crate::client::rebuild::RebuildGate::default(),
             }),
             io_waker: Waker::from(io.clone()),
             io,
@@ -268,7 +288,7 @@ impl Client {
 
     /// Records how to reach the server again for a cancel request. The driver keeps a copy: it cancels
     /// timed-out requests itself.
-    pub(crate) fn set_cancel_route(&mut self, route: crate::connect::CancelRoute) {
+    pub(crate) fn set_cancel_route(&mut self, route: crate::conn::connect::CancelRoute) {
         let state = self.state_mut();
         state.conn.cancel_route = Some(route.clone());
         state.cancel_route = Some(route);

@@ -12,15 +12,15 @@ use postgres_protocol::message::frontend;
 use postgres_types::Type;
 use tracing::Instrument as _;
 
+use crate::client::prepare::{FieldInfo, read_description};
 use crate::client::{
     Param, Request, StatementRef, ToStatement, encode_error, rows_affected, sql_of, unexpected,
     write_bind_portal,
 };
 use crate::config::QueryMode;
-use crate::prepare::{FieldInfo, read_description};
+use crate::proto::row::Row;
+use crate::proto::statement::{Column, Statement};
 use crate::proto::{Backend, Flow, RawRow};
-use crate::row::Row;
-use crate::statement::{Column, Statement};
 use crate::{Client, Error};
 
 /// Result rows of one Execute, before their columns are resolved.
@@ -201,7 +201,7 @@ impl Client {
         sql: &str,
         params: &[Param<'_>],
     ) -> Result<(Collected, Arc<[Column]>), Error> {
-        let types = match crate::param_types::infer_all(params) {
+        let types = match crate::client::param_types::infer_all(params) {
             Some(types) => types,
             None => {
                 let described = self.prepare_named("", sql, &[]).await?;

@@ -27,10 +27,10 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use crate::connect::CancelRoute;
+use crate::conn::connect::CancelRoute;
 use crate::proto::{BackendKey, RequestId};
 use crate::transport::{Transport, write_all};
-use crate::{Client, Error, runtime};
+use crate::{Client, Error, transport::runtime};
 
 /// The least time a timed-out request's cancel and read-out get before the connection is given up.
 const MIN_CANCEL_GRACE: Duration = Duration::from_secs(5);

@@ -18,10 +18,10 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tracing::Instrument as _;
 
+use crate::client::stream::{Bindable, RowStream};
 use crate::client::{encode_error, sql_of, unexpected};
+use crate::proto::statement::Column;
 use crate::proto::{Backend, Flow};
-use crate::statement::Column;
-use crate::stream::{Bindable, RowStream};
 use crate::{Client, Error, Param, Row, Statement, ToStatement, Transaction};
 
 /// Names of portals whose handles were dropped, closed with the transaction's next portal call.

@@ -14,9 +14,9 @@ use tracing::Instrument as _;
 
 use crate::client::{Request, StatementRef, ToStatement, encode_error, unexpected};
 use crate::config::QueryMode;
+use crate::proto::statement::{CloseUnlessPrepared, Column, Statement};
 use crate::proto::{Backend, Flow, TransactionStatus};
-use crate::statement::{CloseUnlessPrepared, Column, Statement};
-use crate::{Client, Error, sqlstate, typeinfo};
+use crate::{Client, Error, client::typeinfo, sqlstate};
 
 /// One RowDescription field, before its type is resolved.
 pub(crate) struct FieldInfo {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use crate::statement::Statement;
+use crate::proto::statement::Statement;
 
 /// SQL text to its prepared statement, with a use counter for LRU eviction.
 pub(crate) struct StatementCache {

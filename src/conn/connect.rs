@@ -9,13 +9,13 @@ use crate::client::Client;
 use tracing::{Instrument as _, debug};
 
 use crate::config::{Host, LoadBalanceHosts, SslMode, Target, TargetSessionAttrs};
-use crate::connection::Connection;
+use crate::conn::connection::Connection;
 use crate::proto::Protocol;
-use crate::row::SimpleQueryMessage;
+use crate::proto::row::SimpleQueryMessage;
 use crate::sans_io::{StartupParameters, limits, startup_parameters, startup_params};
 use crate::tls::{self, SslResponse, TlsConnector};
 use crate::transport::{Keepalive, Transport};
-use crate::{Config, Error, ErrorKind, runtime};
+use crate::{Config, Error, ErrorKind, transport::runtime};
 
 impl Client {
     /// Connects with a [`Config`]: each host is tried in turn until one accepts the startup and fits

@@ -27,8 +27,8 @@ use tracing::Instrument as _;
 use crate::client::{
     StatementRef, encode_error, rows_affected, sql_of, unexpected, write_bind_portal,
 };
+use crate::proto::statement::Column;
 use crate::proto::{Backend, Flow, RequestId};
-use crate::statement::Column;
 use crate::{Client, Error, Param, Row, Statement, ToStatement};
 
 impl Client {

@@ -25,10 +25,10 @@ use tracing::Instrument as _;
 
 use bytes::BytesMut;
 
+use crate::client::prepare::read_statement_description;
+use crate::client::stream::Bindable;
 use crate::client::{StatementRef, encode_error, rows_affected, unexpected};
-use crate::prepare::read_statement_description;
 use crate::proto::{Backend, Flow};
-use crate::stream::Bindable;
 use crate::{Client, Error, Param, Row, Statement, ToStatement, TransactionStatus};
 
 /// How the statements of a [`Pipeline`] succeed or fail.

@@ -20,8 +20,8 @@ use std::task::{Poll, Waker};
 use postgres_types::Type;
 use tracing::{debug, info};
 
-use crate::cancel::CurrentSession;
-use crate::identifier::quote_identifier;
+use crate::client::identifier::quote_identifier;
+use crate::conn::cancel::CurrentSession;
 use crate::{Client, Config, Error, ErrorKind, Statement, TransactionStatus};
 
 /// What a session rebuild needs: the configuration to connect again, and what to restore.

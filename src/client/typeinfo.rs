@@ -7,7 +7,7 @@ use std::pin::Pin;
 
 use postgres_types::{Field, Kind, Type};
 
-use crate::row::SimpleQueryMessage;
+use crate::proto::row::SimpleQueryMessage;
 use crate::{Client, Error};
 
 /// Nested user-defined types deeper than this are refused rather than followed.

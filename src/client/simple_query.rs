@@ -9,12 +9,12 @@ use postgres_protocol::message::backend::Message;
 use postgres_types::Type;
 use tracing::Instrument as _;
 
+use crate::client::prepare::read_description;
+use crate::client::query::Collected;
 use crate::client::{Param, Request, rows_affected, unexpected};
-use crate::prepare::read_description;
+use crate::proto::row::{SimpleColumn, SimpleQueryMessage, SimpleQueryRow};
+use crate::proto::statement::Column;
 use crate::proto::{Backend, RawRow};
-use crate::query::Collected;
-use crate::row::{SimpleColumn, SimpleQueryMessage, SimpleQueryRow};
-use crate::statement::Column;
 use crate::{Client, Error};
 
 impl Client {
@@ -27,7 +27,7 @@ impl Client {
     ) -> Result<(Collected, Arc<[Column]>), Error> {
         let standard_strings =
             self.parameter("standard_conforming_strings").as_deref() != Some("off");
-        let text = crate::simple_mode::render(sql, params, standard_strings)?;
+        let text = crate::client::simple_mode::render(sql, params, standard_strings)?;
         self.before_request().await?;
         let mut request = self.start_simple(&text)?;
         let mut collected = Collected::new();
@@ -51,7 +51,7 @@ impl Client {
                         .map(|field| {
                             Column::new(
                                 field.name,
-                                crate::simple_mode::column_type(
+                                crate::client::simple_mode::column_type(
                                     Type::from_oid(field.type_oid).unwrap_or(Type::TEXT),
                                 ),
                                 field.table_oid,
@@ -64,16 +64,15 @@ impl Client {
                     let mut fields = Vec::with_capacity(raw.len());
                     for (i, column) in columns.iter().enumerate().take(raw.len()) {
                         let field = raw.field(i).map(|text| {
-                            crate::simple_mode::text_to_binary(column.type_(), text).ok_or_else(
-                                || {
+                            crate::client::simple_mode::text_to_binary(column.type_(), text)
+                                .ok_or_else(|| {
                                     Error::unsupported(format!(
                                         "QueryMode::Simple cannot read the {} text of column {:?} \
                                          (DateStyle must be ISO and bytea_output hex)",
                                         column.type_(),
                                         column.name()
                                     ))
-                                },
-                            )
+                                })
                         });
                         match field.transpose() {
                             Ok(field) => fields.push(field),

@@ -7,8 +7,8 @@
 
 use std::collections::VecDeque;
 
-use crate::portal::Portal;
-use crate::statement::Column;
+use crate::client::portal::Portal;
+use crate::proto::statement::Column;
 use crate::{Client, Error, Param, Row, ToStatement, Transaction, TransactionStatus};
 
 impl Client {

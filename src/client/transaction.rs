@@ -7,8 +7,8 @@
 
 use std::ops::{Deref, DerefMut};
 
-use crate::identifier::quote_identifier;
-use crate::portal::PortalCloses;
+use crate::client::identifier::quote_identifier;
+use crate::client::portal::PortalCloses;
 use crate::{Client, Error};
 
 /// The isolation level of a transaction.

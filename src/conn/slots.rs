@@ -359,4 +359,4 @@ impl Wake for IoWaker {
 
 #[cfg(test)]
 #[path = "slots_tests.rs"]
-mod tests;
+pub(crate) mod tests;

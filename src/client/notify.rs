@@ -17,9 +17,9 @@ use futures_core::Stream;
 use futures_core::stream::FusedStream;
 
 use crate::client::Driver;
-use crate::identifier::quote_identifier;
+use crate::client::identifier::quote_identifier;
 use crate::transport::MaybeSend;
-use crate::{Client, DbError, Error, Notification, runtime};
+use crate::{Client, DbError, Error, Notification, transport::runtime};
 
 impl Client {
     /// Subscribes to `channel` (`LISTEN`). The name is quoted, so it keeps its case and may hold any character.

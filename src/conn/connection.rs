@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
-use crate::cancel::{CancelToken, Due, TimeLimits};
-use crate::connect::CancelRoute;
+use crate::conn::cancel::{CancelToken, Due, TimeLimits};
+use crate::conn::connect::CancelRoute;
+use crate::conn::slots::{Routed, Slots};
 use crate::proto::{Backend, Event, Notification, Protocol, RequestId};
-use crate::read_size::ReadSize;
-use crate::slots::{Routed, Slots};
 use crate::transport::Transport;
+use crate::transport::read_size::ReadSize;
 use crate::{DbError, Error, ErrorKind};
 
 /// Notices kept for [`Client::take_notices`](crate::Client::take_notices) before the oldest are dropped.
