@@ -6,11 +6,20 @@
 #                                            wasm32-wasip2, in ${CARGO_TARGET_DIR:-target/wasi}) and checks them
 #   scripts/check-imports.sh FILE.wasm...    checks the given components as they are
 #
+# First, the imports between the crate's own source files (scripts/check-layers.py, python3): each file imports
+# only its own layer and the layers below it, and no files import each other in a circle. `--source-only` stops
+# there.
+#
 # Needs wasm-tools (scripts/setup.sh installs it). Prints each component's imports and fails, naming them,
 # if any is not wasi:*.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+python3 scripts/check-layers.py
+if [ "${1:-}" = "--source-only" ]; then
+    exit 0
+fi
 
 EXAMPLES=(psql quickstart http-service)
 

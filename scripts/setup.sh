@@ -7,7 +7,7 @@
 set -euo pipefail
 
 WASMTIME_VERSION=48.0.8
-APT_PACKAGES=(postgresql clang-19 llvm-19 pgbouncer)
+APT_PACKAGES=(postgresql clang-19 llvm-19 pgbouncer python3)
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 
 log() { printf 'setup: %s\n' "$*"; }
@@ -40,6 +40,7 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 command -v clang-19 >/dev/null || missing+=(clang-19)
 command -v llvm-ar-19 >/dev/null || missing+=(llvm-19)
 command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+command -v python3 >/dev/null || missing+=(python3)
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing apt packages (missing: $(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' '))"
     as_root apt-get update -q

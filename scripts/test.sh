@@ -26,6 +26,10 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 export CC_wasm32_wasip2="${CC_wasm32_wasip2:-clang-19}"
 export AR_wasm32_wasip2="${AR_wasm32_wasip2:-llvm-ar-19}"
 
+step "source layers: no file imports a higher layer, no import cycle (scripts/check-imports.sh --source-only)"
+python3 scripts/check-layers.py --self-test
+bash scripts/check-imports.sh --source-only
+
 step "native tests (cargo test --all-targets)"
 test_log="$(mktemp)"
 cargo test --all-targets 2>&1 | tee "$test_log"

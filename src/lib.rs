@@ -145,6 +145,14 @@ macro_rules! with_runtime {
     )*};
 }
 
+// The layers, lowest first; a file imports only its own layer and those below it (scripts/check-layers.py
+// checks this, and that no files import each other in a circle):
+// - `error`: the error type every layer returns.
+// - `config/`: what the user asked for (connection strings, the builder, the environment, pgpass).
+// - `proto/`: the sans-IO protocol core, with rows and statements; `sans_io` is its public face.
+// - `transport/`: byte streams (tokio, wasi:sockets) and timers; `tls/`: TLS over any transport.
+// - `conn/`: one session (connect, the poll driver, the queue of answer slots, cancellation).
+// - `client/`: the query API over a session; `pool/`: connections shared among clients of the pool.
 pub mod config;
 mod error;
 #[cfg(any(fuzzing, test))]
@@ -173,7 +181,8 @@ with_runtime! {
     mod tls;
     pub mod transport;
 
-    pub use conn::cancel::{CancelToken, QueryTimeoutScope};
+    pub use conn::cancel::CancelToken;
+    pub use client::timeout::QueryTimeoutScope;
     pub use client::{Client, Param, ToStatement};
     pub use client::simple_query::SimpleQueryStream;
     pub use client::copy::{

@@ -83,12 +83,15 @@ use bytes::{Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::{Message, RowDescriptionBody};
 use postgres_protocol::message::frontend;
-use postgres_types::{Format, IsNull, ToSql, Type};
+use postgres_types::{ToSql, Type};
 
 use crate::config::{ProtocolVersion, SslMode};
 use crate::proto::row::{Row, SimpleColumn, SimpleQueryRow};
 use crate::proto::statement::Column;
-use crate::proto::{self, Backend, ChannelBindingPolicy, Flow, Limits, RawRow, StartupParams};
+use crate::proto::{
+    self, Backend, Flow, RawRow, encode_error, limits, startup_parameters, startup_params,
+    write_bind_portal,
+};
 use crate::{Config, DbError, Error, Notification, TransactionStatus};
 
 /// Identifies a queued request: every [`Response`] names the request it answers.
@@ -572,134 +575,6 @@ fn fields(body: &RowDescriptionBody) -> Result<Vec<Field>, Error> {
         })
         .collect()
         .map_err(Error::malformed)
-}
-
-// What the async client shares with the hosts' API: the startup parameters from a Config, and the Bind encoder.
-
-/// The StartupMessage parameters and the user and database names among them (which only the async client
-/// needs, to look up the password file).
-#[cfg_attr(not(any(feature = "tokio", target_os = "wasi")), allow(dead_code))]
-pub(crate) struct StartupParameters {
-    pub(crate) params: Vec<(String, String)>,
-    pub(crate) user: String,
-    pub(crate) dbname: String,
-}
-
-/// The StartupMessage parameters, with the user and database names they carry. Called before any connection is
-/// opened too, so a value the server could never receive (a NUL byte, an oversized packet) fails before a byte
-/// is sent.
-pub(crate) fn startup_parameters(config: &Config) -> Result<StartupParameters, Error> {
-    let user = config.effective_user()?;
-    let dbname = config.effective_dbname()?;
-    let mut params = vec![
-        ("user".to_string(), user.clone()),
-        ("database".to_string(), dbname.clone()),
-        // Text results are decoded as UTF-8, so the session must send UTF-8.
-        ("client_encoding".to_string(), "UTF8".to_string()),
-    ];
-    if let Some(name) = config.get_application_name() {
-        params.push(("application_name".to_string(), name.to_string()));
-    }
-    if let Some(options) = config.get_options() {
-        params.push(("options".to_string(), options.to_string()));
-    }
-    for (name, value) in config.get_params() {
-        params.retain(|(k, _)| k != name);
-        params.push((name.clone(), value.clone()));
-    }
-    // The same encoder the startup uses checks NUL bytes and the packet size.
-    proto::startup_message(
-        config.get_max_protocol_version(),
-        &params,
-        &mut BytesMut::new(),
-    )?;
-    Ok(StartupParameters {
-        params,
-        user,
-        dbname,
-    })
-}
-
-/// What the core's startup needs: `params` from [`startup_parameters`], the password, and `tls_binding`: `None`
-/// without TLS, else the channel binding data of the TLS session (or why it has none).
-pub(crate) fn startup_params(
-    config: &Config,
-    params: Vec<(String, String)>,
-    password: Option<Vec<u8>>,
-    tls_binding: Option<Result<Vec<u8>, String>>,
-) -> StartupParams {
-    StartupParams {
-        params,
-        password,
-        require_auth: config.get_require_auth().clone(),
-        channel_binding: ChannelBindingPolicy {
-            mode: config.get_channel_binding(),
-            tls: tls_binding,
-        },
-        scram_max_iterations: config.get_scram_max_iterations(),
-        min_protocol_version: config.get_min_protocol_version(),
-        max_protocol_version: config.get_max_protocol_version(),
-    }
-}
-
-/// The core's limits from `config`.
-pub(crate) fn limits(config: &Config) -> Limits {
-    Limits {
-        max_message_size: config.get_max_message_size(),
-    }
-}
-
-/// Writes a Bind of `statement` to the portal called `portal` (the unnamed portal when empty) with every
-/// parameter type-checked and encoded, and every result column requested in binary.
-pub(crate) fn write_bind_portal(
-    buf: &mut BytesMut,
-    portal: &str,
-    statement: &str,
-    types: &[Type],
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<(), Error> {
-    proto::check_parameter_count(params.len())?;
-    let formats: Vec<i16> = params
-        .iter()
-        .zip(types)
-        .map(|(p, t)| match p.encode_format(t) {
-            Format::Text => 0,
-            Format::Binary => 1,
-        })
-        .collect();
-    let mut failure = None;
-    let result = frontend::bind(
-        portal,
-        statement,
-        formats,
-        params.iter().zip(types).enumerate(),
-        |(i, (param, ty)), buf| match param.to_sql_checked(ty, buf) {
-            Ok(IsNull::No) => Ok(postgres_protocol::IsNull::No),
-            Ok(IsNull::Yes) => Ok(postgres_protocol::IsNull::Yes),
-            Err(e) => {
-                // WrongType names the Rust and SQL types; the value itself never enters the message.
-                failure = Some(Error::to_sql(ty, i, e));
-                Err("parameter encoding failed".into())
-            }
-        },
-        Some(1),
-        buf,
-    );
-    if let Some(failure) = failure {
-        return Err(failure);
-    }
-    match result {
-        Ok(()) => Ok(()),
-        Err(frontend::BindError::Conversion(e)) => {
-            Err(Error::config(format!("cannot encode parameters: {e}")))
-        }
-        Err(frontend::BindError::Serialization(e)) => Err(encode_error(e)),
-    }
-}
-
-/// A request that could not be encoded (a message over the protocol's limits).
-pub(crate) fn encode_error(e: std::io::Error) -> Error {
-    Error::config(format!("cannot encode the request: {e}"))
 }
 
 #[cfg(test)]

@@ -2,13 +2,13 @@
 //!
 //! [`Client`] owns a lock around its [`ClientState`] (the connection, the statement and type caches, the
 //! session record) and the [`IoWaker`] of that connection. What it may touch: the connection layer
-//! (`connection.rs`, `slots.rs`) and the protocol core below it, never a transport directly.
+//! (`conn/connection.rs`, `conn/slots.rs`) and the protocol core below it, never a transport directly.
 //!
 //! Its methods by role:
 //! - shared requests (`&self`: queries, prepares, simple queries, pings; files `query.rs`, `prepare.rs`,
 //!   `simple_query.rs`): each queues its whole request under the lock, synchronously in its first poll, with
 //!   a slot for its answers ([`Request`]); then it awaits them, and while it waits it may drive the socket for
-//!   everyone (see `slots.rs`). Requests go out in the order their futures were first polled, so N futures
+//!   everyone (see `conn/slots.rs`). Requests go out in the order their futures were first polled, so N futures
 //!   joined on one client cost about one round trip.
 //! - exclusive operations (`&mut self`: transactions, COPY, row streams, portals, pipelines, notification
 //!   waits): the borrow checker guarantees no shared request is in flight, except those whose futures were
@@ -18,7 +18,14 @@
 //! Cancel-safety: a request's bookkeeping (the protocol's pending entry and its slot) is made when it is
 //! queued, never after an await. A future dropped at any await leaves its slot abandoned (see [`Request`]'s
 //! drop): its answers are read and discarded by whoever reads next, and no result reaches the wrong caller.
+//!
+//! Longer than 800 lines on purpose: [`Client`], its lock and the shared-request machinery (slots polled,
+//! the driver handed over, the [`Request`] guard) keep one invariant together: who may read the socket and
+//! whose answers it holds. Each operation is in its own file.
 
+#[cfg(all(test, not(target_os = "wasi")))]
+mod cancel_tests;
+pub(crate) mod connect;
 pub(crate) mod copy;
 pub(crate) mod cursor;
 pub(crate) mod identifier;
@@ -35,6 +42,7 @@ pub(crate) mod simple_mode;
 pub(crate) mod simple_query;
 pub(crate) mod statement_cache;
 pub(crate) mod stream;
+pub(crate) mod timeout;
 #[cfg(all(test, feature = "tokio", not(target_os = "wasi")))]
 mod tracing_tests;
 pub(crate) mod transaction;
@@ -59,7 +67,7 @@ use crate::client::simple_query::SimpleQueryStream;
 use crate::client::statement_cache::StatementCache;
 use crate::conn::slots::IoWaker;
 use crate::proto::statement::{CloseQueue, Statement};
-pub(crate) use crate::sans_io::{encode_error, write_bind_portal};
+pub(crate) use crate::proto::{encode_error, write_bind_portal};
 use crate::{Config, DbError, Error};
 
 /// A statement to run: SQL text or a prepared [`Statement`].
@@ -163,12 +171,11 @@ pub(crate) struct ClientState {
     /// never rebuilt under it: its calls would otherwise run in autocommit on the new session.
     pub(crate) open_transactions: u32,
     /// How to reach the same server again for a cancel request (address and TLS settings).
-    pub(crate) cancel_route: Option<crate::conn::connect::CancelRoute>,
     /// Named statements prepared for SQL text in [`QueryMode::Cached`].
     pub(crate) cache: StatementCache,
     /// What session rebuild restores, when [`Config::session_rebuild`] is on (see `rebuild.rs`).
     pub(crate) session: Option<Box<crate::client::rebuild::SessionRecord>>,
-    /// The request whose future drove the socket last (see `slots.rs`).
+    /// The request whose future drove the socket last (see `conn/slots.rs`).
     driver: Option<Driver>,
     /// The driver waits on the socket (or was woken to read it): other futures polled meanwhile leave the
     /// socket to it instead of asking the transport again (on WASI each ask is a host call).
@@ -203,7 +210,6 @@ impl Client {
                 types: typeinfo::TypeCache::default(),
                 deferred: Vec::new(),
                 open_transactions: 0,
-                cancel_route: None,
                 cache: StatementCache::new(config.get_statement_cache_capacity()),
                 session: crate::client::rebuild::SessionRecord::for_config(config),
                 driver: None,
@@ -281,17 +287,10 @@ impl Client {
     /// Whether the connection is encrypted with TLS.
     pub fn uses_tls(&self) -> bool {
         self.lock()
+            .conn
             .cancel_route
             .as_ref()
             .is_some_and(|r| r.tls.is_some())
-    }
-
-    /// Records how to reach the server again for a cancel request. The driver keeps a copy: it cancels
-    /// timed-out requests itself.
-    pub(crate) fn set_cancel_route(&mut self, route: crate::conn::connect::CancelRoute) {
-        let state = self.state_mut();
-        state.conn.cancel_route = Some(route.clone());
-        state.cancel_route = Some(route);
     }
 
     /// A token that cancels the query running on this connection, usable without access to the client: from
@@ -634,10 +633,7 @@ impl Client {
     /// `then` runs under the same lock, in the same step.
     pub(crate) fn adopt_connection(&self, fresh: Client, then: impl FnOnce(&mut ClientState)) {
         let ClientState {
-            mut conn,
-            cancel_route,
-            types,
-            ..
+            mut conn, types, ..
         } = fresh
             .state
             .into_inner()
@@ -649,7 +645,6 @@ impl Client {
         state.conn.slots.wake_all();
         let wakes = state.conn.slots.take_wakes();
         state.conn = conn;
-        state.cancel_route = cancel_route;
         state.types = types;
         state.driver = None;
         state.armed = false;
@@ -765,7 +760,7 @@ impl ClientState {
     }
 
     /// `me` drives the socket now; the transport and the timers only ever see the io waker, which wakes it
-    /// (see `slots.rs`).
+    /// (see `conn/slots.rs`).
     fn start_driving(&mut self, me: Driver, cx: &Context<'_>, client: &Client) {
         self.driver = Some(me);
         self.armed = false;

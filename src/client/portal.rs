@@ -24,9 +24,6 @@ use crate::proto::statement::Column;
 use crate::proto::{Backend, Flow};
 use crate::{Client, Error, Param, Row, Statement, ToStatement, Transaction};
 
-/// Names of portals whose handles were dropped, closed with the transaction's next portal call.
-pub(crate) type PortalCloses = Arc<Mutex<Vec<String>>>;
-
 /// Portal names only need to be unique per session; a process-wide counter is simplest.
 static NEXT_PORTAL: AtomicU64 = AtomicU64::new(1);
 

@@ -181,6 +181,7 @@ impl Client {
     fn lost_connection(&self) -> Option<ErrorKind> {
         let mut state = self.lock();
         let reopenable = state
+            .conn
             .cancel_route
             .as_ref()
             .is_some_and(|route| route.target.is_some());

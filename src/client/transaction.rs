@@ -8,8 +8,10 @@
 use std::ops::{Deref, DerefMut};
 
 use crate::client::identifier::quote_identifier;
-use crate::client::portal::PortalCloses;
 use crate::{Client, Error};
+
+/// Names of portals whose handles were dropped, closed with the transaction's next portal call.
+pub(crate) type PortalCloses = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 /// The isolation level of a transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

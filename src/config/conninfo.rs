@@ -9,7 +9,6 @@
 //! a pair as `redact` when a malformed string may have spilled part of a password into it (an unquoted
 //! password with a space, or a URI password with an unencoded `/` or `@`).
 
-use super::settings::is_secret;
 use crate::Error;
 
 /// One `keyword = value` setting, in the order given.
@@ -374,4 +373,9 @@ fn hex_digit(d: u8) -> Option<u8> {
 /// Whether `word` looks like a keyword, so quoting it in an error cannot expose anything else.
 fn is_plain_word(word: &str) -> bool {
     !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Whether the keyword's value is a secret that must never be shown.
+pub(super) fn is_secret(key: &str) -> bool {
+    matches!(key, "password" | "sslpassword")
 }

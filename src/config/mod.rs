@@ -8,9 +8,14 @@
 //!
 //! Settings kept for libpq compatibility (keepalives, TLS files, ...) are checked like libpq checks them and
 //! kept as text ([`Config::get_raw`]), so a connection string written for `psql` is accepted here.
+//!
+//! Longer than 800 lines on purpose: [`Config`]'s setter and getter for each of about seventy libpq keywords,
+//! each with its rustdoc, side by side; parsing is in `conninfo.rs`, `env.rs` and `settings.rs`.
 
 mod conninfo;
 mod env;
+#[cfg(any(feature = "tokio", target_os = "wasi"))]
+pub(crate) mod keepalive;
 mod modes;
 #[cfg(any(feature = "tokio", target_os = "wasi"))]
 mod pgpass;
@@ -698,11 +703,11 @@ impl Config {
 
     /// The keepalive settings for TCP connections; `None` when keepalives are off.
     #[cfg(any(feature = "tokio", target_os = "wasi"))]
-    pub(crate) fn keepalive(&self) -> Option<crate::transport::Keepalive> {
+    pub(crate) fn keepalive(&self) -> Option<keepalive::Keepalive> {
         if !self.get_keepalives() {
             return None;
         }
-        Some(crate::transport::Keepalive {
+        Some(keepalive::Keepalive {
             idle: self.get_keepalives_idle(),
             interval: self.get_keepalives_interval(),
             count: self.get_keepalives_count(),
@@ -983,7 +988,7 @@ impl fmt::Debug for Config {
             .map(|(k, v)| {
                 (
                     *k,
-                    if settings::is_secret(k) {
+                    if conninfo::is_secret(k) {
                         "<redacted>"
                     } else {
                         v.as_str()

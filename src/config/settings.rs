@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::conninfo::{Pair, is_space};
+use super::conninfo::{Pair, is_secret, is_space};
 use super::modes::{ChannelBinding, Keyword, LoadBalanceHosts, SslMode, TargetSessionAttrs};
 use super::require_auth::RequireAuth;
 use super::{Config, DEFAULT_PORT, Host};
@@ -65,11 +65,6 @@ const TLS_VERSIONS: &[&str] = &["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"];
 /// The keyword as a `'static` string, if libpq knows it.
 pub(super) fn canonical(key: &str) -> Option<&'static str> {
     KEYWORDS.iter().copied().find(|k| *k == key)
-}
-
-/// Whether the keyword's value is a secret that must never be shown.
-pub(super) fn is_secret(key: &str) -> bool {
-    matches!(key, "password" | "sslpassword")
 }
 
 /// Where a value came from, for error messages.

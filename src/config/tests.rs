@@ -1,3 +1,8 @@
+//! Tests of [`Config`](crate::Config): connection strings, URIs, environment variables, pgpass and the
+//! checks libpq makes, compared with what libpq accepts and refuses.
+//!
+//! Longer than 800 lines on purpose: one independent test per keyword or rule, in the order of the keywords.
+
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;

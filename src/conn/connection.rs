@@ -9,7 +9,7 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use crate::conn::cancel::{CancelToken, Due, TimeLimits};
-use crate::conn::connect::CancelRoute;
+use crate::conn::dial::CancelRoute;
 use crate::conn::slots::{Routed, Slots};
 use crate::proto::{Backend, Event, Notification, Protocol, RequestId};
 use crate::transport::Transport;

@@ -1,6 +1,7 @@
 //! The connection layer: one session with a server, driven by whoever polls it.
 //!
-//! What it owns: opening a session ([`connect`]: dial, TLS negotiation, startup), the poll driver that moves
+//! What it owns: reaching a server ([`dial`]: a socket, TLS negotiation, the cancel route), opening a session on it
+//! ([`connect`]: sslmode fallbacks, startup), the poll driver that moves
 //! bytes between a transport and the protocol core ([`connection`]), the queue of answer slots through which
 //! many futures share that driver ([`slots`]), and cancellation with its time limits ([`cancel`]).
 //!
@@ -11,4 +12,5 @@
 pub(crate) mod cancel;
 pub(crate) mod connect;
 pub(crate) mod connection;
+pub(crate) mod dial;
 pub(crate) mod slots;

@@ -10,7 +10,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::frame::HEADER_LEN;
+use super::wire::HEADER_LEN;
 use crate::Error;
 
 /// Rows whose fields (length words included) take up to this many bytes are copied into the row.

@@ -8,13 +8,10 @@
 use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::message::backend::Message;
 
-use super::wire::{self, NegotiateProtocolVersion};
+use super::wire::{self, HEADER_LEN, NegotiateProtocolVersion};
 use super::{BackendKey, RawRow};
 use crate::Error;
 use crate::config::ProtocolVersion;
-
-/// The size of a backend message header: one tag byte and a 4-byte length that counts itself.
-pub(crate) const HEADER_LEN: usize = 5;
 
 /// Tag of NegotiateProtocolVersion, which postgres-protocol does not parse.
 const NEGOTIATE_PROTOCOL_VERSION_TAG: u8 = b'v';

@@ -9,6 +9,10 @@
 //! Requests are registered when they are queued, before any await, with the number of ReadyForQuery messages
 //! that end them. Responses are tagged with the request they belong to, so a caller whose future was dropped
 //! leaves behind a request whose responses the next caller can recognise and discard.
+//!
+//! Longer than 800 lines on purpose: [`Protocol`] and the one machine of its Ready phase (the queue of pending
+//! requests and every transition of a response) read as one; startup, framing, wire encoding, rows and values
+//! have their own files.
 
 mod data_row;
 mod frame;
@@ -32,12 +36,16 @@ use crate::{DbError, Error, ErrorKind};
 
 pub(crate) use data_row::RawRow;
 use frame::Frame;
-pub(crate) use startup::{ChannelBindingPolicy, StartupParams};
+#[cfg(any(fuzzing, test))]
+pub(crate) use startup::ChannelBindingPolicy;
 use startup::{Startup, Step};
+pub(crate) use startup::{
+    StartupParameters, StartupParams, limits, startup_parameters, startup_params,
+};
 pub(crate) use value::{check_counts, may_hold_counts};
 #[cfg(any(fuzzing, test))]
 pub(crate) use wire::check_frontend_messages;
-pub(crate) use wire::{cancel_request, check_parameter_count, startup_message};
+pub(crate) use wire::{cancel_request, check_parameter_count, encode_error, write_bind_portal};
 
 /// Identifies a queued request; responses carry the id of the request they answer.
 pub(crate) type RequestId = u64;

@@ -4,6 +4,9 @@
 //! that does not fit the current state is a protocol error. The TLS layer gives [`StartupParams`] the
 //! channel-binding data of the server certificate before the exchange starts; which SCRAM variant is used, and
 //! which requests are refused, follows `channel_binding` exactly as libpq does.
+//!
+//! Also what both APIs take from a [`Config`] for the startup: the StartupMessage parameters
+//! ([`startup_parameters`]), the [`StartupParams`] and the core's [`Limits`].
 
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
@@ -12,11 +15,11 @@ use postgres_protocol::authentication::sasl::{self, ScramSha256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
-use super::BackendKey;
 use super::frame::Frame;
 use super::wire::{self, NegotiateProtocolVersion};
+use super::{BackendKey, Limits};
 use crate::config::{AuthMethod, ChannelBinding, ProtocolVersion, RequireAuth};
-use crate::{DbError, Error};
+use crate::{Config, DbError, Error};
 
 /// What the startup needs to know; built by the client from a [`Config`](crate::Config).
 pub(crate) struct StartupParams {
@@ -478,4 +481,77 @@ fn scram_iteration_count(server_first: &[u8]) -> Result<u64, Error> {
     Ok(digits
         .iter()
         .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
+}
+
+/// The StartupMessage parameters and the user and database names among them (which only the async client
+/// needs, to look up the password file).
+#[cfg_attr(not(any(feature = "tokio", target_os = "wasi")), allow(dead_code))]
+pub(crate) struct StartupParameters {
+    pub(crate) params: Vec<(String, String)>,
+    pub(crate) user: String,
+    pub(crate) dbname: String,
+}
+
+/// The StartupMessage parameters, with the user and database names they carry. Called before any connection is
+/// opened too, so a value the server could never receive (a NUL byte, an oversized packet) fails before a byte
+/// is sent.
+pub(crate) fn startup_parameters(config: &Config) -> Result<StartupParameters, Error> {
+    let user = config.effective_user()?;
+    let dbname = config.effective_dbname()?;
+    let mut params = vec![
+        ("user".to_string(), user.clone()),
+        ("database".to_string(), dbname.clone()),
+        // Text results are decoded as UTF-8, so the session must send UTF-8.
+        ("client_encoding".to_string(), "UTF8".to_string()),
+    ];
+    if let Some(name) = config.get_application_name() {
+        params.push(("application_name".to_string(), name.to_string()));
+    }
+    if let Some(options) = config.get_options() {
+        params.push(("options".to_string(), options.to_string()));
+    }
+    for (name, value) in config.get_params() {
+        params.retain(|(k, _)| k != name);
+        params.push((name.clone(), value.clone()));
+    }
+    // The same encoder the startup uses checks NUL bytes and the packet size.
+    super::wire::startup_message(
+        config.get_max_protocol_version(),
+        &params,
+        &mut BytesMut::new(),
+    )?;
+    Ok(StartupParameters {
+        params,
+        user,
+        dbname,
+    })
+}
+
+/// What the core's startup needs: `params` from [`startup_parameters`], the password, and `tls_binding`: `None`
+/// without TLS, else the channel binding data of the TLS session (or why it has none).
+pub(crate) fn startup_params(
+    config: &Config,
+    params: Vec<(String, String)>,
+    password: Option<Vec<u8>>,
+    tls_binding: Option<Result<Vec<u8>, String>>,
+) -> StartupParams {
+    StartupParams {
+        params,
+        password,
+        require_auth: config.get_require_auth().clone(),
+        channel_binding: ChannelBindingPolicy {
+            mode: config.get_channel_binding(),
+            tls: tls_binding,
+        },
+        scram_max_iterations: config.get_scram_max_iterations(),
+        min_protocol_version: config.get_min_protocol_version(),
+        max_protocol_version: config.get_max_protocol_version(),
+    }
+}
+
+/// The core's limits from `config`.
+pub(crate) fn limits(config: &Config) -> Limits {
+    Limits {
+        max_message_size: config.get_max_message_size(),
+    }
 }

@@ -1,4 +1,7 @@
 //! Transcript tests: backend bytes in, frontend bytes and responses out, no socket anywhere.
+//!
+//! Longer than 800 lines on purpose: one independent transcript per behaviour of the core (startup and each
+//! authentication method, every response shape, each protocol violation), sharing one set of message builders.
 
 use bytes::{BufMut, BytesMut};
 use postgres_protocol::authentication::md5_hash;

@@ -3,13 +3,19 @@
 //!
 //! postgres-protocol's `frontend::startup_message` always asks for protocol 3.0 and its `backend` parser reads
 //! a 4-byte cancel key, so the StartupMessage, NegotiateProtocolVersion, BackendKeyData and CancelRequest are
-//! encoded and parsed here, in one place, with every length checked before it is trusted or written.
+//! encoded and parsed here, in one place, with every length checked before it is trusted or written. The Bind
+//! encoder both APIs use ([`write_bind_portal`]) is here too, for its parameter-count check.
 
 use bytes::{BufMut, BytesMut};
+use postgres_protocol::message::frontend;
+use postgres_types::{Format, IsNull, ToSql, Type};
 
 use super::BackendKey;
 use crate::Error;
 use crate::config::ProtocolVersion;
+
+/// The size of a backend message header: one tag byte and a 4-byte length that counts itself.
+pub(crate) const HEADER_LEN: usize = 5;
 
 /// The only major protocol version there is.
 const MAJOR: u32 = 3;
@@ -319,6 +325,59 @@ impl<'a> Cursor<'a> {
         self.0 = &self.0[end + 1..];
         Some(s)
     }
+}
+
+/// Writes a Bind of `statement` to the portal called `portal` (the unnamed portal when empty) with every
+/// parameter type-checked and encoded, and every result column requested in binary.
+pub(crate) fn write_bind_portal(
+    buf: &mut BytesMut,
+    portal: &str,
+    statement: &str,
+    types: &[Type],
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<(), Error> {
+    check_parameter_count(params.len())?;
+    let formats: Vec<i16> = params
+        .iter()
+        .zip(types)
+        .map(|(p, t)| match p.encode_format(t) {
+            Format::Text => 0,
+            Format::Binary => 1,
+        })
+        .collect();
+    let mut failure = None;
+    let result = frontend::bind(
+        portal,
+        statement,
+        formats,
+        params.iter().zip(types).enumerate(),
+        |(i, (param, ty)), buf| match param.to_sql_checked(ty, buf) {
+            Ok(IsNull::No) => Ok(postgres_protocol::IsNull::No),
+            Ok(IsNull::Yes) => Ok(postgres_protocol::IsNull::Yes),
+            Err(e) => {
+                // WrongType names the Rust and SQL types; the value itself never enters the message.
+                failure = Some(Error::to_sql(ty, i, e));
+                Err("parameter encoding failed".into())
+            }
+        },
+        Some(1),
+        buf,
+    );
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
+    match result {
+        Ok(()) => Ok(()),
+        Err(frontend::BindError::Conversion(e)) => {
+            Err(Error::config(format!("cannot encode parameters: {e}")))
+        }
+        Err(frontend::BindError::Serialization(e)) => Err(encode_error(e)),
+    }
+}
+
+/// A request that could not be encoded (a message over the protocol's limits).
+pub(crate) fn encode_error(e: std::io::Error) -> Error {
+    Error::config(format!("cannot encode the request: {e}"))
 }
 
 #[cfg(test)]

@@ -4,11 +4,14 @@
 //! writing at once (the server may be blocked writing results while we still send) and so a dropped future never
 //! loses bytes: data counts as read or written only when a call returns `Ready`. Native builds connect with
 //! [`tokio`](https://docs.rs/tokio) (TCP and Unix-domain sockets); wasm32-wasip2 builds use wasi:sockets
-//! directly. TLS will be one more layer implementing the same trait over any other.
+//! directly. TLS (`tls/`, the layer above) implements the same trait over any other.
+//!
+//! Also the rest of what the layers above need from the outside world: timers (`runtime.rs`) and the read
+//! buffer's sizing policy (`read_size.rs`). This layer knows bytes only: no protocol, no configuration beyond
+//! the TCP options it is handed.
 
 use std::io;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 pub(crate) mod read_size;
 pub(crate) mod runtime;
@@ -71,15 +74,6 @@ pub(crate) async fn write_all(transport: &mut dyn Transport, mut bytes: &[u8]) -
     std::future::poll_fn(|cx| transport.poll_flush(cx)).await
 }
 
-/// TCP keepalive settings: libpq's `keepalives_idle`, `keepalives_interval` and `keepalives_count` (see
-/// [`Config::keepalives_idle`](crate::Config::keepalives_idle)). `None` keeps the system default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Keepalive {
-    /// Idle time before the first probe (`keepalives_idle`).
-    pub idle: Option<Duration>,
-    /// Time between unanswered probes (`keepalives_interval`).
-    pub interval: Option<Duration>,
-    /// Unanswered probes before the connection is considered dead (`keepalives_count`).
-    pub count: Option<u32>,
-}
+/// TCP keepalive settings, defined with the configuration they come from and re-exported here for the
+/// transports that apply them.
+pub use crate::config::keepalive::Keepalive;
