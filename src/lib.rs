@@ -206,6 +206,28 @@ pub use proto::row::{
 pub use proto::statement::Column;
 pub use proto::{Notification, TransactionStatus};
 
+/// Streaming replication: the messages of a replication connection in CopyBoth mode and the decoder of the
+/// `pgoutput` logical decoding plugin (protocol versions 1 to 4), sans-IO, for any target.
+///
+/// ```
+/// use wasi_pg_client::replication::{LogicalMessage, PgOutputDecoder};
+/// # fn demo(xlog_data: bytes::Bytes) -> Result<(), wasi_pg_client::Error> {
+/// let mut decoder = PgOutputDecoder::new();
+/// match decoder.decode(xlog_data)? {
+///     LogicalMessage::Insert(insert) => println!("insert into {}: {:?}", insert.relation, insert.new),
+///     other => println!("{other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
+pub mod replication {
+    pub use crate::proto::replication::{
+        Begin, Commit, Delete, Insert, LogicalMessage, Lsn, Message, OldTuple, Origin,
+        PgOutputDecoder, PgTimestamp, Prepared, Relation, RelationColumn, RollbackPrepared,
+        ServerMessage, StreamAbort, StreamCommit, Truncate, Tuple, TupleValue, TypeMessage, Update,
+        parse_server_message, standby_status_update,
+    };
+}
+
 /// Re-export of postgres-types: [`ToSql`](types::ToSql), [`FromSql`](types::FromSql), [`Type`](types::Type)
 /// and friends. Enable the `with-*` features for chrono, time, uuid and serde_json (`Json` comes with the last).
 pub mod types {

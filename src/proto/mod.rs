@@ -16,6 +16,7 @@
 
 mod data_row;
 mod frame;
+pub(crate) mod replication;
 pub(crate) mod row;
 mod startup;
 pub(crate) mod statement;

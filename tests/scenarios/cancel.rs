@@ -27,15 +27,16 @@ pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
     ]
 }
 
-/// Waits (on `watcher`, a second session of the same role) until backend `pid` is running `pg_sleep`, so a
-/// cancel sent now hits the query and not the round trips before it.
+/// Waits (on `watcher`, a second session of the same role) until backend `pid` is inside `pg_sleep`, so a
+/// cancel sent now hits the query and not the round trips before it. The wait event, not `state = 'active'`
+/// with the query text: those show during the Parse of the prepare too, and a cancel that lands there (then
+/// idle) is ignored, leaving the sleep to run its 30 s (seen once under load).
 pub(super) async fn until_sleeping(watcher: &mut Client, pid: i32) -> Result<(), String> {
     let started = Instant::now();
     loop {
         let row = watcher
             .query_one(
-                "SELECT count(*)::int4 FROM pg_stat_activity \
-                 WHERE pid = $1 AND state = 'active' AND query LIKE '%pg_sleep%'",
+                "SELECT count(*)::int4 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'PgSleep'",
                 &[&pid],
             )
             .await
