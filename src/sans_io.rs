@@ -210,6 +210,10 @@ impl Protocol {
             Backend::Ready => Reply::ReadyForQuery(self.inner.transaction_status()),
             Backend::Error(db) => Reply::Error(db),
             Backend::CopyData(data) => Reply::CopyData(data),
+            // Requests queued here never accept CopyBoth: the core breaks the connection instead.
+            Backend::CopyBoth => {
+                return Err(Error::protocol("BUG: CopyBoth handed to a sans-IO request"));
+            }
             Backend::Message(message) => reply(message)?,
         };
         Ok(Some(Response {

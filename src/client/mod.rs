@@ -940,6 +940,7 @@ pub(crate) fn unexpected(message: Backend, during: &str) -> Error {
         Backend::Message(m) => crate::proto::message_name(m),
         Backend::Row(_) => "DataRow",
         Backend::CopyData(_) => "CopyData",
+        Backend::CopyBoth => "CopyBothResponse",
         Backend::Error(_) => "ErrorResponse",
         Backend::Ready => "ReadyForQuery",
     };

@@ -84,6 +84,7 @@ impl Answer {
             }
             Ok(Backend::Message(other)) => panic!("an unexpected {}", message_name(&other)),
             Ok(Backend::CopyData(_)) => panic!("an unexpected CopyData"),
+            Ok(Backend::CopyBoth) => panic!("an unexpected CopyBothResponse"),
             Err(e) if e.kind() == ErrorKind::Timeout => Answer::Timeout,
             Err(e) if e.is_connection_broken() => Answer::Broken,
             Err(e) => panic!("an error that neither timed out nor broke the connection: {e}"),

@@ -597,6 +597,18 @@ impl<S: Server> Harness<S> {
                 Some(copy) => copy.chunks.push(data.to_vec()),
                 None => violated(format_args!("CopyData outside a COPY TO STDOUT")),
             },
+            // Handed only to a COPY request: the server streams as in COPY TO STDOUT, and our half ends at
+            // once with CopyDone, as a replication stream that stops does.
+            Backend::CopyBoth => {
+                self.copy_out = Some(CopyOut {
+                    binary: false,
+                    columns: 0,
+                    chunks: Vec::new(),
+                });
+                if let Err(e) = self.protocol.queue_copy_done(id) {
+                    violated(format_args!("CopyDone refused right after CopyBoth: {e}"));
+                }
+            }
             Backend::Message(message) => self.on_message(id, message),
         }
     }

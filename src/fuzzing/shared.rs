@@ -159,6 +159,7 @@ impl Print {
             Backend::Ready => Print::Ready,
             Backend::Error(db) => Print::Error(db.code().to_string(), db.message().to_string()),
             Backend::CopyData(data) => Print::CopyData(data.to_vec()),
+            Backend::CopyBoth => Print::Message("CopyBothResponse", String::new()),
             Backend::Message(message) => {
                 let detail = match message {
                     Message::CommandComplete(body) => body.tag().unwrap_or("?").to_string(),

@@ -25,6 +25,9 @@ const DATA_ROW_TAG: u8 = b'D';
 /// Tag of CopyData, whose body is the data itself: no parser needed.
 const COPY_DATA_TAG: u8 = b'd';
 
+/// Tag of CopyBothResponse (replication), which postgres-protocol does not parse.
+const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
+
 /// One backend message.
 pub(crate) enum Frame {
     /// Any message postgres-protocol parses (never `v` or `K`).
@@ -37,6 +40,9 @@ pub(crate) enum Frame {
     DataRow(RawRow),
     /// The data of a CopyData (`d`) message: one per row in a COPY TO STDOUT, so it skips the general parser.
     CopyData(Bytes),
+    /// CopyBothResponse (`W`): the connection enters CopyBoth mode (`START_REPLICATION`), its formats
+    /// checked. Replication streams are text (0); their CopyData carry replication messages either way.
+    CopyBothResponse,
 }
 
 /// Tags the backend may send in protocol 3.0 and 3.2; anything else is a protocol violation.
@@ -119,6 +125,9 @@ pub(crate) fn next_frame(
             .map(|n| Some(Frame::NegotiateProtocolVersion(n))),
         BACKEND_KEY_DATA_TAG => wire::backend_key_data(&frame[HEADER_LEN..], version)
             .map(|key| Some(Frame::BackendKeyData(key))),
+        COPY_BOTH_RESPONSE_TAG => {
+            copy_both_response(&frame[HEADER_LEN..]).map(|_format| Some(Frame::CopyBothResponse))
+        }
         _ => match Message::parse(&mut frame) {
             Ok(Some(message)) if frame.is_empty() => Ok(Some(Frame::Message(message))),
             Ok(Some(_)) => Err(Error::protocol("trailing bytes after a message")),
@@ -127,4 +136,32 @@ pub(crate) fn next_frame(
             Err(e) => Err(Error::protocol(format!("malformed message: {e}"))),
         },
     }
+}
+
+/// Parses the body of a CopyBothResponse: an overall format, a column count and that many column formats, each
+/// 0 or 1 and all 0 in a text COPY, with nothing after them.
+fn copy_both_response(body: &[u8]) -> Result<u8, Error> {
+    let bad = |why: &str| Error::protocol(format!("malformed CopyBothResponse: {why}"));
+    let (&format, rest) = body.split_first().ok_or_else(|| bad("no format"))?;
+    let (count, mut columns) = rest
+        .split_first_chunk::<2>()
+        .map(|(count, columns)| (i16::from_be_bytes(*count), columns))
+        .ok_or_else(|| bad("no column count"))?;
+    if format > 1 {
+        return Err(bad(&format!("format {format}")));
+    }
+    let count = usize::try_from(count).map_err(|_| bad(&format!("column count {count}")))?;
+    if columns.len() != count * 2 {
+        return Err(bad("its length does not match its column count"));
+    }
+    while let Some((column, rest)) = columns.split_first_chunk::<2>() {
+        let column = i16::from_be_bytes(*column);
+        if !(0..=1).contains(&column) || (format == 0 && column != 0) {
+            return Err(bad(&format!(
+                "column format {column} in a COPY of format {format}"
+            )));
+        }
+        columns = rest;
+    }
+    Ok(format)
 }

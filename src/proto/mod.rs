@@ -142,8 +142,11 @@ pub(crate) enum Backend {
     Ready,
     /// An ErrorResponse (not FATAL: those end the connection at once); ReadyForQuery follows.
     Error(Box<DbError>),
-    /// The data of a CopyData message of the request's COPY TO STDOUT.
+    /// The data of a CopyData message of the request's COPY TO STDOUT or CopyBoth stream.
     CopyData(Bytes),
+    /// CopyBothResponse: the request (`START_REPLICATION`) switched the connection to CopyBoth mode; its
+    /// caller may now send CopyData and CopyDone while the server streams.
+    CopyBoth,
     /// Any other message: RowDescription, CommandComplete, ParseComplete, ...
     Message(Message),
 }
@@ -181,7 +184,8 @@ enum CopyInPolicy {
     /// Answer it with CopyFail at once: nobody is there to stream data (a query call, a caller that was
     /// dropped, or a second COPY in one request).
     Refuse,
-    /// Hand it out: the caller streams the data ([`Protocol::queue_copy`]).
+    /// Hand it out: the caller streams the data ([`Protocol::queue_copy`]). A CopyBothResponse is handed out
+    /// to such a request too; to any other it breaks the connection.
     Accept,
 }
 
@@ -196,6 +200,9 @@ enum CopyState {
     In(RequestId),
     /// COPY TO STDOUT: the server sends CopyData to this request until CopyDone.
     Out(RequestId),
+    /// CopyBoth (replication): both sides send CopyData. The server's CopyDone leaves the client's half open
+    /// ([`In`](CopyState::In)), the client's CopyDone the server's ([`Out`](CopyState::Out)).
+    Both(RequestId),
 }
 
 /// Where the connection is.
@@ -510,7 +517,12 @@ impl Protocol {
     pub(crate) fn queue_copy_done(&mut self, id: RequestId) -> Result<(), Error> {
         self.check_copying_in(id)?;
         frontend::copy_done(&mut self.outbound);
-        self.copy_transition(CopyState::Idle, Some(id));
+        // In CopyBoth the server may still stream until its own CopyDone.
+        let next = match self.copy {
+            CopyState::Both(_) => CopyState::Out(id),
+            _ => CopyState::Idle,
+        };
+        self.copy_transition(next, Some(id));
         Ok(())
     }
 
@@ -522,7 +534,17 @@ impl Protocol {
         if let Some(pending) = self.pending.iter_mut().find(|p| p.id == id) {
             pending.copy_in = CopyInPolicy::Refuse;
         }
-        if self.copy != CopyState::In(id) || self.check_usable().is_err() {
+        if self.check_usable().is_err() {
+            return;
+        }
+        if self.copy == CopyState::Both(id) {
+            // A replication stream is ended with CopyDone (walsenders do not take CopyFail); what the server
+            // still sends is read and discarded like any abandoned request's answers.
+            frontend::copy_done(&mut self.outbound);
+            self.copy_transition(CopyState::Out(id), Some(id));
+            return;
+        }
+        if self.copy != CopyState::In(id) {
             return;
         }
         // A NUL would cut the reason short on the wire; the server only shows it in its error message.
@@ -541,9 +563,9 @@ impl Protocol {
 
     fn check_copying_in(&self, id: RequestId) -> Result<(), Error> {
         self.check_usable()?;
-        if self.copy != CopyState::In(id) {
+        if self.copy != CopyState::In(id) && self.copy != CopyState::Both(id) {
             return Err(Error::protocol(format!(
-                "BUG: COPY data queued for request {id}, which is not in COPY FROM STDIN"
+                "BUG: COPY data queued for request {id}, which is not in COPY FROM STDIN or CopyBoth"
             )));
         }
         Ok(())
@@ -560,8 +582,9 @@ impl Protocol {
         );
         match (self.copy, next) {
             (CopyState::In(_), CopyState::Idle) if extended => frontend::sync(&mut self.outbound),
-            (CopyState::In(_) | CopyState::Out(_), CopyState::Idle)
-            | (CopyState::Idle, CopyState::In(_) | CopyState::Out(_)) => {}
+            (CopyState::In(_) | CopyState::Out(_) | CopyState::Both(_), CopyState::Idle)
+            | (CopyState::Idle, CopyState::In(_) | CopyState::Out(_) | CopyState::Both(_))
+            | (CopyState::Both(_), CopyState::In(_) | CopyState::Out(_)) => {}
             (from, to) => {
                 // Callers check the state first; reaching this is a broken invariant of the core itself.
                 unreachable!("BUG: COPY state {from:?} -> {to:?} (ended by {ended_by:?})")
@@ -624,6 +647,7 @@ impl Protocol {
                     message: Backend::CopyData(data),
                 }));
             }
+            Frame::CopyBothResponse => return self.enter_copy_both().map(Some),
         };
         match message {
             Message::NoticeResponse(body) => {
@@ -717,7 +741,12 @@ impl Protocol {
                 Backend::Message(Message::CopyOutResponse(body))
             }
             Message::CopyDone => {
-                self.copy_transition(CopyState::Idle, None);
+                let next = match self.copy {
+                    // The server is done; the client's half stays open until it sends CopyDone.
+                    CopyState::Both(id) => CopyState::In(id),
+                    _ => CopyState::Idle,
+                };
+                self.copy_transition(next, None);
                 Backend::Message(Message::CopyDone)
             }
             Message::ReadyForQuery(body) => {
@@ -798,12 +827,46 @@ impl Protocol {
         Ok(pending.id)
     }
 
-    /// Checks that a CopyData may arrive now: during the COPY TO STDOUT of the oldest request. Returns that
-    /// request.
+    /// A CopyBothResponse: hands CopyBoth mode to the oldest request if it asked for a COPY
+    /// ([`queue_copy`](Self::queue_copy)) and nothing is pipelined behind it; otherwise the connection cannot
+    /// go on (the server would read what we send next as stream data), so it is an error that breaks it.
+    fn enter_copy_both(&mut self) -> Result<Response, Error> {
+        if let Some(during) = copy_phase(self.copy) {
+            return Err(Error::protocol(format!(
+                "unexpected CopyBothResponse {during}"
+            )));
+        }
+        let behind = self.pending.len() > 1;
+        let Some(pending) = self.pending.front_mut() else {
+            return Err(Error::protocol(
+                "unexpected CopyBothResponse with no request in flight",
+            ));
+        };
+        if pending.copy_in != CopyInPolicy::Accept || behind {
+            return Err(Error::protocol(
+                "the server entered CopyBoth mode (START_REPLICATION) for a request that cannot stream \
+                 (run it through start_logical_replication or start_physical_replication)",
+            ));
+        }
+        pending.copy_in = CopyInPolicy::Refuse;
+        let request = pending.id;
+        self.copy_transition(CopyState::Both(request), None);
+        Ok(Response {
+            request,
+            message: Backend::CopyBoth,
+        })
+    }
+
+    /// Checks that a CopyData may arrive now: during the COPY TO STDOUT or CopyBoth stream of the oldest
+    /// request. Returns that request.
     fn check_copy_data(&self) -> Result<RequestId, Error> {
         match (self.copy, self.pending.front()) {
-            (CopyState::Out(request), Some(pending)) if pending.id == request => Ok(request),
-            (CopyState::Out(_), _) => Err(Error::protocol(
+            (CopyState::Out(request) | CopyState::Both(request), Some(pending))
+                if pending.id == request =>
+            {
+                Ok(request)
+            }
+            (CopyState::Out(_) | CopyState::Both(_), _) => Err(Error::protocol(
                 "BUG: a COPY TO STDOUT of a request that is not the oldest",
             )),
             (_, None) => Err(Error::protocol(
@@ -823,7 +886,7 @@ impl Protocol {
     /// whenever something else comes next; the caller then goes the general way.
     pub(crate) fn poll_copy_data(&mut self, id: RequestId) -> Result<Option<Bytes>, Error> {
         let ours = matches!(self.phase, Phase::Ready)
-            && self.copy == CopyState::Out(id)
+            && matches!(self.copy, CopyState::Out(c) | CopyState::Both(c) if c == id)
             && self.inbound.first() == Some(&b'd')
             && self.pending.front().is_some_and(|p| p.id == id);
         if !ours {
@@ -869,6 +932,7 @@ fn copy_phase(copy: CopyState) -> Option<&'static str> {
         CopyState::Idle => None,
         CopyState::In(_) => Some("during COPY FROM STDIN"),
         CopyState::Out(_) => Some("during COPY TO STDOUT"),
+        CopyState::Both(_) => Some("during CopyBoth"),
     }
 }
 
@@ -878,11 +942,12 @@ fn copy_phase(copy: CopyState) -> Option<&'static str> {
 fn check_copy_message(copy: CopyState, message: &Message) -> Result<(), Error> {
     let during = match (copy, message) {
         (CopyState::Idle, Message::CopyDone) => "outside a COPY",
-        (CopyState::Idle, _) | (CopyState::Out(_), Message::CopyDone) => {
+        (CopyState::Idle, _) | (CopyState::Out(_) | CopyState::Both(_), Message::CopyDone) => {
             return Ok(());
         }
         (CopyState::In(_), _) => "during COPY FROM STDIN",
         (CopyState::Out(_), _) => "during COPY TO STDOUT",
+        (CopyState::Both(_), _) => "during CopyBoth",
     };
     Err(Error::protocol(format!(
         "unexpected {} {during}",

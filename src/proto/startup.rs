@@ -146,11 +146,11 @@ impl Startup {
                     ))),
                 };
             }
-            Frame::DataRow(_) | Frame::CopyData(_) => {
-                let name = if matches!(frame, Frame::DataRow(_)) {
-                    "DataRow"
-                } else {
-                    "CopyData"
+            Frame::DataRow(_) | Frame::CopyData(_) | Frame::CopyBothResponse => {
+                let name = match frame {
+                    Frame::DataRow(_) => "DataRow",
+                    Frame::CopyData(_) => "CopyData",
+                    _ => "CopyBothResponse",
                 };
                 return Err(Error::protocol(format!(
                     "unexpected {name} during {}",

@@ -1911,3 +1911,149 @@ fn bind_carries_up_to_65535_parameters() {
     );
     assert_eq!(p.pending.len(), 1, "only the first request is pending");
 }
+
+// ---- CopyBoth (replication) ----
+
+/// Queues `START_REPLICATION ...` as a request that may stream, and has the server enter CopyBoth.
+fn in_copy_both() -> (Protocol, RequestId) {
+    let mut p = ready_protocol();
+    let id = p
+        .queue_copy(Flow::Simple, |buf| {
+            frontend::query("START_REPLICATION SLOT s LOGICAL 0/0", buf).map_err(encode_error)
+        })
+        .unwrap();
+    drain(&mut p);
+    p.handle_input(&copy_response(b'W', 0, &[]));
+    let got = responses(&mut p);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].request, id);
+    assert!(matches!(got[0].message, Backend::CopyBoth));
+    (p, id)
+}
+
+#[test]
+fn copy_both_streams_both_ways_and_ends_with_both_copy_dones() {
+    let (mut p, id) = in_copy_both();
+    // The server streams; the client answers in the same mode.
+    p.handle_input(&copy_data(b"k-keepalive"));
+    let got = responses(&mut p);
+    assert!(matches!(&got[0].message, Backend::CopyData(d) if &d[..] == b"k-keepalive"));
+    p.queue_copy_data(id, b"r-status").unwrap();
+    assert_eq!(
+        frontend_messages(&drain(&mut p)),
+        vec![(b'd', b"r-status".to_vec())]
+    );
+    // The client ends its half; the server may still send until its own CopyDone.
+    p.queue_copy_done(id).unwrap();
+    assert_eq!(frontend_messages(&drain(&mut p)), vec![(b'c', Vec::new())]);
+    assert!(
+        p.queue_copy_data(id, b"late").is_err(),
+        "data after our CopyDone"
+    );
+    p.handle_input(
+        &[
+            copy_data(b"w-last"),
+            copy_done(),
+            command_complete("START_REPLICATION"),
+            ready(b'I'),
+        ]
+        .concat(),
+    );
+    let got = responses(&mut p);
+    assert_eq!(got.len(), 4);
+    assert!(matches!(&got[0].message, Backend::CopyData(d) if &d[..] == b"w-last"));
+    assert!(matches!(
+        got[1].message,
+        Backend::Message(Message::CopyDone)
+    ));
+    assert!(matches!(got[3].message, Backend::Ready));
+    assert!(!p.has_pending());
+    // The connection is back to normal requests.
+    p.queue_request(Flow::Simple, None, |_| Ok(())).unwrap();
+}
+
+#[test]
+fn copy_both_ended_by_the_server_first_leaves_our_half_open() {
+    let (mut p, _) = in_copy_both();
+    p.handle_input(&copy_done());
+    assert!(matches!(
+        responses(&mut p)[0].message,
+        Backend::Message(Message::CopyDone)
+    ));
+    // No CopyData from the server after its CopyDone.
+    p.handle_input(&copy_data(b"more"));
+    assert!(p.poll_response().is_err());
+
+    let (mut p, id) = in_copy_both();
+    p.handle_input(&copy_done());
+    responses(&mut p);
+    p.queue_copy_data(id, b"still ours").unwrap();
+    p.queue_copy_done(id).unwrap();
+    p.handle_input(&[command_complete("START_REPLICATION"), ready(b'I')].concat());
+    assert_eq!(responses(&mut p).len(), 2);
+    assert!(!p.has_pending());
+}
+
+#[test]
+fn copy_both_error_and_abandon() {
+    // An error ends CopyBoth; ReadyForQuery follows.
+    let (mut p, id) = in_copy_both();
+    p.handle_input(&[error_response("ERROR", "XX000", "slot gone"), ready(b'I')].concat());
+    let got = responses(&mut p);
+    assert!(matches!(got[0].message, Backend::Error(_)));
+    assert!(p.queue_copy_data(id, b"x").is_err());
+    assert!(!p.has_pending());
+
+    // A stream whose reader went away is ended with CopyDone, not CopyFail.
+    let (mut p, id) = in_copy_both();
+    p.abandon_copy_in(id, "dropped");
+    assert_eq!(frontend_messages(&drain(&mut p)), vec![(b'c', Vec::new())]);
+    p.handle_input(
+        &[
+            copy_data(b"w"),
+            copy_done(),
+            command_complete("START_REPLICATION"),
+            ready(b'I'),
+        ]
+        .concat(),
+    );
+    assert_eq!(responses(&mut p).len(), 4);
+    assert!(!p.has_pending());
+}
+
+#[test]
+fn copy_both_only_for_a_request_that_streams() {
+    // A request queued without a streaming caller: nobody can answer the stream, so the connection breaks.
+    let mut p = ready_protocol();
+    p.queue_request(Flow::Simple, None, |_| Ok(())).unwrap();
+    p.handle_input(&copy_response(b'W', 0, &[]));
+    let err = p
+        .poll_response()
+        .err()
+        .expect("CopyBoth accepted for a plain query");
+    assert!(err.is_connection_broken(), "{err}");
+    // Nor with requests pipelined behind it.
+    let mut p = ready_protocol();
+    p.queue_copy(Flow::Simple, |_| Ok(())).unwrap();
+    p.queue_request(Flow::Simple, None, |_| Ok(())).unwrap();
+    p.handle_input(&copy_response(b'W', 0, &[]));
+    assert!(p.poll_response().is_err());
+    // Malformed bodies.
+    for body in [
+        vec![],
+        vec![0],
+        vec![2, 0, 0],
+        vec![0, 0, 1],
+        vec![0, 0, 1, 0, 1],
+        vec![0, 0xff, 0xff],
+        vec![0, 0, 0, 9],
+    ] {
+        let mut p = ready_protocol();
+        p.queue_copy(Flow::Simple, |_| Ok(())).unwrap();
+        p.handle_input(&msg(b'W', &body));
+        assert!(
+            p.poll_response().is_err(),
+            "CopyBothResponse body {body:?} accepted"
+        );
+    }
+}
