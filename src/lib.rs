@@ -220,11 +220,21 @@ pub use proto::{Notification, TransactionStatus};
 /// # Ok(()) }
 /// ```
 pub mod replication {
+    #[cfg(any(feature = "tokio", target_os = "wasi"))]
+    pub use crate::client::replication::{
+        CreatedSlot, IdentifySystem, PgOutputOptions, SlotInfo, SlotKind, SlotSnapshot, Streaming,
+    };
+    #[cfg(any(feature = "tokio", target_os = "wasi"))]
+    pub use crate::client::replication_stream::{
+        LogicalEvent, LogicalReplicationStream, ReplicationStream, TupleRow,
+    };
+    pub use crate::proto::pgoutput::{
+        Begin, Commit, Delete, Insert, LogicalMessage, Message, OldTuple, Origin, PgOutputDecoder,
+        Prepared, Relation, RelationColumn, RollbackPrepared, StreamAbort, StreamCommit, Truncate,
+        Tuple, TupleValue, TypeMessage, Update,
+    };
     pub use crate::proto::replication::{
-        Begin, Commit, Delete, Insert, LogicalMessage, Lsn, Message, OldTuple, Origin,
-        PgOutputDecoder, PgTimestamp, Prepared, Relation, RelationColumn, RollbackPrepared,
-        ServerMessage, StreamAbort, StreamCommit, Truncate, Tuple, TupleValue, TypeMessage, Update,
-        parse_server_message, standby_status_update,
+        Lsn, PgTimestamp, ServerMessage, parse_server_message, standby_status_update,
     };
 }
 

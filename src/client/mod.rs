@@ -36,6 +36,8 @@ pub(crate) mod portal;
 pub(crate) mod prepare;
 pub(crate) mod query;
 pub(crate) mod rebuild;
+pub(crate) mod replication;
+pub(crate) mod replication_stream;
 #[cfg(test)]
 mod shared_tests;
 pub(crate) mod simple_mode;

@@ -51,7 +51,7 @@ impl Client {
                         .map(|field| {
                             Column::new(
                                 field.name,
-                                crate::client::simple_mode::column_type(
+                                crate::proto::text_values::column_type(
                                     Type::from_oid(field.type_oid).unwrap_or(Type::TEXT),
                                 ),
                                 field.table_oid,
@@ -64,7 +64,7 @@ impl Client {
                     let mut fields = Vec::with_capacity(raw.len());
                     for (i, column) in columns.iter().enumerate().take(raw.len()) {
                         let field = raw.field(i).map(|text| {
-                            crate::client::simple_mode::text_to_binary(column.type_(), text)
+                            crate::proto::text_values::text_to_binary(column.type_(), text)
                                 .ok_or_else(|| {
                                     Error::unsupported(format!(
                                         "QueryMode::Simple cannot read the {} text of column {:?} \

@@ -36,7 +36,8 @@ use crate::Error;
 use modes::Keyword as _;
 
 pub use modes::{
-    ChannelBinding, LoadBalanceHosts, ProtocolVersion, QueryMode, SslMode, TargetSessionAttrs,
+    ChannelBinding, LoadBalanceHosts, ProtocolVersion, QueryMode, Replication, SslMode,
+    TargetSessionAttrs,
 };
 #[cfg(any(feature = "tokio", target_os = "wasi"))]
 pub(crate) use pgpass::passfile_lookup;
@@ -293,6 +294,15 @@ impl Config {
     /// Sets the order in which several hosts are tried.
     pub fn load_balance_hosts(&mut self, load_balance_hosts: LoadBalanceHosts) -> &mut Config {
         self.load_balance_hosts = Some(load_balance_hosts);
+        self
+    }
+
+    /// Makes the connection a replication connection (libpq's `replication`); see
+    /// [`Client::start_logical_replication`](crate::Client::start_logical_replication).
+    pub fn replication(&mut self, replication: Replication) -> &mut Config {
+        self.raw
+            .insert("replication", replication.as_str().to_string());
+        self.given_empty.remove("replication");
         self
     }
 
@@ -596,6 +606,13 @@ impl Config {
     /// Which kind of server the connection must reach (default [`TargetSessionAttrs::Any`]).
     pub fn get_target_session_attrs(&self) -> TargetSessionAttrs {
         self.target_session_attrs.unwrap_or_default()
+    }
+
+    /// Whether this is a replication connection (default [`Replication::Off`]).
+    pub fn get_replication(&self) -> Replication {
+        self.get_raw("replication")
+            .and_then(Replication::from_keyword)
+            .unwrap_or_default()
     }
 
     /// The order in which several hosts are tried (default [`LoadBalanceHosts::Disable`]).

@@ -147,6 +147,46 @@ impl Keyword for LoadBalanceHosts {
     }
 }
 
+/// Whether the connection is a replication connection (libpq's `replication`): the server starts a walsender,
+/// which takes the replication commands (`IDENTIFY_SYSTEM`, `CREATE_REPLICATION_SLOT`, `START_REPLICATION`,
+/// ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Replication {
+    /// An ordinary connection (`false`).
+    #[default]
+    Off,
+    /// Physical replication (`true`): replication commands only, no SQL.
+    Physical,
+    /// Logical replication (`database`): replication commands and SQL, in the database named by `dbname`.
+    Logical,
+}
+
+impl Replication {
+    /// The libpq keyword for this value, as sent in the startup message.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Replication::Off => "false",
+            Replication::Physical => "true",
+            Replication::Logical => "database",
+        }
+    }
+}
+
+impl Keyword for Replication {
+    const EXPECTED: &'static str = "database, or a boolean (true, false, on, off, yes, no, 1, 0)";
+
+    fn from_keyword(keyword: &str) -> Option<Replication> {
+        // The server reads the booleans case-insensitively, and prefixes of them; libpq passes the value on.
+        match keyword.to_ascii_lowercase().as_str() {
+            "database" => Some(Replication::Logical),
+            "true" | "on" | "yes" | "1" => Some(Replication::Physical),
+            "false" | "off" | "no" | "0" => Some(Replication::Off),
+            _ => None,
+        }
+    }
+}
+
 /// Whether SCRAM channel binding is used (libpq's `channel_binding`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]

@@ -7,7 +7,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::conninfo::{Pair, is_secret, is_space};
-use super::modes::{ChannelBinding, Keyword, LoadBalanceHosts, SslMode, TargetSessionAttrs};
+use super::modes::{
+    ChannelBinding, Keyword, LoadBalanceHosts, Replication, SslMode, TargetSessionAttrs,
+};
 use super::require_auth::RequireAuth;
 use super::{Config, DEFAULT_PORT, Host};
 use crate::Error;
@@ -272,13 +274,8 @@ impl Config {
                 self.set_raw(key, value);
             }
             "replication" => {
-                if !empty
-                    && !matches!(
-                        value.to_ascii_lowercase().as_str(),
-                        "0" | "false" | "off" | "no"
-                    )
-                {
-                    return Err(invalid("replication connections are not supported"));
+                if !empty {
+                    keyword::<Replication>(value, &invalid)?;
                 }
                 self.set_raw(key, value);
             }

@@ -364,12 +364,25 @@ fn unsupported_settings() {
     }
     assert!(parse_err("service=mydb").contains("not supported"));
     assert!(parse_err("gssencmode=require").contains("not supported"));
-    assert!(parse_err("replication=database").contains("not supported"));
-    assert!(parse_err("replication=true").contains("not supported"));
     assert_eq!(
         parse("replication=false").get_raw("replication"),
         Some("false")
     );
+    for (value, mode) in [
+        ("database", Replication::Logical),
+        ("true", Replication::Physical),
+        ("ON", Replication::Physical),
+        ("1", Replication::Physical),
+        ("no", Replication::Off),
+        ("", Replication::Off),
+    ] {
+        assert_eq!(
+            parse(&format!("replication='{value}'")).get_replication(),
+            mode,
+            "{value}"
+        );
+    }
+    assert!(parse_err("replication=physical").contains("expected one of"));
     assert_eq!(
         parse("gssencmode=disable").get_raw("gssencmode"),
         Some("disable")

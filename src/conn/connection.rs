@@ -436,6 +436,12 @@ impl Connection {
         }
     }
 
+    /// Writes everything queued, without reading: for a short message that must go out now even while answers
+    /// wait in the read buffer (a replication stream's status update, which the server times out without).
+    pub(crate) async fn write_queued(&mut self) -> Result<(), Error> {
+        poll_fn(|cx| self.poll_write_queued(cx)).await
+    }
+
     /// Sends everything queued and closes the sending side (used by close, where no response follows).
     pub(crate) async fn flush_all(&mut self) -> Result<(), Error> {
         poll_fn(|cx| {

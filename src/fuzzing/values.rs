@@ -12,10 +12,10 @@ use std::time::SystemTime;
 use postgres_types::{Field, FromSql, Kind, PgLsn, Timestamp, Type};
 
 use super::{Input, violated};
-use crate::client::simple_mode::{column_type, text_to_binary};
 use crate::proto::RawRow;
 use crate::proto::row::SimpleColumn;
 use crate::proto::statement::Column;
+use crate::proto::text_values::{column_type, text_to_binary};
 use crate::{BinaryCopyRow, Error, Row, SimpleQueryRow};
 
 /// Decodes one value, or a binary COPY stream, from `data`: two bytes pick the type (from every built-in type

@@ -16,12 +16,14 @@
 
 mod data_row;
 mod frame;
+pub(crate) mod pgoutput;
 pub(crate) mod replication;
 pub(crate) mod row;
 mod startup;
 pub(crate) mod statement;
 #[cfg(test)]
 mod tests;
+pub(crate) mod text_values;
 mod value;
 mod wire;
 
@@ -201,8 +203,14 @@ enum CopyState {
     /// COPY TO STDOUT: the server sends CopyData to this request until CopyDone.
     Out(RequestId),
     /// CopyBoth (replication): both sides send CopyData. The server's CopyDone leaves the client's half open
-    /// ([`In`](CopyState::In)), the client's CopyDone the server's ([`Out`](CopyState::Out)).
+    /// ([`In`](CopyState::In)), the client's leaves the server's ([`BothClientDone`](CopyState::BothClientDone)).
     Both(RequestId),
+    /// CopyBoth after the client's CopyDone: the server streams until its own CopyDone.
+    BothClientDone(RequestId),
+    /// CopyBoth after both CopyDones, until the request's next message. PostgreSQL's logical walsenders (15
+    /// among them) may still send a keepalive or the rest of a transaction they were writing after their
+    /// CopyDone: such CopyData goes to the request, whose reader discards it; anything else ends the COPY.
+    BothEnded(RequestId),
 }
 
 /// Where the connection is.
@@ -519,7 +527,7 @@ impl Protocol {
         frontend::copy_done(&mut self.outbound);
         // In CopyBoth the server may still stream until its own CopyDone.
         let next = match self.copy {
-            CopyState::Both(_) => CopyState::Out(id),
+            CopyState::Both(_) => CopyState::BothClientDone(id),
             _ => CopyState::Idle,
         };
         self.copy_transition(next, Some(id));
@@ -541,7 +549,7 @@ impl Protocol {
             // A replication stream is ended with CopyDone (walsenders do not take CopyFail); what the server
             // still sends is read and discarded like any abandoned request's answers.
             frontend::copy_done(&mut self.outbound);
-            self.copy_transition(CopyState::Out(id), Some(id));
+            self.copy_transition(CopyState::BothClientDone(id), Some(id));
             return;
         }
         if self.copy != CopyState::In(id) {
@@ -582,9 +590,17 @@ impl Protocol {
         );
         match (self.copy, next) {
             (CopyState::In(_), CopyState::Idle) if extended => frontend::sync(&mut self.outbound),
-            (CopyState::In(_) | CopyState::Out(_) | CopyState::Both(_), CopyState::Idle)
+            (
+                CopyState::In(_)
+                | CopyState::Out(_)
+                | CopyState::Both(_)
+                | CopyState::BothClientDone(_)
+                | CopyState::BothEnded(_),
+                CopyState::Idle,
+            )
             | (CopyState::Idle, CopyState::In(_) | CopyState::Out(_) | CopyState::Both(_))
-            | (CopyState::Both(_), CopyState::In(_) | CopyState::Out(_)) => {}
+            | (CopyState::Both(_), CopyState::In(_) | CopyState::BothClientDone(_))
+            | (CopyState::BothClientDone(_), CopyState::BothEnded(_)) => {}
             (from, to) => {
                 // Callers check the state first; reaching this is a broken invariant of the core itself.
                 unreachable!("BUG: COPY state {from:?} -> {to:?} (ended by {ended_by:?})")
@@ -691,6 +707,19 @@ impl Protocol {
             }
             _ => {}
         }
+        // Past both CopyDones of a CopyBoth, the request's next message (not another CopyDone) ends the COPY.
+        // So does a CommandComplete without the server's CopyDone: PostgreSQL's walsender (15 among others)
+        // answers a second START_REPLICATION on one connection with CopyBothResponse and CommandComplete.
+        let ends_copy_both = match self.copy {
+            CopyState::BothEnded(_) => !matches!(message, Message::CopyDone),
+            CopyState::Both(_) | CopyState::BothClientDone(_) => {
+                matches!(message, Message::CommandComplete(_))
+            }
+            _ => false,
+        };
+        if ends_copy_both {
+            self.copy_transition(CopyState::Idle, None);
+        }
         let pipelined_behind = self.pending.len() > 1;
         let Some(pending) = self.pending.front_mut() else {
             return Err(Error::protocol(format!(
@@ -744,6 +773,7 @@ impl Protocol {
                 let next = match self.copy {
                     // The server is done; the client's half stays open until it sends CopyDone.
                     CopyState::Both(id) => CopyState::In(id),
+                    CopyState::BothClientDone(id) => CopyState::BothEnded(id),
                     _ => CopyState::Idle,
                 };
                 self.copy_transition(next, None);
@@ -861,12 +891,20 @@ impl Protocol {
     /// request. Returns that request.
     fn check_copy_data(&self) -> Result<RequestId, Error> {
         match (self.copy, self.pending.front()) {
-            (CopyState::Out(request) | CopyState::Both(request), Some(pending))
-                if pending.id == request =>
-            {
-                Ok(request)
-            }
-            (CopyState::Out(_) | CopyState::Both(_), _) => Err(Error::protocol(
+            (
+                CopyState::Out(request)
+                | CopyState::Both(request)
+                | CopyState::BothClientDone(request)
+                | CopyState::BothEnded(request),
+                Some(pending),
+            ) if pending.id == request => Ok(request),
+            (
+                CopyState::Out(_)
+                | CopyState::Both(_)
+                | CopyState::BothClientDone(_)
+                | CopyState::BothEnded(_),
+                _,
+            ) => Err(Error::protocol(
                 "BUG: a COPY TO STDOUT of a request that is not the oldest",
             )),
             (_, None) => Err(Error::protocol(
@@ -886,7 +924,11 @@ impl Protocol {
     /// whenever something else comes next; the caller then goes the general way.
     pub(crate) fn poll_copy_data(&mut self, id: RequestId) -> Result<Option<Bytes>, Error> {
         let ours = matches!(self.phase, Phase::Ready)
-            && matches!(self.copy, CopyState::Out(c) | CopyState::Both(c) if c == id)
+            && matches!(
+                self.copy,
+                CopyState::Out(c) | CopyState::Both(c) | CopyState::BothClientDone(c) | CopyState::BothEnded(c)
+                    if c == id
+            )
             && self.inbound.first() == Some(&b'd')
             && self.pending.front().is_some_and(|p| p.id == id);
         if !ours {
@@ -932,7 +974,9 @@ fn copy_phase(copy: CopyState) -> Option<&'static str> {
         CopyState::Idle => None,
         CopyState::In(_) => Some("during COPY FROM STDIN"),
         CopyState::Out(_) => Some("during COPY TO STDOUT"),
-        CopyState::Both(_) => Some("during CopyBoth"),
+        CopyState::Both(_) | CopyState::BothClientDone(_) => Some("during CopyBoth"),
+        // Past both CopyDones the request's ordinary messages may come.
+        CopyState::BothEnded(_) => None,
     }
 }
 
@@ -942,12 +986,20 @@ fn copy_phase(copy: CopyState) -> Option<&'static str> {
 fn check_copy_message(copy: CopyState, message: &Message) -> Result<(), Error> {
     let during = match (copy, message) {
         (CopyState::Idle, Message::CopyDone) => "outside a COPY",
-        (CopyState::Idle, _) | (CopyState::Out(_) | CopyState::Both(_), Message::CopyDone) => {
+        (CopyState::BothEnded(_), Message::CopyDone) => "after CopyBoth ended",
+        (CopyState::Idle | CopyState::BothEnded(_), _)
+        | (
+            CopyState::Out(_) | CopyState::Both(_) | CopyState::BothClientDone(_),
+            Message::CopyDone,
+        ) => {
+            return Ok(());
+        }
+        (CopyState::Both(_) | CopyState::BothClientDone(_), Message::CommandComplete(_)) => {
             return Ok(());
         }
         (CopyState::In(_), _) => "during COPY FROM STDIN",
         (CopyState::Out(_), _) => "during COPY TO STDOUT",
-        (CopyState::Both(_), _) => "during CopyBoth",
+        (CopyState::Both(_) | CopyState::BothClientDone(_), _) => "during CopyBoth",
     };
     Err(Error::protocol(format!(
         "unexpected {} {during}",

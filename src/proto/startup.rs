@@ -510,6 +510,10 @@ pub(crate) fn startup_parameters(config: &Config) -> Result<StartupParameters, E
     if let Some(options) = config.get_options() {
         params.push(("options".to_string(), options.to_string()));
     }
+    let replication = config.get_replication();
+    if replication != crate::config::Replication::Off {
+        params.push(("replication".to_string(), replication.as_str().to_string()));
+    }
     for (name, value) in config.get_params() {
         params.retain(|(k, _)| k != name);
         params.push((name.clone(), value.clone()));

@@ -98,6 +98,7 @@ mod cancel;
 mod copy;
 mod modes;
 mod pgbouncer;
+mod replication;
 mod session;
 mod shared;
 mod streams;
@@ -179,6 +180,7 @@ pub fn all() -> Vec<(&'static str, Scenario)> {
     list.extend(session::scenarios());
     list.extend(cancel::scenarios());
     list.extend(shared::scenarios());
+    list.extend(replication::scenarios());
     #[cfg(not(target_os = "wasi"))]
     list.push(("unix_socket", |env| Box::pin(unix_socket(env))));
     list

@@ -553,7 +553,14 @@ impl Cluster {
             }
         }
         let replication = match self.replication {
-            Replication::None => vec![],
+            // Logical decoding, replication connections and prepared transactions for the replication
+            // scenarios.
+            Replication::None => vec![
+                "wal_level = logical".to_owned(),
+                "max_wal_senders = 10".to_owned(),
+                "max_replication_slots = 10".to_owned(),
+                "max_prepared_transactions = 10".to_owned(),
+            ],
             Replication::Primary => vec![
                 "wal_level = replica".to_owned(),
                 "max_wal_senders = 4".to_owned(),
@@ -827,6 +834,7 @@ fn hba_conf(setup: &Setup) -> String {
             );
         }
         let _ = writeln!(hba, "host all postgres {address} trust");
+        let _ = writeln!(hba, "host replication postgres {address} trust");
         if !setup.tls_roles {
             continue;
         }

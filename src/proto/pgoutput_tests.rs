@@ -4,6 +4,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::*;
+use crate::proto::replication::*;
 
 /// Builds a message field by field, as the server writes it.
 #[derive(Default)]
