@@ -117,6 +117,9 @@ pub(crate) struct Target {
     pub(crate) hostaddr: Option<IpAddr>,
     /// The TCP port, or the number in the socket file name.
     pub(crate) port: u16,
+    /// The user the server process must run as (`requirepeer`); only for a Unix-domain socket, the only kind
+    /// whose peer the kernel can name (libpq checks no other either).
+    pub(crate) require_peer: Option<String>,
 }
 
 /// Connection settings, compatible with libpq.
@@ -824,10 +827,15 @@ impl Config {
                     [port] => *port,
                     ports => ports.get(i).copied().unwrap_or(DEFAULT_PORT),
                 };
+                let require_peer = match &host {
+                    Host::Unix(_) => self.get_raw("requirepeer").map(str::to_string),
+                    Host::Tcp(_) => None,
+                };
                 Target {
                     host,
                     hostaddr,
                     port,
+                    require_peer,
                 }
             })
             .collect();

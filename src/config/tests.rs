@@ -54,6 +54,7 @@ fn target(host: Host, hostaddr: Option<IpAddr>, port: u16) -> Target {
         host,
         hostaddr,
         port,
+        require_peer: None,
     }
 }
 

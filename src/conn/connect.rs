@@ -76,7 +76,7 @@ async fn attempt(
     tls: Option<(&TlsConnector, bool)>,
 ) -> Result<Connection, (Error, Stage)> {
     let tcp = TcpOptions::of(config);
-    let mut transport = open_transport(&target.host, target.hostaddr, target.port, &tcp)
+    let mut transport = open_transport(target, &tcp)
         .await
         .map_err(|e| (e, Stage::Setup))?;
     let plain = |transport| async move {
