@@ -96,6 +96,7 @@ macro_rules! scenarios {
 
 mod cancel;
 mod copy;
+mod keywords;
 mod modes;
 mod pgbouncer;
 mod session;
@@ -179,6 +180,7 @@ pub fn all() -> Vec<(&'static str, Scenario)> {
     list.extend(session::scenarios());
     list.extend(cancel::scenarios());
     list.extend(shared::scenarios());
+    list.extend(keywords::scenarios());
     #[cfg(not(target_os = "wasi"))]
     list.push(("unix_socket", |env| Box::pin(unix_socket(env))));
     list
