@@ -7,7 +7,7 @@ use std::hash::{BuildHasher, Hasher};
 use tracing::{Instrument as _, debug};
 
 use crate::client::Client;
-use crate::config::{Host, LoadBalanceHosts, Target, TargetSessionAttrs};
+use crate::config::{Host, LoadBalanceHosts, Opening, Target, TargetSessionAttrs};
 use crate::conn::connect::{connect_over, connect_target};
 use crate::proto::row::SimpleQueryMessage;
 use crate::proto::startup_parameters;
@@ -29,6 +29,7 @@ impl Client {
     /// ```
     pub async fn connect(config: &Config) -> Result<Client, Error> {
         startup_parameters(config)?;
+        config.refuse_unhonored(Opening::Dialed)?;
         // Files are read and certificates parsed once, for every host.
         let tls = TlsConnector::from_config(config)?;
         let mut targets = config.targets()?;
@@ -87,7 +88,8 @@ impl Client {
     }
 
     /// Runs the startup over a transport the caller opened (a custom transport, a test pipe, a tunnel).
-    /// Host, port and connect_timeout from `config` are not used.
+    /// Host, port and connect_timeout from `config` are not used. `requirepeer` cannot be checked on such a
+    /// transport, so it is refused with [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported).
     ///
     /// TLS is negotiated on it as `sslmode` says, and verified against `host` (the first host of `config`;
     /// `localhost` when none is given).

@@ -7,11 +7,15 @@
 //! distinguishable from "set to the default".
 //!
 //! Settings kept for libpq compatibility (keepalives, TLS files, ...) are checked like libpq checks them and
-//! kept as text ([`Config::get_raw`]), so a connection string written for `psql` is accepted here.
+//! kept as text ([`Config::get_raw`]), so a connection string written for `psql` is accepted here. Every
+//! accepted keyword is honored, has no effect by libpq's own rule, or is refused with
+//! [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported): see the README's table of libpq keywords, which a
+//! unit test holds to the code.
 //!
 //! Longer than 800 lines on purpose: [`Config`]'s setter and getter for each of about seventy libpq keywords,
 //! each with its rustdoc, side by side; parsing is in `conninfo.rs`, `env.rs` and `settings.rs`.
 
+mod audit;
 mod conninfo;
 mod env;
 #[cfg(any(feature = "tokio", target_os = "wasi"))]
@@ -35,6 +39,8 @@ use std::time::Duration;
 use crate::Error;
 use modes::Keyword as _;
 
+#[cfg(any(feature = "tokio", target_os = "wasi"))]
+pub(crate) use audit::Opening;
 pub use modes::{
     ChannelBinding, LoadBalanceHosts, ProtocolVersion, QueryMode, Replication, SslMode,
     TargetSessionAttrs,
@@ -118,6 +124,9 @@ pub(crate) struct Target {
     pub(crate) hostaddr: Option<IpAddr>,
     /// The TCP port, or the number in the socket file name.
     pub(crate) port: u16,
+    /// The user the server process must run as (`requirepeer`); only for a Unix-domain socket, the only kind
+    /// whose peer the kernel can name (libpq checks no other either).
+    pub(crate) require_peer: Option<String>,
 }
 
 /// Connection settings, compatible with libpq.
@@ -444,6 +453,27 @@ impl Config {
     /// notifications.
     pub fn read_timeout(&mut self, timeout: Duration) -> &mut Config {
         self.read_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the operating-system user the server process must run as, checked on Unix-domain sockets before
+    /// anything is sent (libpq's `requirepeer`). It guards against a local user who listens on the socket path
+    /// in the server's place. The user id comes from the socket (SO_PEERCRED) and its name from the system's
+    /// user database; a different name fails the connection with [`ErrorKind::Auth`](crate::ErrorKind::Auth).
+    /// TCP connections are not checked, as in libpq (wasm32-wasip2 has only TCP), and
+    /// [`Client::connect_with_transport`](crate::Client::connect_with_transport) refuses it, since it cannot
+    /// check a transport the caller opened.
+    ///
+    /// ```
+    /// let mut config = wasi_pg_client::Config::parse("host=/var/run/postgresql requirepeer=postgres")?;
+    /// assert_eq!(config.get_require_peer(), Some("postgres"));
+    /// config.require_peer("pgadmin");
+    /// assert_eq!(config.get_require_peer(), Some("pgadmin"));
+    /// # Ok::<(), wasi_pg_client::Error>(())
+    /// ```
+    pub fn require_peer(&mut self, user: &str) -> &mut Config {
+        self.raw.insert("requirepeer", user.to_string());
+        self.given_empty.remove("requirepeer");
         self
     }
 
@@ -776,6 +806,12 @@ impl Config {
         self.get_raw("sslkey")
     }
 
+    /// The user the server process must run as on a Unix-domain socket (`requirepeer`; see
+    /// [`require_peer`](Self::require_peer)), if given.
+    pub fn get_require_peer(&self) -> Option<&str> {
+        self.get_raw("requirepeer")
+    }
+
     /// Whether the TLS handshake names the server (SNI). On by default; like libpq, any `sslsni` value that
     /// does not start with `1` turns it off.
     pub fn get_ssl_sni(&self) -> bool {
@@ -784,7 +820,8 @@ impl Config {
             .is_none_or(|value| value.starts_with('1'))
     }
 
-    /// The value of a setting kept as text for later use, by libpq keyword: `passfile`, `client_encoding`,
+    /// The value of a setting kept as text, by libpq keyword (what each does, on each target, is in the README's
+    /// table of libpq keywords): `passfile`, `client_encoding`,
     /// `keepalives`, `keepalives_idle`, `keepalives_interval`, `keepalives_count`, `tcp_user_timeout`,
     /// `sslnegotiation`, `sslcompression`, `sslcert`, `sslkey`, `sslpassword`, `sslcertmode`, `sslrootcert`,
     /// `sslcrl`, `sslcrldir`, `sslsni`, `ssl_min_protocol_version`, `ssl_max_protocol_version`,
@@ -841,10 +878,15 @@ impl Config {
                     [port] => *port,
                     ports => ports.get(i).copied().unwrap_or(DEFAULT_PORT),
                 };
+                let require_peer = match &host {
+                    Host::Unix(_) => self.get_require_peer().map(str::to_string),
+                    Host::Tcp(_) => None,
+                };
                 Target {
                     host,
                     hostaddr,
                     port,
+                    require_peer,
                 }
             })
             .collect();

@@ -14,8 +14,9 @@ use super::require_auth::RequireAuth;
 use super::{Config, DEFAULT_PORT, Host};
 use crate::Error;
 
-/// Every keyword libpq 17 accepts (plus the protocol-version ones of libpq 18), in libpq's order.
-const KEYWORDS: &[&str] = &[
+/// Every keyword libpq 17 accepts (plus the protocol-version ones of libpq 18), in libpq's order. Each must
+/// have an entry in [`AUDIT`](super::audit::AUDIT), which says what it does on each target.
+pub(super) const KEYWORDS: &[&str] = &[
     "service",
     "user",
     "password",
@@ -84,21 +85,33 @@ pub(super) enum Origin<'a> {
 impl Origin<'_> {
     /// The error for an invalid `value` of `key`; `detail` says what is wrong with it.
     pub(super) fn invalid(self, key: &str, value: &str, detail: &str) -> Error {
+        Error::config(self.describe("invalid", key, value, detail))
+    }
+
+    /// The error for a valid libpq `value` of `key` that asks for something this client cannot do
+    /// ([`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)); `detail` says what.
+    pub(super) fn unsupported(self, key: &str, value: &str, detail: &str) -> Error {
+        Error::unsupported(self.describe("unsupported", key, value, detail))
+    }
+
+    /// "`adjective` value ... for connection option `key`: `detail`", with the value left out where it may
+    /// be secret.
+    fn describe(self, adjective: &str, key: &str, value: &str, detail: &str) -> String {
         match self {
-            Origin::Conninfo { redact: true } => Error::config(format!(
-                "invalid value for connection option {key:?} (not shown, it may be part of a password: \
+            Origin::Conninfo { redact: true } => format!(
+                "{adjective} value for connection option {key:?} (not shown, it may be part of a password: \
                  quote or percent-encode special characters in passwords)"
-            )),
+            ),
             // `detail` never quotes the value for these keys.
-            _ if is_secret(key) => Error::config(format!(
-                "invalid value for connection option {key:?}: {detail}"
-            )),
-            Origin::Conninfo { redact: false } => Error::config(format!(
-                "invalid value {value:?} for connection option {key:?}: {detail}"
-            )),
-            Origin::Env(var) => Error::config(format!(
-                "invalid value {value:?} in environment variable {var} (connection option {key:?}): {detail}"
-            )),
+            _ if is_secret(key) => {
+                format!("{adjective} value for connection option {key:?}: {detail}")
+            }
+            Origin::Conninfo { redact: false } => {
+                format!("{adjective} value {value:?} for connection option {key:?}: {detail}")
+            }
+            Origin::Env(var) => format!(
+                "{adjective} value {value:?} in environment variable {var} (connection option {key:?}): {detail}"
+            ),
         }
     }
 }
@@ -147,6 +160,7 @@ impl Config {
             return Err(origin.invalid(key, value, "contains a NUL byte"));
         }
         let invalid = |detail: &str| origin.invalid(key, value, detail);
+        let unsupported = |detail: &str| origin.unsupported(key, value, detail);
         let empty = value.is_empty();
         match key {
             "host" => {
@@ -218,7 +232,7 @@ impl Config {
                     .map(|c| c.to_ascii_lowercase())
                     .collect();
                 if !empty && !matches!(name.as_str(), "utf8" | "unicode" | "auto") {
-                    return Err(invalid("only UTF8 is supported"));
+                    return Err(unsupported("only UTF8 is supported"));
                 }
                 self.set_raw(key, value);
             }
@@ -247,7 +261,9 @@ impl Config {
                 match value {
                     "disable" | "prefer" => {}
                     "require" => {
-                        return Err(invalid("GSSAPI encryption is not supported by this client"));
+                        return Err(unsupported(
+                            "GSSAPI encryption is not supported by this client",
+                        ));
                     }
                     _ => return Err(invalid("expected one of disable, prefer, require")),
                 }
@@ -267,7 +283,7 @@ impl Config {
             }
             "service" => {
                 if !empty {
-                    return Err(invalid(
+                    return Err(unsupported(
                         "connection service files (pg_service.conf) are not supported",
                     ));
                 }
@@ -279,7 +295,7 @@ impl Config {
                 }
                 self.set_raw(key, value);
             }
-            // Kept for later use, as text; libpq does not check these either.
+            // Kept as text; libpq does not check these either. What each does is in `audit.rs`.
             _ => self.set_raw(key, value),
         }
         if empty {

@@ -54,6 +54,7 @@ fn target(host: Host, hostaddr: Option<IpAddr>, port: u16) -> Target {
         host,
         hostaddr,
         port,
+        require_peer: None,
     }
 }
 
@@ -352,9 +353,23 @@ fn bad_values_name_the_key_and_the_value() {
     }
 }
 
+/// A valid libpq setting this client cannot honor: an [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)
+/// error naming the keyword.
+fn unsupported_err(s: &str) -> String {
+    match Config::parse(s) {
+        Ok(config) => panic!("{s:?} should be refused, got {config:?}"),
+        Err(e) => {
+            assert_eq!(e.kind(), crate::ErrorKind::Unsupported, "{s}: {e}");
+            let key = s.split('=').next().unwrap_or_default();
+            assert!(e.to_string().contains(&format!("{key:?}")), "{s}: {e}");
+            e.to_string()
+        }
+    }
+}
+
 #[test]
 fn unsupported_settings() {
-    assert!(parse_err("client_encoding=LATIN1").contains("only UTF8 is supported"));
+    assert!(unsupported_err("client_encoding=LATIN1").contains("only UTF8 is supported"));
     for ok in ["UTF8", "utf8", "UTF-8", "unicode", "auto", ""] {
         let c = parse(&format!("client_encoding='{ok}'"));
         assert_eq!(
@@ -362,8 +377,8 @@ fn unsupported_settings() {
             Some(ok).filter(|v| !v.is_empty())
         );
     }
-    assert!(parse_err("service=mydb").contains("not supported"));
-    assert!(parse_err("gssencmode=require").contains("not supported"));
+    assert!(unsupported_err("service=mydb").contains("not supported"));
+    assert!(unsupported_err("gssencmode=require").contains("not supported"));
     assert_eq!(
         parse("replication=false").get_raw("replication"),
         Some("false")

@@ -5,7 +5,7 @@
 
 use tracing::debug;
 
-use crate::config::{Host, SslMode, Target};
+use crate::config::{Host, Opening, SslMode, Target};
 use crate::conn::connection::Connection;
 use crate::conn::dial::{CancelRoute, Negotiated, TcpOptions, open_transport, secure, tls_host};
 use crate::proto::Protocol;
@@ -76,7 +76,7 @@ async fn attempt(
     tls: Option<(&TlsConnector, bool)>,
 ) -> Result<Connection, (Error, Stage)> {
     let tcp = TcpOptions::of(config);
-    let mut transport = open_transport(&target.host, target.hostaddr, target.port, &tcp)
+    let mut transport = open_transport(target, &tcp)
         .await
         .map_err(|e| (e, Stage::Setup))?;
     let plain = |transport| async move {
@@ -124,6 +124,7 @@ pub(crate) async fn connect_over(
     config: &Config,
 ) -> Result<Connection, Error> {
     startup_parameters(config)?;
+    config.refuse_unhonored(Opening::CallersTransport)?;
     let tls = TlsConnector::from_config(config)?;
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(name)) if !name.is_empty() => name.clone(),

@@ -2,7 +2,6 @@
 //! on it as the sslmode says, and the route by which a session's cancel requests reach the same server the
 //! same way.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 #[cfg(target_os = "wasi")]
@@ -54,8 +53,7 @@ impl CancelRoute {
                  send a cancel request to",
             ));
         };
-        let mut transport =
-            open_transport(&target.host, target.hostaddr, target.port, &self.tcp).await?;
+        let mut transport = open_transport(target, &self.tcp).await?;
         let Some((connector, host)) = &self.tls else {
             return Ok(transport);
         };
@@ -108,17 +106,15 @@ pub(crate) fn tls_host(target: &Target) -> String {
     }
 }
 
-/// Opens a connection to `host`; over TCP with the options `tcp` gives.
+/// Opens a connection to `target`; over TCP with the options `tcp` gives.
 #[cfg(target_os = "wasi")]
 pub(crate) async fn open_transport(
-    host: &Host,
-    hostaddr: Option<IpAddr>,
-    port: u16,
+    target: &Target,
     tcp: &TcpOptions,
 ) -> Result<Box<dyn Transport>, Error> {
-    match host {
+    match &target.host {
         Host::Tcp(name) => {
-            let stream = crate::transport::wasi::connect_tcp(name, hostaddr, port)
+            let stream = crate::transport::wasi::connect_tcp(name, target.hostaddr, target.port)
                 .await
                 .map_err(Error::io)?;
             stream.set_keepalive(tcp.keepalive.as_ref());
@@ -134,22 +130,27 @@ pub(crate) async fn open_transport(
     }
 }
 
-/// Opens a connection to `host`; over TCP with the options `tcp` gives.
+/// Opens a connection to `target`: over TCP with the options `tcp` gives; over a Unix-domain socket after
+/// checking who the server runs as, if `requirepeer` asks.
 #[cfg(all(not(target_os = "wasi"), feature = "tokio"))]
 pub(crate) async fn open_transport(
-    host: &Host,
-    hostaddr: Option<IpAddr>,
-    port: u16,
+    target: &Target,
     tcp: &TcpOptions,
 ) -> Result<Box<dyn Transport>, Error> {
-    match host {
-        Host::Tcp(name) => Ok(Box::new(open_tcp(name, hostaddr, port, tcp).await?)),
-        #[cfg(unix)]
-        Host::Unix(dir) => Ok(Box::new(
-            crate::transport::tokio::connect_unix(dir, port)
-                .await
-                .map_err(Error::io)?,
+    match &target.host {
+        Host::Tcp(name) => Ok(Box::new(
+            open_tcp(name, target.hostaddr, target.port, tcp).await?,
         )),
+        #[cfg(unix)]
+        Host::Unix(dir) => {
+            let stream = crate::transport::tokio::connect_unix(dir, target.port)
+                .await
+                .map_err(Error::io)?;
+            if let Some(required) = &target.require_peer {
+                crate::transport::peer::check_peer(&stream.0, required)?;
+            }
+            Ok(Box::new(stream))
+        }
         #[cfg(not(unix))]
         Host::Unix(dir) => Err(Error::unsupported(format!(
             "Unix-domain sockets ({}) are not available on this platform",
@@ -162,7 +163,7 @@ pub(crate) async fn open_transport(
 #[cfg(all(not(target_os = "wasi"), feature = "tokio"))]
 async fn open_tcp(
     name: &str,
-    hostaddr: Option<IpAddr>,
+    hostaddr: Option<std::net::IpAddr>,
     port: u16,
     tcp: &TcpOptions,
 ) -> Result<crate::transport::tokio::TokioStream<tokio::net::TcpStream>, Error> {

@@ -277,6 +277,14 @@ fn load_identity(
             "the client certificate {what} holds no PEM certificate"
         )));
     }
+    if is_encrypted_key(&key_pem) {
+        // libpq would ask for `sslpassword` here; without a decryptor, say so rather than "cannot parse".
+        return Err(Error::unsupported(format!(
+            "the private key for the client certificate {what} is encrypted, and encrypted keys are not \
+             supported (connection option \"sslpassword\" cannot be used): decrypt the key (for example with \
+             `openssl pkey`) and keep its file at 0600"
+        )));
+    }
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         Error::config(format!(
             "cannot parse the private key for the client certificate {what} \
@@ -289,6 +297,13 @@ fn load_identity(
         ))
     })?;
     Ok(Some(Arc::new(key)))
+}
+
+/// Whether a PEM private key is encrypted: PKCS#8 `ENCRYPTED PRIVATE KEY`, or OpenSSL's legacy
+/// `Proc-Type: 4,ENCRYPTED` header in a PKCS#1 or SEC1 key.
+fn is_encrypted_key(pem: &[u8]) -> bool {
+    let contains = |needle: &[u8]| pem.windows(needle.len()).any(|w| w == needle);
+    contains(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || contains(b"Proc-Type: 4,ENCRYPTED")
 }
 
 /// libpq refuses a private key file that others can read: u=rw (0600) or less, or u=rw,g=r (0640) when owned
@@ -443,6 +458,30 @@ impl ResolvesClientCert for ClientIdentity {
 mod tests {
     use super::*;
     use rustls::CipherSuite as S;
+
+    /// An encrypted client key is refused as unsupported, naming sslpassword, whether or not one is given.
+    #[cfg(not(target_os = "wasi"))]
+    #[test]
+    fn an_encrypted_client_key_is_unsupported() {
+        let cert = rcgen::generate_simple_self_signed(vec!["client".to_string()]).unwrap();
+        let legacy = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
+                      DEK-Info: AES-128-CBC,00000000000000000000000000000000\n\nAAAA\n\
+                      -----END RSA PRIVATE KEY-----\n";
+        let pkcs8 =
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        for key in [legacy, pkcs8] {
+            for conninfo in ["sslmode=require", "sslmode=require sslpassword=secret"] {
+                let mut config = Config::parse(conninfo).unwrap();
+                config.ssl_client_identity_pem(cert.cert.pem(), key);
+                let err = TlsConnector::from_config(&config).unwrap_err();
+                assert_eq!(err.kind(), crate::ErrorKind::Unsupported, "{err}");
+                assert!(err.to_string().contains("\"sslpassword\""), "{err}");
+            }
+        }
+        let mut config = Config::parse("sslmode=require sslpassword=unused").unwrap();
+        config.ssl_client_identity_pem(cert.cert.pem(), cert.key_pair.serialize_pem());
+        assert!(TlsConnector::from_config(&config).unwrap().is_some());
+    }
 
     #[test]
     fn wasm_suites_put_chacha20_first_and_keep_aes_128_gcm() {

@@ -13,6 +13,8 @@
 use std::io;
 use std::task::{Context, Poll};
 
+#[cfg(all(feature = "tokio", unix))]
+pub(crate) mod peer;
 pub(crate) mod read_size;
 pub(crate) mod runtime;
 #[cfg(all(feature = "tokio", not(target_os = "wasi")))]

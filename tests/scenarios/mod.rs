@@ -96,6 +96,7 @@ macro_rules! scenarios {
 
 mod cancel;
 mod copy;
+mod keywords;
 mod modes;
 mod pgbouncer;
 mod replication;
@@ -181,6 +182,7 @@ pub fn all() -> Vec<(&'static str, Scenario)> {
     list.extend(cancel::scenarios());
     list.extend(shared::scenarios());
     list.extend(replication::scenarios());
+    list.extend(keywords::scenarios());
     #[cfg(not(target_os = "wasi"))]
     list.push(("unix_socket", |env| Box::pin(unix_socket(env))));
     list

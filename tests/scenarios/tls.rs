@@ -908,6 +908,56 @@ async fn tls_protocol_versions_and_sni(env: &Env) -> Outcome {
     check_cases(env, &cases).await
 }
 
+/// Safety keywords the client cannot honor are refused before anything is sent, with `ErrorKind::Unsupported`
+/// naming them: revocation lists (not checked yet) whenever TLS may be used, and a TLS maximum below 1.2. With
+/// `sslmode=disable` a revocation list has nothing to check, as in libpq, and the connection goes ahead.
+async fn tls_unhonored_safety_keywords_refused(env: &Env) -> Outcome {
+    let root = env.tls.file("root.crt");
+    let refused = [
+        (
+            format!("sslmode=verify-full sslrootcert={root} sslcrl={root}"),
+            "sslcrl",
+        ),
+        (
+            format!(
+                "sslmode=verify-ca sslrootcert={root} sslcrldir={}",
+                env.tls.certs
+            ),
+            "sslcrldir",
+        ),
+        (
+            "sslmode=prefer sslcrl=/nonexistent.crl".to_string(),
+            "sslcrl",
+        ),
+        (
+            "sslmode=require ssl_max_protocol_version=TLSv1.1".to_string(),
+            "ssl_max_protocol_version",
+        ),
+    ];
+    for (settings, keyword) in refused {
+        let conninfo =
+            case(Server::Tls, Login::Scram, settings.as_str(), Expect::Tls).conninfo(env);
+        let config = Config::parse(&conninfo).check(&settings)?;
+        match Client::connect(&config).await {
+            Ok(_) => return Err(format!("{settings}: connected, expected Unsupported")),
+            Err(e) => {
+                ensure!(
+                    e.kind() == ErrorKind::Unsupported && e.to_string().contains(keyword),
+                    "{settings}: expected Unsupported naming {keyword}, got {:?}: {e}",
+                    e.kind()
+                );
+            }
+        }
+    }
+    let cases = [case(
+        Server::Plain,
+        Login::Scram,
+        "sslmode=disable sslcrl=/nonexistent.crl",
+        Expect::Plain,
+    )];
+    check_cases(env, &cases).await
+}
+
 /// The cipher suite the server picked, as `pg_stat_ssl` names it: ChaCha20-Poly1305 under wasmtime, where the
 /// client leaves AES-256-GCM out and offers ChaCha20 first (no AES instructions in wasm), AES-GCM natively.
 async fn tls_cipher_suite_per_target(env: &Env) -> Outcome {
@@ -1045,6 +1095,7 @@ pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
         tls_channel_binding_undefined_for_ed25519,
         tls_require_auth,
         tls_protocol_versions_and_sni,
+        tls_unhonored_safety_keywords_refused,
         tls_cipher_suite_per_target,
         tls_bulk_bytea_64mib,
         tls_million_rows_vs_plaintext,
