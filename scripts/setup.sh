@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need, skipping whatever is already there:
-#   PostgreSQL (server + psql), clang-19/llvm-19 (C code built for wasm32-wasip2), pgbouncer,
+#   PostgreSQL (server + psql), clang-19/llvm-19 (C code built for wasm32-wasip2), a plain clang (what the
+#   README tells dependents to install), the MSRV toolchain, pgbouncer,
 #   the wasm32-wasip2 and wasm32-unknown-unknown Rust targets, wasmtime-cli 48.0.8, cargo-fuzz, wasm-tools,
 #   and pglite-server (npm).
 # Safe to run repeatedly; a second run only checks.
@@ -49,6 +50,23 @@ else
     log "apt packages present: ${APT_PACKAGES[*]}"
 fi
 
+# --- a plain `clang` on PATH: the set-up the README ("Use it in your app") gives dependents ------
+# In an app outside this repository no CC_wasm32_wasip2 is set, and cc-rs compiles ring's C code for
+# wasm32-wasip2 with `clang` from PATH (then llvm-ar from clang's program dirs, else `ar`). scripts/test.sh
+# builds templates/wasm-app that way, so this installs it exactly as the README says: the apt package `clang`
+# (on Debian 12 it is clang 14, which builds ring for wasm32-wasip2).
+if command -v clang >/dev/null; then
+    log "clang present ($(clang --version | head -n 1))"
+else
+    log "installing clang (apt package clang)"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q clang
+    command -v clang >/dev/null || {
+        log "clang still not on PATH after apt-get install clang" >&2
+        exit 1
+    }
+fi
+
 # --- Rust target ------------------------------------------------------------------------------
 if ! command -v cargo >/dev/null; then
     log "cargo not found; install Rust (rustup) first" >&2
@@ -66,6 +84,31 @@ for target in wasm32-wasip2 wasm32-unknown-unknown; do
         exit 1
     fi
 done
+
+# --- the MSRV toolchain (Cargo.toml's rust-version), for the MSRV check of scripts/test.sh -------
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MSRV="$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' "$REPO_DIR/Cargo.toml")"
+[ -n "$MSRV" ] || {
+    log "no rust-version in Cargo.toml" >&2
+    exit 1
+}
+# "1.95" means 1.95.0 must build it.
+MSRV_TOOLCHAIN="$MSRV"
+[[ "$MSRV" =~ ^[0-9]+\.[0-9]+$ ]] && MSRV_TOOLCHAIN="$MSRV.0"
+if ! command -v rustup >/dev/null; then
+    if [ "$(rustc --version | awk '{print $2}')" = "$MSRV_TOOLCHAIN" ]; then
+        log "MSRV $MSRV_TOOLCHAIN is the rustc on PATH (no rustup)"
+    else
+        log "no rustup to install the MSRV toolchain $MSRV_TOOLCHAIN, and rustc on PATH is another version" >&2
+        exit 1
+    fi
+elif rustup toolchain list | grep -q "^$MSRV_TOOLCHAIN-" &&
+    rustup target list --installed --toolchain "$MSRV_TOOLCHAIN" | grep -qx wasm32-wasip2; then
+    log "MSRV toolchain $MSRV_TOOLCHAIN present (with wasm32-wasip2)"
+else
+    log "installing the MSRV toolchain $MSRV_TOOLCHAIN with wasm32-wasip2"
+    rustup toolchain install "$MSRV_TOOLCHAIN" --profile minimal --target wasm32-wasip2
+fi
 
 # --- wasmtime ---------------------------------------------------------------------------------
 wasmtime_ok() {

@@ -180,5 +180,54 @@ seed_recorder
 step "doc tests (cargo test --doc)"
 cargo test --doc
 
+# The crate as a dependency (issue 17): what crates.io would get, what docs.rs would build, the oldest
+# compiler it claims, and an app outside this repository that depends on it with none of this repo's set-up.
+msrv="$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)"
+msrv_toolchain="$msrv"
+[[ "$msrv" =~ ^[0-9]+\.[0-9]+$ ]] && msrv_toolchain="$msrv.0"
+step "MSRV $msrv (Cargo.toml rust-version): cargo +$msrv_toolchain check, every feature, native and wasm32-wasip2"
+if command -v rustup >/dev/null; then
+    msrv_cargo=(cargo "+$msrv_toolchain")
+elif [ "$(rustc --version | awk '{print $2}')" = "$msrv_toolchain" ]; then
+    msrv_cargo=(cargo)
+else
+    printf 'MSRV: no rustup and rustc on PATH is not %s\n' "$msrv_toolchain" >&2
+    exit 1
+fi
+"${msrv_cargo[@]}" --version
+CARGO_TARGET_DIR=target/msrv "${msrv_cargo[@]}" check --locked --all-features --all-targets
+CARGO_TARGET_DIR=target/msrv "${msrv_cargo[@]}" check --locked --all-features --lib --target wasm32-wasip2
+
+step "docs.rs build ([package.metadata.docs.rs]: every feature, both targets, --cfg docsrs, warnings denied)"
+RUSTDOCFLAGS="--cfg docsrs -D warnings" cargo doc --no-deps --all-features
+CARGO_TARGET_DIR=target/wasi RUSTDOCFLAGS="--cfg docsrs -D warnings" \
+    cargo doc --no-deps --all-features --target wasm32-wasip2
+
+# cargo package builds what it packed (the verification), so the dry run after it skips that second build.
+step "package (cargo package, cargo publish --dry-run): only what a dependent needs, and it builds"
+package_flags=()
+# A clean clone in CI must package as it is; a working copy may carry uncommitted edits.
+[ "${CI:-}" = "true" ] || package_flags+=(--allow-dirty)
+cargo package --locked "${package_flags[@]}"
+crate_file="target/package/wasi-pg-client-$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1).crate"
+package_list="$(cargo package --list "${package_flags[@]}" 2>/dev/null)"
+for needed in src/lib.rs README.md LICENSE-MIT LICENSE-APACHE Cargo.toml examples/quickstart.rs; do
+    grep -qx "$needed" <<<"$package_list" || {
+        printf 'package: %s is missing\n' "$needed" >&2
+        exit 1
+    }
+done
+unwanted="$(grep -E '^(tests|fuzz|bench|scripts|tools|templates|target|\.ci|\.cargo)/' <<<"$package_list" || true)"
+if [ -n "$unwanted" ]; then
+    printf 'package: holds files only this repository needs:\n%s\n' "$unwanted" >&2
+    exit 1
+fi
+printf 'package: %s files, %s bytes (%s)\n' "$(wc -l <<<"$package_list")" "$(stat -c %s "$crate_file")" \
+    "$crate_file"
+cargo publish --dry-run --no-verify --locked "${package_flags[@]}"
+
+step "downstream app (scripts/template-app.sh: templates/wasm-app outside the repo, clean env, both targets, verify-full)"
+bash scripts/template-app.sh "$crate_file"
+
 printf '\n==> live %s\n' "$scenario_totals"
 printf '\n==> all tests passed\n'

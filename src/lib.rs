@@ -243,3 +243,9 @@ pub mod replication {
 pub mod types {
     pub use postgres_types::*;
 }
+
+// The README's Rust examples are compiled by `cargo test --doc` with the API docs, so what a user reads first
+// cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
