@@ -173,6 +173,8 @@ mod native {
             ] {
                 expected.push(format!("host all {user} {address} {method}"));
             }
+            // Physical replication connections of the superuser (the replication scenarios).
+            expected.push(format!("host replication postgres {address} trust"));
         }
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(stdout.lines().collect::<Vec<_>>(), expected);
