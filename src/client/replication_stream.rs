@@ -38,8 +38,13 @@ pub struct ReplicationStream<'a> {
     previous_timeout: Option<Duration>,
     /// The application's acknowledged position: flushed and applied.
     acknowledged: Lsn,
-    /// The highest start of XLogData received; everything up to it was handed to the application.
+    /// Physical streams: the end of the WAL received (the start of the last XLogData plus its length).
     received: Lsn,
+    /// Logical streams: whether the decoded stream is between transactions with everything that needs
+    /// applying acknowledged (set by [`LogicalReplicationStream`]); `None` for a physical stream.
+    logical_idle: Option<bool>,
+    /// A server error read while the stream ended, kept for the next call if the one reading it was dropped.
+    failed: Option<DbError>,
     /// The WAL end the server reported last.
     server_wal_end: Lsn,
     status_interval: Duration,
@@ -95,6 +100,8 @@ impl<'a> ReplicationStream<'a> {
             previous_timeout,
             acknowledged: start,
             received: start,
+            logical_idle: None,
+            failed: None,
             server_wal_end: start,
             status_interval: Duration::from_secs(10),
             last_status: Instant::now(),
@@ -135,6 +142,10 @@ impl<'a> ReplicationStream<'a> {
     /// Records that the application durably applied everything up to `lsn` (for logical replication, the
     /// `end_lsn` of a [`Commit`](crate::replication::Commit)). The server learns it with the next status update
     /// and may then recycle the WAL before it; a restart resumes from it. Positions never go back.
+    ///
+    /// With two-phase decoding, a [`Prepare`](crate::replication::LogicalMessage::Prepare) must be applied
+    /// durably (as a prepared transaction) before any later position is acknowledged: after a restart the
+    /// server sends only the Commit Prepared of a prepare before the acknowledged position.
     pub fn acknowledge(&mut self, lsn: Lsn) {
         self.acknowledged = self.acknowledged.max(lsn);
     }
@@ -190,7 +201,10 @@ impl<'a> ReplicationStream<'a> {
     async fn next_inner(&mut self) -> Result<Option<ServerMessage>, Error> {
         loop {
             if self.state == StreamState::Finished {
-                return Ok(None);
+                return match self.failed.take() {
+                    Some(db) => Err(Error::db(db)),
+                    None => Ok(None),
+                };
             }
             // Status updates go out at once (not only when the socket is next waited on): rows already
             // buffered could otherwise keep them queued past the server's wal_sender_timeout.
@@ -225,9 +239,13 @@ impl<'a> ReplicationStream<'a> {
                     let message = parse_server_message(data)?;
                     match &message {
                         ServerMessage::XLogData {
-                            wal_start, wal_end, ..
+                            wal_start,
+                            wal_end,
+                            data,
+                            ..
                         } => {
-                            self.received = self.received.max(*wal_start);
+                            let end = wal_start.0.saturating_add(data.len() as u64);
+                            self.received = self.received.max(Lsn(end));
                             self.server_wal_end = self.server_wal_end.max(*wal_end);
                         }
                         ServerMessage::Keepalive {
@@ -236,10 +254,15 @@ impl<'a> ReplicationStream<'a> {
                             ..
                         } => {
                             self.server_wal_end = self.server_wal_end.max(*wal_end);
-                            // Idle: everything handed out was acknowledged, so nothing before the server's WAL
-                            // end is pending here; acknowledging it lets the slot advance past changes that were
-                            // never sent (other tables, other databases).
-                            if self.acknowledged >= self.received {
+                            // Idle: everything handed out that needs applying was acknowledged, so nothing before
+                            // the server's WAL end is pending here; acknowledging it lets the slot advance past
+                            // changes that were never sent (other tables, other databases). Logical streams are
+                            // idle between transactions (decided from the decoded messages); physical ones when
+                            // all WAL received was acknowledged.
+                            let idle = self
+                                .logical_idle
+                                .unwrap_or(self.acknowledged >= self.received);
+                            if idle {
                                 self.acknowledged = self.acknowledged.max(*wal_end);
                             }
                             if *reply_requested {
@@ -251,11 +274,21 @@ impl<'a> ReplicationStream<'a> {
                     return Ok(Some(message));
                 }
                 Backend::Message(Message::CopyDone) => {
+                    // The server ended the stream (the end of a timeline): end ours too, with the position
+                    // reached, so it goes on to the next timeline's result set and the command's end.
+                    if self.state == StreamState::Streaming {
+                        self.queue_status(false)?;
+                        let id = self.id;
+                        self.client.connection_mut().protocol.queue_copy_done(id)?;
+                    }
                     self.state = StreamState::ServerDone;
                 }
                 Backend::Error(db) => {
                     self.state = StreamState::ServerDone;
+                    // Kept before the await: a caller that drops this future gets it on its next call.
+                    self.failed = Some((*db).clone());
                     let error = self.read_to_ready().await.err();
+                    self.failed = None;
                     return Err(error.unwrap_or_else(|| Error::db(*db)));
                 }
                 Backend::Ready => {
@@ -299,7 +332,7 @@ impl<'a> ReplicationStream<'a> {
 
     /// Reads the request to its ReadyForQuery, discarding data; the first error is returned.
     async fn read_to_ready(&mut self) -> Result<(), Error> {
-        let mut error: Option<DbError> = None;
+        let mut error: Option<DbError> = self.failed.clone();
         while self.state != StreamState::Finished {
             match self.next_response().await? {
                 Backend::Ready => self.state = StreamState::Finished,
@@ -351,6 +384,13 @@ pub struct LogicalReplicationStream<'a> {
     inner: ReplicationStream<'a>,
     decoder: PgOutputDecoder,
     relations: HashMap<u32, Relation>,
+    /// Inside Begin..Commit or Begin Prepare..Prepare.
+    in_transaction: bool,
+    /// Streamed transactions with blocks sent and no Stream Commit, Stream Prepare or top-level Stream Abort.
+    open_streams: std::collections::HashSet<u32>,
+    /// The end LSN of the last transaction the application has to apply (Commit, Stream Commit, Prepare,
+    /// Stream Prepare, Commit Prepared): the stream is idle once that is acknowledged.
+    last_end: Lsn,
 }
 
 impl std::fmt::Debug for LogicalReplicationStream<'_> {
@@ -368,6 +408,9 @@ impl<'a> LogicalReplicationStream<'a> {
             inner,
             decoder: PgOutputDecoder::new(),
             relations: HashMap::new(),
+            in_transaction: false,
+            open_streams: std::collections::HashSet::new(),
+            last_end: Lsn(0),
         }
     }
 
@@ -376,6 +419,11 @@ impl<'a> LogicalReplicationStream<'a> {
     /// changes.
     pub async fn next(&mut self) -> Result<Option<LogicalEvent>, Error> {
         loop {
+            self.inner.logical_idle = Some(
+                !self.in_transaction
+                    && self.open_streams.is_empty()
+                    && self.inner.acknowledged() >= self.last_end,
+            );
             let Some(message) = self.inner.next().await? else {
                 return Ok(None);
             };
@@ -397,15 +445,52 @@ impl<'a> LogicalReplicationStream<'a> {
                     return Err(e);
                 }
             };
-            if let LogicalMessage::Relation(relation) = &message {
-                self.relations.insert(relation.oid, relation.clone());
-            }
+            self.track(&message);
             return Ok(Some(LogicalEvent {
                 wal_start,
                 wal_end,
                 send_time,
                 message,
             }));
+        }
+    }
+
+    /// Follows where the stream is between and inside transactions, for the idle acknowledgement.
+    fn track(&mut self, message: &LogicalMessage) {
+        match message {
+            LogicalMessage::Relation(relation) => {
+                self.relations.insert(relation.oid, relation.clone());
+            }
+            LogicalMessage::Begin(_) | LogicalMessage::BeginPrepare(_) => {
+                self.in_transaction = true
+            }
+            LogicalMessage::Commit(commit) => {
+                self.in_transaction = false;
+                self.last_end = self.last_end.max(commit.end_lsn);
+            }
+            LogicalMessage::Prepare(prepared) => {
+                self.in_transaction = false;
+                self.last_end = self.last_end.max(prepared.end_lsn);
+            }
+            LogicalMessage::CommitPrepared(prepared) => {
+                self.last_end = self.last_end.max(prepared.end_lsn);
+            }
+            LogicalMessage::StreamStart { xid, .. } => {
+                self.open_streams.insert(*xid);
+            }
+            LogicalMessage::StreamCommit(commit) => {
+                self.open_streams.remove(&commit.xid);
+                self.last_end = self.last_end.max(commit.end_lsn);
+            }
+            LogicalMessage::StreamPrepare(prepared) => {
+                self.open_streams.remove(&prepared.xid);
+                self.last_end = self.last_end.max(prepared.end_lsn);
+            }
+            // A top-level abort leaves nothing to apply; a subtransaction's leaves the transaction open.
+            LogicalMessage::StreamAbort(abort) if abort.xid == abort.subxid => {
+                self.open_streams.remove(&abort.xid);
+            }
+            _ => {}
         }
     }
 
@@ -515,9 +600,11 @@ impl<'a> TupleRow<'a> {
             }
         };
         match &self.tuple.0[index] {
+            // The same type resolution as a non-NULL value of the column: its own type, else text.
+            TupleValue::Null if T::accepts(&ty) => decode(&ty, None),
             TupleValue::Null => {
-                check(&ty)?;
-                decode(&ty, None)
+                check(&Type::TEXT)?;
+                decode(&Type::TEXT, None)
             }
             TupleValue::UnchangedToast => Err(Error::config(format!(
                 "column {name:?} is an unchanged TOASTed value, which the server does not send (not NULL)"

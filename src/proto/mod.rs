@@ -203,10 +203,14 @@ enum CopyState {
     /// COPY TO STDOUT: the server sends CopyData to this request until CopyDone.
     Out(RequestId),
     /// CopyBoth (replication): both sides send CopyData. The server's CopyDone leaves the client's half open
-    /// ([`In`](CopyState::In)), the client's leaves the server's ([`BothClientDone`](CopyState::BothClientDone)).
+    /// ([`BothServerDone`](CopyState::BothServerDone)), the client's leaves the server's
+    /// ([`BothClientDone`](CopyState::BothClientDone)).
     Both(RequestId),
     /// CopyBoth after the client's CopyDone: the server streams until its own CopyDone.
     BothClientDone(RequestId),
+    /// CopyBoth after the server's CopyDone (the end of a timeline in physical replication): the client may
+    /// still send until its CopyDone. A walsender may still send keepalives meanwhile: they go to the request.
+    BothServerDone(RequestId),
     /// CopyBoth after both CopyDones, until the request's next message. PostgreSQL's logical walsenders (15
     /// among them) may still send a keepalive or the rest of a transaction they were writing after their
     /// CopyDone: such CopyData goes to the request, whose reader discards it; anything else ends the COPY.
@@ -528,6 +532,7 @@ impl Protocol {
         // In CopyBoth the server may still stream until its own CopyDone.
         let next = match self.copy {
             CopyState::Both(_) => CopyState::BothClientDone(id),
+            CopyState::BothServerDone(_) => CopyState::BothEnded(id),
             _ => CopyState::Idle,
         };
         self.copy_transition(next, Some(id));
@@ -545,11 +550,16 @@ impl Protocol {
         if self.check_usable().is_err() {
             return;
         }
-        if self.copy == CopyState::Both(id) {
+        if self.copy == CopyState::Both(id) || self.copy == CopyState::BothServerDone(id) {
             // A replication stream is ended with CopyDone (walsenders do not take CopyFail); what the server
             // still sends is read and discarded like any abandoned request's answers.
             frontend::copy_done(&mut self.outbound);
-            self.copy_transition(CopyState::BothClientDone(id), Some(id));
+            let next = if self.copy == CopyState::Both(id) {
+                CopyState::BothClientDone(id)
+            } else {
+                CopyState::BothEnded(id)
+            };
+            self.copy_transition(next, Some(id));
             return;
         }
         if self.copy != CopyState::In(id) {
@@ -571,7 +581,10 @@ impl Protocol {
 
     fn check_copying_in(&self, id: RequestId) -> Result<(), Error> {
         self.check_usable()?;
-        if self.copy != CopyState::In(id) && self.copy != CopyState::Both(id) {
+        if self.copy != CopyState::In(id)
+            && self.copy != CopyState::Both(id)
+            && self.copy != CopyState::BothServerDone(id)
+        {
             return Err(Error::protocol(format!(
                 "BUG: COPY data queued for request {id}, which is not in COPY FROM STDIN or CopyBoth"
             )));
@@ -595,12 +608,16 @@ impl Protocol {
                 | CopyState::Out(_)
                 | CopyState::Both(_)
                 | CopyState::BothClientDone(_)
+                | CopyState::BothServerDone(_)
                 | CopyState::BothEnded(_),
                 CopyState::Idle,
             )
             | (CopyState::Idle, CopyState::In(_) | CopyState::Out(_) | CopyState::Both(_))
-            | (CopyState::Both(_), CopyState::In(_) | CopyState::BothClientDone(_))
-            | (CopyState::BothClientDone(_), CopyState::BothEnded(_)) => {}
+            | (CopyState::Both(_), CopyState::BothServerDone(_) | CopyState::BothClientDone(_))
+            | (
+                CopyState::BothClientDone(_) | CopyState::BothServerDone(_),
+                CopyState::BothEnded(_),
+            ) => {}
             (from, to) => {
                 // Callers check the state first; reaching this is a broken invariant of the core itself.
                 unreachable!("BUG: COPY state {from:?} -> {to:?} (ended by {ended_by:?})")
@@ -712,7 +729,7 @@ impl Protocol {
         // answers a second START_REPLICATION on one connection with CopyBothResponse and CommandComplete.
         let ends_copy_both = match self.copy {
             CopyState::BothEnded(_) => !matches!(message, Message::CopyDone),
-            CopyState::Both(_) | CopyState::BothClientDone(_) => {
+            CopyState::Both(_) | CopyState::BothClientDone(_) | CopyState::BothServerDone(_) => {
                 matches!(message, Message::CommandComplete(_))
             }
             _ => false,
@@ -772,7 +789,7 @@ impl Protocol {
             Message::CopyDone => {
                 let next = match self.copy {
                     // The server is done; the client's half stays open until it sends CopyDone.
-                    CopyState::Both(id) => CopyState::In(id),
+                    CopyState::Both(id) => CopyState::BothServerDone(id),
                     CopyState::BothClientDone(id) => CopyState::BothEnded(id),
                     _ => CopyState::Idle,
                 };
@@ -872,15 +889,23 @@ impl Protocol {
                 "unexpected CopyBothResponse with no request in flight",
             ));
         };
-        if pending.copy_in != CopyInPolicy::Accept || behind {
+        if behind {
+            // The server would read the requests behind as stream messages: nothing keeps it in step.
             return Err(Error::protocol(
-                "the server entered CopyBoth mode (START_REPLICATION) for a request that cannot stream \
-                 (run it through start_logical_replication or start_physical_replication)",
+                "the server entered CopyBoth mode (START_REPLICATION) for a request with other requests \
+                 pipelined behind it (run it through start_logical_replication or start_physical_replication)",
             ));
         }
+        let accept = pending.copy_in == CopyInPolicy::Accept;
         pending.copy_in = CopyInPolicy::Refuse;
         let request = pending.id;
         self.copy_transition(CopyState::Both(request), None);
+        if !accept {
+            // Nobody streams for this request (a plain query, or a stream whose caller went away before the
+            // answer came): end our half at once, as a stream that stops does; the rest is read and discarded.
+            frontend::copy_done(&mut self.outbound);
+            self.copy_transition(CopyState::BothClientDone(request), Some(request));
+        }
         Ok(Response {
             request,
             message: Backend::CopyBoth,
@@ -895,6 +920,7 @@ impl Protocol {
                 CopyState::Out(request)
                 | CopyState::Both(request)
                 | CopyState::BothClientDone(request)
+                | CopyState::BothServerDone(request)
                 | CopyState::BothEnded(request),
                 Some(pending),
             ) if pending.id == request => Ok(request),
@@ -902,6 +928,7 @@ impl Protocol {
                 CopyState::Out(_)
                 | CopyState::Both(_)
                 | CopyState::BothClientDone(_)
+                | CopyState::BothServerDone(_)
                 | CopyState::BothEnded(_),
                 _,
             ) => Err(Error::protocol(
@@ -926,7 +953,11 @@ impl Protocol {
         let ours = matches!(self.phase, Phase::Ready)
             && matches!(
                 self.copy,
-                CopyState::Out(c) | CopyState::Both(c) | CopyState::BothClientDone(c) | CopyState::BothEnded(c)
+                CopyState::Out(c)
+                    | CopyState::Both(c)
+                    | CopyState::BothClientDone(c)
+                    | CopyState::BothServerDone(c)
+                    | CopyState::BothEnded(c)
                     if c == id
             )
             && self.inbound.first() == Some(&b'd')
@@ -974,7 +1005,9 @@ fn copy_phase(copy: CopyState) -> Option<&'static str> {
         CopyState::Idle => None,
         CopyState::In(_) => Some("during COPY FROM STDIN"),
         CopyState::Out(_) => Some("during COPY TO STDOUT"),
-        CopyState::Both(_) | CopyState::BothClientDone(_) => Some("during CopyBoth"),
+        CopyState::Both(_) | CopyState::BothClientDone(_) | CopyState::BothServerDone(_) => {
+            Some("during CopyBoth")
+        }
         // Past both CopyDones the request's ordinary messages may come.
         CopyState::BothEnded(_) => None,
     }
@@ -986,7 +1019,9 @@ fn copy_phase(copy: CopyState) -> Option<&'static str> {
 fn check_copy_message(copy: CopyState, message: &Message) -> Result<(), Error> {
     let during = match (copy, message) {
         (CopyState::Idle, Message::CopyDone) => "outside a COPY",
-        (CopyState::BothEnded(_), Message::CopyDone) => "after CopyBoth ended",
+        (CopyState::BothEnded(_) | CopyState::BothServerDone(_), Message::CopyDone) => {
+            "after the server's CopyDone"
+        }
         (CopyState::Idle | CopyState::BothEnded(_), _)
         | (
             CopyState::Out(_) | CopyState::Both(_) | CopyState::BothClientDone(_),
@@ -994,12 +1029,17 @@ fn check_copy_message(copy: CopyState, message: &Message) -> Result<(), Error> {
         ) => {
             return Ok(());
         }
-        (CopyState::Both(_) | CopyState::BothClientDone(_), Message::CommandComplete(_)) => {
+        (
+            CopyState::Both(_) | CopyState::BothClientDone(_) | CopyState::BothServerDone(_),
+            Message::CommandComplete(_),
+        ) => {
             return Ok(());
         }
         (CopyState::In(_), _) => "during COPY FROM STDIN",
         (CopyState::Out(_), _) => "during COPY TO STDOUT",
-        (CopyState::Both(_) | CopyState::BothClientDone(_), _) => "during CopyBoth",
+        (CopyState::Both(_) | CopyState::BothClientDone(_) | CopyState::BothServerDone(_), _) => {
+            "during CopyBoth"
+        }
     };
     Err(Error::protocol(format!(
         "unexpected {} {during}",

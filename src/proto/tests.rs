@@ -1974,24 +1974,47 @@ fn copy_both_streams_both_ways_and_ends_with_both_copy_dones() {
 
 #[test]
 fn copy_both_ended_by_the_server_first_leaves_our_half_open() {
-    let (mut p, _) = in_copy_both();
-    p.handle_input(&copy_done());
+    // The end of a timeline: the server's CopyDone first. Keepalives it sends before it reads ours still go
+    // to the request; our half stays open until our CopyDone.
+    let (mut p, id) = in_copy_both();
+    p.handle_input(&[copy_done(), copy_data(b"k-keepalive")].concat());
+    let got = responses(&mut p);
     assert!(matches!(
-        responses(&mut p)[0].message,
+        got[0].message,
         Backend::Message(Message::CopyDone)
     ));
-    // No CopyData from the server after its CopyDone.
-    p.handle_input(&copy_data(b"more"));
+    assert!(matches!(&got[1].message, Backend::CopyData(d) if &d[..] == b"k-keepalive"));
+    p.queue_copy_data(id, b"still ours").unwrap();
+    p.queue_copy_done(id).unwrap();
+    assert_eq!(
+        frontend_messages(&drain(&mut p)),
+        vec![(b'd', b"still ours".to_vec()), (b'c', Vec::new())]
+    );
+    // The next timeline's result set, then the command's end.
+    p.handle_input(
+        &[
+            copy_data(b"k-late"),
+            row_description(&["next_tli", "next_tli_startpos"]),
+            data_row(&[Some("2"), Some("0/3000000")]),
+            command_complete("SELECT"),
+            command_complete("START_REPLICATION"),
+            ready(b'I'),
+        ]
+        .concat(),
+    );
+    assert_eq!(responses(&mut p).len(), 6);
+    assert!(!p.has_pending());
+    // A second CopyDone of the server is an error.
+    let (mut p, _) = in_copy_both();
+    p.handle_input(&[copy_done(), copy_done()].concat());
+    assert!(p.poll_response().unwrap().is_some());
     assert!(p.poll_response().is_err());
-
+    // A stream abandoned after the server's CopyDone ends with our CopyDone, not CopyFail.
     let (mut p, id) = in_copy_both();
     p.handle_input(&copy_done());
     responses(&mut p);
-    p.queue_copy_data(id, b"still ours").unwrap();
-    p.queue_copy_done(id).unwrap();
-    p.handle_input(&[command_complete("START_REPLICATION"), ready(b'I')].concat());
-    assert_eq!(responses(&mut p).len(), 2);
-    assert!(!p.has_pending());
+    p.abandon_copy_in(id, "dropped");
+    assert_eq!(frontend_messages(&drain(&mut p)), vec![(b'c', Vec::new())]);
 }
 
 #[test]
@@ -2023,15 +2046,26 @@ fn copy_both_error_and_abandon() {
 
 #[test]
 fn copy_both_only_for_a_request_that_streams() {
-    // A request queued without a streaming caller: nobody can answer the stream, so the connection breaks.
+    // A request queued without a streaming caller (a plain query, or a stream whose caller went away before
+    // the answer): our half is ended with CopyDone at once, and the request reads the rest.
     let mut p = ready_protocol();
-    p.queue_request(Flow::Simple, None, |_| Ok(())).unwrap();
+    let id = p.queue_request(Flow::Simple, None, |_| Ok(())).unwrap();
     p.handle_input(&copy_response(b'W', 0, &[]));
-    let err = p
-        .poll_response()
-        .err()
-        .expect("CopyBoth accepted for a plain query");
-    assert!(err.is_connection_broken(), "{err}");
+    let got = responses(&mut p);
+    assert_eq!(got[0].request, id);
+    assert!(matches!(got[0].message, Backend::CopyBoth));
+    assert_eq!(frontend_messages(&drain(&mut p)), vec![(b'c', Vec::new())]);
+    p.handle_input(
+        &[
+            copy_data(b"w"),
+            copy_done(),
+            command_complete("START_REPLICATION"),
+            ready(b'I'),
+        ]
+        .concat(),
+    );
+    assert_eq!(responses(&mut p).len(), 4);
+    assert!(!p.has_pending());
     // Nor with requests pipelined behind it.
     let mut p = ready_protocol();
     p.queue_copy(Flow::Simple, |_| Ok(())).unwrap();
