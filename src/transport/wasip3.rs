@@ -38,6 +38,9 @@ use super::{Keepalive, Transport};
 const READ_CAPACITY: usize = 64 * 1024;
 /// The most bytes one `poll_write` takes over: bounds the copy a COPY FROM STDIN chunk makes.
 const WRITE_CHUNK: usize = 256 * 1024;
+/// How many bytes may be written while a read is in flight before the host gets a turn to complete it (see
+/// `poll_write`): the most a COPY FROM STDIN sends after the server's error arrived before it is seen.
+const YIELD_EVERY: usize = 256 * 1024;
 
 /// Why a write failed when the send future gives no error code.
 const PEER_GONE: &str = "send: the peer stopped taking bytes";
@@ -94,6 +97,10 @@ pub struct P3TcpStream {
     receive_end: Option<StreamEnd>,
     sending: Sending,
     send_end: Option<StreamEnd>,
+    /// Bytes written while a read was in flight since the host last had a turn (see `poll_write`).
+    written_without_turn: usize,
+    /// `poll_write` asked for a turn and waits to be polled again.
+    turn_taken: bool,
     socket: TcpSocket,
 }
 
@@ -206,6 +213,8 @@ pub async fn connect_addr(addr: SocketAddr) -> io::Result<P3TcpStream> {
         receive_end: Some(receive_end),
         sending: Sending::Idle(writer, Vec::new()),
         send_end: Some(send_end),
+        written_without_turn: 0,
+        turn_taken: false,
         socket,
     })
 }
@@ -415,6 +424,23 @@ impl Transport for P3TcpStream {
         }
         // One write in flight at a time: the next waits until the host took the last (back-pressure).
         std::task::ready!(self.poll_sent(cx))?;
+        // A read in flight completes only when the host has a turn (its socket read runs in the host's event
+        // loop) and the executor delivers the event. Writes the host takes at once never suspend the task, so
+        // a caller that keeps writing while it watches for an answer (COPY FROM STDIN, which must see the
+        // server's error) would never see one. So after `YIELD_EVERY` bytes written that way, yield to the host
+        // (`thread.yield`: a real turn of its event loop, also under a nested `block_on`), then return Pending
+        // once with our waker woken, so the executor polls its waitables and delivers what completed.
+        if self.turn_taken {
+            self.turn_taken = false;
+        } else if matches!(self.receiving, Receiving::Reading(_))
+            && self.written_without_turn >= YIELD_EVERY
+        {
+            self.written_without_turn = 0;
+            self.turn_taken = true;
+            wasip3::wit_bindgen::yield_blocking();
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         let Sending::Idle(mut writer, mut chunk) =
             std::mem::replace(&mut self.sending, Sending::Poisoned)
         else {
@@ -431,6 +457,9 @@ impl Transport for P3TcpStream {
             let unsent = writer.write_all(chunk).await;
             (writer, unsent)
         });
+        if matches!(self.receiving, Receiving::Reading(_)) {
+            self.written_without_turn += n;
+        }
         // Start it now: a write the host takes at once completes in this poll.
         match op.as_mut().poll(cx) {
             Poll::Ready((writer, unsent)) if unsent.is_empty() => {
@@ -440,12 +469,21 @@ impl Transport for P3TcpStream {
                 // Let `poll_sent` report the failure on the next call; these bytes did reach us.
                 self.sending = Sending::Writing(Box::pin(std::future::ready(done)));
             }
-            Poll::Pending => self.sending = Sending::Writing(op),
+            Poll::Pending => {
+                // The host is not taking bytes as fast as we write them: the task will wait, and the host
+                // runs its event loop meanwhile.
+                self.written_without_turn = 0;
+                self.sending = Sending::Writing(op);
+            }
         }
         Poll::Ready(Ok(n))
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if matches!(self.sending, Sending::Closed) {
+            // Everything went out before the shutdown.
+            return Poll::Ready(Ok(()));
+        }
         self.poll_sent(cx)
     }
 
