@@ -2,6 +2,7 @@
 //!
 //! Native: `DATABASE_URL=postgresql://user:pw@localhost/db cargo run --example quickstart`
 //! WASI:   `wasmtime run -S inherit-network -S allow-ip-name-lookup --env DATABASE_URL=... quickstart.wasm`
+//!         (WASI 0.2 by default; built with `--features wasip3` it exports `wasi:cli/run@0.3` and runs on 0.3)
 
 use wasi_pg_client::{Client, Config, Error};
 
