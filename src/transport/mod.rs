@@ -4,8 +4,8 @@
 //! writing at once (the server may be blocked writing results while we still send) and so a dropped future never
 //! loses bytes: data counts as read or written only when a call returns `Ready`. Native builds connect with
 //! [`tokio`](https://docs.rs/tokio) (TCP and Unix-domain sockets); wasm32-wasip2 builds use wasi:sockets
-//! directly: 0.2 by default (module `wasi`), 0.3 with the `wasip3` feature (module `wasip3`). TLS is one more layer
-//! implementing the same trait over any other.
+//! directly: 0.2 by default (module `wasi`), 0.3 with the `wasip3` feature (module `wasip3`). TLS is one more
+//! layer implementing the same trait over any other.
 
 use std::io;
 use std::task::{Context, Poll};
