@@ -470,7 +470,7 @@ async fn main() {
     std::process::exit(status);
 }
 
-#[cfg(target_os = "wasi")]
+#[cfg(all(target_os = "wasi", not(feature = "wasip3")))]
 #[wstd::main]
 async fn main() {
     let status = run(std::env::args().skip(1)).await;
@@ -481,6 +481,30 @@ async fn main() {
     }
     std::process::exit(status);
 }
+
+/// WASI 0.3 (`--features wasip3`): the component exports `wasi:cli/run@0.3`, which wasmtime calls instead of
+/// `main`, and `run` is awaited inside wit-bindgen's task.
+#[cfg(all(target_os = "wasi", feature = "wasip3"))]
+mod wasi_p3 {
+    struct Psql;
+
+    impl wasip3::exports::cli::run::Guest for Psql {
+        async fn run() -> Result<(), ()> {
+            let status = super::run(std::env::args().skip(1)).await;
+            // As on 0.2: `exit-with-code` keeps psql's status 2 (a failed `run` would report 1).
+            if let Ok(code) = u8::try_from(status) {
+                wasip3::cli::exit::exit_with_code(code);
+            }
+            std::process::exit(status);
+        }
+    }
+
+    wasip3::cli::command::export!(Psql);
+}
+
+/// Never called on WASI 0.3: the host runs the exported `wasi:cli/run@0.3` instead.
+#[cfg(all(target_os = "wasi", feature = "wasip3"))]
+fn main() {}
 
 mod script {
     //! Splits script text into statements the way psql's lexer (`psqlscan.l`, PostgreSQL 15) does.

@@ -2,6 +2,7 @@
 //!
 //! Native: `DATABASE_URL=postgresql://user:pw@localhost/db cargo run --example quickstart`
 //! WASI:   `wasmtime run -S inherit-network -S allow-ip-name-lookup --env DATABASE_URL=... quickstart.wasm`
+//!         (WASI 0.2 by default; built with `--features wasip3` it exports `wasi:cli/run@0.3` and runs on 0.3)
 
 use wasi_pg_client::{Client, Config, Error};
 
@@ -57,11 +58,31 @@ fn report(result: Result<(), Error>) {
     }
 }
 
-#[cfg(target_os = "wasi")]
+#[cfg(all(target_os = "wasi", not(feature = "wasip3")))]
 #[wstd::main]
 async fn main() {
     report(run().await);
 }
+
+/// WASI 0.3 (`--features wasip3`): the component exports `wasi:cli/run@0.3`, which wasmtime calls instead of
+/// `main`, and `run` is awaited inside wit-bindgen's task.
+#[cfg(all(target_os = "wasi", feature = "wasip3"))]
+mod wasi_p3 {
+    struct Quickstart;
+
+    impl wasip3::exports::cli::run::Guest for Quickstart {
+        async fn run() -> Result<(), ()> {
+            super::report(super::run().await);
+            Ok(())
+        }
+    }
+
+    wasip3::cli::command::export!(Quickstart);
+}
+
+/// Never called on WASI 0.3: the host runs the exported `wasi:cli/run@0.3` instead.
+#[cfg(all(target_os = "wasi", feature = "wasip3"))]
+fn main() {}
 
 #[cfg(not(target_os = "wasi"))]
 #[tokio::main(flavor = "current_thread")]

@@ -25,15 +25,28 @@ export CC_wasm32_wasip2="${CC_wasm32_wasip2:-clang-19}"
 export AR_wasm32_wasip2="${AR_wasm32_wasip2:-llvm-ar-19}"
 export CARGO_TARGET_DIR="$PWD/target/bench"
 
-log "building bench/ (release, native and wasm32-wasip2)"
+log "building bench/ (release, native, and wasm32-wasip2 for WASI 0.2 and 0.3)"
 cargo build --release --manifest-path bench/Cargo.toml --bins >&2
-cargo build --release --manifest-path bench/Cargo.toml --target wasm32-wasip2 --bin bench-client >&2
-# Compiled ahead of time, so no run pays (or caches outside target/) the compilation of the component.
+# The two wasm builds write the same path: each is copied aside as soon as it is built.
 wasm="$CARGO_TARGET_DIR/wasm32-wasip2/release/bench-client.wasm"
-cwasm="$CARGO_TARGET_DIR/bench-client.cwasm"
-if [ ! -f "$cwasm" ] || [ "$wasm" -nt "$cwasm" ]; then
-    wasmtime compile -C cache=n -o "$cwasm" "$wasm"
+cargo build --release --manifest-path bench/Cargo.toml --target wasm32-wasip2 --bin bench-client >&2
+cp "$wasm" "$CARGO_TARGET_DIR/bench-client-p2.wasm"
+cargo build --release --manifest-path bench/Cargo.toml --target wasm32-wasip2 --features wasip3 \
+    --bin bench-client >&2
+cp "$wasm" "$CARGO_TARGET_DIR/bench-client-p3.wasm"
+if cmp -s "$CARGO_TARGET_DIR/bench-client-p2.wasm" "$CARGO_TARGET_DIR/bench-client-p3.wasm"; then
+    log "the WASI 0.2 and 0.3 builds of bench-client are the same file" >&2
+    exit 1
 fi
+# Compiled ahead of time, so no run pays (or caches outside target/) the compilation of the component.
+for build in p2 p3; do
+    component="$CARGO_TARGET_DIR/bench-client-$build.wasm"
+    precompiled="$CARGO_TARGET_DIR/bench-client-$build.cwasm"
+    if [ ! -f "$precompiled" ] || ! cmp -s "$component" "$precompiled.source"; then
+        wasmtime compile -C cache=n -o "$precompiled" "$component"
+        cp "$component" "$precompiled.source"
+    fi
+done
 
 # shellcheck source=scripts/throwaway-cluster.sh
 source scripts/throwaway-cluster.sh
@@ -74,7 +87,8 @@ log "$(nproc) CPUs, $(awk '/model name/ {$1=$2=$3=""; print; exit}' /proc/cpuinf
 "$CARGO_TARGET_DIR/release/bench-driver" \
     --client "$CARGO_TARGET_DIR/release/bench-client" \
     --wasmtime "$(command -v wasmtime)" \
-    --cwasm "$cwasm" \
+    --cwasm "$CARGO_TARGET_DIR/bench-client-p2.cwasm" \
+    --cwasm-p3 "$CARGO_TARGET_DIR/bench-client-p3.cwasm" \
     --pgbench "$cluster_bindir/pgbench" \
     --work-dir "$work/scripts" \
     --host 127.0.0.1 --port "$cluster_port" --user postgres --dbname postgres \

@@ -3,7 +3,10 @@
 # `wasi:*` interface, so any WASI Preview 2 host (wasmtime, jco, ...) can run them without extra definitions.
 #
 #   scripts/check-imports.sh                 builds the examples psql, quickstart and http-service (release,
-#                                            wasm32-wasip2, in ${CARGO_TARGET_DIR:-target/wasi}) and checks them
+#                                            wasm32-wasip2, in ${CARGO_TARGET_DIR:-target/wasi}) and checks them,
+#                                            then builds psql, quickstart and http-shared with --features wasip3
+#                                            (WASI 0.3) and checks them too: those must also import no
+#                                            wasi:sockets@0.2 interface (their sockets are all 0.3)
 #   scripts/check-imports.sh FILE.wasm...    checks the given components as they are
 #
 # First, the imports between the crate's own source files (scripts/check-layers.py, python3): each file imports
@@ -22,6 +25,7 @@ if [ "${1:-}" = "--source-only" ]; then
 fi
 
 EXAMPLES=(psql quickstart http-service)
+EXAMPLES_P3=(psql quickstart http-shared)
 
 if ! command -v wasm-tools >/dev/null; then
     echo "check-imports: wasm-tools not found; run scripts/setup.sh (cargo install --locked wasm-tools)" >&2
@@ -29,16 +33,33 @@ if ! command -v wasm-tools >/dev/null; then
 fi
 
 artifacts=("$@")
+p3_artifacts=()
 if [ "${#artifacts[@]}" -eq 0 ]; then
     target_dir="${CARGO_TARGET_DIR:-target/wasi}"
+    # ring's C code needs a wasm-capable C toolchain (as in scripts/test.sh).
+    export CC_wasm32_wasip2="${CC_wasm32_wasip2:-clang-19}" AR_wasm32_wasip2="${AR_wasm32_wasip2:-llvm-ar-19}"
     build=(cargo build --release --target wasm32-wasip2)
     for example in "${EXAMPLES[@]}"; do
         build+=(--example "$example")
         artifacts+=("$target_dir/wasm32-wasip2/release/examples/$example.wasm")
     done
-    # ring's C code needs a wasm-capable C toolchain (as in scripts/test.sh).
-    CC_wasm32_wasip2="${CC_wasm32_wasip2:-clang-19}" AR_wasm32_wasip2="${AR_wasm32_wasip2:-llvm-ar-19}" \
-        CARGO_TARGET_DIR="$target_dir" "${build[@]}"
+    CARGO_TARGET_DIR="$target_dir" "${build[@]}"
+    # The WASI 0.3 builds write the same paths: copy the 0.2 ones aside first.
+    mkdir -p "$target_dir/check-imports/wasip2" "$target_dir/check-imports/wasip3"
+    for i in "${!artifacts[@]}"; do
+        cp "${artifacts[$i]}" "$target_dir/check-imports/wasip2/"
+        artifacts[i]="$target_dir/check-imports/wasip2/$(basename "${artifacts[$i]}")"
+    done
+    build=(cargo build --release --target wasm32-wasip2 --features wasip3)
+    for example in "${EXAMPLES_P3[@]}"; do
+        build+=(--example "$example")
+    done
+    CARGO_TARGET_DIR="$target_dir" "${build[@]}"
+    for example in "${EXAMPLES_P3[@]}"; do
+        cp "$target_dir/wasm32-wasip2/release/examples/$example.wasm" "$target_dir/check-imports/wasip3/"
+        p3_artifacts+=("$target_dir/check-imports/wasip3/$example.wasm")
+    done
+    artifacts+=("${p3_artifacts[@]}")
 fi
 
 # The imports of the component's world, one per line: the name before `;` (an interface such as
@@ -86,6 +107,15 @@ for artifact in "${artifacts[@]}"; do
         echo "check-imports: $artifact imports interfaces other than wasi:*:" >&2
         sed 's/^/  /' <<<"$foreign" >&2
         failed=1
+    fi
+    if [[ " ${p3_artifacts[*]} " == *" $artifact "* ]]; then
+        sockets_p2="$(grep '^wasi:sockets/.*@0\.2' <<<"$imports" || true)"
+        sockets_p3="$(grep -c '^wasi:sockets/.*@0\.3' <<<"$imports" || true)"
+        if [ -n "$sockets_p2" ] || [ "$sockets_p3" -eq 0 ]; then
+            echo "check-imports: $artifact (a WASI 0.3 build) must use wasi:sockets@0.3 only:" >&2
+            sed 's/^/  /' <<<"$sockets_p2" >&2
+            failed=1
+        fi
     fi
 done
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The full test run, as CI does it: native tests (unit, transcript, live against a real
 # PostgreSQL; the live tests also build the wasm32-wasip2 scenario runner and run it under
-# wasmtime), every example built for wasm32-wasip2, a bounded fuzz smoke, the fuzz seed
-# recorder against a throwaway cluster, then the doc tests.
+# wasmtime, once on WASI 0.2 and once built with the `wasip3` feature on WASI 0.3), every example
+# built for wasm32-wasip2 (both), the WASI 0.3 HTTP handler under `wasmtime serve`, a bounded fuzz
+# smoke, the fuzz seed recorder against a throwaway cluster, then the doc tests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -33,14 +34,20 @@ bash scripts/check-imports.sh --source-only
 step "native tests (cargo test --all-targets)"
 test_log="$(mktemp)"
 cargo test --all-targets 2>&1 | tee "$test_log"
-scenario_totals="$(sed -n '/^scenario totals:/,/wasm32-wasip2:/p' "$test_log")"
+scenario_totals="$(sed -n '/^scenario totals:/,/wasm32-wasip2+p3:/p' "$test_log")"
 rm -f "$test_log"
 
 step "wasm32-wasip2 examples (cargo build --release --target wasm32-wasip2 --examples)"
 CARGO_TARGET_DIR=target/wasi cargo build --release --target wasm32-wasip2 --examples
 
-step "wasm32-wasip2 components import only wasi:* (scripts/check-imports.sh)"
+step "WASI 0.3 examples (cargo build --release --target wasm32-wasip2 --features wasip3 --examples)"
+CARGO_TARGET_DIR=target/wasi cargo build --release --target wasm32-wasip2 --features wasip3 --examples
+
+step "wasm32-wasip2 components import only wasi:*, WASI 0.3 ones no wasi:sockets@0.2 (scripts/check-imports.sh)"
 CARGO_TARGET_DIR=target/wasi bash scripts/check-imports.sh
+
+step "WASI 0.3 HTTP handler: concurrent requests share one instance's client and pool (scripts/http-shared.sh)"
+bash scripts/http-shared.sh 8 2
 
 step "sans-IO core for other hosts (cargo build --target wasm32-unknown-unknown --no-default-features)"
 # .cargo/config.toml gives getrandom its custom backend for this target (a RUSTFLAGS variable would replace it).

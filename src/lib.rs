@@ -29,6 +29,7 @@
 //! | target | what is built | how it runs |
 //! |---|---|---|
 //! | `wasm32-wasip2` | the async client over wasi:sockets (DNS through ip-name-lookup, IPv4 and IPv6) | under any WASI 0.2 host; `wasmtime run -S inherit-network -S allow-ip-name-lookup app.wasm`. Wrap `main` in `#[wstd::main]`. The components import only `wasi:*` interfaces. |
+//! | `wasm32-wasip2`, `wasip3` feature | the async client over wasi:sockets@0.3 (native-async TCP streams) | under a WASI 0.3 host (wasmtime 48: `wasmtime run -S inherit-network -S allow-ip-name-lookup app.wasm`). Export `wasi:cli/run@0.3` (`wasip3::cli::command::export!`) or a wasi:http 0.3 handler instead of `#[wstd::main]`. |
 //! | native, `tokio` feature (default) | the async client over tokio TCP and Unix-domain sockets | inside a tokio runtime, current-thread or multi-threaded; `Client` and its futures are `Send` |
 //! | any target, default features off (`wasm32-unknown-unknown` too) | the sans-IO core: [`sans_io`], [`Config`], [`Error`], [`Row`], [`types`] | the host moves the bytes (see [Other hosts](#other-hosts-the-sans-io-core)) |
 //!
@@ -42,6 +43,7 @@
 //! | `tokio` | yes | the client on native targets (on `wasm32-wasip2` the client is built either way) |
 //! | `tls` | yes | TLS with rustls and ring, on both targets. Without it `sslmode=require`, `verify-ca` and `verify-full` fail with [`ErrorKind::Unsupported`] before anything is sent, and `prefer` and `allow` connect in plaintext. |
 //! | `pool` | no | `wasi_pg_client::pool::Pool`, a connection pool with no background task, for tokio and WASI alike |
+//! | `wasip3` | no | on `wasm32-wasip2`: WASI 0.3 sockets and clocks (the `wasip3` crate, 0.9.0 = WASI 0.3.0) on wit-bindgen's executor instead of WASI 0.2 and wstd |
 //! | `with-chrono-0_4`, `with-time-0_3`, `with-uuid-1`, `with-serde_json-1` | no | [`ToSql`](types::ToSql) and [`FromSql`](types::FromSql) for those crates' types (postgres-types' features of the same names) |
 //! | `derive` | no | `#[derive(ToSql, FromSql)]` for enums, composites and domains |
 //! | `array-impls` | no | `ToSql` for arrays `[T; N]` |

@@ -928,7 +928,7 @@ fn main() {
     }
 }
 
-/// Runs every case natively, then under wasmtime, each against a fresh fake server; `None` for
+/// Runs every case natively, then under wasmtime (WASI 0.2, then 0.3), each against a fresh fake server; `None` for
 /// `ATTACKS_SERVE`.
 #[cfg(not(target_os = "wasi"))]
 fn run() -> Option<two_target::Totals> {
@@ -959,28 +959,33 @@ fn run() -> Option<two_target::Totals> {
     record(&mut native, &cases, servers, client_outcomes);
     native.end();
 
-    let guest = Guest::build();
-    let mut wasm = Tally::wasm();
-    wasm.detail(guest.build_note());
-    let servers = start_servers(&cases, &certs);
-    let ports = two_target::port_list(
-        cases
-            .iter()
-            .zip(&servers)
-            .map(|(case, server)| (case.name, server.port())),
-    );
-    let run = guest.run(
-        &[(ENV_PORTS, &ports), (ENV_CA_FILE, "/certs/ca.crt")],
-        &[(certs.dir(), "/certs")],
-    );
-    let client_outcomes: Vec<ClientOutcome> =
-        cases.iter().map(|case| run.outcome(case.name)).collect();
-    record(&mut wasm, &cases, servers, client_outcomes);
-    wasm.record_exit(&run);
-    wasm.end();
+    // The same cases in each guest build (WASI 0.2, then 0.3), against fresh fake servers.
+    let run_guest = |guest: Guest| {
+        let mut tally = Tally::for_guest(&guest);
+        let servers = start_servers(&cases, &certs);
+        let ports = two_target::port_list(
+            cases
+                .iter()
+                .zip(&servers)
+                .map(|(case, server)| (case.name, server.port())),
+        );
+        let run = guest.run(
+            &[(ENV_PORTS, &ports), (ENV_CA_FILE, "/certs/ca.crt")],
+            &[(certs.dir(), "/certs")],
+        );
+        let client_outcomes: Vec<ClientOutcome> =
+            cases.iter().map(|case| run.outcome(case.name)).collect();
+        record(&mut tally, &cases, servers, client_outcomes);
+        tally.record_exit(&run);
+        tally.end();
+        tally
+    };
+    let wasm = run_guest(Guest::build());
+    let wasi_p3 = run_guest(Guest::build_p3());
     Some(Totals {
         native,
         wasm,
+        wasi_p3,
         notes: Vec::new(),
     })
 }

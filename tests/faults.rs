@@ -1233,7 +1233,7 @@ fn main() {
     run().finish("fault");
 }
 
-/// Runs every case natively, then under wasmtime, with the cluster and the restart watcher up throughout.
+/// Runs every case natively, then under wasmtime (WASI 0.2, then 0.3), with the cluster and the restart watcher up throughout.
 #[cfg(not(target_os = "wasi"))]
 fn run() -> two_target::Totals {
     use std::sync::Arc;
@@ -1261,26 +1261,29 @@ fn run() -> two_target::Totals {
         finish_servers(servers);
         native.end();
 
-        let guest = Guest::build();
-        let mut wasm = Tally::wasm();
-        wasm.detail(guest.build_note());
-        let servers = start_servers(&cases);
-        let ports = two_target::port_list(
-            cases
-                .iter()
-                .zip(&servers)
-                .map(|(case, server)| (case.name, server.as_ref().map_or(0, FakeServer::port))),
-        );
-        let live_port = cluster.port.to_string();
-        let run = guest.run(&[(ENV_PORTS, &ports), (ENV_LIVE_PORT, &live_port)], &[]);
-        finish_servers(servers);
-        wasm.record_guest(&run, cases.iter().map(|case| case.name));
-        wasm.end();
+        // The same cases in each guest build (WASI 0.2, then 0.3), against fresh fake servers.
+        let run_guest = |guest: Guest| {
+            let mut tally = Tally::for_guest(&guest);
+            let servers = start_servers(&cases);
+            let ports =
+                two_target::port_list(cases.iter().zip(&servers).map(|(case, server)| {
+                    (case.name, server.as_ref().map_or(0, FakeServer::port))
+                }));
+            let live_port = cluster.port.to_string();
+            let run = guest.run(&[(ENV_PORTS, &ports), (ENV_LIVE_PORT, &live_port)], &[]);
+            finish_servers(servers);
+            tally.record_guest(&run, cases.iter().map(|case| case.name));
+            tally.end();
+            tally
+        };
+        let wasm = run_guest(Guest::build());
+        let wasi_p3 = run_guest(Guest::build_p3());
         stop.store(true, Ordering::Release);
         let restarts = watcher.join().unwrap_or(0);
         Totals {
             native,
             wasm,
+            wasi_p3,
             notes: vec![format!("server restarts: {restarts}")],
         }
     })

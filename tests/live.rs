@@ -1,7 +1,8 @@
 //! The live scenario suite, written once and run on both targets against a real PostgreSQL 15.
 //!
 //! Natively this binary starts throwaway clusters, runs every scenario on tokio, then runs this same file built
-//! for wasm32-wasip2 under the real wasmtime CLI against the same clusters (the conninfo strings travel as
+//! for wasm32-wasip2 under the real wasmtime CLI against the same clusters, once on WASI 0.2 and once built with
+//! the `wasip3` feature on WASI 0.3 (the conninfo strings travel as
 //! environment variables, the password file and the certificates through preopened directories). The runner is
 //! the one the other two-target binaries share (`tests/support/two_target.rs`): each target prints
 //! `<target>: N passed, M failed`; any failure fails the test, naming the scenario and the target.
@@ -36,7 +37,7 @@ fn main() {
     run().finish("scenario");
 }
 
-/// Runs every scenario natively, then under wasmtime, against the same servers.
+/// Runs every scenario natively, then under wasmtime (WASI 0.2, then 0.3), against the same servers.
 #[cfg(not(target_os = "wasi"))]
 fn run() -> two_target::Totals {
     use std::net::TcpListener;
@@ -127,29 +128,34 @@ fn run() -> two_target::Totals {
     });
     native.end();
 
-    let mut wasm = Tally::wasm();
-    wasm.detail(guest.build_note());
     let mut vars = env.to_vars();
     // The component sees the password file and the certificates through preopened directories.
     vars.push(("LIVE_PASSFILE", "/pgpass/pgpass".to_string()));
     vars.push(("LIVE_TLS_CERTS", "/certs".to_string()));
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let run = guest.run(
-        &vars,
-        &[(passfile_dir.as_path(), "/pgpass"), (certs.dir(), "/certs")],
-    );
-    // The figures the scenarios printed in the guest.
-    for line in run.other_lines() {
-        println!("{line}");
-    }
-    let expected = scenarios::all()
-        .into_iter()
-        .map(|(name, _)| name)
-        .filter(|name| !scenarios::NATIVE_ONLY.contains(name));
-    wasm.record_guest(&run, std::iter::once(SECOND_BLOCK_ON).chain(expected));
-    wasm.end();
+    // The same scenarios in each guest build (WASI 0.2, then 0.3), against the same servers.
+    let run_guest = |guest: Guest| {
+        let mut tally = Tally::for_guest(&guest);
+        let run = guest.run(
+            &vars,
+            &[(passfile_dir.as_path(), "/pgpass"), (certs.dir(), "/certs")],
+        );
+        // The figures the scenarios printed in the guest.
+        for line in run.other_lines() {
+            println!("{line}");
+        }
+        let expected = scenarios::all()
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| !scenarios::NATIVE_ONLY.contains(name));
+        tally.record_guest(&run, std::iter::once(SECOND_BLOCK_ON).chain(expected));
+        tally.end();
+        tally
+    };
+    let wasm = run_guest(guest);
+    let wasi_p3 = run_guest(Guest::build_p3());
     let _ = std::fs::remove_dir_all(&passfile_dir);
-    if native.failed() || wasm.failed() {
+    if native.failed() || wasm.failed() || wasi_p3.failed() {
         eprintln!(
             "PgBouncer log (last 20 lines, for the pgbouncer_* scenarios):\n{}",
             pgbouncer.log_tail(20)
@@ -158,6 +164,7 @@ fn run() -> two_target::Totals {
     Totals {
         native,
         wasm,
+        wasi_p3,
         notes: Vec::new(),
     }
 }
@@ -198,7 +205,7 @@ fn main() {
     }
     // A client made under one reactor must keep working under the next one: the transport leaves no wait
     // registered between calls.
-    let first = wstd::runtime::block_on(scenarios::client_for_next_reactor(&env));
+    let first = two_target::block_on(scenarios::client_for_next_reactor(&env));
     two_target::run_in_guest(SECOND_BLOCK_ON, async {
         recorded(scenarios::client_from_previous_reactor(first).await)
     });

@@ -1107,7 +1107,7 @@ fn main() {
     }
 }
 
-/// Runs every case natively, then under wasmtime, each against a fresh server; `None` for `PGLITE_SERVE`.
+/// Runs every case natively, then under wasmtime (WASI 0.2, then 0.3), each against a fresh server; `None` for `PGLITE_SERVE`.
 #[cfg(not(target_os = "wasi"))]
 fn run() -> Option<two_target::Totals> {
     use support::pglite::PGlite;
@@ -1140,28 +1140,33 @@ fn run() -> Option<two_target::Totals> {
     }
     server.stop();
 
-    let guest = build.wait();
-    let mut server = PGlite::start();
-    let mut wasm = Tally::wasm();
-    wasm.detail(format_args!("the server loaded in {:.1?}", server.startup));
-    wasm.detail(guest.build_note());
-    let port = server.port.to_string();
-    let run = guest.run(&[(ENV_PORT, &port)], &[]);
-    wasm.record_guest(&run, cases.iter().map(|case| case.name));
-    wasm.end();
-    let guest_turned_away = run.stdout().lines().find_map(|line| {
-        line.strip_prefix(TURNED_AWAY_LINE)?
-            .trim()
-            .parse::<usize>()
-            .ok()
-    });
-    if wasm.failed() {
-        eprintln!(
-            "pglite-server log (last 40 lines):\n{}",
-            server.log_tail(40)
-        );
-    }
-    server.stop();
+    // The same cases in each guest build (WASI 0.2, then 0.3), each against a fresh server; the number of
+    // connects each retried.
+    let run_guest = |guest: Guest| {
+        let mut server = PGlite::start();
+        let mut tally = Tally::for_guest(&guest);
+        tally.detail(format_args!("the server loaded in {:.1?}", server.startup));
+        let port = server.port.to_string();
+        let run = guest.run(&[(ENV_PORT, &port)], &[]);
+        tally.record_guest(&run, cases.iter().map(|case| case.name));
+        tally.end();
+        let turned_away = run.stdout().lines().find_map(|line| {
+            line.strip_prefix(TURNED_AWAY_LINE)?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        });
+        if tally.failed() {
+            eprintln!(
+                "pglite-server log (last 40 lines):\n{}",
+                server.log_tail(40)
+            );
+        }
+        server.stop();
+        (tally, turned_away)
+    };
+    let (wasm, guest_turned_away) = run_guest(build.wait());
+    let (wasi_p3, p3_turned_away) = run_guest(Guest::build_p3());
 
     println!("\nPGlite does not support (each shown by the case named):");
     for case in &cases {
@@ -1175,12 +1180,16 @@ fn run() -> Option<two_target::Totals> {
     }
     let retried = format!(
         "connects retried while the server still held the previous client's slot: native {native_turned_away}, \
-         wasm32-wasip2 {}",
-        guest_turned_away.map_or("unknown".to_owned(), |n| n.to_string())
+         {} {}, {} {}",
+        two_target::WASM,
+        guest_turned_away.map_or("unknown".to_owned(), |n| n.to_string()),
+        two_target::WASI_P3,
+        p3_turned_away.map_or("unknown".to_owned(), |n| n.to_string())
     );
     Some(Totals {
         native,
         wasm,
+        wasi_p3,
         notes: vec![retried],
     })
 }

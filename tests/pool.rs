@@ -1033,7 +1033,7 @@ fn main() {
     run().finish("pool");
 }
 
-/// Runs every case natively, then under wasmtime, serving the guest's restart requests.
+/// Runs every case natively, then under wasmtime (WASI 0.2, then 0.3), serving the guest's restart requests.
 #[cfg(not(target_os = "wasi"))]
 fn run() -> two_target::Totals {
     use support::{Cluster, Role};
@@ -1061,45 +1061,55 @@ fn run() -> two_target::Totals {
     drop(runtime);
     native.end();
 
-    let guest = Guest::build();
-    let mut wasm = Tally::wasm();
-    wasm.detail(guest.build_note());
-    let ctl_dir = std::env::temp_dir().join(format!("wasi-pg-pool-ctl-{}", std::process::id()));
-    std::fs::create_dir_all(&ctl_dir).expect("cannot create the control dir");
-    let run = std::thread::scope(|scope| {
-        let run = scope.spawn(|| {
-            guest.run(
-                &[(CONNINFO_VAR, &conninfo)],
-                &[(ctl_dir.as_path(), CTL_GUEST_DIR)],
-            )
-        });
-        // Serve restart requests until the guest exits.
-        while !run.is_finished() {
-            let request = ctl_dir.join(CTL_RESTART);
-            if request.exists() {
-                let _ = std::fs::remove_file(&request);
-                let mut cluster = cluster.lock().unwrap_or_else(|e| e.into_inner());
-                cluster.shut_down();
-                cluster.start_again();
-                std::fs::write(ctl_dir.join(CTL_RESTARTED), b"").expect("cannot answer the guest");
+    // The same cases in each guest build (WASI 0.2, then 0.3).
+    let run_guest = |guest: Guest| {
+        let mut tally = Tally::for_guest(&guest);
+        let ctl_dir = std::env::temp_dir().join(format!(
+            "wasi-pg-pool-ctl-{}-{}",
+            std::process::id(),
+            guest.label()
+        ));
+        std::fs::create_dir_all(&ctl_dir).expect("cannot create the control dir");
+        let run = std::thread::scope(|scope| {
+            let run = scope.spawn(|| {
+                guest.run(
+                    &[(CONNINFO_VAR, &conninfo)],
+                    &[(ctl_dir.as_path(), CTL_GUEST_DIR)],
+                )
+            });
+            // Serve restart requests until the guest exits.
+            while !run.is_finished() {
+                let request = ctl_dir.join(CTL_RESTART);
+                if request.exists() {
+                    let _ = std::fs::remove_file(&request);
+                    let mut cluster = cluster.lock().unwrap_or_else(|e| e.into_inner());
+                    cluster.shut_down();
+                    cluster.start_again();
+                    std::fs::write(ctl_dir.join(CTL_RESTARTED), b"")
+                        .expect("cannot answer the guest");
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            run.join().expect("the wasmtime thread panicked")
+        });
+        let _ = std::fs::remove_dir_all(&ctl_dir);
+        for line in run
+            .stdout()
+            .lines()
+            .filter(|line| line.starts_with("pool:"))
+        {
+            println!("{} {line}", guest.label());
         }
-        run.join().expect("the wasmtime thread panicked")
-    });
-    let _ = std::fs::remove_dir_all(&ctl_dir);
-    for line in run
-        .stdout()
-        .lines()
-        .filter(|line| line.starts_with("pool:"))
-    {
-        println!("wasm32-wasip2 {line}");
-    }
-    wasm.record_guest(&run, cases.iter().map(|case| case.name));
-    wasm.end();
+        tally.record_guest(&run, cases.iter().map(|case| case.name));
+        tally.end();
+        tally
+    };
+    let wasm = run_guest(Guest::build());
+    let wasi_p3 = run_guest(Guest::build_p3());
     Totals {
         native,
         wasm,
+        wasi_p3,
         notes: Vec::new(),
     }
 }

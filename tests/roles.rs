@@ -497,7 +497,7 @@ fn main() {
     }
 }
 
-/// Runs every case natively, then under wasmtime (once per phase); `None` for `ROLES_SERVE`.
+/// Runs every case natively, then under wasmtime on WASI 0.2 and 0.3 (once per phase each); `None` for `ROLES_SERVE`.
 #[cfg(not(target_os = "wasi"))]
 fn run() -> Option<two_target::Totals> {
     use std::time::Instant;
@@ -546,31 +546,37 @@ fn run() -> Option<two_target::Totals> {
     }
     native.end();
 
-    let guest = build.wait();
-    let mut wasm = Tally::wasm();
-    wasm.detail(guest.build_note());
+    // The same phases in each guest build (WASI 0.2, then 0.3). The primary is up again after the last phase,
+    // as the first expects.
     let ports = [nodes.primary, nodes.standby, nodes.unused].map(|port| port.to_string());
-    for phase in Phase::ALL {
-        enter(phase, &mut primary);
-        let run = guest.run(
-            &[
-                (ENV_PHASE, phase.name()),
-                (ENV_PRIMARY, &ports[0]),
-                (ENV_STANDBY, &ports[1]),
-                (ENV_UNUSED, &ports[2]),
-                (ENV_LOGIN, &nodes.login),
-                (ENV_READ_ONLY_LOGIN, &nodes.read_only_login),
-            ],
-            &[],
-        );
-        wasm.record_guest(&run, in_phase(phase).map(|case| case.name));
-    }
-    wasm.end();
+    let mut run_guest = |guest: Guest| {
+        let mut tally = Tally::for_guest(&guest);
+        for phase in Phase::ALL {
+            enter(phase, &mut primary);
+            let run = guest.run(
+                &[
+                    (ENV_PHASE, phase.name()),
+                    (ENV_PRIMARY, &ports[0]),
+                    (ENV_STANDBY, &ports[1]),
+                    (ENV_UNUSED, &ports[2]),
+                    (ENV_LOGIN, &nodes.login),
+                    (ENV_READ_ONLY_LOGIN, &nodes.read_only_login),
+                ],
+                &[],
+            );
+            tally.record_guest(&run, in_phase(phase).map(|case| case.name));
+        }
+        tally.end();
+        tally
+    };
+    let wasm = run_guest(build.wait());
+    let wasi_p3 = run_guest(Guest::build_p3());
     drop((primary, standby));
 
     Some(Totals {
         native,
         wasm,
+        wasi_p3,
         notes: vec![format!(
             "setup: primary and standby streaming in {setup_time:.1?}"
         )],

@@ -11,11 +11,12 @@
 //!
 //! CPU time (user + sys) and peak RSS come from `wait4(2)` on each child, so they are the child's own: the
 //! client process for ours and tokio-postgres, pgbench itself, and for ours-wasi the wasmtime process that
-//! runs the precompiled component. Throughput is the client's own timing of the workload (pgbench's "without
+//! runs the precompiled component (ours-wasi its WASI 0.2 build, ours-wasip3 its WASI 0.3 build). Throughput is the client's own timing of the workload (pgbench's "without
 //! initial connection time"). Progress goes to stderr, results to stdout.
 //!
 //! ```text
 //! bench-driver --client target/bench/release/bench-client --wasmtime wasmtime --cwasm bench-client.cwasm
+//!              [--cwasm-p3 bench-client-p3.cwasm]
 //!              --pgbench pgbench --work-dir DIR --host 127.0.0.1 --port N --ca server.crt
 //!              [--quick] [--rounds N] [--only W1,W3] [--contenders ours,pgbench]
 //! ```
@@ -43,6 +44,8 @@ struct Options {
     client: PathBuf,
     wasmtime: PathBuf,
     cwasm: PathBuf,
+    /// The WASI 0.3 build of the client (ours-wasip3), precompiled.
+    cwasm_p3: Option<PathBuf>,
     pgbench: PathBuf,
     work_dir: PathBuf,
     target: Target,
@@ -82,15 +85,24 @@ fn parse_options() -> Result<Options, BoxError> {
         Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
         None => Workload::ALL.to_vec(),
     };
-    let contenders = match take("contenders") {
+    let cwasm_p3 = take("cwasm-p3").map(PathBuf::from);
+    let contenders: Vec<Contender> = match take("contenders") {
         Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
-        None => Contender::ALL.to_vec(),
+        // ours-wasip3 runs only when its build is given.
+        None => Contender::ALL
+            .into_iter()
+            .filter(|&c| c != Contender::OursWasip3 || cwasm_p3.is_some())
+            .collect(),
     };
+    if contenders.contains(&Contender::OursWasip3) && cwasm_p3.is_none() {
+        return Err("ours-wasip3 needs --cwasm-p3".into());
+    }
     let mut required = |name: &str| take(name).ok_or_else(|| format!("--{name} is required"));
     let options = Options {
         client: required("client")?.into(),
         wasmtime: required("wasmtime")?.into(),
         cwasm: required("cwasm")?.into(),
+        cwasm_p3,
         pgbench: required("pgbench")?.into(),
         work_dir: required("work-dir")?.into(),
         target: Target {
@@ -157,7 +169,12 @@ fn command(options: &Options, workload: Workload, contender: Contender) -> Comma
             ));
             cmd
         }
-        Contender::OursWasi => {
+        Contender::OursWasi | Contender::OursWasip3 => {
+            // ours-wasip3 is among the contenders only with --cwasm-p3 (checked when parsing).
+            let cwasm = match (contender, &options.cwasm_p3) {
+                (Contender::OursWasip3, Some(p3)) => p3,
+                _ => &options.cwasm,
+            };
             let mut cmd = Command::new(&options.wasmtime);
             cmd.args([
                 "run",
@@ -177,7 +194,7 @@ fn command(options: &Options, workload: Workload, contender: Contender) -> Comma
                     .arg(format!("{}::{WASI_CERT_DIR}", dir.display()));
                 Some(format!("{WASI_CERT_DIR}/{name}"))
             });
-            cmd.arg(&options.cwasm);
+            cmd.arg(cwasm);
             cmd.args(run_args(contender.name()));
             cmd.args(target_args(&options.target, guest_ca.as_deref()));
             cmd
@@ -396,7 +413,7 @@ struct Comparison {
 
 /// The comparisons issue 7 sets targets for, in output order.
 fn comparisons() -> Vec<Comparison> {
-    use Contender::{Ours, OursSequential, OursWasi, Pgbench, TokioPostgres};
+    use Contender::{Ours, OursSequential, OursWasi, OursWasip3, Pgbench, TokioPostgres};
     use Metric::{Cpu, Throughput};
     let mut list = Vec::new();
     let mut add = |workload: Workload, metric: Metric, a: Contender, b: (Workload, Contender)| {
@@ -422,6 +439,8 @@ fn comparisons() -> Vec<Comparison> {
             _ => {}
         }
         add(w, Throughput, OursWasi, (w, Ours));
+        add(w, Throughput, OursWasip3, (w, Ours));
+        add(w, Throughput, OursWasip3, (w, OursWasi));
     }
     list
 }

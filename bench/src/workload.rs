@@ -85,8 +85,10 @@ impl FromStr for Workload {
 pub enum Contender {
     /// This crate, native, on tokio.
     Ours,
-    /// This crate compiled for wasm32-wasip2, under wasmtime.
+    /// This crate compiled for wasm32-wasip2, under wasmtime (WASI 0.2).
     OursWasi,
+    /// This crate compiled for wasm32-wasip2 with its `wasip3` feature, under wasmtime (WASI 0.3).
+    OursWasip3,
     /// tokio-postgres 0.7, native.
     TokioPostgres,
     /// This crate, native, running W7's queries one after another in one task: the baseline its concurrency
@@ -98,9 +100,10 @@ pub enum Contender {
 
 impl Contender {
     /// Every contender, in the order they run within a workload.
-    pub const ALL: [Contender; 5] = [
+    pub const ALL: [Contender; 6] = [
         Contender::Ours,
         Contender::OursWasi,
+        Contender::OursWasip3,
         Contender::TokioPostgres,
         Contender::OursSequential,
         Contender::Pgbench,
@@ -111,6 +114,7 @@ impl Contender {
         match self {
             Contender::Ours => "ours",
             Contender::OursWasi => "ours-wasi",
+            Contender::OursWasip3 => "ours-wasip3",
             Contender::TokioPostgres => "tokio-postgres",
             Contender::OursSequential => "ours-sequential",
             Contender::Pgbench => "pgbench",

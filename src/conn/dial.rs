@@ -114,12 +114,16 @@ pub(crate) async fn open_transport(
 ) -> Result<Box<dyn Transport>, Error> {
     match &target.host {
         Host::Tcp(name) => {
-            let stream = crate::transport::wasi::connect_tcp(name, target.hostaddr, target.port)
+            #[cfg(not(feature = "wasip3"))]
+            use crate::transport::wasi::connect_tcp;
+            #[cfg(feature = "wasip3")]
+            use crate::transport::wasip3::connect_tcp;
+            let stream = connect_tcp(name, target.hostaddr, target.port)
                 .await
                 .map_err(Error::io)?;
             stream.set_keepalive(tcp.keepalive.as_ref());
             if tcp.user_timeout.is_some() {
-                debug!("tcp_user_timeout is ignored: wasi:sockets 0.2 has no such option");
+                debug!("tcp_user_timeout is ignored: wasi:sockets has no such option");
             }
             Ok(Box::new(stream))
         }

@@ -4,7 +4,8 @@
 //! writing at once (the server may be blocked writing results while we still send) and so a dropped future never
 //! loses bytes: data counts as read or written only when a call returns `Ready`. Native builds connect with
 //! [`tokio`](https://docs.rs/tokio) (TCP and Unix-domain sockets); wasm32-wasip2 builds use wasi:sockets
-//! directly. TLS (`tls/`, the layer above) implements the same trait over any other.
+//! directly: 0.2 by default (module `wasi`), 0.3 with the `wasip3` feature (module `wasip3`). TLS (`tls/`, the
+//! layer above) implements the same trait over any other.
 //!
 //! Also the rest of what the layers above need from the outside world: timers (`runtime.rs`) and the read
 //! buffer's sizing policy (`read_size.rs`). This layer knows bytes only: no protocol, no configuration beyond
@@ -21,6 +22,8 @@ pub(crate) mod runtime;
 pub mod tokio;
 #[cfg(target_os = "wasi")]
 pub mod wasi;
+#[cfg(all(target_os = "wasi", feature = "wasip3"))]
+pub mod wasip3;
 
 /// `Send` on native targets, nothing on wasm32-wasip2 whose runtime is single-threaded.
 #[cfg(not(target_os = "wasi"))]

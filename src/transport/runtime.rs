@@ -1,7 +1,8 @@
 //! The little the client needs from an async runtime: a sleep, and a timeout built on it.
 //!
-//! Native builds sleep on tokio's timer; wasm32-wasip2 builds on a wasi:clocks pollable through wstd's reactor,
-//! so a timeout really waits on both targets.
+//! Native builds sleep on tokio's timer; wasm32-wasip2 builds on a wasi:clocks pollable through wstd's reactor
+//! (WASI 0.2), or on a wasi:clocks@0.3 `wait-for` with the `wasip3` feature, so a timeout really waits on every
+//! target.
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;
@@ -10,8 +11,10 @@ use std::time::Duration;
 
 /// Sleeps for `duration`.
 pub(crate) async fn sleep(duration: Duration) {
-    #[cfg(target_os = "wasi")]
+    #[cfg(all(target_os = "wasi", not(feature = "wasip3")))]
     crate::transport::wasi::sleep(duration).await;
+    #[cfg(all(target_os = "wasi", feature = "wasip3"))]
+    crate::transport::wasip3::sleep(duration).await;
     #[cfg(all(not(target_os = "wasi"), feature = "tokio"))]
     tokio::time::sleep(duration).await;
     #[cfg(all(not(target_os = "wasi"), not(feature = "tokio")))]

@@ -374,6 +374,7 @@ impl Transport for WasiTcpStream {
 }
 
 /// Sleeps on wstd's reactor (a monotonic-clock pollable).
+#[cfg(not(feature = "wasip3"))]
 pub(crate) async fn sleep(duration: std::time::Duration) {
     wstd::task::sleep(wstd::time::Duration::from(duration)).await;
 }

@@ -126,8 +126,10 @@ async fn cancel_without_a_route(env: &Env) -> Outcome {
     let config = Config::parse(&env.trust).check("parse")?;
     #[cfg(not(target_os = "wasi"))]
     let stream = wasi_pg_client::transport::tokio::connect_tcp(&env.host, None, env.port).await;
-    #[cfg(target_os = "wasi")]
+    #[cfg(all(target_os = "wasi", not(feature = "wasip3")))]
     let stream = wasi_pg_client::transport::wasi::connect_tcp(&env.host, None, env.port).await;
+    #[cfg(all(target_os = "wasi", feature = "wasip3"))]
+    let stream = wasi_pg_client::transport::wasip3::connect_tcp(&env.host, None, env.port).await;
     let stream = stream.check("open a transport")?;
     let c = Client::connect_with_transport(Box::new(stream), &config)
         .await

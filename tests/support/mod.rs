@@ -43,4 +43,4 @@ pub use cluster::{Cluster, Role, ServerTls, Setup, free_port};
 #[allow(unused_imports, unreachable_pub)]
 pub use pgbouncer::PgBouncer;
 #[allow(unused_imports, unreachable_pub)]
-pub use wasm::{WasmBuild, build_wasm, wasmtime};
+pub use wasm::{WASIP3_FEATURES, WasmBuild, build_wasm, build_wasm_with, wasmtime};

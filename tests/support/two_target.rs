@@ -1,13 +1,19 @@
-//! The runner shared by the scenario binaries that run on both targets (`attacks`, `faults`, `live`, `pglite`,
+//! The runner shared by the scenario binaries that run on every target (`attacks`, `faults`, `live`, `pglite`,
 //! `roles`, `pool`): the same scenarios natively on tokio, then in the binary's own wasm32-wasip2 build under the real
-//! wasmtime CLI.
+//! wasmtime CLI (WASI 0.2, wstd), then in its WASI 0.3 build (`--features wasip3`, still for wasm32-wasip2)
+//! under the same wasmtime.
 //!
 //! A scenario returns an [`Outcome`] instead of panicking (wasm32-wasip2 aborts on panic, and one failing
 //! scenario must not hide the others); [`ensure!`], [`ensure_eq!`] and [`Check`] write its failures. The host
 //! records each native outcome in a [`Tally`], builds the guest ([`Guest::build`] or
 //! [`Guest::build_in_background`]), passes it what it needs as environment variables ([`Guest::run`]), and
-//! records the outcome lines the guest printed ([`run_in_guest`]) in a second tally. [`Totals::finish`] prints
-//! `<what> totals:` and exits with status 1, naming every failure and its target, if anything failed on either.
+//! records the outcome lines the guest printed ([`run_in_guest`]) in a second tally, and those of the WASI 0.3
+//! guest ([`Guest::build_p3`]) in a third. [`Totals::finish`] prints `<what> totals:` and exits with status 1,
+//! naming every failure and its target, if anything failed on any of them.
+//!
+//! The WASI 0.3 guest runs inside wit-bindgen's task: this file exports `wasi:cli/run@0.3` when built with the
+//! feature (wasmtime runs that export rather than the 0.2 one), and its `run` calls the binary's `main`, whose
+//! [`run_in_guest`] calls then drive each scenario with wit-bindgen's `block_on`.
 //!
 //! Also the few async helpers the scenarios need on both targets ([`sleep`], [`join`], [`with_timeout`]).
 //!
@@ -28,8 +34,12 @@ pub type Outcome = Result<String, String>;
 /// The label of each target in every line the runner prints.
 pub const NATIVE: &str = "native";
 pub const WASM: &str = "wasm32-wasip2";
+/// The WASI 0.3 build: the same wasm32-wasip2 target with the `wasip3` feature.
+pub const WASI_P3: &str = "wasm32-wasip2+p3";
 /// The label of the target this code runs on, for the figures a scenario prints.
-pub const THIS_TARGET: &str = if cfg!(target_os = "wasi") {
+pub const THIS_TARGET: &str = if cfg!(all(target_os = "wasi", feature = "wasip3")) {
+    WASI_P3
+} else if cfg!(target_os = "wasi") {
     WASM
 } else {
     NATIVE
@@ -89,8 +99,13 @@ impl<T, E: std::fmt::Display> Check<T> for Result<T, E> {
 pub async fn sleep(duration: Duration) {
     #[cfg(not(target_os = "wasi"))]
     tokio::time::sleep(duration).await;
-    #[cfg(target_os = "wasi")]
+    #[cfg(all(target_os = "wasi", not(feature = "wasip3")))]
     wstd::task::sleep(wstd::time::Duration::from(duration)).await;
+    #[cfg(all(target_os = "wasi", feature = "wasip3"))]
+    wasip3::clocks::monotonic_clock::wait_for(
+        u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX),
+    )
+    .await;
 }
 
 /// Both futures' outputs, polled in turn on the current task (wstd has no spawn).
@@ -173,10 +188,39 @@ pub fn guest_port(name: &str) -> u16 {
         .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
+/// Runs `future` to its end on the guest's executor: wstd's reactor (WASI 0.2) or wit-bindgen's (WASI 0.3).
+#[cfg(target_os = "wasi")]
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    #[cfg(not(feature = "wasip3"))]
+    return wstd::runtime::block_on(future);
+    #[cfg(feature = "wasip3")]
+    return wasip3::wit_bindgen::block_on(future);
+}
+
+/// The WASI 0.3 entry point: wasmtime calls the exported `wasi:cli/run@0.3` (not the 0.2 one `main` gives), so
+/// everything below runs inside wit-bindgen's task, where 0.3 futures may be awaited.
+#[cfg(all(target_os = "wasi", feature = "wasip3"))]
+mod wasi_p3_entry {
+    struct Run;
+
+    impl wasip3::exports::cli::run::Guest for Run {
+        async fn run() -> Result<(), ()> {
+            #[allow(
+                clippy::main_recursion,
+                reason = "the 0.3 entry point runs the guest's main; nothing calls it otherwise"
+            )]
+            crate::main();
+            Ok(())
+        }
+    }
+
+    wasip3::cli::command::export!(Run);
+}
+
 /// Runs `scenario` to its end and prints its outcome line for the host.
 #[cfg(target_os = "wasi")]
 pub fn run_in_guest(name: &str, scenario: impl Future<Output = Outcome>) {
-    let (verdict, text) = match wstd::runtime::block_on(scenario) {
+    let (verdict, text) = match block_on(scenario) {
         Ok(seen) => ("ok", seen),
         Err(why) => ("FAIL", why),
     };
@@ -201,8 +245,8 @@ mod host {
     use std::thread::JoinHandle;
     use std::time::{Duration, Instant};
 
-    use super::{NATIVE, OUTCOME_LINE, Outcome, TEST_NAME, WASM};
-    use crate::support::{WasmBuild, build_wasm, wasmtime};
+    use super::{NATIVE, OUTCOME_LINE, Outcome, TEST_NAME, WASI_P3, WASM};
+    use crate::support::{WASIP3_FEATURES, WasmBuild, build_wasm_with, wasmtime};
 
     /// A current-thread tokio runtime for the native scenarios.
     pub fn native_runtime() -> tokio::runtime::Runtime {
@@ -236,6 +280,14 @@ mod host {
         /// The wasm32-wasip2 tally; its clock starts now.
         pub fn wasm() -> Tally {
             Tally::new(WASM)
+        }
+
+        /// The tally of `guest`'s target (wasm32-wasip2 or its WASI 0.3 build), with its build note; its clock
+        /// starts now.
+        pub fn for_guest(guest: &Guest) -> Tally {
+            let mut tally = Tally::new(guest.label);
+            tally.detail(guest.build_note());
+            tally
         }
 
         fn new(label: &'static str) -> Tally {
@@ -324,27 +376,33 @@ mod host {
         }
     }
 
-    /// What a run found on both targets.
+    /// What a run found on every target.
     pub struct Totals {
         pub native: Tally,
         pub wasm: Tally,
+        /// The WASI 0.3 build ([`Guest::build_p3`]).
+        pub wasi_p3: Tally,
         /// Lines printed after the targets' totals.
         pub notes: Vec<String>,
     }
 
     impl Totals {
-        /// Prints `<what> totals:`, a line per target and the notes; then, if anything failed on either target,
+        /// Prints `<what> totals:`, a line per target and the notes; then, if anything failed on any target,
         /// names each failure and its target on stderr and exits with status 1. Call it once the servers are
         /// dropped: `exit` skips destructors.
         pub fn finish(self, what: &str) {
             println!("\n{what} totals:");
-            for line in [self.native.totals_line(), self.wasm.totals_line()]
-                .iter()
-                .chain(&self.notes)
+            for line in [
+                self.native.totals_line(),
+                self.wasm.totals_line(),
+                self.wasi_p3.totals_line(),
+            ]
+            .iter()
+            .chain(&self.notes)
             {
                 println!("  {line}");
             }
-            let failures: Vec<String> = [&self.native, &self.wasm]
+            let failures: Vec<String> = [&self.native, &self.wasm, &self.wasi_p3]
                 .iter()
                 .flat_map(|tally| {
                     tally
@@ -360,8 +418,10 @@ mod host {
         }
     }
 
-    /// This test binary, built for wasm32-wasip2.
+    /// This test binary, built for wasm32-wasip2 (WASI 0.2) or as its WASI 0.3 build.
     pub struct Guest {
+        /// [`WASM`] or [`WASI_P3`].
+        label: &'static str,
         wasm: PathBuf,
         build_time: Duration,
         /// For a build in the background: how long the host waited for it once it needed it.
@@ -370,6 +430,7 @@ mod host {
 
     /// A build of this test binary for wasm32-wasip2 on a thread of its own.
     pub struct GuestBuild {
+        label: &'static str,
         thread: JoinHandle<(PathBuf, Duration)>,
     }
 
@@ -377,19 +438,40 @@ mod host {
         /// Builds this test binary for wasm32-wasip2 now: after the native run, the build does not compete
         /// with its scenarios for CPU. Panics if the build fails.
         pub fn build() -> Guest {
-            let (wasm, build_time) = timed_build();
+            let (wasm, build_time) = timed_build(&[]);
             Guest {
+                label: WASM,
                 wasm,
                 build_time,
                 waited: None,
             }
         }
 
+        /// Builds the WASI 0.3 guest now (`--features wasip3`). Panics if the build fails.
+        pub fn build_p3() -> Guest {
+            Self::build_p3_in_background().wait()
+        }
+
         /// Starts the build on a thread of its own, to overlap with a slow setup (servers loading).
         pub fn build_in_background() -> GuestBuild {
             GuestBuild {
-                thread: std::thread::spawn(timed_build),
+                label: WASM,
+                thread: std::thread::spawn(|| timed_build(&[])),
             }
+        }
+
+        /// Starts the WASI 0.3 build on a thread of its own, to overlap with the 0.2 guest's run (which mostly
+        /// waits on servers).
+        pub fn build_p3_in_background() -> GuestBuild {
+            GuestBuild {
+                label: WASI_P3,
+                thread: std::thread::spawn(|| timed_build(WASIP3_FEATURES)),
+            }
+        }
+
+        /// [`WASM`] or [`WASI_P3`]: the target label of this build.
+        pub fn label(&self) -> &'static str {
+            self.label
         }
 
         /// Runs the guest under wasmtime with `env` and `dirs` (`HOST::GUEST` preopens).
@@ -428,6 +510,7 @@ mod host {
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             Guest {
+                label: self.label,
                 wasm,
                 build_time,
                 waited: Some(started.elapsed()),
@@ -435,9 +518,9 @@ mod host {
         }
     }
 
-    fn timed_build() -> (PathBuf, Duration) {
+    fn timed_build(features: &'static [&'static str]) -> (PathBuf, Duration) {
         let started = Instant::now();
-        let wasm = build_wasm(WasmBuild::Test(TEST_NAME));
+        let wasm = build_wasm_with(WasmBuild::Test(TEST_NAME), features);
         (wasm, started.elapsed())
     }
 

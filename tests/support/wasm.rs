@@ -11,9 +11,13 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 /// Deadline for one wasmtime run; a guest blocked on a dead socket must not hang CI.
 const WASMTIME_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Artifacts already built by this process, so each target is built once per test binary.
-/// Holding the lock during a build also keeps our own builds from queueing on cargo's lock.
-static BUILT: Mutex<Vec<(WasmBuild, PathBuf)>> = Mutex::new(Vec::new());
+/// Artifacts already built by this process (with the features they were built with), so each target is built
+/// once per test binary and feature set. Holding the lock during a build also keeps our own builds from
+/// queueing on cargo's lock.
+static BUILT: Mutex<Vec<(WasmBuild, &'static [&'static str], PathBuf)>> = Mutex::new(Vec::new());
+
+/// The features of the WASI 0.3 build (`--features wasip3`), for [`build_wasm_with`].
+pub const WASIP3_FEATURES: &[&str] = &["wasip3"];
 
 /// A cargo target of this crate to build for wasm32-wasip2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,8 +57,15 @@ impl WasmBuild {
 /// Uses its own target dir, `<crate>/target/wasi`: the outer `cargo test` holds the lock on
 /// `target/`, and a nested cargo sharing it would wait forever.
 pub fn build_wasm(kind: WasmBuild) -> PathBuf {
+    build_wasm_with(kind, &[])
+}
+
+/// [`build_wasm`] with cargo `features` on (such as [`WASIP3_FEATURES`]). A build with features is copied to
+/// `target/wasi/<features>/`, because cargo writes an example's artifact to the same path whatever its
+/// features.
+pub fn build_wasm_with(kind: WasmBuild, features: &'static [&'static str]) -> PathBuf {
     let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some((_, path)) = built.iter().find(|(k, _)| *k == kind) {
+    if let Some((_, _, path)) = built.iter().find(|(k, f, _)| *k == kind && *f == features) {
         return path.clone();
     }
 
@@ -64,8 +75,11 @@ pub fn build_wasm(kind: WasmBuild) -> PathBuf {
     cmd.current_dir(root)
         .args(["build", "--release", "--target", WASM_TARGET])
         .args([kind.flag(), kind.name()])
-        .arg("--message-format=json-render-diagnostics")
-        .env("CARGO_TARGET_DIR", root.join("target").join("wasi"));
+        .arg("--message-format=json-render-diagnostics");
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features.join(","));
+    }
+    cmd.env("CARGO_TARGET_DIR", root.join("target").join("wasi"));
     // C code in dependencies (ring) needs a wasm-capable C toolchain; respect an override.
     for (key, default) in [
         ("CC_wasm32_wasip2", "clang-19"),
@@ -90,7 +104,17 @@ pub fn build_wasm(kind: WasmBuild) -> PathBuf {
     let path = artifact_path(&stdout, kind).unwrap_or_else(|| {
         panic!("cargo built {kind:?} but reported no executable for it:\n{stdout}\n{stderr}")
     });
-    built.push((kind, path.clone()));
+    let path = if features.is_empty() {
+        path
+    } else {
+        let dir = root.join("target").join("wasi").join(features.join("+"));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let copy = dir.join(format!("{}.wasm", kind.name()));
+        std::fs::copy(&path, &copy)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", path.display(), copy.display()));
+        copy
+    };
+    built.push((kind, features, path.clone()));
     path
 }
 

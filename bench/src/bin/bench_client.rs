@@ -121,7 +121,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             tasks,
         } => {
             let outcome = match contender {
-                Contender::Ours | Contender::OursWasi => {
+                Contender::Ours | Contender::OursWasi | Contender::OursWasip3 => {
                     ours::run(workload, count, tasks, &args.target).await?
                 }
                 Contender::OursSequential => {
@@ -173,8 +173,7 @@ fn main() -> ExitCode {
 }
 
 #[cfg(target_os = "wasi")]
-#[wstd::main]
-async fn main() -> ExitCode {
+async fn wasi_main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match parse_args(&args) {
         Ok(args) if args.multi_thread => report(Err("wasm32-wasip2 has one thread".into())),
@@ -182,3 +181,31 @@ async fn main() -> ExitCode {
         Err(e) => report(Err(e)),
     }
 }
+
+#[cfg(all(target_os = "wasi", not(feature = "wasip3")))]
+#[wstd::main]
+async fn main() -> ExitCode {
+    wasi_main().await
+}
+
+/// WASI 0.3 (`--features wasip3`): wasmtime calls the exported `wasi:cli/run@0.3` instead of `main`.
+#[cfg(all(target_os = "wasi", feature = "wasip3"))]
+mod wasi_p3 {
+    struct BenchClient;
+
+    impl wasip3::exports::cli::run::Guest for BenchClient {
+        async fn run() -> Result<(), ()> {
+            if super::wasi_main().await == std::process::ExitCode::SUCCESS {
+                Ok(())
+            } else {
+                Err(())
+            }
+        }
+    }
+
+    wasip3::cli::command::export!(BenchClient);
+}
+
+/// Never called on WASI 0.3: the host runs the exported `wasi:cli/run@0.3` instead.
+#[cfg(all(target_os = "wasi", feature = "wasip3"))]
+fn main() {}
