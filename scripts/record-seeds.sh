@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Records the fuzz seed corpora from real sessions: starts a throwaway PostgreSQL cluster on 127.0.0.1 (see
 # scripts/throwaway-cluster.sh) with one user per authentication method, runs fuzz/'s record_seeds against it
-# and writes DIR/<target>/<name> for backend_stream, scram and values (and the hand-written conninfo,
+# and writes DIR/<target>/<name> for backend_stream, scram, values and replication (and the hand-written conninfo,
 # pipeline and shared seeds). Fails, writing nothing, if the server cannot be started or a session does not go
 # as planned.
 #
@@ -34,7 +34,13 @@ host all fuzz_trust 127.0.0.1/32 trust
 host all fuzz_password 127.0.0.1/32 password
 host all fuzz_md5 127.0.0.1/32 md5
 host all fuzz_scram 127.0.0.1/32 scram-sha-256
+host replication fuzz_trust 127.0.0.1/32 trust
 HBA
+# The replication seeds (src/fuzzing/record_replication.rs): logical decoding, two-phase transactions.
+cat >>"$cluster_data/postgresql.conf" <<CONF
+wal_level = logical
+max_prepared_transactions = 10
+CONF
 log "starting PostgreSQL ($cluster_bindir) in $cluster_dir on 127.0.0.1:$cluster_port"
 cluster_start
 # md5 authentication needs the password stored as md5; stored as SCRAM, the server would ask for SCRAM.

@@ -20,6 +20,11 @@ report_failure() {
 }
 trap report_failure EXIT
 
+if [ -n "${LIVE_ONLY:-}" ]; then
+    echo "LIVE_ONLY is set: it filters the live scenarios, and a filtered run is not the suite; unset it" >&2
+    exit 2
+fi
+
 step "setup (scripts/setup.sh)"
 bash scripts/setup.sh
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"

@@ -13,6 +13,7 @@
 //! | [`conninfo`] | a connection string or URI |
 //! | [`values`] | one value of any type, binary or text, or a binary COPY stream of them |
 //! | [`pipeline`] | the server's answers to a pipeline, with asynchronous messages and faults mixed in, and a caller that gives up |
+//! | [`replication`] | a logical replication stream after `START_REPLICATION` (CopyBoth frames, pgoutput, rows read by column), or pgoutput messages on their own |
 //! | [`shared`] | a script of requests queued, server bytes read, futures polled, dropped and timed out on a connection they share |
 //!
 //! [`record_seeds`] records the seed corpora from real sessions with a server (`scripts/record-seeds.sh`).
@@ -20,6 +21,12 @@
 mod backend;
 mod pipeline;
 mod record;
+// The replication harness and its recorder drive the client on a tokio runtime (its clock, for the status
+// updates): native only.
+#[cfg(all(feature = "tokio", not(target_os = "wasi")))]
+mod record_replication;
+#[cfg(all(feature = "tokio", not(target_os = "wasi")))]
+mod replication;
 mod scram;
 mod shared;
 #[cfg(test)]
@@ -29,6 +36,8 @@ mod values;
 pub use backend::backend_stream;
 pub use pipeline::pipeline;
 pub use record::record_seeds;
+#[cfg(all(feature = "tokio", not(target_os = "wasi")))]
+pub use replication::replication;
 pub use scram::scram;
 pub use shared::shared;
 pub use values::{try_decode, values};

@@ -420,7 +420,7 @@ impl Transport for Scripted {
     }
 }
 
-fn ready() -> Vec<u8> {
+pub(super) fn ready() -> Vec<u8> {
     message(b'Z', b"I")
 }
 
@@ -429,7 +429,7 @@ fn cstr(out: &mut Vec<u8>, s: &str) {
     out.push(0);
 }
 
-fn parameter_status(name: &str, value: &str) -> Vec<u8> {
+pub(super) fn parameter_status(name: &str, value: &str) -> Vec<u8> {
     let mut body = Vec::new();
     cstr(&mut body, name);
     cstr(&mut body, value);

@@ -105,6 +105,10 @@ pub fn record_seeds(
     for (name, script) in super::shared::seeds() {
         seeds.add("shared", name, &script);
     }
+    #[cfg(all(feature = "tokio", not(target_os = "wasi")))]
+    for (name, seed) in super::record_replication::replication_seeds(server)? {
+        seeds.add("replication", &name, &seed);
+    }
     seeds.write(out)
 }
 

@@ -100,6 +100,7 @@ mod keywords;
 mod modes;
 mod pgbouncer;
 mod replication;
+mod replication_faults;
 mod session;
 mod shared;
 mod streams;
@@ -182,9 +183,18 @@ pub fn all() -> Vec<(&'static str, Scenario)> {
     list.extend(cancel::scenarios());
     list.extend(shared::scenarios());
     list.extend(replication::scenarios());
+    list.extend(replication_faults::scenarios());
     list.extend(keywords::scenarios());
     #[cfg(not(target_os = "wasi"))]
     list.push(("unix_socket", |env| Box::pin(unix_socket(env))));
+    // A developer's filter (`LIVE_ONLY=replication,tls cargo test --test live`): names containing any of the
+    // comma-separated parts. scripts/test.sh refuses to run with it set: a filtered run is not the suite.
+    if let Ok(only) = std::env::var("LIVE_ONLY") {
+        list.retain(|(name, _)| {
+            only.split(',')
+                .any(|part| !part.is_empty() && name.contains(part))
+        });
+    }
     list
 }
 
