@@ -2,7 +2,8 @@
 # The performance benchmark of issue 7 (see BENCHMARKS.md).
 #
 # Builds the benchmark crate in bench/ (release, natively and for wasm32-wasip2), starts a throwaway
-# PostgreSQL cluster on loopback (TLS on, with a CA and server certificate made here, for W6), runs every
+# PostgreSQL cluster on loopback (TLS on, with a CA and server certificate made here, for W6; wal_level =
+# logical and replication connections for W8's slots, each made before its changes), runs every
 # workload for every contender in its own process, interleaved, and prints
 #
 #   bench <workload> <contender> ops_per_s=<n> client_cpu_s=<n> peak_rss_mb=<n>
@@ -80,7 +81,12 @@ checkpoint_timeout = '1h'
 ssl = on
 ssl_cert_file = '$work/server.crt'
 ssl_key_file = '$work/server.key'
+wal_level = logical
+max_replication_slots = 64
+max_wal_senders = 10
 CONF
+# W8's replication connections (ours and pg_recvlogical).
+printf 'host replication all 127.0.0.1/32 trust\n' >>"$cluster_data/pg_hba.conf"
 cluster_start
 
 log "$(nproc) CPUs, $(awk '/model name/ {$1=$2=$3=""; print; exit}' /proc/cpuinfo | sed 's/^ *//'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -90,6 +96,7 @@ log "$(nproc) CPUs, $(awk '/model name/ {$1=$2=$3=""; print; exit}' /proc/cpuinf
     --cwasm "$CARGO_TARGET_DIR/bench-client-p2.cwasm" \
     --cwasm-p3 "$CARGO_TARGET_DIR/bench-client-p3.cwasm" \
     --pgbench "$cluster_bindir/pgbench" \
+    --pg-recvlogical "$cluster_bindir/pg_recvlogical" \
     --work-dir "$work/scripts" \
     --host 127.0.0.1 --port "$cluster_port" --user postgres --dbname postgres \
     --ca "$work/certs/ca.crt" \

@@ -11,13 +11,20 @@
 //!
 //! CPU time (user + sys) and peak RSS come from `wait4(2)` on each child, so they are the child's own: the
 //! client process for ours and tokio-postgres, pgbench itself, and for ours-wasi the wasmtime process that
-//! runs the precompiled component (ours-wasi its WASI 0.2 build, ours-wasip3 its WASI 0.3 build). Throughput is the client's own timing of the workload (pgbench's "without
-//! initial connection time"). Progress goes to stderr, results to stdout.
+//! runs the precompiled component (ours-wasi its WASI 0.2 build, ours-wasip3 its WASI 0.3 build). Throughput is
+//! the client's own timing of the workload (pgbench's "without initial connection time"; pg_recvlogical's
+//! whole run, connection included, as it reports no timing). Progress goes to stderr, results to stdout.
+//!
+//! W8 also reports the CPU time of the server's walsender that fed the run (`walsender_cpu_s`), sampled
+//! from /proc while the run lasts (every process titled `postgres: walsender`, its growth in that time), and
+//! `ratio W8:cpu <contender>/walsender`: the target is a client that keeps up with the server, using well
+//! under the walsender's CPU.
 //!
 //! ```text
 //! bench-driver --client target/bench/release/bench-client --wasmtime wasmtime --cwasm bench-client.cwasm
 //!              [--cwasm-p3 bench-client-p3.cwasm]
-//!              --pgbench pgbench --work-dir DIR --host 127.0.0.1 --port N --ca server.crt
+//!              --pgbench pgbench [--pg-recvlogical pg_recvlogical] --work-dir DIR --host 127.0.0.1 --port N
+//!              --ca server.crt
 //!              [--quick] [--rounds N] [--only W1,W3] [--contenders ours,pgbench]
 //! ```
 
@@ -47,6 +54,8 @@ struct Options {
     /// The WASI 0.3 build of the client (ours-wasip3), precompiled.
     cwasm_p3: Option<PathBuf>,
     pgbench: PathBuf,
+    /// PostgreSQL's pg_recvlogical (the W8 contender of that name), if given.
+    pg_recvlogical: Option<PathBuf>,
     work_dir: PathBuf,
     target: Target,
     plan: Plan,
@@ -60,6 +69,8 @@ struct Measurement {
     rate: f64,
     cpu_seconds: f64,
     peak_rss_mb: f64,
+    /// W8: the CPU seconds of the walsender that fed the run.
+    walsender_cpu_seconds: Option<f64>,
 }
 
 fn parse_options() -> Result<Options, BoxError> {
@@ -86,16 +97,21 @@ fn parse_options() -> Result<Options, BoxError> {
         None => Workload::ALL.to_vec(),
     };
     let cwasm_p3 = take("cwasm-p3").map(PathBuf::from);
+    let pg_recvlogical = take("pg-recvlogical").map(PathBuf::from);
     let contenders: Vec<Contender> = match take("contenders") {
         Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
-        // ours-wasip3 runs only when its build is given.
+        // ours-wasip3 and pg_recvlogical run only when their programs are given.
         None => Contender::ALL
             .into_iter()
             .filter(|&c| c != Contender::OursWasip3 || cwasm_p3.is_some())
+            .filter(|&c| c != Contender::PgRecvlogical || pg_recvlogical.is_some())
             .collect(),
     };
     if contenders.contains(&Contender::OursWasip3) && cwasm_p3.is_none() {
         return Err("ours-wasip3 needs --cwasm-p3".into());
+    }
+    if contenders.contains(&Contender::PgRecvlogical) && pg_recvlogical.is_none() {
+        return Err("pg_recvlogical needs --pg-recvlogical".into());
     }
     let mut required = |name: &str| take(name).ok_or_else(|| format!("--{name} is required"));
     let options = Options {
@@ -104,6 +120,7 @@ fn parse_options() -> Result<Options, BoxError> {
         cwasm: required("cwasm")?.into(),
         cwasm_p3,
         pgbench: required("pgbench")?.into(),
+        pg_recvlogical,
         work_dir: required("work-dir")?.into(),
         target: Target {
             host: required("host")?,
@@ -140,8 +157,14 @@ fn target_args(target: &Target, ca: Option<&str>) -> Vec<String> {
     args
 }
 
-/// The command that runs `workload` for `contender`.
-fn command(options: &Options, workload: Workload, contender: Contender) -> Command {
+/// The command that runs `workload` for `contender` in `round`; `w8_end` is where W8's changes end.
+fn command(
+    options: &Options,
+    workload: Workload,
+    contender: Contender,
+    round: u32,
+    w8_end: Option<&str>,
+) -> Command {
     let count = options.plan.count(workload);
     let run_args = |name: &str| {
         let mut args = vec![
@@ -150,6 +173,9 @@ fn command(options: &Options, workload: Workload, contender: Contender) -> Comma
             workload.name().to_string(),
             count.to_string(),
         ];
+        if workload == Workload::W8 {
+            args.extend(["--slot".to_string(), contender.w8_slot(round)]);
+        }
         // W7's concurrent contenders share the queries among futures; ours-sequential runs them in one.
         if workload == Workload::W7 && contender != Contender::OursSequential {
             args.extend([
@@ -199,6 +225,27 @@ fn command(options: &Options, workload: Workload, contender: Contender) -> Comma
             cmd.args(target_args(&options.target, guest_ca.as_deref()));
             cmd
         }
+        Contender::PgRecvlogical => {
+            let program = options
+                .pg_recvlogical
+                .as_deref()
+                .unwrap_or(Path::new("pg_recvlogical"));
+            let mut cmd = Command::new(program);
+            cmd.args(["--start", "--no-loop", "-f", "/dev/null", "-S"])
+                .arg(contender.w8_slot(round))
+                .arg("-E")
+                .arg(w8_end.unwrap_or("0/0"))
+                .arg("-h")
+                .arg(&options.target.host)
+                .arg("-p")
+                .arg(options.target.port.to_string())
+                .arg("-U")
+                .arg(&options.target.user)
+                .arg("-d")
+                .arg(&options.target.dbname);
+            libpq_plaintext(&mut cmd);
+            cmd
+        }
         Contender::Pgbench => {
             let (script, mode, transactions) = pgbench_script(workload, count);
             let mut cmd = Command::new(&options.pgbench);
@@ -215,17 +262,21 @@ fn command(options: &Options, workload: Workload, contender: Contender) -> Comma
                 .arg("-U")
                 .arg(&options.target.user)
                 .arg(&options.target.dbname);
-            // libpq's defaults would use TLS (sslmode=prefer, and the server has it on for W6): these
-            // workloads run in plaintext for every contender. No other PG* setting of the caller applies.
-            for (key, _) in std::env::vars_os() {
-                if key.to_string_lossy().starts_with("PG") {
-                    cmd.env_remove(key);
-                }
-            }
-            cmd.env("PGSSLMODE", "disable");
+            libpq_plaintext(&mut cmd);
             cmd
         }
     }
+}
+
+/// libpq's defaults would use TLS (sslmode=prefer, and the server has it on for W6): the libpq contenders'
+/// workloads run in plaintext, as every other contender's. No other PG* setting of the caller applies.
+fn libpq_plaintext(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PG") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("PGSSLMODE", "disable");
 }
 
 /// The pgbench script file, the protocol (`-M`) and the number of transactions for `count` operations.
@@ -298,10 +349,21 @@ struct Usage {
 
 /// Waits for `pid` with `wait4`, polling so a run that hangs can be killed after `timeout`.
 #[allow(unsafe_code)]
-fn wait_with_usage(pid: u32, timeout: Duration) -> Result<Usage, BoxError> {
+fn wait_with_usage(
+    pid: u32,
+    timeout: Duration,
+    mut walsenders: Option<&mut Walsenders>,
+) -> Result<Usage, BoxError> {
     let pid = libc::pid_t::try_from(pid)?;
     let deadline = Instant::now() + timeout;
+    let mut last_sample: Option<Instant> = None;
     loop {
+        if let Some(walsenders) = walsenders.as_deref_mut()
+            && last_sample.is_none_or(|at| at.elapsed() >= WALSENDER_SAMPLE)
+        {
+            walsenders.sample();
+            last_sample = Some(Instant::now());
+        }
         let mut status: libc::c_int = 0;
         // SAFETY: `rusage` is a plain C struct for which all-zero bytes are a valid value.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -326,17 +388,85 @@ fn wait_with_usage(pid: u32, timeout: Duration) -> Result<Usage, BoxError> {
     }
 }
 
+/// How often W8's walsenders are sampled.
+const WALSENDER_SAMPLE: Duration = Duration::from_millis(20);
+
+/// The CPU time of the server's walsenders while a run lasts: each process titled `postgres: walsender`, from
+/// the first sample that saw it to the last (a walsender that exits between two samples loses at most one
+/// interval; one still ending from an earlier run adds next to nothing).
+#[derive(Default)]
+struct Walsenders {
+    /// Per process: clock ticks of user + system time at its first and its last sample.
+    ticks: HashMap<u32, (u64, u64)>,
+}
+
+impl Walsenders {
+    fn sample(&mut self) {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(title) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            if !title.starts_with(b"postgres: walsender") {
+                continue;
+            }
+            let Some(ticks) = std::fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|stat| cpu_ticks(&stat))
+            else {
+                continue;
+            };
+            self.ticks
+                .entry(pid)
+                .and_modify(|(_, last)| *last = ticks)
+                .or_insert((ticks, ticks));
+        }
+    }
+
+    #[allow(unsafe_code)]
+    fn seconds(&self) -> f64 {
+        // SAFETY: sysconf has no memory effects.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let ticks: u64 = self.ticks.values().map(|(first, last)| last - first).sum();
+        ticks as f64 / per_second
+    }
+}
+
+/// utime + stime from /proc/PID/stat (fields 14 and 15, counted after the command name in parentheses).
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
+}
+
 /// Runs one child to its end and measures it.
 fn measure(
     mut cmd: Command,
     workload: Workload,
     contender: Contender,
+    count: u64,
 ) -> Result<Measurement, BoxError> {
     cmd.stdout(Stdio::piped()).stdin(Stdio::null());
     if contender == Contender::Pgbench {
         // pgbench writes its report to stdout and its progress to stderr; keep the terminal quiet.
         cmd.stderr(Stdio::piped());
     }
+    let mut walsenders = (workload == Workload::W8).then(Walsenders::default);
+    if let Some(walsenders) = walsenders.as_mut() {
+        walsenders.sample();
+    }
+    let started = Instant::now();
     let mut child = cmd.spawn()?;
     let mut stdout = child.stdout.take().ok_or("no stdout pipe")?;
     let reader = std::thread::spawn(move || {
@@ -350,7 +480,8 @@ fn measure(
         })
     });
     // The child is reaped by wait4 here, not by std (dropping a Child neither waits nor kills).
-    let usage = wait_with_usage(child.id(), RUN_TIMEOUT)?;
+    let usage = wait_with_usage(child.id(), RUN_TIMEOUT, walsenders.as_mut())?;
+    let wall = started.elapsed().as_secs_f64();
     let output = reader.join().map_err(|_| "stdout reader panicked")??;
     let errors = match stderr {
         Some(handle) => handle.join().map_err(|_| "stderr reader panicked")??,
@@ -358,6 +489,12 @@ fn measure(
     };
     let outcome = match contender {
         Contender::Pgbench => parse_pgbench(&output, workload),
+        // It reports nothing, and writes the changes to /dev/null: its whole run, timed here.
+        Contender::PgRecvlogical => Some(Outcome {
+            ops: count,
+            seconds: wall,
+            check: 0,
+        }),
         _ => Outcome::parse(&output),
     };
     match outcome {
@@ -365,6 +502,7 @@ fn measure(
             rate: outcome.rate(),
             cpu_seconds: usage.cpu_seconds,
             peak_rss_mb: usage.peak_rss_kb as f64 / 1024.0,
+            walsender_cpu_seconds: walsenders.as_ref().map(Walsenders::seconds),
         }),
         _ => Err(format!(
             "{workload} {contender} failed (exit {}):\n{output}{errors}",
@@ -374,16 +512,52 @@ fn measure(
     }
 }
 
-/// Runs `bench-client` natively for set-up chores.
-fn chore(options: &Options, args: &[&str]) -> Result<(), BoxError> {
-    let status = Command::new(&options.client)
+/// Runs `bench-client` natively for set-up chores; returns what it printed.
+fn chore(options: &Options, args: &[&str]) -> Result<String, BoxError> {
+    let output = Command::new(&options.client)
         .args(args)
         .args(target_args(&options.target, None))
-        .status()?;
-    if !status.success() {
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !output.status.success() {
         return Err(format!("bench-client {args:?} failed").into());
     }
-    Ok(())
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// W8's slots for every run, its table and its changes; returns where the changes end.
+fn w8_setup(options: &Options) -> Result<String, BoxError> {
+    let slots = |pgoutput: bool| {
+        let mut names = Vec::new();
+        for round in 1..=options.plan.rounds {
+            for &contender in &options.contenders {
+                if contender.runs(Workload::W8)
+                    && (contender == Contender::PgRecvlogical) != pgoutput
+                {
+                    names.push(contender.w8_slot(round));
+                }
+            }
+        }
+        names.join(",")
+    };
+    let changes = options.plan.count(Workload::W8).to_string();
+    eprintln!("bench-driver: W8 set-up: a slot per run, then {changes} changes");
+    let printed = chore(
+        options,
+        &[
+            "w8-setup",
+            &changes,
+            "--pgoutput-slots",
+            &slots(true),
+            "--test-decoding-slots",
+            &slots(false),
+        ],
+    )?;
+    printed
+        .lines()
+        .find_map(|line| line.strip_prefix("endpos="))
+        .map(str::to_string)
+        .ok_or_else(|| format!("w8-setup printed no endpos: {printed:?}").into())
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -413,7 +587,9 @@ struct Comparison {
 
 /// The comparisons issue 7 sets targets for, in output order.
 fn comparisons() -> Vec<Comparison> {
-    use Contender::{Ours, OursSequential, OursWasi, OursWasip3, Pgbench, TokioPostgres};
+    use Contender::{
+        Ours, OursSequential, OursWasi, OursWasip3, PgRecvlogical, Pgbench, TokioPostgres,
+    };
     use Metric::{Cpu, Throughput};
     let mut list = Vec::new();
     let mut add = |workload: Workload, metric: Metric, a: Contender, b: (Workload, Contender)| {
@@ -428,7 +604,13 @@ fn comparisons() -> Vec<Comparison> {
         if Pgbench.runs(w) {
             add(w, Throughput, Ours, (w, Pgbench));
         }
-        add(w, Throughput, Ours, (w, TokioPostgres));
+        if PgRecvlogical.runs(w) {
+            add(w, Throughput, Ours, (w, PgRecvlogical));
+            add(w, Cpu, Ours, (w, PgRecvlogical));
+        }
+        if TokioPostgres.runs(w) {
+            add(w, Throughput, Ours, (w, TokioPostgres));
+        }
         if matches!(w, Workload::W3 | Workload::W5CopyIn | Workload::W5CopyOut) {
             add(w, Cpu, Ours, (w, TokioPostgres));
         }
@@ -459,6 +641,11 @@ fn run(options: &Options) -> Result<(), BoxError> {
     );
     chore(options, &["setup", &options.plan.copy_rows.to_string()])?;
     write_pgbench_scripts(&options.work_dir)?;
+    let w8_end = if options.workloads.contains(&Workload::W8) {
+        Some(w8_setup(options)?)
+    } else {
+        None
+    };
 
     let mut samples: HashMap<(Workload, Contender), Vec<Measurement>> = HashMap::new();
     for round in 1..=options.plan.rounds {
@@ -472,9 +659,13 @@ fn run(options: &Options) -> Result<(), BoxError> {
                 {
                     chore(options, &["truncate"])?;
                 }
-                let m = measure(command(options, workload, contender), workload, contender)?;
+                let cmd = command(options, workload, contender, round, w8_end.as_deref());
+                let m = measure(cmd, workload, contender, options.plan.count(workload))?;
+                let walsender = m
+                    .walsender_cpu_seconds
+                    .map_or(String::new(), |s| format!(", walsender {s:.3} s CPU"));
                 eprintln!(
-                    "  [{round}/{}] {workload} {contender}: {:.0} ops/s, {:.3} s CPU, {:.1} MB RSS (load {})",
+                    "  [{round}/{}] {workload} {contender}: {:.0} ops/s, {:.3} s CPU, {:.1} MB RSS{walsender} (load {})",
                     options.plan.rounds,
                     m.rate,
                     m.cpu_seconds,
@@ -494,13 +685,22 @@ fn run(options: &Options) -> Result<(), BoxError> {
             };
             let pick =
                 |f: fn(&Measurement) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
+            let walsender: Vec<f64> = runs
+                .iter()
+                .filter_map(|m| m.walsender_cpu_seconds)
+                .collect();
             let m = Measurement {
                 rate: pick(|m| m.rate),
                 cpu_seconds: pick(|m| m.cpu_seconds),
                 peak_rss_mb: pick(|m| m.peak_rss_mb),
+                walsender_cpu_seconds: (!walsender.is_empty())
+                    .then(|| median(&mut walsender.clone())),
             };
+            let walsender = m
+                .walsender_cpu_seconds
+                .map_or(String::new(), |s| format!(" walsender_cpu_s={s:.3}"));
             println!(
-                "bench {workload} {contender} ops_per_s={:.0} client_cpu_s={:.3} peak_rss_mb={:.1}",
+                "bench {workload} {contender} ops_per_s={:.0} client_cpu_s={:.3} peak_rss_mb={:.1}{walsender}",
                 m.rate, m.cpu_seconds, m.peak_rss_mb
             );
             medians.insert((workload, contender), m);
@@ -521,6 +721,20 @@ fn run(options: &Options) -> Result<(), BoxError> {
         };
         println!("ratio {label} {}/{b_name}={value:.2}", c.a);
     }
+    // W8's target: each client's CPU against the walsender's that fed it.
+    for &contender in &options.contenders {
+        if let Some(m) = medians.get(&(Workload::W8, contender))
+            && let Some(server) = m.walsender_cpu_seconds.filter(|&s| s > 0.0)
+        {
+            println!(
+                "ratio W8:cpu {contender}/walsender={:.2}",
+                m.cpu_seconds / server
+            );
+        }
+    }
+    if w8_end.is_some() {
+        chore(options, &["w8-cleanup"])?;
+    }
     eprintln!("bench-driver: done, load average {}", load_average());
     Ok(())
 }
@@ -533,5 +747,17 @@ pub fn main() -> ExitCode {
             eprintln!("bench-driver: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_ticks_reads_utime_and_stime() {
+        // A process name with a space and a parenthesis, as /proc shows a walsender's.
+        let stat =
+            "4242 (postgres: wal) S 1 4242 4242 0 -1 4194560 500 0 0 0 120 35 0 0 20 0 1 0 100 0 0";
+        assert_eq!(super::cpu_ticks(stat), Some(155));
+        assert_eq!(super::cpu_ticks("4242 (short) S 1"), None);
     }
 }

@@ -5,7 +5,8 @@ use std::time::{Instant, SystemTime};
 
 use futures_util::future::try_join_all;
 
-use wasi_pg_client::config::SslMode;
+use wasi_pg_client::config::{Replication, SslMode};
+use wasi_pg_client::replication::{LogicalMessage, Lsn, PgOutputOptions, SlotKind, SlotSnapshot};
 use wasi_pg_client::types::Type;
 use wasi_pg_client::{
     BinaryCopyInWriter, BinaryCopyOutReader, Client, Config, Pipeline, PipelineMode,
@@ -67,6 +68,109 @@ pub async fn truncate(target: &Target) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// W8's set-up: its table and publication, a slot for every run (`pgoutput` ones for ours, `test_decoding`
+/// ones for pg_recvlogical), then the `changes` rows. Returns the WAL position after them, where
+/// pg_recvlogical stops.
+pub async fn w8_setup(
+    target: &Target,
+    changes: u64,
+    pgoutput_slots: &[String],
+    test_decoding_slots: &[String],
+) -> Result<Lsn, BoxError> {
+    let client = connect(target, false).await?;
+    w8_drop_slots(&client).await?;
+    for statement in sql::w8_setup() {
+        client.batch_execute(&statement).await?;
+    }
+    let repl = replication_connection(target).await?;
+    let slots = pgoutput_slots.iter().map(|slot| (slot, "pgoutput")).chain(
+        test_decoding_slots
+            .iter()
+            .map(|slot| (slot, "test_decoding")),
+    );
+    for (slot, plugin) in slots {
+        let kind = SlotKind::Logical {
+            plugin: plugin.to_string(),
+            snapshot: SlotSnapshot::Nothing,
+            two_phase: false,
+        };
+        repl.create_replication_slot(slot, false, &kind).await?;
+    }
+    repl.close().await?;
+    client.batch_execute(&sql::w8_changes(changes)).await?;
+    let end = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get::<_, String>(0)
+        .parse()?;
+    client.close().await?;
+    Ok(end)
+}
+
+/// Drops every W8 slot (after the runs, and before a new set-up).
+pub async fn w8_cleanup(target: &Target) -> Result<(), BoxError> {
+    let client = connect(target, false).await?;
+    w8_drop_slots(&client).await?;
+    client.close().await?;
+    Ok(())
+}
+
+async fn w8_drop_slots(client: &Client) -> Result<(), BoxError> {
+    client
+        .batch_execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name LIKE 'bench\\_w8\\_%'",
+        )
+        .await?;
+    Ok(())
+}
+
+async fn replication_connection(target: &Target) -> Result<Client, BoxError> {
+    let mut config = Config::new();
+    config
+        .host(&target.host)
+        .port(target.port)
+        .user(&target.user)
+        .dbname(&target.dbname)
+        .application_name("bench-ours")
+        .ssl_mode(SslMode::Disable)
+        .replication(Replication::Logical);
+    Ok(Client::connect(&config).await?)
+}
+
+/// W8: `changes` inserts streamed from `slot` with `pgoutput` (protocol 1, text values), each row decoded by
+/// column name into (i32, String), each transaction acknowledged at its commit.
+pub async fn w8(target: &Target, changes: u64, slot: &str) -> Result<Outcome, BoxError> {
+    let mut client = replication_connection(target).await?;
+    let options = PgOutputOptions::new([sql::W8_PUBLICATION]);
+    let started = Instant::now();
+    let mut stream = client
+        .start_logical_replication(slot, Lsn(0), &options)
+        .await?;
+    let mut check = 0u64;
+    let mut seen = 0u64;
+    while seen < changes {
+        let event = stream
+            .next()
+            .await?
+            .ok_or("the stream ended before every change")?;
+        match &event.message {
+            LogicalMessage::Insert(insert) => {
+                let row = stream.row(insert.relation, &insert.new)?;
+                let (id, payload): (i32, String) = (row.get("id")?, row.get("payload")?);
+                check += u64::try_from(id)? + payload.len() as u64;
+                seen += 1;
+            }
+            LogicalMessage::Commit(commit) => stream.acknowledge(commit.end_lsn),
+            _ => {}
+        }
+    }
+    let outcome = finish(changes, started, check, expect::w8(changes));
+    stream.stop().await?;
+    client.close().await?;
+    outcome
+}
+
 /// Runs `workload` for `count` operations and returns what was timed; W7 shares them among `tasks` futures
 /// (the other workloads run in one).
 pub async fn run(
@@ -85,6 +189,7 @@ pub async fn run(
         Workload::W5CopyIn => copy_in(&mut client, count).await?,
         Workload::W5CopyOut => copy_out(&mut client, count).await?,
         Workload::W7 => w7(&mut client, count, tasks).await?,
+        Workload::W8 => return Err("W8 runs through ours::w8, from its slot".into()),
     };
     client.close().await?;
     Ok(outcome)

@@ -77,6 +77,7 @@ pub async fn run(
         Workload::W5CopyIn => copy_in(&client, count).await,
         Workload::W5CopyOut => copy_out(&client, count).await,
         Workload::W7 => w7(&client, count, tasks).await,
+        Workload::W8 => Err("tokio-postgres has no logical replication: it does not run W8".into()),
     }
 }
 

@@ -26,11 +26,15 @@ pub enum Workload {
     /// Prepared `SELECT $1::int4` from many futures at once on one shared client, each sending its own
     /// values and checking every answer; ops are queries.
     W7,
+    /// Logical replication: inserts committed in transactions of [`W8_TX_ROWS`] rows, streamed from a slot
+    /// and decoded into typed values (ours: `pgoutput`; pg_recvlogical: `test_decoding` to /dev/null); ops
+    /// are changes.
+    W8,
 }
 
 impl Workload {
     /// Every workload, in the order they run and are reported.
-    pub const ALL: [Workload; 9] = [
+    pub const ALL: [Workload; 10] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -40,6 +44,7 @@ impl Workload {
         Workload::W5CopyOut,
         Workload::W6,
         Workload::W7,
+        Workload::W8,
     ];
 
     /// The name on the output lines.
@@ -54,6 +59,7 @@ impl Workload {
             Workload::W5CopyOut => "W5-copy-out",
             Workload::W6 => "W6",
             Workload::W7 => "W7",
+            Workload::W8 => "W8",
         }
     }
 
@@ -96,17 +102,21 @@ pub enum Contender {
     OursSequential,
     /// PostgreSQL's pgbench (libpq), for the workloads it can express.
     Pgbench,
+    /// PostgreSQL's pg_recvlogical (libpq), W8 only: the same changes from a `test_decoding` slot, written
+    /// to /dev/null.
+    PgRecvlogical,
 }
 
 impl Contender {
     /// Every contender, in the order they run within a workload.
-    pub const ALL: [Contender; 6] = [
+    pub const ALL: [Contender; 7] = [
         Contender::Ours,
         Contender::OursWasi,
         Contender::OursWasip3,
         Contender::TokioPostgres,
         Contender::OursSequential,
         Contender::Pgbench,
+        Contender::PgRecvlogical,
     ];
 
     /// The name on the output lines.
@@ -118,10 +128,12 @@ impl Contender {
             Contender::TokioPostgres => "tokio-postgres",
             Contender::OursSequential => "ours-sequential",
             Contender::Pgbench => "pgbench",
+            Contender::PgRecvlogical => "pg_recvlogical",
         }
     }
 
-    /// Whether the contender can run `workload`: pgbench only runs W1, W2 and W4, ours-sequential only W7.
+    /// Whether the contender can run `workload`: pgbench only runs W1, W2 and W4, ours-sequential only W7,
+    /// pg_recvlogical only W8, and tokio-postgres (which has no replication) all but W8.
     pub fn runs(self, workload: Workload) -> bool {
         match self {
             Contender::Pgbench => matches!(
@@ -129,8 +141,16 @@ impl Contender {
                 Workload::W1 | Workload::W2 | Workload::W4Pipeline | Workload::W4Sequential
             ),
             Contender::OursSequential => workload == Workload::W7,
-            _ => true,
+            Contender::PgRecvlogical => workload == Workload::W8,
+            Contender::TokioPostgres => workload != Workload::W8,
+            Contender::Ours | Contender::OursWasi | Contender::OursWasip3 => true,
         }
+    }
+
+    /// The replication slot this contender streams W8 from in `round`: each run has its own, all made before
+    /// the changes, so every run decodes the same WAL.
+    pub fn w8_slot(self, round: u32) -> String {
+        format!("bench_w8_{}_{round}", self.name().replace('-', "_"))
     }
 }
 
@@ -153,6 +173,9 @@ impl FromStr for Contender {
 
 /// Inserts per pipeline in W4.
 pub const W4_BATCH: u64 = 100;
+
+/// Rows per transaction in W8.
+pub const W8_TX_ROWS: u64 = 100;
 
 /// W7's parameters: `count` queries shared among `tasks` futures, each task its own slice of `0..count`, so
 /// every value is sent once and the checksum is the same for every contender.
@@ -194,6 +217,8 @@ pub struct Plan {
     pub concurrent_tasks: u64,
     /// W7 queries per future.
     pub queries_per_task: u64,
+    /// W8 changes.
+    pub replication_changes: u64,
     /// How many times every workload runs for every contender (interleaved); the median is reported.
     pub rounds: u32,
 }
@@ -208,6 +233,7 @@ impl Plan {
         copy_rows: 1_000_000,
         concurrent_tasks: 100,
         queries_per_task: 1_000,
+        replication_changes: 1_000_000,
         rounds: 5,
     };
 
@@ -220,6 +246,7 @@ impl Plan {
         copy_rows: 300_000,
         concurrent_tasks: 10,
         queries_per_task: 100,
+        replication_changes: 100_000,
         rounds: 1,
     };
 
@@ -232,6 +259,7 @@ impl Plan {
             Workload::W4Sequential => self.sequential_inserts,
             Workload::W5CopyIn | Workload::W5CopyOut => self.copy_rows,
             Workload::W7 => self.concurrent_tasks * self.queries_per_task,
+            Workload::W8 => self.replication_changes,
         }
     }
 }
@@ -320,6 +348,36 @@ pub mod sql {
         "COPY bench_w5_out (id, payload, amount) TO STDOUT (FORMAT binary)";
     /// The text of every W5 row.
     pub const W5_PAYLOAD: &str = "copy row payload";
+    /// W8's table.
+    pub const W8_TABLE: &str = "bench_w8";
+    /// W8's publication, of that table only.
+    pub const W8_PUBLICATION: &str = "bench_w8_pub";
+    /// The text of every W8 row.
+    pub const W8_PAYLOAD: &str = "a replicated row";
+
+    /// W8's table and publication, made again before the slots.
+    pub fn w8_setup() -> Vec<String> {
+        vec![
+            format!("DROP PUBLICATION IF EXISTS {W8_PUBLICATION}"),
+            format!("DROP TABLE IF EXISTS {W8_TABLE}"),
+            format!("CREATE TABLE {W8_TABLE} (id int4 PRIMARY KEY, payload text)"),
+            format!("CREATE PUBLICATION {W8_PUBLICATION} FOR TABLE {W8_TABLE}"),
+        ]
+    }
+
+    /// W8's changes: `changes` rows (ids 1..=changes) inserted in transactions of `W8_TX_ROWS`, each row its
+    /// own insert in the WAL; a DO block outside a transaction block commits each one.
+    pub fn w8_changes(changes: u64) -> String {
+        let per = super::W8_TX_ROWS;
+        let transactions = changes.div_ceil(per);
+        format!(
+            "DO $$ BEGIN FOR t IN 0..{last} LOOP \
+             INSERT INTO {W8_TABLE} SELECT g, '{W8_PAYLOAD}' \
+             FROM generate_series(t * {per} + 1, least((t + 1) * {per}, {changes})) g; \
+             COMMIT; END LOOP; END $$",
+            last = transactions.saturating_sub(1)
+        )
+    }
 
     /// W3 and W6 for `rows` rows (1 000 000 in the full run).
     pub fn stream(rows: u64) -> String {
@@ -393,6 +451,11 @@ pub mod expect {
         count * count.saturating_sub(1) / 2
     }
 
+    /// W8: the sum of `id + payload length` over `1..=changes`.
+    pub fn w8(changes: u64) -> u64 {
+        changes * (changes + 1) / 2 + changes * super::sql::W8_PAYLOAD.len() as u64
+    }
+
     /// W5 COPY OUT: the sum of `id + amount + payload length` over `1..=rows`, where `amount = 3 * id`.
     pub fn copy_out(rows: u64) -> u64 {
         4 * (rows * (rows + 1) / 2) + rows * super::sql::W5_PAYLOAD.len() as u64
@@ -409,6 +472,8 @@ pub mod expect {
                 assert_eq!(super::copy_out(n), copy, "copy_out({n})");
                 let echoed: u64 = (0..n).sum();
                 assert_eq!(super::w7(n), echoed, "w7({n})");
+                let replicated: u64 = (1..=n).map(|id| id + 16).sum();
+                assert_eq!(super::w8(n), replicated, "w8({n})");
             }
         }
     }
@@ -426,5 +491,23 @@ mod tests {
         assert!(w7_parameters(10, 3).is_err());
         assert!(w7_parameters(10, 0).is_err());
         assert!(w7_parameters(1 << 40, 1).is_err());
+    }
+
+    #[test]
+    fn w8_slots_are_one_per_contender_and_round() {
+        use super::Contender;
+        assert_eq!(Contender::OursWasip3.w8_slot(2), "bench_w8_ours_wasip3_2");
+        assert_eq!(
+            Contender::PgRecvlogical.w8_slot(1),
+            "bench_w8_pg_recvlogical_1"
+        );
+        // Slot names: lower-case letters, digits and underscores only.
+        for contender in Contender::ALL {
+            let slot = contender.w8_slot(5);
+            assert!(
+                slot.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            );
+        }
     }
 }

@@ -2,13 +2,17 @@
 //!
 //! ```text
 //! bench-client run <ours|tokio-postgres|ours-sequential> <workload> <count> --host H --port P --user U --dbname D
-//!                  [--ca FILE] [--runtime current-thread|multi-thread] [--tasks N]
+//!                  [--ca FILE] [--runtime current-thread|multi-thread] [--tasks N] [--slot S]
 //! bench-client setup <copy-rows> --host H --port P --user U --dbname D
 //! bench-client truncate --host H --port P --user U --dbname D
+//! bench-client w8-setup <changes> --pgoutput-slots A,B --test-decoding-slots C,D --host H ...
+//! bench-client w8-cleanup --host H ...
 //! ```
 //!
 //! `setup` creates the tables (and fills W5's source); `truncate` empties the insert targets, which the
 //! driver does before each pgbench run of W4 (the other clients empty them themselves, untimed).
+//! `w8-setup` makes W8's table, publication and one slot per run, then the changes, and prints
+//! `endpos=<lsn>` (the WAL position after them); `w8-cleanup` drops the slots. W8 runs stream from `--slot`.
 //!
 //! `--tasks N` (W7 only) shares the `count` queries among N futures joined on one client; without it the
 //! workload runs in one task.
@@ -32,11 +36,19 @@ enum Command {
         count: u64,
         /// W7's futures sharing the client: 1 unless `--tasks` says otherwise.
         tasks: u64,
+        /// W8's replication slot.
+        slot: Option<String>,
     },
     Setup {
         copy_rows: u64,
     },
     Truncate,
+    W8Setup {
+        changes: u64,
+        pgoutput_slots: Vec<String>,
+        test_decoding_slots: Vec<String>,
+    },
+    W8Cleanup,
 }
 
 struct Args {
@@ -51,6 +63,15 @@ fn parse_args(args: &[String]) -> Result<Args, BoxError> {
         (None, None, None, None, None::<String>);
     let mut multi_thread = false;
     let mut tasks = None::<u64>;
+    let mut slot = None::<String>;
+    let (mut pgoutput_slots, mut test_decoding_slots) = (Vec::new(), Vec::new());
+    let list = |value: String| -> Vec<String> {
+        value
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         let mut value = || {
@@ -65,6 +86,9 @@ fn parse_args(args: &[String]) -> Result<Args, BoxError> {
             "--dbname" => dbname = Some(value()?),
             "--ca" => ca_file = Some(value()?),
             "--tasks" => tasks = Some(value()?.parse()?),
+            "--slot" => slot = Some(value()?),
+            "--pgoutput-slots" => pgoutput_slots = list(value()?),
+            "--test-decoding-slots" => test_decoding_slots = list(value()?),
             "--runtime" => {
                 multi_thread = match value()?.as_str() {
                     "current-thread" => false,
@@ -84,18 +108,28 @@ fn parse_args(args: &[String]) -> Result<Args, BoxError> {
             {
                 return Err(format!("{contender} runs {workload} in one task: no --tasks").into());
             }
+            if slot.is_some() != (workload == Workload::W8) {
+                return Err("W8, and only W8, streams from a --slot".into());
+            }
             Command::Run {
                 contender,
                 workload,
                 count: count.parse()?,
                 tasks: tasks.unwrap_or(1),
+                slot,
             }
         }
+        ["w8-setup", changes] => Command::W8Setup {
+            changes: changes.parse()?,
+            pgoutput_slots,
+            test_decoding_slots,
+        },
+        ["w8-cleanup"] => Command::W8Cleanup,
         ["setup", copy_rows] => Command::Setup {
             copy_rows: copy_rows.parse()?,
         },
         ["truncate"] => Command::Truncate,
-        _ => return Err("usage: bench-client run <contender> <workload> <count> | setup <copy-rows> | truncate, then --host --port --user --dbname [--ca]".into()),
+        _ => return Err("usage: bench-client run <contender> <workload> <count> | setup <copy-rows> | truncate | w8-setup <changes> | w8-cleanup, then --host --port --user --dbname [--ca]".into()),
     };
     Ok(Args {
         command,
@@ -114,25 +148,40 @@ async fn run(args: Args) -> Result<(), BoxError> {
     match args.command {
         Command::Setup { copy_rows } => ours::setup(&args.target, copy_rows).await,
         Command::Truncate => ours::truncate(&args.target).await,
+        Command::W8Setup {
+            changes,
+            pgoutput_slots,
+            test_decoding_slots,
+        } => {
+            let end = ours::w8_setup(&args.target, changes, &pgoutput_slots, &test_decoding_slots)
+                .await?;
+            println!("endpos={end}");
+            Ok(())
+        }
+        Command::W8Cleanup => ours::w8_cleanup(&args.target).await,
         Command::Run {
             contender,
             workload,
             count,
             tasks,
+            slot,
         } => {
-            let outcome = match contender {
-                Contender::Ours | Contender::OursWasi | Contender::OursWasip3 => {
+            let outcome = match (contender, slot) {
+                (Contender::Ours | Contender::OursWasi | Contender::OursWasip3, Some(slot)) => {
+                    ours::w8(&args.target, count, &slot).await?
+                }
+                (Contender::Ours | Contender::OursWasi | Contender::OursWasip3, None) => {
                     ours::run(workload, count, tasks, &args.target).await?
                 }
-                Contender::OursSequential => {
+                (Contender::OursSequential, _) => {
                     ours::run_sequential(workload, count, &args.target).await?
                 }
                 #[cfg(not(target_os = "wasi"))]
-                Contender::TokioPostgres => {
+                (Contender::TokioPostgres, _) => {
                     wasi_pg_client_bench::tokio_pg::run(workload, count, tasks, &args.target)
                         .await?
                 }
-                other => return Err(format!("bench-client cannot run {other}").into()),
+                (other, _) => return Err(format!("bench-client cannot run {other}").into()),
             };
             println!("{outcome}");
             Ok(())
