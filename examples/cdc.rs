@@ -162,11 +162,31 @@ fn report(result: Result<(), Box<dyn std::error::Error>>) {
     }
 }
 
-#[cfg(target_os = "wasi")]
+#[cfg(all(target_os = "wasi", not(feature = "wasip3")))]
 #[wstd::main]
 async fn main() {
     report(run().await);
 }
+
+/// WASI 0.3 (`--features wasip3`): the component exports `wasi:cli/run@0.3`, which wasmtime calls instead of
+/// `main`.
+#[cfg(all(target_os = "wasi", feature = "wasip3"))]
+mod wasi_p3 {
+    struct Cdc;
+
+    impl wasip3::exports::cli::run::Guest for Cdc {
+        async fn run() -> Result<(), ()> {
+            super::report(super::run().await);
+            Ok(())
+        }
+    }
+
+    wasip3::cli::command::export!(Cdc);
+}
+
+/// Never called on WASI 0.3: the host runs the exported `wasi:cli/run@0.3` instead.
+#[cfg(all(target_os = "wasi", feature = "wasip3"))]
+fn main() {}
 
 #[cfg(not(target_os = "wasi"))]
 #[tokio::main(flavor = "current_thread")]

@@ -1,4 +1,5 @@
-//! `examples/cdc.rs` end to end, natively and as a wasm32-wasip2 component under the wasmtime CLI: a slot is
+//! `examples/cdc.rs` end to end, natively and as a wasm32-wasip2 component under the wasmtime CLI (WASI 0.2, and
+//! built with `wasip3` on WASI 0.3): a slot is
 //! made first, changes are committed, then the example follows the slot and must print exactly those changes
 //! as JSON lines; run again on the slot, it must resume after what it acknowledged.
 
@@ -10,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Cluster, Role, WasmBuild};
+use support::{Cluster, Role, WASIP3_FEATURES, WasmBuild};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -64,8 +65,15 @@ fn psql(cluster: &Cluster, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Runs the example on one target following `slot` for `limit` changes.
-fn run_cdc(wasm: bool, conninfo: &str, publication: &str, slot: &str, limit: usize) -> Output {
+/// Runs the example on one target (natively with `wasm` `None`, else the wasm build with those features)
+/// following `slot` for `limit` changes.
+fn run_cdc(
+    wasm: Option<&'static [&'static str]>,
+    conninfo: &str,
+    publication: &str,
+    slot: &str,
+    limit: usize,
+) -> Output {
     let limit = limit.to_string();
     let env = [
         ("DATABASE_URL", conninfo),
@@ -73,9 +81,9 @@ fn run_cdc(wasm: bool, conninfo: &str, publication: &str, slot: &str, limit: usi
         ("CDC_SLOT", slot),
         ("CDC_LIMIT", limit.as_str()),
     ];
-    if wasm {
+    if let Some(features) = wasm {
         return support::wasmtime(
-            &support::build_wasm(WasmBuild::Example("cdc")),
+            &support::build_wasm_with(WasmBuild::Example("cdc"), features),
             &[],
             &env,
             &[],
@@ -93,7 +101,7 @@ fn run_cdc(wasm: bool, conninfo: &str, publication: &str, slot: &str, limit: usi
 }
 
 #[test]
-fn cdc_example_prints_each_change_as_json_on_both_targets() {
+fn cdc_example_prints_each_change_as_json_on_every_target() {
     let cluster = Cluster::start();
     let conninfo = cluster.conninfo(Role::Trust);
     psql(
@@ -101,8 +109,13 @@ fn cdc_example_prints_each_change_as_json_on_both_targets() {
         "CREATE TABLE items (id int PRIMARY KEY, name text, price numeric); \
          CREATE PUBLICATION items_pub FOR TABLE items",
     );
-    for (wasm, target) in [(false, "native"), (true, "wasm32-wasip2")] {
-        let slot = format!("cdc_{}", if wasm { "w" } else { "n" });
+    let targets: [(Option<&'static [&'static str]>, &str, &str); 3] = [
+        (None, "native", "n"),
+        (Some(&[]), "wasm32-wasip2", "w"),
+        (Some(WASIP3_FEATURES), "wasm32-wasip2+p3", "p3"),
+    ];
+    for (wasm, target, short) in targets {
+        let slot = format!("cdc_{short}");
         psql(
             &cluster,
             &format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"),

@@ -38,6 +38,8 @@ pub(crate) mod query;
 pub(crate) mod rebuild;
 pub(crate) mod replication;
 pub(crate) mod replication_stream;
+#[cfg(all(test, feature = "tokio", not(target_os = "wasi")))]
+mod replication_tests;
 #[cfg(test)]
 mod shared_tests;
 pub(crate) mod simple_mode;

@@ -52,6 +52,8 @@ pub struct ReplicationStream<'a> {
     state: StreamState,
     /// The server asked for a reply; it goes out before the next read.
     reply_due: bool,
+    /// Physical streams ended at the end of their timeline: the next timeline and where it starts.
+    next_timeline: Option<(u32, Lsn)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +109,7 @@ impl<'a> ReplicationStream<'a> {
             last_status: Instant::now(),
             state: StreamState::Streaming,
             reply_due: false,
+            next_timeline: None,
         };
         let span = stream.span.clone();
         let started = stream.read_start().instrument(span).await;
@@ -158,6 +161,15 @@ impl<'a> ReplicationStream<'a> {
     /// The WAL end the server reported last.
     pub fn server_wal_end(&self) -> Lsn {
         self.server_wal_end
+    }
+
+    /// After [`next`](Self::next) returned `Ok(None)` because the server reached the end of the timeline it
+    /// was streaming (a physical stream of a timeline that is no longer the server's): the next timeline and
+    /// the position where it starts, as the server reported them. Streaming goes on with
+    /// [`Client::start_physical_replication`] on that timeline from that position, on a new connection.
+    /// `None` while streaming, and for a stream that was stopped or ended otherwise.
+    pub fn next_timeline(&self) -> Option<(u32, Lsn)> {
+        self.next_timeline
     }
 
     /// Sends a status update now (and asks the server to answer with a keepalive if `reply_requested`).
@@ -295,8 +307,13 @@ impl<'a> ReplicationStream<'a> {
                     self.state = StreamState::Finished;
                     return Ok(None);
                 }
-                // CommandComplete or a result set (the next timeline) after the server's CopyDone.
-                Backend::Message(_) | Backend::Row(_) if self.state == StreamState::ServerDone => {}
+                // The result set after the server's CopyDone at the end of a timeline: one row of the next
+                // timeline and its start position.
+                Backend::Row(row) if self.state == StreamState::ServerDone => {
+                    self.next_timeline = Some(parse_next_timeline(&row)?);
+                }
+                // CommandComplete, or that result set's description, after the server's CopyDone.
+                Backend::Message(_) if self.state == StreamState::ServerDone => {}
                 // The server left CopyBoth without streaming or its CopyDone: what PostgreSQL's walsender does
                 // with a second START_REPLICATION on one connection.
                 Backend::Message(Message::CommandComplete(_)) => {
@@ -346,6 +363,24 @@ impl<'a> ReplicationStream<'a> {
     async fn next_response(&mut self) -> Result<Backend, Error> {
         let id = self.id;
         self.client.connection_mut().next_response(id).await
+    }
+}
+
+/// The row that follows the end of a timeline: `next_tli` (int8) and `next_tli_startpos` (an LSN), as text.
+fn parse_next_timeline(row: &crate::proto::RawRow) -> Result<(u32, Lsn), Error> {
+    let text = |i: usize| {
+        (i < row.len())
+            .then(|| row.field(i))
+            .flatten()
+            .and_then(|raw| std::str::from_utf8(raw).ok())
+    };
+    let timeline = text(0).and_then(|t| t.parse::<u32>().ok());
+    let start = text(1).and_then(|t| t.parse::<Lsn>().ok());
+    match (timeline, start) {
+        (Some(timeline), Some(start)) if row.len() == 2 => Ok((timeline, start)),
+        _ => Err(Error::protocol(
+            "the end of a timeline was followed by a row other than the next timeline and its start",
+        )),
     }
 }
 
@@ -567,6 +602,11 @@ impl<'a> TupleRow<'a> {
     /// converted for the types the server writes unambiguously (integers, floats, booleans, bytea, uuid, json,
     /// dates and timestamps) and read as `text` otherwise, so `String` takes any column; binary values (option
     /// `binary`) go to `FromSql` as they are. An unchanged TOASTed value was not sent: an error, never NULL.
+    ///
+    /// The server writes text values with the replication session's settings, so `replication=database`
+    /// connections start with `DateStyle=ISO`, `IntervalStyle=postgres`, `extra_float_digits=3` and
+    /// `bytea_output=hex` (whatever the server's, role's or `options`' defaults), which these reads parse
+    /// exactly; a parameter the application sets itself with `Config::param` still wins.
     pub fn get<T>(&self, name: &str) -> Result<T, Error>
     where
         T: for<'b> FromSql<'b>,

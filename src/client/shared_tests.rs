@@ -16,12 +16,12 @@ use crate::{Client, Config, SimpleQueryMessage, Transport};
 
 /// The server's end of a scripted connection: the test hands it bytes, and it wakes whoever waits to read.
 #[derive(Default)]
-struct Pipe {
+pub(super) struct Pipe {
     readable: VecDeque<u8>,
     reader: Option<Waker>,
 }
 
-struct PipeTransport(Arc<Mutex<Pipe>>);
+pub(super) struct PipeTransport(Arc<Mutex<Pipe>>);
 
 impl Transport for PipeTransport {
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
@@ -51,7 +51,7 @@ impl Transport for PipeTransport {
 }
 
 /// The server sends `bytes`: the transport wakes the reader (the client's io waker, so its driver).
-fn server_sends(pipe: &Mutex<Pipe>, bytes: &[u8]) {
+pub(super) fn server_sends(pipe: &Mutex<Pipe>, bytes: &[u8]) {
     let reader = {
         let mut pipe = pipe.lock().unwrap_or_else(PoisonError::into_inner);
         pipe.readable.extend(bytes);
@@ -63,7 +63,7 @@ fn server_sends(pipe: &Mutex<Pipe>, bytes: &[u8]) {
 }
 
 /// A client over a pipe, past a trust startup.
-fn piped_client() -> (Client, Arc<Mutex<Pipe>>) {
+pub(super) fn piped_client() -> (Client, Arc<Mutex<Pipe>>) {
     let pipe = Arc::new(Mutex::new(Pipe::default()));
     server_sends(
         &pipe,
@@ -88,7 +88,7 @@ fn ready<F: Future>(future: F, waker: &Waker) -> F::Output {
 }
 
 /// The answer to a simple query of one row holding `value`.
-fn simple_answer(value: &str) -> Vec<u8> {
+pub(super) fn simple_answer(value: &str) -> Vec<u8> {
     [
         row_description("v"),
         data_row(value),

@@ -495,6 +495,15 @@ pub(crate) struct StartupParameters {
 /// The StartupMessage parameters, with the user and database names they carry. Called before any connection is
 /// opened too, so a value the server could never receive (a NUL byte, an oversized packet) fails before a byte
 /// is sent.
+/// The settings of a logical replication session whose text values the client's `TupleRow` reads as typed
+/// values.
+const LOGICAL_TEXT_SETTINGS: [(&str, &str); 4] = [
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+];
+
 pub(crate) fn startup_parameters(config: &Config) -> Result<StartupParameters, Error> {
     let user = config.effective_user()?;
     let dbname = config.effective_dbname()?;
@@ -513,6 +522,14 @@ pub(crate) fn startup_parameters(config: &Config) -> Result<StartupParameters, E
     let replication = config.get_replication();
     if replication != crate::config::Replication::Off {
         params.push(("replication".to_string(), replication.as_str().to_string()));
+    }
+    if replication == crate::config::Replication::Logical {
+        // The walsender writes pgoutput's text values with this session's settings, and typed reads of them
+        // parse ISO dates, hex bytea and exact floats, whatever the server's defaults say. Parameters the
+        // application gives itself still win (below).
+        for (name, value) in LOGICAL_TEXT_SETTINGS {
+            params.push((name.to_string(), value.to_string()));
+        }
     }
     for (name, value) in config.get_params() {
         params.retain(|(k, _)| k != name);

@@ -21,6 +21,7 @@ pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
     scenarios![
         replication_commands,
         logical_stream_of_every_change,
+        logical_text_values_whatever_the_session_defaults,
         logical_stream_resumes_without_loss_or_repeats,
         logical_stream_of_large_streamed_transactions,
         logical_stream_of_two_phase_commits,
@@ -300,6 +301,61 @@ async fn logical_stream_of_every_change(env: &Env) -> Outcome {
     repl.drop_replication_slot(&slot, false)
         .await
         .check("drop slot")?;
+    drop_table_and_publication(&sql, &table).await;
+    Ok(())
+}
+
+/// The walsender writes text values with its session's settings: a replication connection whose `options` ask
+/// for SQL dates, short floats, escaped bytea and SQL intervals still reads each value exactly, as the client
+/// starts its logical replication sessions with ISO dates, exact floats, hex bytea and postgres intervals.
+async fn logical_text_values_whatever_the_session_defaults(env: &Env) -> Outcome {
+    let table = unique("cdc_text");
+    let sql = postgres(env, "").await?;
+    sql.batch_execute(&format!(
+        "DROP PUBLICATION IF EXISTS {table}_pub; DROP TABLE IF EXISTS {table}; \
+         CREATE TABLE {table} (id int PRIMARY KEY, at timestamptz, d date, f float8, b bytea, iv interval); \
+         CREATE PUBLICATION {table}_pub FOR TABLE {table}"
+    ))
+    .await
+    .check("table and publication")?;
+    let mut repl = postgres(
+        env,
+        "replication=database options='-c DateStyle=SQL,DMY -c extra_float_digits=-3 \
+         -c bytea_output=escape -c IntervalStyle=sql_standard'",
+    )
+    .await?;
+    let slot = unique("cdc_text_slot");
+    repl.create_replication_slot(&slot, true, &SlotKind::pgoutput())
+        .await
+        .check("create slot")?;
+    sql.batch_execute(&format!(
+        "INSERT INTO {table} VALUES (1, '2024-02-29 12:34:56.789+00', '2024-02-29', \
+         0.1::float8 + 0.2::float8, '\\x00ff', '1 day 02:03:04')"
+    ))
+    .await
+    .check("insert")?;
+    let options = PgOutputOptions::new([format!("{table}_pub")]);
+    let mut stream = repl
+        .start_logical_replication(&slot, Lsn(0), &options)
+        .await
+        .check("start")?;
+    let events = until_commits(&mut stream, 1).await?;
+    let insert = events
+        .iter()
+        .find_map(|e| match &e.message {
+            LogicalMessage::Insert(insert) => Some(insert),
+            _ => None,
+        })
+        .ok_or("no insert")?;
+    let row = stream.row(insert.relation, &insert.new).check("row")?;
+    ensure_eq!(row.get::<f64>("f").check("f")?, 0.1f64 + 0.2f64);
+    ensure_eq!(row.get::<Vec<u8>>("b").check("b")?, vec![0u8, 0xff]);
+    ensure_eq!(row.get::<String>("d").check("d")?, "2024-02-29");
+    ensure_eq!(row.get::<String>("iv").check("iv")?, "1 day 02:03:04");
+    let at = row.get::<std::time::SystemTime>("at").check("at")?;
+    let expected = std::time::UNIX_EPOCH + Duration::from_millis(1_709_210_096_789);
+    ensure_eq!(at, expected);
+    stream.stop().await.check("stop")?;
     drop_table_and_publication(&sql, &table).await;
     Ok(())
 }
