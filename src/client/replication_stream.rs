@@ -661,7 +661,7 @@ impl<'a> TupleRow<'a> {
                             "column {name:?}: unreadable {ty} text from the server"
                         ))
                     })?;
-                    decode(&ty, Some(&binary))
+                    decode(&ty, Some(&binary[..]))
                 } else {
                     check(&Type::TEXT)?;
                     decode(&Type::TEXT, Some(raw))

@@ -65,6 +65,7 @@ impl Client {
                     for (i, column) in columns.iter().enumerate().take(raw.len()) {
                         let field = raw.field(i).map(|text| {
                             crate::proto::text_values::text_to_binary(column.type_(), text)
+                                .map(|binary| binary.into_vec())
                                 .ok_or_else(|| {
                                     Error::unsupported(format!(
                                         "QueryMode::Simple cannot read the {} text of column {:?} \

@@ -78,7 +78,7 @@ pub(crate) fn decode_text(ty: &Type, text: &[u8], more: &dyn Fn(&Row)) {
     let Some(binary) = text_to_binary(&reported, text) else {
         return;
     };
-    let row = one_column_row(&reported, Some(&binary));
+    let row = one_column_row(&reported, Some(&binary[..]));
     let canonical = match reported {
         Type::BOOL => row.try_get::<_, bool>(0).map(drop),
         Type::INT2 => row.try_get::<_, i16>(0).map(drop),

@@ -34,63 +34,114 @@ pub(crate) fn column_type(ty: Type) -> Type {
     }
 }
 
+/// A text value in the binary form `FromSql` reads: the text itself where both forms are the same (the text
+/// types and json), a small inline buffer for the fixed-size types, an owned buffer for the rest (bytea,
+/// jsonb). Converting an integer or a timestamp allocates nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Binary<'a> {
+    Same(&'a [u8]),
+    Inline { bytes: [u8; 16], len: usize },
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Binary<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Binary::Same(bytes) => bytes,
+            Binary::Inline { bytes, len } => &bytes[..*len],
+            Binary::Owned(bytes) => bytes,
+        }
+    }
+}
+
+impl Binary<'_> {
+    /// The bytes, owned.
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        match self {
+            Binary::Owned(bytes) => bytes,
+            other => other.to_vec(),
+        }
+    }
+
+    /// Up to 16 bytes, inline.
+    fn inline(value: &[u8]) -> Binary<'static> {
+        let mut bytes = [0; 16];
+        bytes[..value.len()].copy_from_slice(value);
+        Binary::Inline {
+            bytes,
+            len: value.len(),
+        }
+    }
+}
+
 /// The binary form of a text value of type `ty` (a type [`column_type`] kept), or `None` if the text does not
 /// parse (the server never sends such text in the ISO DateStyle with hex bytea output).
-pub(crate) fn text_to_binary(ty: &Type, text: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn text_to_binary<'a>(ty: &Type, text: &'a [u8]) -> Option<Binary<'a>> {
     let s = std::str::from_utf8(text).ok()?;
     Some(match *ty {
         Type::BOOL => match s {
-            "t" => vec![1],
-            "f" => vec![0],
+            "t" => Binary::inline(&[1]),
+            "f" => Binary::inline(&[0]),
             _ => return None,
         },
-        Type::INT2 => s.parse::<i16>().ok()?.to_be_bytes().to_vec(),
-        Type::INT4 => s.parse::<i32>().ok()?.to_be_bytes().to_vec(),
-        Type::INT8 => s.parse::<i64>().ok()?.to_be_bytes().to_vec(),
-        Type::OID => s.parse::<u32>().ok()?.to_be_bytes().to_vec(),
-        Type::FLOAT4 => s.parse::<f32>().ok()?.to_be_bytes().to_vec(),
-        Type::FLOAT8 => s.parse::<f64>().ok()?.to_be_bytes().to_vec(),
-        Type::JSONB => [&[1u8][..], text].concat(),
+        Type::INT2 => Binary::inline(&s.parse::<i16>().ok()?.to_be_bytes()),
+        Type::INT4 => Binary::inline(&s.parse::<i32>().ok()?.to_be_bytes()),
+        Type::INT8 => Binary::inline(&s.parse::<i64>().ok()?.to_be_bytes()),
+        Type::OID => Binary::inline(&s.parse::<u32>().ok()?.to_be_bytes()),
+        Type::FLOAT4 => Binary::inline(&s.parse::<f32>().ok()?.to_be_bytes()),
+        Type::FLOAT8 => Binary::inline(&s.parse::<f64>().ok()?.to_be_bytes()),
+        Type::JSONB => Binary::Owned([&[1u8][..], text].concat()),
         Type::BYTEA => {
             let hex = s.strip_prefix("\\x")?.as_bytes();
             if hex.len() % 2 != 0 {
                 return None;
             }
-            hex.chunks(2)
-                .map(|pair| {
-                    let digit = |c: u8| (c as char).to_digit(16);
-                    Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8)
-                })
-                .collect::<Option<Vec<u8>>>()?
+            Binary::Owned(
+                hex.chunks(2)
+                    .map(|pair| hex_byte(pair[0], pair[1]))
+                    .collect::<Option<Vec<u8>>>()?,
+            )
         }
         Type::UUID => {
-            let hex: Vec<u8> = s.bytes().filter(|&b| b != b'-').collect();
-            if hex.len() != 32 || s.len() != 36 {
+            // 8-4-4-4-12 hex digits.
+            if s.len() != 36 || [8, 13, 18, 23].iter().any(|&at| s.as_bytes()[at] != b'-') {
                 return None;
             }
-            hex.chunks(2)
-                .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
-                .collect::<Option<Vec<u8>>>()?
+            let mut bytes = [0u8; 16];
+            let mut digits = s.bytes().filter(|&b| b != b'-');
+            for byte in &mut bytes {
+                *byte = hex_byte(digits.next()?, digits.next()?)?;
+            }
+            if digits.next().is_some() {
+                return None;
+            }
+            Binary::inline(&bytes)
         }
         Type::DATE => match s {
-            "infinity" => i32::MAX.to_be_bytes().to_vec(),
-            "-infinity" => i32::MIN.to_be_bytes().to_vec(),
+            "infinity" => Binary::inline(&i32::MAX.to_be_bytes()),
+            "-infinity" => Binary::inline(&i32::MIN.to_be_bytes()),
             _ => {
                 let days = parse_date(s)?;
-                i32::try_from(days).ok()?.to_be_bytes().to_vec()
+                Binary::inline(&i32::try_from(days).ok()?.to_be_bytes())
             }
         },
-        Type::TIME => parse_time(s)?.to_be_bytes().to_vec(),
+        Type::TIME => Binary::inline(&parse_time(s)?.to_be_bytes()),
         Type::TIMESTAMP | Type::TIMESTAMPTZ => match s {
-            "infinity" => i64::MAX.to_be_bytes().to_vec(),
-            "-infinity" => i64::MIN.to_be_bytes().to_vec(),
-            _ => parse_timestamp(s, *ty == Type::TIMESTAMPTZ)?
-                .to_be_bytes()
-                .to_vec(),
+            "infinity" => Binary::inline(&i64::MAX.to_be_bytes()),
+            "-infinity" => Binary::inline(&i64::MIN.to_be_bytes()),
+            _ => Binary::inline(&parse_timestamp(s, *ty == Type::TIMESTAMPTZ)?.to_be_bytes()),
         },
         // text, varchar, bpchar, name, json: the text is the binary form.
-        _ => text.to_vec(),
+        _ => Binary::Same(text),
     })
+}
+
+/// The byte written as two hex digits.
+fn hex_byte(high: u8, low: u8) -> Option<u8> {
+    let digit = |c: u8| (c as char).to_digit(16);
+    Some((digit(high)? * 16 + digit(low)?) as u8)
 }
 
 /// Days since 2000-01-01 of an ISO date `YYYY-MM-DD`, with an optional ` BC`.
@@ -186,6 +237,50 @@ fn parse_timestamp(s: &str, with_zone: bool) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The conversion, owned (shadows the one under test for the comparisons below).
+    fn text_to_binary(ty: &Type, text: &[u8]) -> Option<Vec<u8>> {
+        super::text_to_binary(ty, text).map(Binary::into_vec)
+    }
+
+    #[test]
+    fn conversions_allocate_only_for_bytea_and_jsonb() {
+        assert!(matches!(
+            super::text_to_binary(&Type::INT8, b"-9"),
+            Some(Binary::Inline { len: 8, .. })
+        ));
+        assert!(matches!(
+            super::text_to_binary(&Type::TIMESTAMPTZ, b"2024-02-29 12:00:00+00"),
+            Some(Binary::Inline { len: 8, .. })
+        ));
+        assert_eq!(
+            super::text_to_binary(&Type::TEXT, b"as is"),
+            Some(Binary::Same(b"as is"))
+        );
+        assert!(matches!(
+            super::text_to_binary(&Type::JSONB, b"{}"),
+            Some(Binary::Owned(_))
+        ));
+    }
+
+    #[test]
+    fn uuids_convert_in_their_one_form() {
+        let uuid = b"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+        let expected: Vec<u8> = vec![
+            0xa0, 0xee, 0xbc, 0x99, 0x9c, 0x0b, 0x4e, 0xf8, 0xbb, 0x6d, 0x6b, 0xb9, 0xbd, 0x38, 0x0a,
+            0x11,
+        ];
+        assert_eq!(text_to_binary(&Type::UUID, uuid), Some(expected));
+        for bad in [
+            &b"a0eebc999c0b4ef8bb6d6bb9bd380a11"[..],
+            b"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1",
+            b"a0eebc99-9c0b-4ef8-bb6d6-bb9bd380a11",
+            b"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1g",
+            b"+0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        ] {
+            assert_eq!(text_to_binary(&Type::UUID, bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn text_results_convert_to_binary() {
