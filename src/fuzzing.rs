@@ -88,13 +88,22 @@ impl<'a> Input<'a> {
 }
 
 /// Backend messages for the harnesses: a tag and a body, with the length the protocol puts between them.
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(body.len() + 4).expect("BUG: a harness message over 4 GiB");
-    let mut out = Vec::with_capacity(body.len() + 5);
-    out.push(tag);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(body);
-    out
+use crate::proto::scripted::message;
+
+/// Polls `future` to its end with a waker that does nothing, at most `max_polls` times: the harnesses' scripted
+/// transports are never pending for long (a pause wakes at once), so every poll makes progress, and a future
+/// still pending after that many is a hang.
+fn block_on<F: std::future::Future>(future: F, max_polls: usize) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for _ in 0..max_polls {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+    }
+    violated(format_args!(
+        "a future was still pending after {max_polls} polls"
+    ))
 }
 
 /// Fails the run: the harness found a state the code under test must never reach.

@@ -235,15 +235,9 @@ fn command(
                 .arg(contender.w8_slot(round))
                 .arg("-E")
                 .arg(w8_end.unwrap_or("0/0"))
-                .arg("-h")
-                .arg(&options.target.host)
-                .arg("-p")
-                .arg(options.target.port.to_string())
-                .arg("-U")
-                .arg(&options.target.user)
                 .arg("-d")
                 .arg(&options.target.dbname);
-            libpq_plaintext(&mut cmd);
+            libpq_connection(&mut cmd, &options.target);
             cmd
         }
         Contender::Pgbench => {
@@ -255,22 +249,23 @@ fn command(
                 .arg("-f")
                 .arg(options.work_dir.join(script))
                 .args(["-D", &format!("payload={}", sql::W4_PAYLOAD)])
-                .arg("-h")
-                .arg(&options.target.host)
-                .arg("-p")
-                .arg(options.target.port.to_string())
-                .arg("-U")
-                .arg(&options.target.user)
                 .arg(&options.target.dbname);
-            libpq_plaintext(&mut cmd);
+            libpq_connection(&mut cmd, &options.target);
             cmd
         }
     }
 }
 
-/// libpq's defaults would use TLS (sslmode=prefer, and the server has it on for W6): the libpq contenders'
-/// workloads run in plaintext, as every other contender's. No other PG* setting of the caller applies.
-fn libpq_plaintext(cmd: &mut Command) {
+/// Where a libpq contender connects (host, port and user flags). libpq's defaults would use TLS
+/// (sslmode=prefer, and the server has it on for W6): the libpq contenders' workloads run in plaintext, as
+/// every other contender's. No other PG* setting of the caller applies.
+fn libpq_connection(cmd: &mut Command, target: &Target) {
+    cmd.arg("-h")
+        .arg(&target.host)
+        .arg("-p")
+        .arg(target.port.to_string())
+        .arg("-U")
+        .arg(&target.user);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("PG") {
             cmd.env_remove(key);

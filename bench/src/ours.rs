@@ -17,8 +17,8 @@ use crate::workload::{Outcome, Target, W4_BATCH, Workload, expect, sql, w7_echoe
 
 type BoxError = Box<dyn StdError>;
 
-/// Connects to `target`, over TLS (verified against its certificate) when `tls` is set.
-pub async fn connect(target: &Target, tls: bool) -> Result<Client, BoxError> {
+/// Where every connection of ours goes.
+fn base_config(target: &Target) -> Config {
     let mut config = Config::new();
     config
         .host(&target.host)
@@ -26,6 +26,12 @@ pub async fn connect(target: &Target, tls: bool) -> Result<Client, BoxError> {
         .user(&target.user)
         .dbname(&target.dbname)
         .application_name("bench-ours");
+    config
+}
+
+/// Connects to `target`, over TLS (verified against its certificate) when `tls` is set.
+pub async fn connect(target: &Target, tls: bool) -> Result<Client, BoxError> {
+    let mut config = base_config(target);
     if tls {
         let ca = target
             .ca_file
@@ -126,13 +132,8 @@ async fn w8_drop_slots(client: &Client) -> Result<(), BoxError> {
 }
 
 async fn replication_connection(target: &Target) -> Result<Client, BoxError> {
-    let mut config = Config::new();
+    let mut config = base_config(target);
     config
-        .host(&target.host)
-        .port(target.port)
-        .user(&target.user)
-        .dbname(&target.dbname)
-        .application_name("bench-ours")
         .ssl_mode(SslMode::Disable)
         .replication(Replication::Logical);
     Ok(Client::connect(&config).await?)

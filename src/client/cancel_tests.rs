@@ -8,21 +8,11 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::proto::scripted::{message, ready_in as ready};
 use crate::{Client, Config, ErrorKind, TransactionStatus};
 
 const PID: i32 = 4242;
 const KEY: [u8; 4] = [9, 8, 7, 6];
-
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-fn ready(status: u8) -> Vec<u8> {
-    message(b'Z', &[status])
-}
 
 fn query_canceled() -> Vec<u8> {
     let mut body = Vec::new();

@@ -8,6 +8,9 @@ use std::task::{Context, Poll};
 
 use super::*;
 use crate::config::QueryMode;
+use crate::proto::scripted::{
+    Column, command_complete, data_row, message, ready, ready_in, row_description,
+};
 use crate::{Config, ErrorKind, Transport};
 
 /// What the client did on the scripted transport, in order.
@@ -106,7 +109,7 @@ fn connect_in(latency: bool, mode: QueryMode) -> (Client, Server) {
         turns: Arc::new(Mutex::new(VecDeque::new())),
         log: Arc::new(Mutex::new(Vec::new())),
     };
-    server.then([msg(b'R', &0u32.to_be_bytes()), ready()].concat());
+    server.then([message(b'R', &0u32.to_be_bytes()), ready()].concat());
     let transport = Scripted {
         turns: server.turns.clone(),
         readable: Vec::new(),
@@ -177,43 +180,17 @@ fn parsed_sql(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
-fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-fn ready() -> Vec<u8> {
-    msg(b'Z', b"I")
-}
-
 /// A RowDescription of one binary int4 column.
 fn int4_description() -> Vec<u8> {
-    let mut body = 1u16.to_be_bytes().to_vec();
-    body.extend_from_slice(b"v\0");
-    body.extend_from_slice(&0u32.to_be_bytes());
-    body.extend_from_slice(&0i16.to_be_bytes());
-    body.extend_from_slice(&23u32.to_be_bytes());
-    body.extend_from_slice(&4i16.to_be_bytes());
-    body.extend_from_slice(&(-1i32).to_be_bytes());
-    body.extend_from_slice(&1i16.to_be_bytes());
-    msg(b'T', &body)
+    row_description(&[Column::int4("v")])
 }
 
 fn int4_row(v: i32) -> Vec<u8> {
-    let mut body = 1u16.to_be_bytes().to_vec();
-    body.extend_from_slice(&4i32.to_be_bytes());
-    body.extend_from_slice(&v.to_be_bytes());
-    msg(b'D', &body)
-}
-
-fn complete(tag: &str) -> Vec<u8> {
-    msg(b'C', format!("{tag}\0").as_bytes())
+    data_row(&[Some(&v.to_be_bytes())])
 }
 
 fn error(code: &str) -> Vec<u8> {
-    msg(
+    message(
         b'E',
         format!("SERROR\0VERROR\0C{code}\0Mscripted failure\0\0").as_bytes(),
     )
@@ -223,10 +200,10 @@ fn error(code: &str) -> Vec<u8> {
 /// CommandComplete).
 fn answer(v: i32) -> Vec<u8> {
     [
-        msg(b'2', b""),
+        message(b'2', b""),
         int4_description(),
         int4_row(v),
-        complete("SELECT 1"),
+        command_complete("SELECT 1"),
     ]
     .concat()
 }
@@ -243,8 +220,8 @@ type Run = (
 /// the client sent for the pipeline itself.
 fn run(mode: PipelineMode, statements: i32, script: &[Vec<u8>]) -> Run {
     let prepare = [
-        msg(b'1', b""),
-        msg(
+        message(b'1', b""),
+        message(
             b't',
             &[&1u16.to_be_bytes()[..], &23u32.to_be_bytes()].concat(),
         ),
@@ -274,22 +251,18 @@ fn code(result: &Result<PipelineOutput, Error>) -> Option<&str> {
     result.as_ref().err().and_then(Error::code)
 }
 
-fn ready_in(status: u8) -> Vec<u8> {
-    msg(b'Z', &[status])
-}
-
-fn error_saying(code: &str, message: &str) -> Vec<u8> {
-    msg(
+fn error_saying(code: &str, text: &str) -> Vec<u8> {
+    message(
         b'E',
-        format!("SERROR\0VERROR\0C{code}\0M{message}\0\0").as_bytes(),
+        format!("SERROR\0VERROR\0C{code}\0M{text}\0\0").as_bytes(),
     )
 }
 
 /// The answer to one Parse/Describe/Sync of a text without parameters returning one int4 column.
 fn described() -> Vec<u8> {
     [
-        msg(b'1', b""),
-        msg(b't', &0u16.to_be_bytes()),
+        message(b'1', b""),
+        message(b't', &0u16.to_be_bytes()),
         int4_description(),
         ready(),
     ]
@@ -298,7 +271,7 @@ fn described() -> Vec<u8> {
 
 /// The answer to one request closing `n` statements.
 fn closed(n: usize) -> Vec<u8> {
-    [vec![msg(b'3', b""); n].concat(), ready()].concat()
+    [vec![message(b'3', b""); n].concat(), ready()].concat()
 }
 
 /// The names of the statements the Parse messages in `bytes` create.
@@ -440,7 +413,7 @@ fn a_dropped_preparation_caches_nothing_and_closes_its_names() {
     assert_eq!(client.cached_statements(), 0);
 
     // The next call reads the abandoned answers, closes both names, then does its own work.
-    server.then([closed(2), msg(b'I', b""), ready()].concat());
+    server.then([closed(2), message(b'I', b""), ready()].concat());
     let start = server.log_len();
     block_on(client.ping()).unwrap();
     let writes = server.writes_from(start);
@@ -564,10 +537,10 @@ fn stale_statements_do_not_run_again_where_something_could_run_twice() {
     let stale = || error_saying("0A000", "cached plan must not change result type");
     let completed_as = |v: i32, tag: &str| {
         [
-            msg(b'2', b""),
+            message(b'2', b""),
             int4_description(),
             int4_row(v),
-            complete(tag),
+            command_complete(tag),
         ]
         .concat()
     };
@@ -698,7 +671,7 @@ fn a_result_for_a_statement_never_sent_breaks_the_connection() {
 #[test]
 fn ready_before_a_statement_finished_breaks_the_connection() {
     // ReadyForQuery where statement 0's CommandComplete belongs: its rows must not run into statement 1.
-    let early = [msg(b'2', b""), int4_description(), int4_row(1), ready()].concat();
+    let early = [message(b'2', b""), int4_description(), int4_row(1), ready()].concat();
     let script = [early, answer(2), ready()];
     let (result, closed, _) = run(PipelineMode::Independent, 2, &script);
     assert_eq!(result.unwrap_err().kind(), ErrorKind::Protocol);
@@ -707,7 +680,12 @@ fn ready_before_a_statement_finished_breaks_the_connection() {
 
 #[test]
 fn rows_after_an_atomic_error_break_the_connection() {
-    let script = [error("22012"), int4_row(9), complete("SELECT 1"), ready()];
+    let script = [
+        error("22012"),
+        int4_row(9),
+        command_complete("SELECT 1"),
+        ready(),
+    ];
     let (result, closed, _) = run(PipelineMode::Atomic, 2, &script);
     assert_eq!(result.unwrap_err().kind(), ErrorKind::Protocol);
     assert!(closed);

@@ -1,35 +1,11 @@
 //! Tests of [`ReplicationStream`](super::replication_stream::ReplicationStream) over a scripted server: the end
 //! of a physical stream's timeline, with the next timeline the server names.
 
-use crate::conn::slots::tests::{cstr, message};
+use crate::proto::scripted::{command_complete, message, ready, text_columns, text_row};
 use crate::replication::{Lsn, ServerMessage};
 use crate::{ErrorKind, SimpleQueryMessage};
 
 use super::shared_tests::{piped_client, server_sends, simple_answer};
-
-/// A RowDescription of text columns.
-fn description(names: &[&str]) -> Vec<u8> {
-    let mut body = u16::try_from(names.len()).unwrap().to_be_bytes().to_vec();
-    for name in names {
-        body.extend(cstr(name));
-        body.extend(0u32.to_be_bytes());
-        body.extend(0i16.to_be_bytes());
-        body.extend(25u32.to_be_bytes());
-        body.extend((-1i16).to_be_bytes());
-        body.extend((-1i32).to_be_bytes());
-        body.extend(0i16.to_be_bytes());
-    }
-    message(b'T', &body)
-}
-
-fn row(values: &[&str]) -> Vec<u8> {
-    let mut body = u16::try_from(values.len()).unwrap().to_be_bytes().to_vec();
-    for value in values {
-        body.extend(i32::try_from(value.len()).unwrap().to_be_bytes());
-        body.extend(value.as_bytes());
-    }
-    message(b'D', &body)
-}
 
 fn keepalive(wal_end: u64) -> Vec<u8> {
     let body = [
@@ -49,11 +25,11 @@ fn end_of_timeline(next: &[&str]) -> Vec<u8> {
         message(b'W', &[0, 0, 0]),
         keepalive(0x3000000),
         message(b'c', b""),
-        description(&["next_tli", "next_tli_startpos"]),
-        row(next),
-        message(b'C', &cstr("SELECT")),
-        message(b'C', &cstr("START_REPLICATION")),
-        message(b'Z', b"I"),
+        text_columns(&["next_tli", "next_tli_startpos"]),
+        text_row(next),
+        command_complete("SELECT"),
+        command_complete("START_REPLICATION"),
+        ready(),
     ]
     .concat()
 }

@@ -11,7 +11,8 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use crate::conn::slots::tests::{WakeCount, cstr, data_row, message, row_description};
+use crate::conn::slots::tests::WakeCount;
+use crate::proto::scripted::{self, command_complete, message, text_columns, text_row};
 use crate::{Client, Config, SimpleQueryMessage, Transport};
 
 /// The server's end of a scripted connection: the test hands it bytes, and it wakes whoever waits to read.
@@ -67,7 +68,7 @@ pub(super) fn piped_client() -> (Client, Arc<Mutex<Pipe>>) {
     let pipe = Arc::new(Mutex::new(Pipe::default()));
     server_sends(
         &pipe,
-        &[message(b'R', &0u32.to_be_bytes()), message(b'Z', b"I")].concat(),
+        &[message(b'R', &0u32.to_be_bytes()), scripted::ready()].concat(),
     );
     let config = Config::parse("user=model dbname=model sslmode=disable").expect("a valid config");
     let connect = Client::connect_with_transport(Box::new(PipeTransport(pipe.clone())), &config);
@@ -90,10 +91,10 @@ fn ready<F: Future>(future: F, waker: &Waker) -> F::Output {
 /// The answer to a simple query of one row holding `value`.
 pub(super) fn simple_answer(value: &str) -> Vec<u8> {
     [
-        row_description("v"),
-        data_row(value),
-        message(b'C', &cstr("SELECT 1")),
-        message(b'Z', b"I"),
+        text_columns(&["v"]),
+        text_row(&[value]),
+        command_complete("SELECT 1"),
+        scripted::ready(),
     ]
     .concat()
 }
@@ -307,7 +308,7 @@ fn a_stream_kept_after_its_end_passes_the_socket_on() {
         let mut tasks = [&mut a, &mut b];
         // The stream's answer comes in two reads, so whoever drove the first, the stream drives the second.
         let answer = simple_answer("1");
-        let description = row_description("v").len();
+        let description = text_columns(&["v"]).len();
         server_sends(&pipe, &answer[..description]);
         run(&mut tasks);
         server_sends(&pipe, &answer[description..]);

@@ -12,6 +12,7 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 
+use crate::proto::scripted::message;
 use crate::{Client, Config, Transport};
 
 /// One span or event as the subscriber saw it: a name (a span's) or target (an event's), its level, and its
@@ -109,13 +110,6 @@ impl Transport for Scripted {
     fn poll_shutdown(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
-}
-
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&(u32::try_from(body.len()).unwrap() + 4).to_be_bytes());
-    out.extend_from_slice(body);
-    out
 }
 
 /// A NoticeResponse with this severity and message.

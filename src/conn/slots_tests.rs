@@ -35,6 +35,8 @@ use postgres_protocol::message::frontend;
 
 use super::{IoWaker, MAX_HELD, Routed, Slots};
 use crate::config::{ChannelBinding, ProtocolVersion, RequireAuth};
+pub(crate) use crate::proto::scripted::{cstr, message};
+use crate::proto::scripted::{text_columns, text_row};
 use crate::proto::{
     Backend, ChannelBindingPolicy, Flow, Limits, Protocol, RawRow, RequestId, StartupParams,
     message_name,
@@ -402,11 +404,11 @@ impl World {
                 self.server_sends(error(&tag));
                 answers.push(Answer::Error(tag));
             } else {
-                self.server_sends(row_description(&tag));
+                self.server_sends(text_columns(&[&tag]));
                 answers.push(Answer::Description(tag.clone()));
                 for row in 0..self.rng.below(4) {
                     let value = format!("{tag}.{row}");
-                    self.server_sends(data_row(&value));
+                    self.server_sends(text_row(&[&value]));
                     answers.push(Answer::Row(value));
                 }
                 self.server_sends(message(b'C', &cstr(&tag)));
@@ -1105,41 +1107,6 @@ fn ready_protocol() -> Protocol {
         "the model's startup"
     );
     protocol
-}
-
-pub(crate) fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(body.len() + 4).expect("a small message");
-    [&[tag][..], &len.to_be_bytes(), body].concat()
-}
-
-pub(crate) fn cstr(s: &str) -> Vec<u8> {
-    [s.as_bytes(), &[0]].concat()
-}
-
-/// A RowDescription of one text column named `name`.
-pub(crate) fn row_description(name: &str) -> Vec<u8> {
-    let mut body = 1u16.to_be_bytes().to_vec();
-    body.extend(cstr(name));
-    body.extend(0u32.to_be_bytes());
-    body.extend(0i16.to_be_bytes());
-    body.extend(25u32.to_be_bytes());
-    body.extend((-1i16).to_be_bytes());
-    body.extend((-1i32).to_be_bytes());
-    body.extend(0i16.to_be_bytes());
-    message(b'T', &body)
-}
-
-pub(crate) fn data_row(value: &str) -> Vec<u8> {
-    let len = i32::try_from(value.len()).expect("a small value");
-    message(
-        b'D',
-        &[
-            &1u16.to_be_bytes()[..],
-            &len.to_be_bytes(),
-            value.as_bytes(),
-        ]
-        .concat(),
-    )
 }
 
 fn fields(fields: &[(u8, &str)]) -> Vec<u8> {

@@ -20,6 +20,10 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use super::{Input, message, violated};
+use crate::proto::scripted::{
+    Column, command_complete, cstr, data_row, row_description, text_columns, text_row,
+};
+pub(super) use crate::proto::scripted::{parameter_status, ready};
 use crate::{
     Client, Config, Error, ErrorKind, Pipeline, PipelineMode, PipelineOutput, SimpleQueryMessage,
     Transport,
@@ -66,13 +70,7 @@ pub fn pipeline(data: &[u8]) {
     };
     let mut script = Script::new(async_mask);
     let turns = scenario.turns(&mut script);
-    let transport = Scripted {
-        turns: turns.into(),
-        readable: VecDeque::new(),
-        read_size,
-        pauses: scenario.pauses,
-        paused: false,
-    };
+    let transport = Scripted::new(turns, read_size, scenario.pauses);
     scenario.run(transport, &script);
 }
 
@@ -167,7 +165,7 @@ impl Scenario<'_> {
                 b't',
                 &[&1u16.to_be_bytes()[..], &23u32.to_be_bytes()].concat(),
             ),
-            int4_description(),
+            row_description(&[Column::int4("v")]),
             ready(),
         ]));
         let mut answer = Vec::new();
@@ -364,29 +362,26 @@ fn expect_single_value(result: &Result<Vec<SimpleQueryMessage>, Error>, value: &
     }
 }
 
-/// Polls `future` to its end with a waker that does nothing: the scripted transport is never pending for
-/// long (a pause wakes at once), so every poll makes progress.
-fn block_on<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    for _ in 0..MAX_POLLS {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-    }
-    violated(format_args!(
-        "a future was still pending after {MAX_POLLS} polls"
-    ))
-}
-
 /// Plays one turn of the script per write, in reads of at most `read_size` bytes, pausing before every
 /// other read if `pauses`; out of bytes, it reports the end of the stream.
-struct Scripted {
+pub(super) struct Scripted {
     turns: VecDeque<Vec<u8>>,
     readable: VecDeque<u8>,
     read_size: usize,
     pauses: bool,
     paused: bool,
+}
+
+impl Scripted {
+    pub(super) fn new(turns: Vec<Vec<u8>>, read_size: usize, pauses: bool) -> Scripted {
+        Scripted {
+            turns: turns.into(),
+            readable: VecDeque::new(),
+            read_size,
+            pauses,
+            paused: false,
+        }
+    }
 }
 
 impl Transport for Scripted {
@@ -420,26 +415,10 @@ impl Transport for Scripted {
     }
 }
 
-pub(super) fn ready() -> Vec<u8> {
-    message(b'Z', b"I")
-}
-
-fn cstr(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(s.as_bytes());
-    out.push(0);
-}
-
-pub(super) fn parameter_status(name: &str, value: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    cstr(&mut body, name);
-    cstr(&mut body, value);
-    message(b'S', &body)
-}
-
 fn notification(n: usize) -> Vec<u8> {
     let mut body = 4242i32.to_be_bytes().to_vec();
-    cstr(&mut body, "fuzz_channel");
-    cstr(&mut body, &format!("payload {n}"));
+    body.extend(cstr("fuzz_channel"));
+    body.extend(cstr(&format!("payload {n}")));
     message(b'A', &body)
 }
 
@@ -452,7 +431,7 @@ fn notice(n: usize) -> Vec<u8> {
         (b'M', &format!("notice {n}")),
     ] {
         body.push(field);
-        cstr(&mut body, value);
+        body.extend(cstr(value));
     }
     body.push(0);
     message(b'N', &body)
@@ -467,59 +446,33 @@ fn error(code: &str) -> Vec<u8> {
         (b'M', "scripted failure"),
     ] {
         body.push(field);
-        cstr(&mut body, value);
+        body.extend(cstr(value));
     }
     body.push(0);
     message(b'E', &body)
 }
 
-/// A RowDescription of one binary int4 column.
-fn int4_description() -> Vec<u8> {
-    let mut body = 1u16.to_be_bytes().to_vec();
-    cstr(&mut body, "v");
-    body.extend_from_slice(&0u32.to_be_bytes());
-    body.extend_from_slice(&0i16.to_be_bytes());
-    body.extend_from_slice(&23u32.to_be_bytes());
-    body.extend_from_slice(&4i16.to_be_bytes());
-    body.extend_from_slice(&(-1i32).to_be_bytes());
-    body.extend_from_slice(&1i16.to_be_bytes());
-    message(b'T', &body)
-}
-
 /// One statement's answer: BindComplete, RowDescription, a DataRow holding `v`, CommandComplete.
 fn statement_answer(v: i32) -> Vec<Vec<u8>> {
-    let mut row = 1u16.to_be_bytes().to_vec();
-    row.extend_from_slice(&4i32.to_be_bytes());
-    row.extend_from_slice(&v.to_be_bytes());
-    let mut complete = Vec::new();
-    cstr(&mut complete, "SELECT 1");
     vec![
         message(b'2', b""),
-        int4_description(),
-        message(b'D', &row),
-        message(b'C', &complete),
+        row_description(&[Column::int4("v")]),
+        data_row(&[Some(&v.to_be_bytes())]),
+        command_complete("SELECT 1"),
     ]
 }
 
 /// The answer to a simple query returning one text value.
 fn simple_answer(value: &str) -> Vec<Vec<u8>> {
-    let mut description = 1u16.to_be_bytes().to_vec();
-    cstr(&mut description, "v");
-    description.extend_from_slice(&0u32.to_be_bytes());
-    description.extend_from_slice(&0i16.to_be_bytes());
-    description.extend_from_slice(&25u32.to_be_bytes());
-    description.extend_from_slice(&(-1i16).to_be_bytes());
-    description.extend_from_slice(&(-1i32).to_be_bytes());
-    description.extend_from_slice(&0i16.to_be_bytes());
-    let mut row = 1u16.to_be_bytes().to_vec();
-    row.extend_from_slice(&i32::try_from(value.len()).unwrap_or(0).to_be_bytes());
-    row.extend_from_slice(value.as_bytes());
-    let mut complete = Vec::new();
-    cstr(&mut complete, "SELECT 1");
     vec![
-        message(b'T', &description),
-        message(b'D', &row),
-        message(b'C', &complete),
+        text_columns(&["v"]),
+        text_row(&[value]),
+        command_complete("SELECT 1"),
         ready(),
     ]
+}
+
+/// Polls `future` to its end; [`MAX_POLLS`] polls without an end is a hang.
+fn block_on<F: Future>(future: F) -> F::Output {
+    super::block_on(future, MAX_POLLS)
 }

@@ -16,17 +16,17 @@
 //! reports never goes back, and never passes both what the application acknowledged and every position the
 //! server named; a closed client answers no query.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::pin::pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
-use super::pipeline::{parameter_status, ready};
+use super::pipeline::Scripted;
 use super::{Input, message, violated};
+use crate::proto::scripted::{parameter_status, ready};
 use crate::replication::{
     LogicalMessage, Lsn, PgOutputDecoder, PgOutputOptions, Relation, ServerMessage, Tuple,
     TupleRow, parse_server_message,
@@ -42,25 +42,12 @@ const MAX_EVENTS: usize = 10_000;
 /// server's bytes (stream) or the CopyData payloads (decoder).
 pub fn replication(data: &[u8]) {
     let mut input = Input(data);
-    let shape = input.byte();
-    let read_size = match input.byte() {
-        0 => usize::MAX,
-        n => usize::from(n),
-    };
-    let policy = Ack::from(input.byte());
-    let start = Lsn(u64::from(input.u16()) << 16);
-    if shape & 1 == 1 {
+    if input.byte() & 1 == 1 {
+        let _ = Header::read(&mut input);
         decode_pieces(input);
-        return;
+    } else {
+        run_stream(input);
     }
-    let server = input.rest();
-    // The stream's status-update timer needs the runtime's clock; the harness polls by hand and never waits.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap_or_else(|e| violated(format_args!("a runtime for the harness: {e}")));
-    let _entered = runtime.enter();
-    run_stream(server, read_size, policy, start);
 }
 
 /// What one stream-shaped input did, for the tests that check the recorded seeds go all the way.
@@ -82,18 +69,27 @@ pub(super) struct StreamStats {
 pub(super) fn stream_stats(data: &[u8]) -> StreamStats {
     let mut input = Input(data);
     let _shape = input.byte();
-    let read_size = match input.byte() {
-        0 => usize::MAX,
-        n => usize::from(n),
-    };
-    let policy = Ack::from(input.byte());
-    let start = Lsn(u64::from(input.u16()) << 16);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap_or_else(|e| violated(format_args!("a runtime for the harness: {e}")));
-    let _entered = runtime.enter();
-    run_stream(input.rest(), read_size, policy, start)
+    run_stream(input)
+}
+
+/// The bytes after the shape: how the stream is read and acknowledged, and where it starts.
+struct Header {
+    read_size: usize,
+    policy: Ack,
+    start: Lsn,
+}
+
+impl Header {
+    fn read(input: &mut Input<'_>) -> Header {
+        Header {
+            read_size: match input.byte() {
+                0 => usize::MAX,
+                n => usize::from(n),
+            },
+            policy: Ack::from(input.byte()),
+            start: Lsn(u64::from(input.u16()) << 16),
+        }
+    }
 }
 
 /// What the harness's application acknowledges.
@@ -171,12 +167,22 @@ fn read_message<'r>(message: &LogicalMessage, relation: impl Fn(u32) -> Option<&
     }
 }
 
-fn run_stream(server: &[u8], read_size: usize, policy: Ack, start: Lsn) -> StreamStats {
-    let written = Written::default();
-    let transport = Scripted {
-        turns: VecDeque::from([startup_answer(), server.to_vec()]),
-        readable: VecDeque::new(),
+fn run_stream(mut input: Input<'_>) -> StreamStats {
+    let Header {
         read_size,
+        policy,
+        start,
+    } = Header::read(&mut input);
+    let server = input.rest();
+    // The stream's status-update timer needs the runtime's clock; the harness polls by hand and never waits.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap_or_else(|e| violated(format_args!("a runtime for the harness: {e}")));
+    let _entered = runtime.enter();
+    let written = Written::default();
+    let transport = Recording {
+        server: Scripted::new(vec![startup_answer(), server.to_vec()], read_size, false),
         written: written.clone(),
         writes: 0,
     };
@@ -335,25 +341,10 @@ fn startup_answer() -> Vec<u8> {
     .concat()
 }
 
-fn block_on<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    for _ in 0..MAX_POLLS {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-    }
-    violated(format_args!(
-        "a future was still pending after {MAX_POLLS} polls"
-    ))
-}
-
-/// Plays one turn per write (the startup answer, then the whole stream), in reads of at most `read_size`;
-/// keeps everything written from the third write on (after the startup and `START_REPLICATION`).
-struct Scripted {
-    turns: VecDeque<Vec<u8>>,
-    readable: VecDeque<u8>,
-    read_size: usize,
+/// The pipeline harness's scripted server with one turn per write (the startup answer, then the whole stream),
+/// keeping everything written from the third write on (after the startup and `START_REPLICATION`).
+struct Recording {
+    server: Scripted,
     written: Written,
     writes: usize,
 }
@@ -368,31 +359,29 @@ impl Written {
     }
 }
 
-impl Transport for Scripted {
-    fn poll_read(&mut self, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        let n = buf.len().min(self.read_size).min(self.readable.len());
-        for (slot, byte) in buf.iter_mut().zip(self.readable.drain(..n)) {
-            *slot = byte;
-        }
-        Poll::Ready(Ok(n))
+impl Transport for Recording {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        self.server.poll_read(cx, buf)
     }
 
-    fn poll_write(&mut self, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.writes += 1;
         if self.writes > 2 {
             (self.written.0.lock().unwrap_or_else(|e| e.into_inner())).extend_from_slice(buf);
         }
-        if let Some(turn) = self.turns.pop_front() {
-            self.readable.extend(turn);
-        }
-        Poll::Ready(Ok(buf.len()))
+        self.server.poll_write(cx, buf)
     }
 
-    fn poll_flush(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.server.poll_flush(cx)
     }
 
-    fn poll_shutdown(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.server.poll_shutdown(cx)
     }
+}
+
+/// Polls `future` to its end; [`MAX_POLLS`] polls without an end is a hang.
+fn block_on<F: Future>(future: F) -> F::Output {
+    super::block_on(future, MAX_POLLS)
 }

@@ -38,6 +38,7 @@ use super::backend::{MAX_MESSAGE_SIZE, startup_params};
 use super::{Input, message, violated};
 use crate::Error;
 use crate::conn::slots::{IoWaker, Routed, Slots};
+use crate::proto::scripted::{cstr, data_row, text_columns};
 use crate::proto::{
     Backend, Flow, Limits, Protocol, RequestId, check_frontend_messages, message_name,
 };
@@ -848,38 +849,11 @@ fn answer(shape: u8, serial: u32) -> Vec<u8> {
     out
 }
 
-fn cstr(s: &str) -> Vec<u8> {
-    [s.as_bytes(), &[0]].concat()
-}
-
-/// A RowDescription of `columns` text columns.
+/// A RowDescription of `columns` text columns, named `c0`, `c1`, ...
 fn row_description(columns: u16) -> Vec<u8> {
-    let mut body = columns.to_be_bytes().to_vec();
-    for column in 0..columns {
-        body.extend(cstr(&format!("c{column}")));
-        body.extend(0u32.to_be_bytes());
-        body.extend(0i16.to_be_bytes());
-        body.extend(25u32.to_be_bytes());
-        body.extend((-1i16).to_be_bytes());
-        body.extend((-1i32).to_be_bytes());
-        body.extend(0i16.to_be_bytes());
-    }
-    message(b'T', &body)
-}
-
-fn data_row(values: &[Option<&[u8]>]) -> Vec<u8> {
-    let count = u16::try_from(values.len()).unwrap_or(0);
-    let mut body = count.to_be_bytes().to_vec();
-    for value in values {
-        match value {
-            Some(value) => {
-                body.extend(i32::try_from(value.len()).unwrap_or(0).to_be_bytes());
-                body.extend_from_slice(value);
-            }
-            None => body.extend((-1i32).to_be_bytes()),
-        }
-    }
-    message(b'D', &body)
+    let names: Vec<String> = (0..columns).map(|column| format!("c{column}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    text_columns(&names)
 }
 
 fn fields(fields: &[(u8, &str)]) -> Vec<u8> {

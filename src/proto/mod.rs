@@ -19,6 +19,8 @@ mod frame;
 pub(crate) mod pgoutput;
 pub(crate) mod replication;
 pub(crate) mod row;
+#[cfg(any(test, fuzzing))]
+pub(crate) mod scripted;
 mod startup;
 pub(crate) mod statement;
 #[cfg(test)]

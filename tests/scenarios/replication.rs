@@ -66,6 +66,18 @@ async fn drop_table_and_publication(sql: &Client, table: &str) {
         .await;
 }
 
+/// Starts streaming `table`'s publication from `slot`'s confirmed position, with the default options.
+async fn stream_of<'c>(
+    repl: &'c mut Client,
+    slot: &str,
+    table: &str,
+) -> Result<LogicalReplicationStream<'c>, String> {
+    let options = PgOutputOptions::new([format!("{table}_pub")]);
+    repl.start_logical_replication(slot, Lsn(0), &options)
+        .await
+        .check("start")
+}
+
 /// Reads events until the `commits`-th Commit (or StreamCommit / CommitPrepared), within 30 s.
 async fn until_commits(
     stream: &mut LogicalReplicationStream<'_>,
@@ -334,11 +346,7 @@ async fn logical_text_values_whatever_the_session_defaults(env: &Env) -> Outcome
     ))
     .await
     .check("insert")?;
-    let options = PgOutputOptions::new([format!("{table}_pub")]);
-    let mut stream = repl
-        .start_logical_replication(&slot, Lsn(0), &options)
-        .await
-        .check("start")?;
+    let mut stream = stream_of(&mut repl, &slot, &table).await?;
     let events = until_commits(&mut stream, 1).await?;
     let insert = events
         .iter()
@@ -681,11 +689,7 @@ async fn slow_reader_survives_a_short_sender_timeout(env: &Env) -> Outcome {
         .await
         .check("insert")?;
     }
-    let options = PgOutputOptions::new([format!("{table}_pub")]);
-    let mut stream = repl
-        .start_logical_replication(&slot, Lsn(0), &options)
-        .await
-        .check("start")?;
+    let mut stream = stream_of(&mut repl, &slot, &table).await?;
     stream.set_status_interval(Duration::from_millis(500));
     let started = std::time::Instant::now();
     let mut commits = 0;
