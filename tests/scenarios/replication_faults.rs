@@ -20,7 +20,7 @@ pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
 
 /// Rows of each large transaction: megabytes of changes, more than the sockets buffer, so a walsender killed
 /// after its first row has not sent the commit.
-const LARGE: i32 = 30_000;
+const LARGE: i32 = 60_000;
 
 /// The committed transactions, in commit order: (first id, last id).
 fn committed() -> Vec<(i32, i32)> {
