@@ -3,7 +3,8 @@
 #
 # Builds the benchmark crate in bench/ (release, natively and for wasm32-wasip2), starts a throwaway
 # PostgreSQL cluster on loopback (TLS on, with a CA and server certificate made here, for W6; wal_level =
-# logical and replication connections for W8's slots, each made before its changes), runs every
+# logical and replication connections for W8's slots, each made before its changes; a SCRAM role for W9's
+# connections), runs every
 # workload for every contender in its own process, interleaved, and prints
 #
 #   bench <workload> <contender> ops_per_s=<n> client_cpu_s=<n> peak_rss_mb=<n>
@@ -85,8 +86,14 @@ wal_level = logical
 max_replication_slots = 64
 max_wal_senders = 10
 CONF
+# W9's role logs in with SCRAM-SHA-256 (its password is set by bench-client setup); everyone else trusted;
 # W8's replication connections (ours and pg_recvlogical).
-printf 'host replication all 127.0.0.1/32 trust\n' >>"$cluster_data/pg_hba.conf"
+cat >"$cluster_data/pg_hba.conf" <<HBA
+local all all trust
+host all bench_scram 127.0.0.1/32 scram-sha-256
+host all all 127.0.0.1/32 trust
+host replication all 127.0.0.1/32 trust
+HBA
 cluster_start
 
 log "$(nproc) CPUs, $(awk '/model name/ {$1=$2=$3=""; print; exit}' /proc/cpuinfo | sed 's/^ *//'), load average $(cut -d' ' -f1-3 /proc/loadavg)"

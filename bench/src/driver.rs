@@ -237,7 +237,7 @@ fn command(
                 .arg(w8_end.unwrap_or("0/0"))
                 .arg("-d")
                 .arg(&options.target.dbname);
-            libpq_connection(&mut cmd, &options.target);
+            libpq_connection(&mut cmd, &options.target, &options.target.user);
             cmd
         }
         Contender::Pgbench => {
@@ -250,7 +250,20 @@ fn command(
                 .arg(options.work_dir.join(script))
                 .args(["-D", &format!("payload={}", sql::W4_PAYLOAD)])
                 .arg(&options.target.dbname);
-            libpq_connection(&mut cmd, &options.target);
+            if workload.connects() {
+                // A new connection for every transaction, as the SCRAM role.
+                cmd.arg("-C");
+                libpq_connection(&mut cmd, &options.target, sql::W9_USER);
+                cmd.env("PGPASSWORD", sql::W9_PASSWORD);
+                if workload.uses_tls() {
+                    cmd.env("PGSSLMODE", "verify-full");
+                    if let Some(ca) = &options.target.ca_file {
+                        cmd.env("PGSSLROOTCERT", ca);
+                    }
+                }
+            } else {
+                libpq_connection(&mut cmd, &options.target, &options.target.user);
+            }
             cmd
         }
     }
@@ -258,14 +271,15 @@ fn command(
 
 /// Where a libpq contender connects (host, port and user flags). libpq's defaults would use TLS
 /// (sslmode=prefer, and the server has it on for W6): the libpq contenders' workloads run in plaintext, as
-/// every other contender's. No other PG* setting of the caller applies.
-fn libpq_connection(cmd: &mut Command, target: &Target) {
+/// every other contender's, unless the caller sets PGSSLMODE after this. No other PG* setting of the caller
+/// applies.
+fn libpq_connection(cmd: &mut Command, target: &Target, user: &str) {
     cmd.arg("-h")
         .arg(&target.host)
         .arg("-p")
         .arg(target.port.to_string())
         .arg("-U")
-        .arg(&target.user);
+        .arg(user);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("PG") {
             cmd.env_remove(key);
@@ -281,6 +295,7 @@ fn pgbench_script(workload: Workload, count: u64) -> (&'static str, &'static str
         Workload::W2 => ("w2.sql", "prepared", count),
         Workload::W4Pipeline => ("w4-pipeline.sql", "prepared", count / W4_BATCH),
         Workload::W4Sequential => ("w4-sequential.sql", "prepared", count),
+        Workload::W9Scram | Workload::W9Tls => ("w1.sql", "simple", count),
         _ => unreachable!("BUG: pgbench does not run {workload}"),
     }
 }
@@ -316,7 +331,8 @@ fn write_pgbench_scripts(dir: &Path) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// pgbench's outcome: transactions processed and "tps = ... (without initial connection time)".
+/// pgbench's outcome: transactions processed and "tps = ... (without initial connection time)", or with `-C`
+/// (W9) "tps = ... (including reconnection times)", where connecting is the work measured.
 fn parse_pgbench(output: &str, workload: Workload) -> Option<Outcome> {
     let processed = output
         .lines()
@@ -324,8 +340,9 @@ fn parse_pgbench(output: &str, workload: Workload) -> Option<Outcome> {
     let transactions: u64 = processed.split('/').next()?.trim().parse().ok()?;
     let tps: f64 = output.lines().find_map(|l| {
         let rest = l.strip_prefix("tps = ")?;
-        rest.contains("without initial connection time")
-            .then(|| rest.split_whitespace().next()?.parse().ok())?
+        (rest.contains("without initial connection time")
+            || rest.contains("including reconnection times"))
+        .then(|| rest.split_whitespace().next()?.parse().ok())?
     })?;
     let per = pgbench_ops_per_transaction(workload);
     Some(Outcome {

@@ -31,12 +31,15 @@ fn base_config(target: &Target) -> Config {
 
 /// Connects to `target`, over TLS (verified against its certificate) when `tls` is set.
 pub async fn connect(target: &Target, tls: bool) -> Result<Client, BoxError> {
-    let mut config = base_config(target);
+    connect_with(base_config(target), target, tls).await
+}
+
+async fn connect_with(mut config: Config, target: &Target, tls: bool) -> Result<Client, BoxError> {
     if tls {
         let ca = target
             .ca_file
             .as_deref()
-            .ok_or("W6 needs the server certificate (--ca)")?;
+            .ok_or("the TLS workloads need the server certificate (--ca)")?;
         config
             .ssl_mode(SslMode::VerifyFull)
             .ssl_root_certs_pem(std::fs::read(ca)?);
@@ -172,6 +175,24 @@ pub async fn w8(target: &Target, changes: u64, slot: &str) -> Result<Outcome, Bo
     outcome
 }
 
+/// W9: `connections` times, connect as the SCRAM role (over TLS for W9-tls), run `SELECT 1`, close.
+async fn w9(target: &Target, connections: u64, tls: bool) -> Result<Outcome, BoxError> {
+    let mut config = base_config(target);
+    config.user(sql::W9_USER).password(sql::W9_PASSWORD);
+    let started = Instant::now();
+    let mut check = 0u64;
+    for _ in 0..connections {
+        let client = connect_with(config.clone(), target, tls).await?;
+        for message in client.simple_query(sql::SELECT_ONE).await? {
+            if let SimpleQueryMessage::Row(row) = message {
+                check += u64::from(row.get(0) == Some("1"));
+            }
+        }
+        client.close().await?;
+    }
+    finish(connections, started, check, expect::w9(connections))
+}
+
 /// Runs `workload` for `count` operations and returns what was timed; W7 shares them among `tasks` futures
 /// (the other workloads run in one).
 pub async fn run(
@@ -180,6 +201,9 @@ pub async fn run(
     tasks: u64,
     target: &Target,
 ) -> Result<Outcome, BoxError> {
+    if workload.connects() {
+        return w9(target, count, workload.uses_tls()).await;
+    }
     let mut client = connect(target, workload.uses_tls()).await?;
     let outcome = match workload {
         Workload::W1 => w1(&mut client, count).await?,
@@ -191,6 +215,7 @@ pub async fn run(
         Workload::W5CopyOut => copy_out(&mut client, count).await?,
         Workload::W7 => w7(&mut client, count, tasks).await?,
         Workload::W8 => return Err("W8 runs through ours::w8, from its slot".into()),
+        Workload::W9Scram | Workload::W9Tls => unreachable!("BUG: W9 connects per operation"),
     };
     client.close().await?;
     Ok(outcome)

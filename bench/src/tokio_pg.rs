@@ -21,23 +21,43 @@ type BoxError = Box<dyn StdError>;
 
 /// Connects and spawns the connection task; over TLS (verified against the server certificate) for W6.
 async fn connect(target: &Target, tls: bool) -> Result<Client, BoxError> {
+    let (client, _) = connect_as(target, tls, &target.user, None).await?;
+    Ok(client)
+}
+
+/// Connects as `user` (with `password` if given) and spawns the connection task, returned so a caller can
+/// wait for the connection to end.
+async fn connect_as(
+    target: &Target,
+    tls: bool,
+    user: &str,
+    password: Option<&str>,
+) -> Result<
+    (
+        Client,
+        tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    ),
+    BoxError,
+> {
     let mut config = tokio_postgres::Config::new();
     config
         .host(&target.host)
         .port(target.port)
-        .user(&target.user)
+        .user(user)
         .dbname(&target.dbname)
         .application_name("bench-tokio-postgres");
+    if let Some(password) = password {
+        config.password(password);
+    }
     if !tls {
         config.ssl_mode(SslMode::Disable);
         let (client, connection) = config.connect(NoTls).await?;
-        tokio::spawn(connection);
-        return Ok(client);
+        return Ok((client, tokio::spawn(connection)));
     }
     let ca = target
         .ca_file
         .as_deref()
-        .ok_or("W6 needs the server certificate (--ca)")?;
+        .ok_or("the TLS workloads need the server certificate (--ca)")?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in
         <rustls::pki_types::CertificateDer<'_> as rustls::pki_types::pem::PemObject>::pem_file_iter(
@@ -55,8 +75,26 @@ async fn connect(target: &Target, tls: bool) -> Result<Client, BoxError> {
     let (client, connection) = config
         .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls_config))
         .await?;
-    tokio::spawn(connection);
-    Ok(client)
+    Ok((client, tokio::spawn(connection)))
+}
+
+/// W9: `connections` times, connect as the SCRAM role, run `SELECT 1`, close (the client dropped, which ends
+/// the connection task with a Terminate; it is awaited, so each connection is over before the next).
+async fn w9(target: &Target, connections: u64, tls: bool) -> Result<Outcome, BoxError> {
+    let started = Instant::now();
+    let mut check = 0u64;
+    for _ in 0..connections {
+        let (client, connection) =
+            connect_as(target, tls, sql::W9_USER, Some(sql::W9_PASSWORD)).await?;
+        for message in client.simple_query(sql::SELECT_ONE).await? {
+            if let SimpleQueryMessage::Row(row) = message {
+                check += u64::from(row.get(0) == Some("1"));
+            }
+        }
+        drop(client);
+        connection.await??;
+    }
+    finish(connections, started, check, expect::w9(connections))
 }
 
 /// Runs `workload` for `count` operations and returns what was timed; W7 shares them among `tasks` futures
@@ -67,6 +105,9 @@ pub async fn run(
     tasks: u64,
     target: &Target,
 ) -> Result<Outcome, BoxError> {
+    if workload.connects() {
+        return w9(target, count, workload.uses_tls()).await;
+    }
     let client = connect(target, workload.uses_tls()).await?;
     match workload {
         Workload::W1 => w1(&client, count).await,
@@ -78,6 +119,7 @@ pub async fn run(
         Workload::W5CopyOut => copy_out(&client, count).await,
         Workload::W7 => w7(&client, count, tasks).await,
         Workload::W8 => Err("tokio-postgres has no logical replication: it does not run W8".into()),
+        Workload::W9Scram | Workload::W9Tls => unreachable!("BUG: W9 connects per operation"),
     }
 }
 

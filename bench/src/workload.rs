@@ -30,11 +30,15 @@ pub enum Workload {
     /// and decoded into typed values (ours: `pgoutput`; pg_recvlogical: `test_decoding` to /dev/null); ops
     /// are changes.
     W8,
+    /// Connection set-up: connect with SCRAM-SHA-256 over plain TCP, `SELECT 1`, close; ops are connections.
+    W9Scram,
+    /// The same over TLS (`sslmode=verify-full` against the script's CA, TLS negotiated with SSLRequest).
+    W9Tls,
 }
 
 impl Workload {
     /// Every workload, in the order they run and are reported.
-    pub const ALL: [Workload; 10] = [
+    pub const ALL: [Workload; 12] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -45,6 +49,8 @@ impl Workload {
         Workload::W6,
         Workload::W7,
         Workload::W8,
+        Workload::W9Scram,
+        Workload::W9Tls,
     ];
 
     /// The name on the output lines.
@@ -60,12 +66,19 @@ impl Workload {
             Workload::W6 => "W6",
             Workload::W7 => "W7",
             Workload::W8 => "W8",
+            Workload::W9Scram => "W9-scram",
+            Workload::W9Tls => "W9-tls",
         }
     }
 
     /// Whether the workload connects over TLS.
     pub fn uses_tls(self) -> bool {
-        self == Workload::W6
+        matches!(self, Workload::W6 | Workload::W9Tls)
+    }
+
+    /// Whether the workload measures connecting (W9): each operation is a connection of its own.
+    pub fn connects(self) -> bool {
+        matches!(self, Workload::W9Scram | Workload::W9Tls)
     }
 }
 
@@ -132,14 +145,16 @@ impl Contender {
         }
     }
 
-    /// Whether the contender can run `workload`: pgbench only runs W1, W2 and W4, ours-sequential only W7,
-    /// pg_recvlogical only W8, and tokio-postgres (which has no replication) all but W8.
+    /// Whether the contender can run `workload`: pgbench only runs W1, W2, W4 and W9 (`-C`), ours-sequential
+    /// only W7, pg_recvlogical only W8, and tokio-postgres (which has no replication) all but W8.
     pub fn runs(self, workload: Workload) -> bool {
         match self {
-            Contender::Pgbench => matches!(
-                workload,
-                Workload::W1 | Workload::W2 | Workload::W4Pipeline | Workload::W4Sequential
-            ),
+            Contender::Pgbench => {
+                matches!(
+                    workload,
+                    Workload::W1 | Workload::W2 | Workload::W4Pipeline | Workload::W4Sequential
+                ) || workload.connects()
+            }
             Contender::OursSequential => workload == Workload::W7,
             Contender::PgRecvlogical => workload == Workload::W8,
             Contender::TokioPostgres => workload != Workload::W8,
@@ -219,6 +234,8 @@ pub struct Plan {
     pub queries_per_task: u64,
     /// W8 changes.
     pub replication_changes: u64,
+    /// W9 connections.
+    pub connections: u64,
     /// How many times every workload runs for every contender (interleaved); the median is reported.
     pub rounds: u32,
 }
@@ -234,6 +251,7 @@ impl Plan {
         concurrent_tasks: 100,
         queries_per_task: 1_000,
         replication_changes: 1_000_000,
+        connections: 200,
         rounds: 5,
     };
 
@@ -247,6 +265,7 @@ impl Plan {
         concurrent_tasks: 10,
         queries_per_task: 100,
         replication_changes: 100_000,
+        connections: 50,
         rounds: 1,
     };
 
@@ -260,6 +279,7 @@ impl Plan {
             Workload::W5CopyIn | Workload::W5CopyOut => self.copy_rows,
             Workload::W7 => self.concurrent_tasks * self.queries_per_task,
             Workload::W8 => self.replication_changes,
+            Workload::W9Scram | Workload::W9Tls => self.connections,
         }
     }
 }
@@ -348,6 +368,11 @@ pub mod sql {
         "COPY bench_w5_out (id, payload, amount) TO STDOUT (FORMAT binary)";
     /// The text of every W5 row.
     pub const W5_PAYLOAD: &str = "copy row payload";
+    /// W9's role, which logs in with SCRAM-SHA-256 (bench.sh's hba line), and its password.
+    pub const W9_USER: &str = "bench_scram";
+    /// W9's password (the role is made by `setup`).
+    pub const W9_PASSWORD: &str = "bench-scram-pw";
+
     /// W8's table.
     pub const W8_TABLE: &str = "bench_w8";
     /// W8's publication, of that table only.
@@ -396,6 +421,9 @@ pub mod sql {
                 "INSERT INTO bench_w5_out SELECT g, '{W5_PAYLOAD}', g::int8 * 3 FROM generate_series(1, {copy_rows}) g"
             ),
             "VACUUM (FREEZE, ANALYZE) bench_w5_out".to_string(),
+            format!("DROP ROLE IF EXISTS {W9_USER}"),
+            "SET password_encryption = 'scram-sha-256'".to_string(),
+            format!("CREATE ROLE {W9_USER} LOGIN PASSWORD '{W9_PASSWORD}'"),
         ]
     }
 
@@ -454,6 +482,11 @@ pub mod expect {
     /// W8: the sum of `id + payload length` over `1..=changes`.
     pub fn w8(changes: u64) -> u64 {
         changes * (changes + 1) / 2 + changes * super::sql::W8_PAYLOAD.len() as u64
+    }
+
+    /// W9: one row per connection.
+    pub fn w9(connections: u64) -> u64 {
+        connections
     }
 
     /// W5 COPY OUT: the sum of `id + amount + payload length` over `1..=rows`, where `amount = 3 * id`.
