@@ -5,6 +5,8 @@
 //! natively, so both targets run the same TLS code; aws-lc-rs does not build for wasm32-wasip2.
 
 mod binding;
+mod files;
+mod identity;
 mod setup;
 mod stream;
 

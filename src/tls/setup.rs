@@ -10,7 +10,7 @@
 //!   1.3, so older minimums mean 1.2 and older maximums are an error.
 //! - `sslsni`: SNI for host names (never for IP addresses); ALPN `postgresql` is always offered.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -18,7 +18,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::sign::CertifiedKey;
 use rustls::{
@@ -26,6 +26,7 @@ use rustls::{
     SupportedProtocolVersion,
 };
 
+use super::files::{default_file, read_file};
 use crate::config::{SslCertMode, SslMode, SslNegotiation};
 use crate::{Config, Error};
 
@@ -100,7 +101,7 @@ impl TlsConnector {
         let roots = load_roots(config, mode)?;
         let identity = match config.get_ssl_cert_mode() {
             SslCertMode::Disable => None,
-            _ => load_identity(config, &provider)?,
+            _ => super::identity::load_identity(config, &provider)?,
         };
         Ok(Some(TlsConnector {
             provider,
@@ -158,26 +159,6 @@ impl TlsConnector {
     }
 }
 
-/// The user's home directory, where libpq looks for `.postgresql/`.
-fn home_dir() -> Option<PathBuf> {
-    std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-}
-
-fn default_file(name: &str) -> Option<PathBuf> {
-    home_dir().map(|home| home.join(".postgresql").join(name))
-}
-
-fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|e| {
-        Error::config(format!(
-            "could not read {what} file \"{}\": {e}",
-            path.display()
-        ))
-    })
-}
-
 /// The root store, or `None` when the server certificate is not to be verified.
 fn load_roots(config: &Config, mode: SslMode) -> Result<Option<Arc<RootCertStore>>, Error> {
     let verify = matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull);
@@ -231,105 +212,6 @@ fn add_pem_roots(store: &mut RootCertStore, pem: &[u8], what: &str) -> Result<()
     if count == 0 {
         return Err(Error::config(format!("{what} holds no PEM certificate")));
     }
-    Ok(())
-}
-
-/// The client certificate and key, if configured.
-fn load_identity(
-    config: &Config,
-    provider: &CryptoProvider,
-) -> Result<Option<Arc<CertifiedKey>>, Error> {
-    let memory = config.get_in_memory_tls();
-    let (cert_pem, key_pem, what) = match (&memory.client_cert_pem, &memory.client_key_pem) {
-        (Some(cert), Some(key)) => (cert.to_vec(), key.to_vec(), "in memory".to_string()),
-        _ => {
-            let cert_path = match config.get_ssl_cert() {
-                Some(file) if !file.is_empty() => Some(PathBuf::from(file)),
-                _ => default_file("postgresql.crt"),
-            };
-            // libpq sends no certificate when the certificate file does not exist.
-            let Some(cert_path) = cert_path.filter(|p| p.exists()) else {
-                return Ok(None);
-            };
-            let key_path = match config.get_ssl_key() {
-                Some(file) if !file.is_empty() => Some(PathBuf::from(file)),
-                _ => default_file("postgresql.key"),
-            };
-            let key_path = key_path.filter(|p| p.exists()).ok_or_else(|| {
-                Error::config(format!(
-                    "certificate present, but not private key file (certificate \"{}\")",
-                    cert_path.display()
-                ))
-            })?;
-            check_key_permissions(&key_path)?;
-            (
-                read_file(&cert_path, "client certificate")?,
-                read_file(&key_path, "private key")?,
-                format!("\"{}\"", cert_path.display()),
-            )
-        }
-    };
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::config(format!("cannot parse the client certificate {what}: {e}")))?;
-    if chain.is_empty() {
-        return Err(Error::config(format!(
-            "the client certificate {what} holds no PEM certificate"
-        )));
-    }
-    if is_encrypted_key(&key_pem) {
-        // libpq would ask for `sslpassword` here; without a decryptor, say so rather than "cannot parse".
-        return Err(Error::unsupported(format!(
-            "the private key for the client certificate {what} is encrypted, and encrypted keys are not \
-             supported (connection option \"sslpassword\" cannot be used): decrypt the key (for example with \
-             `openssl pkey`) and keep its file at 0600"
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        Error::config(format!(
-            "cannot parse the private key for the client certificate {what} \
-             (PKCS#8, PKCS#1 or SEC1 PEM, unencrypted): {e}"
-        ))
-    })?;
-    let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
-        Error::config(format!(
-            "unusable private key for the client certificate {what}: {e}"
-        ))
-    })?;
-    Ok(Some(Arc::new(key)))
-}
-
-/// Whether a PEM private key is encrypted: PKCS#8 `ENCRYPTED PRIVATE KEY`, or OpenSSL's legacy
-/// `Proc-Type: 4,ENCRYPTED` header in a PKCS#1 or SEC1 key.
-fn is_encrypted_key(pem: &[u8]) -> bool {
-    let contains = |needle: &[u8]| pem.windows(needle.len()).any(|w| w == needle);
-    contains(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || contains(b"Proc-Type: 4,ENCRYPTED")
-}
-
-/// libpq refuses a private key file that others can read: u=rw (0600) or less, or u=rw,g=r (0640) when owned
-/// by root.
-fn check_key_permissions(path: &Path) -> Result<(), Error> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let metadata = std::fs::metadata(path).map_err(|e| {
-            Error::config(format!(
-                "could not read private key file \"{}\": {e}",
-                path.display()
-            ))
-        })?;
-        let mode = metadata.mode();
-        let allowed = if metadata.uid() == 0 { 0o037 } else { 0o077 };
-        if mode & allowed != 0 {
-            return Err(Error::config(format!(
-                "private key file \"{}\" has group or world access; file must have permissions u=rw (0600) \
-                 or less if owned by the current user, or permissions u=rw,g=r (0640) or less if owned by root",
-                path.display()
-            )));
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
     Ok(())
 }
 
@@ -458,30 +340,6 @@ impl ResolvesClientCert for ClientIdentity {
 mod tests {
     use super::*;
     use rustls::CipherSuite as S;
-
-    /// An encrypted client key is refused as unsupported, naming sslpassword, whether or not one is given.
-    #[cfg(not(target_os = "wasi"))]
-    #[test]
-    fn an_encrypted_client_key_is_unsupported() {
-        let cert = rcgen::generate_simple_self_signed(vec!["client".to_string()]).unwrap();
-        let legacy = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
-                      DEK-Info: AES-128-CBC,00000000000000000000000000000000\n\nAAAA\n\
-                      -----END RSA PRIVATE KEY-----\n";
-        let pkcs8 =
-            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
-        for key in [legacy, pkcs8] {
-            for conninfo in ["sslmode=require", "sslmode=require sslpassword=secret"] {
-                let mut config = Config::parse(conninfo).unwrap();
-                config.ssl_client_identity_pem(cert.cert.pem(), key);
-                let err = TlsConnector::from_config(&config).unwrap_err();
-                assert_eq!(err.kind(), crate::ErrorKind::Unsupported, "{err}");
-                assert!(err.to_string().contains("\"sslpassword\""), "{err}");
-            }
-        }
-        let mut config = Config::parse("sslmode=require sslpassword=unused").unwrap();
-        config.ssl_client_identity_pem(cert.cert.pem(), cert.key_pair.serialize_pem());
-        assert!(TlsConnector::from_config(&config).unwrap().is_some());
-    }
 
     #[test]
     fn wasm_suites_put_chacha20_first_and_keep_aes_128_gcm() {

@@ -185,8 +185,18 @@ pub fn all() -> Vec<(&'static str, Scenario)> {
     list.extend(keywords::scenarios());
     #[cfg(not(target_os = "wasi"))]
     list.push(("unix_socket", |env| Box::pin(unix_socket(env))));
+    // LIVE_ONLY=fragment,fragment runs only the scenarios whose names contain one of them (on every target),
+    // for working on a few scenarios without the whole suite.
+    if let Ok(only) = std::env::var(LIVE_ONLY)
+        && !only.is_empty()
+    {
+        list.retain(|(name, _)| only.split(',').any(|fragment| name.contains(fragment)));
+    }
     list
 }
+
+/// The variable that narrows [`all`] to some scenarios.
+pub const LIVE_ONLY: &str = "LIVE_ONLY";
 
 /// Connects and runs a query; the client is then used under another reactor.
 #[allow(dead_code)]

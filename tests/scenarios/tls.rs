@@ -533,7 +533,8 @@ async fn tls_system_root_store(env: &Env) -> Outcome {
     check_cases(env, &cases).await
 }
 
-/// `cert` authentication: the certificate's CN must be the user; the key may be PKCS#8 or SEC1.
+/// `cert` authentication: the certificate's CN must be the user; the key may be PKCS#8 or SEC1; the certificate
+/// may be X.509 v1 or v3.
 async fn tls_client_certificates(env: &Env) -> Outcome {
     use Expect::{Fails, Tls};
     let t = &env.tls;
@@ -554,12 +555,32 @@ async fn tls_client_certificates(env: &Env) -> Outcome {
         t.file("other.crt"),
         t.file("other.key")
     );
+    // PostgreSQL's documented recipe (`openssl x509 -req`, no extensions) makes X.509 v1 certificates, which
+    // the server and libpq accept.
+    let client_v1 = format!(
+        "sslcert={} sslkey={}",
+        t.file("client-v1.crt"),
+        t.file("client.key")
+    );
+    // A key that is not the certificate's is refused before the server sees anything.
+    let mismatched = format!(
+        "sslcert={} sslkey={}",
+        t.file("client-v1.crt"),
+        t.file("other.key")
+    );
     let c = Login::Cert;
     let no_certificate = Fails("requires a valid client certificate");
     let cases = [
         case(Server::Tls, c, format!("{verify} {client}"), Tls),
         case(Server::Tls, c, format!("{verify} {client_sec1}"), Tls),
         case(Server::Tls, c, format!("sslmode=require {client}"), Tls),
+        case(Server::Tls, c, format!("{verify} {client_v1}"), Tls),
+        case(
+            Server::Tls,
+            c,
+            format!("{verify} {mismatched}"),
+            Fails("does not match its private key"),
+        ),
         case(
             Server::Tls,
             c,

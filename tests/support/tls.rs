@@ -16,6 +16,7 @@
 //! | `ed25519-server.crt`, `ed25519-server.key` | like `server.crt`, but signed with Ed25519 by `ed25519-root.crt` |
 //! | `client.crt`, `client.key` | CN `pgc_cert`; the key as PKCS#8 |
 //! | `client-sec1.key` | the same key as SEC1 (`EC PRIVATE KEY`) |
+//! | `client-v1.crt` | CN `pgc_cert` for `client.key`, an X.509 **v1** certificate made by `openssl x509 -req` as in PostgreSQL's documentation |
 //! | `other.crt`, `other.key` | CN `pgc_other`, a user that is not `pgc_cert` |
 //!
 //! Keys are mode 0600 and ECDSA P-256 (ring cannot make RSA keys, so there is no PKCS#1 form).
@@ -45,6 +46,8 @@ pub const ED25519_ROOT: &str = "ed25519-root.crt";
 pub const CLIENT_CERT: &str = "client.crt";
 pub const CLIENT_KEY: &str = "client.key";
 pub const CLIENT_KEY_SEC1: &str = "client-sec1.key";
+/// A v1 certificate (no extensions) for `pgc_cert` and [`CLIENT_KEY`].
+pub const CLIENT_V1_CERT: &str = "client-v1.crt";
 /// A client certificate for `pgc_other` (a valid chain, but the wrong user for `pgc_cert`).
 pub const OTHER_CERT: &str = "other.crt";
 pub const OTHER_KEY: &str = "other.key";
@@ -102,6 +105,7 @@ impl TestCerts {
             .unwrap_or_else(|| panic!("cannot convert the client key to SEC1"));
         certs.write_key(CLIENT_KEY_SEC1, &pem("EC PRIVATE KEY", &sec1));
         certs.client(OTHER_CERT, OTHER_KEY, "pgc_other", &root);
+        certs.client_v1(&root);
         certs
     }
 
@@ -156,6 +160,74 @@ impl TestCerts {
         self.write(cert_file, &cert.pem());
         self.write_key(key_file, &key.serialize_pem());
         key
+    }
+
+    /// [`CLIENT_V1_CERT`], by PostgreSQL's documented recipe: `openssl req -new` then `openssl x509 -req`
+    /// without an extensions file, which OpenSSL 3.0 writes as X.509 v1. rcgen writes v3 only.
+    fn client_v1(&self, root: &Ca) {
+        const ROOT_KEY: &str = "root-signing.key";
+        self.write_key(ROOT_KEY, &root.key.serialize_pem());
+        let csr = self.path("client-v1.csr");
+        let openssl = |args: &[&std::ffi::OsStr]| {
+            let output = std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run openssl (needed for the v1 certificate): {e}")
+                });
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let key = self.path(CLIENT_KEY);
+        openssl(&[
+            "req".as_ref(),
+            "-new".as_ref(),
+            "-key".as_ref(),
+            key.as_os_str(),
+            "-subj".as_ref(),
+            "/CN=pgc_cert".as_ref(),
+            "-out".as_ref(),
+            csr.as_os_str(),
+        ]);
+        let (ca, ca_key, out) = (
+            self.path(ROOT),
+            self.path(ROOT_KEY),
+            self.path(CLIENT_V1_CERT),
+        );
+        openssl(&[
+            "x509".as_ref(),
+            "-req".as_ref(),
+            "-in".as_ref(),
+            csr.as_os_str(),
+            "-CA".as_ref(),
+            ca.as_os_str(),
+            "-CAkey".as_ref(),
+            ca_key.as_os_str(),
+            "-set_serial".as_ref(),
+            "4242".as_ref(),
+            "-days".as_ref(),
+            "2".as_ref(),
+            "-out".as_ref(),
+            out.as_os_str(),
+        ]);
+        for file in [csr, ca_key] {
+            let _ = fs::remove_file(file);
+        }
+        // The point of the file: OpenSSL must have written a v1 certificate.
+        let text = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(&out)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run openssl: {e}"));
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(
+            text.contains("Version: 1 (0x0)"),
+            "client-v1.crt is not v1:\n{text}"
+        );
     }
 
     fn write(&self, file: &str, contents: &str) {
