@@ -7,6 +7,8 @@
 mod binding;
 mod files;
 mod identity;
+mod key_log;
+mod revocation;
 mod setup;
 mod stream;
 

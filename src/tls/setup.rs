@@ -8,9 +8,11 @@
 //!   `.key`, used when the certificate file exists), sent as `sslcertmode` says.
 //! - `ssl_min_protocol_version` (default TLSv1.2) and `ssl_max_protocol_version`: rustls speaks TLS 1.2 and
 //!   1.3, so older minimums mean 1.2 and older maximums are an error.
+//! - `sslcrl`, `sslcrldir`: revocation lists, checked whenever the chain is (see `revocation.rs`).
+//! - `sslkeylogfile`: TLS secrets for debugging (see `key_log.rs`).
 //! - `sslsni`: SNI for host names (never for IP addresses); ALPN `postgresql` is always offered.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -27,6 +29,8 @@ use rustls::{
 };
 
 use super::files::{default_file, read_file};
+use super::key_log::KeyLogFile;
+use super::revocation::RevocationLists;
 use crate::config::{SslCertMode, SslMode, SslNegotiation};
 use crate::{Config, Error};
 
@@ -38,8 +42,11 @@ pub(crate) const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 pub(crate) struct TlsConnector {
     provider: Arc<CryptoProvider>,
     roots: Option<Arc<RootCertStore>>,
+    revocation: RevocationLists,
     verify_host: bool,
     identity: Option<Arc<CertifiedKey>>,
+    /// `sslkeylogfile`, opened.
+    key_log: Option<Arc<KeyLogFile>>,
     cert_mode: SslCertMode,
     sni: bool,
     versions: Vec<&'static SupportedProtocolVersion>,
@@ -99,6 +106,11 @@ impl TlsConnector {
         }
         let provider = Arc::new(crypto_provider());
         let roots = load_roots(config, mode)?;
+        // Like libpq: revocation lists matter only where the server certificate is verified.
+        let revocation = match roots {
+            Some(_) => RevocationLists::from_config(config)?,
+            None => RevocationLists::default(),
+        };
         let identity = match config.get_ssl_cert_mode() {
             SslCertMode::Disable => None,
             _ => super::identity::load_identity(config, &provider)?,
@@ -106,8 +118,15 @@ impl TlsConnector {
         Ok(Some(TlsConnector {
             provider,
             roots,
+            revocation,
             verify_host: mode == SslMode::VerifyFull,
             identity,
+            key_log: match config.get_raw("sslkeylogfile") {
+                Some(path) if !path.is_empty() => {
+                    Some(Arc::new(KeyLogFile::open(Path::new(path))?))
+                }
+                _ => None,
+            },
             cert_mode: config.get_ssl_cert_mode(),
             sni: config.get_ssl_sni(),
             versions: protocol_versions(config)?,
@@ -134,6 +153,7 @@ impl TlsConnector {
         })?;
         let verifier = Arc::new(Verifier {
             roots: self.roots.clone(),
+            revocation: self.revocation.clone(),
             verify_host: self.verify_host,
             provider: self.provider.clone(),
         });
@@ -149,6 +169,9 @@ impl TlsConnector {
             .with_custom_certificate_verifier(verifier)
             .with_client_cert_resolver(resolver);
         config.enable_sni = self.sni;
+        if let Some(key_log) = &self.key_log {
+            config.key_log = key_log.clone();
+        }
         config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
         let session = ClientConnection::new(Arc::new(config), server_name)
             .map_err(|e| Error::tls(format!("cannot start TLS: {e}"), Some(Box::new(e))))?;
@@ -246,6 +269,8 @@ fn protocol_versions(config: &Config) -> Result<Vec<&'static SupportedProtocolVe
 struct Verifier {
     /// `None`: no verification (encryption only), as libpq's `require` without a root file.
     roots: Option<Arc<RootCertStore>>,
+    /// Checked after the chain, when there are roots.
+    revocation: RevocationLists,
     verify_host: bool,
     provider: Arc<CryptoProvider>,
 }
@@ -267,6 +292,13 @@ impl ServerCertVerifier for Verifier {
             &cert,
             roots,
             intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        self.revocation.check(
+            end_entity,
+            intermediates,
+            &roots.roots,
             now,
             self.provider.signature_verification_algorithms.all,
         )?;

@@ -17,6 +17,7 @@ pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
         client_encoding_is_utf8,
         keywords_without_effect_still_connect,
         change_password_sends_only_a_verifier,
+        libpq18_keywords_without_support_refused,
     ]
 }
 
@@ -365,4 +366,34 @@ async fn check_changed_password(
             Ok(())
         }
     }
+}
+
+/// libpq 18's SCRAM-key and OAuth keywords: any value is refused as unsupported, naming the keyword, before
+/// anything is sent; secret values never appear in the error.
+async fn libpq18_keywords_without_support_refused(env: &Env) -> Outcome {
+    let secret = "c2VjcmV0LWtleS1ieXRlcw==";
+    for (keyword, value) in [
+        ("scram_client_key", secret),
+        ("scram_server_key", secret),
+        ("oauth_issuer", "https://issuer.example"),
+        ("oauth_client_id", "app"),
+        ("oauth_client_secret", secret),
+        ("oauth_scope", "openid"),
+    ] {
+        let conninfo = format!("{} {keyword}={value}", env.scram);
+        refused_as_unsupported(&conninfo, keyword).await?;
+        if let Err(e) = Config::parse(&conninfo) {
+            ensure!(
+                !e.to_string().contains(secret),
+                "{keyword}: the secret is shown: {e}"
+            );
+        }
+    }
+    // Empty values mean "not set", as in libpq.
+    let conninfo = format!("{} scram_client_key='' oauth_issuer=''", env.scram);
+    connect(&conninfo)
+        .await?
+        .close()
+        .await
+        .check("empty values")
 }

@@ -18,6 +18,11 @@
 //! | `client-sec1.key` | the same key as SEC1 (`EC PRIVATE KEY`) |
 //! | `client-v1.crt` | CN `pgc_cert` for `client.key`, an X.509 **v1** certificate made by `openssl x509 -req` as in PostgreSQL's documentation |
 //! | `other.crt`, `other.key` | CN `pgc_other`, a user that is not `pgc_cert` |
+//! | `revoked.crl` | `root.crt`'s revocation list, revoking `server.crt` |
+//! | `clean.crl` | `root.crt`'s list, revoking another serial only |
+//! | `expired.crl` | `root.crt`'s list that revokes nothing, past its next update |
+//! | `wrong-root.crl` | `wrong-root.crt`'s list: says nothing about certificates `root.crt` signed |
+//! | `crl-revoked/`, `crl-clean/` | directories for `sslcrldir`: `revoked.crl` or `clean.crl` as `root.r0`, beside a file that is not a list |
 //!
 //! Keys are mode 0600 and ECDSA P-256 (ring cannot make RSA keys, so there is no PKCS#1 form).
 //! Servers do not read this dir: [`Cluster`](super::Cluster) copies a [`ServerTls`]'s files into its
@@ -30,8 +35,10 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
+    BasicConstraints, Certificate, CertificateParams, CertificateRevocationListParams,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ED25519, RevocationReason, RevokedCertParams,
+    SerialNumber,
 };
 
 use super::cluster::ServerTls;
@@ -51,6 +58,8 @@ pub const CLIENT_V1_CERT: &str = "client-v1.crt";
 /// A client certificate for `pgc_other` (a valid chain, but the wrong user for `pgc_cert`).
 pub const OTHER_CERT: &str = "other.crt";
 pub const OTHER_KEY: &str = "other.key";
+/// The serial number of `server.crt`, which `revoked.crl` revokes.
+const GOOD_SERVER_SERIAL: u64 = 1001;
 
 /// A server certificate a cluster can present.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +115,7 @@ impl TestCerts {
         certs.write_key(CLIENT_KEY_SEC1, &pem("EC PRIVATE KEY", &sec1));
         certs.client(OTHER_CERT, OTHER_KEY, "pgc_other", &root);
         certs.client_v1(&root);
+        certs.revocation_lists(&root, &wrong_root);
         certs
     }
 
@@ -142,6 +152,9 @@ impl TestCerts {
         );
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if which == ServerCert::Good {
+            params.serial_number = Some(SerialNumber::from(GOOD_SERVER_SERIAL));
+        }
         let key = new_key(&PKCS_ECDSA_P256_SHA256);
         let cert = ca.sign(params, &key);
         self.write(&format!("{}.crt", which.stem()), &cert.pem());
@@ -228,6 +241,48 @@ impl TestCerts {
             text.contains("Version: 1 (0x0)"),
             "client-v1.crt is not v1:\n{text}"
         );
+    }
+
+    /// The revocation lists of the module docs.
+    fn revocation_lists(&self, root: &Ca, wrong_root: &Ca) {
+        let now = time::OffsetDateTime::now_utc();
+        let day = time::Duration::days(1);
+        let list = |ca: &Ca, revoked: &[u64], this_update, next_update| {
+            let params = CertificateRevocationListParams {
+                this_update,
+                next_update,
+                crl_number: SerialNumber::from(1u64),
+                issuing_distribution_point: None,
+                revoked_certs: revoked
+                    .iter()
+                    .map(|&serial| RevokedCertParams {
+                        serial_number: SerialNumber::from(serial),
+                        revocation_time: now - day,
+                        reason_code: Some(RevocationReason::KeyCompromise),
+                        invalidity_date: None,
+                    })
+                    .collect(),
+                key_identifier_method: KeyIdMethod::Sha256,
+            };
+            params
+                .signed_by(&ca.cert, &ca.key)
+                .and_then(|crl| crl.pem())
+                .unwrap_or_else(|e| panic!("signing a revocation list: {e}"))
+        };
+        let revoked = list(root, &[GOOD_SERVER_SERIAL], now - day, now + day);
+        let clean = list(root, &[4242_4242], now - day, now + day);
+        self.write("revoked.crl", &revoked);
+        self.write("clean.crl", &clean);
+        self.write("expired.crl", &list(root, &[], now - 3 * day, now - day));
+        self.write(
+            "wrong-root.crl",
+            &list(wrong_root, &[], now - day, now + day),
+        );
+        for (dir, contents) in [("crl-revoked", &revoked), ("crl-clean", &clean)] {
+            fs::create_dir(self.path(dir)).unwrap_or_else(|e| panic!("cannot create {dir}: {e}"));
+            self.write(&format!("{dir}/root.r0"), contents);
+            self.write(&format!("{dir}/README"), "not a revocation list\n");
+        }
     }
 
     fn write(&self, file: &str, contents: &str) {
