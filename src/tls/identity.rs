@@ -59,20 +59,23 @@ pub(super) fn load_identity(
             "the client certificate {what} holds no PEM certificate"
         )));
     };
-    if is_encrypted_key(&key_pem) {
-        // libpq would ask for `sslpassword` here; without a decryptor, say so rather than "cannot parse".
-        return Err(Error::unsupported(format!(
-            "the private key for the client certificate {what} is encrypted, and encrypted keys are not \
-             supported (connection option \"sslpassword\" cannot be used): decrypt the key (for example with \
-             `openssl pkey`) and keep its file at 0600"
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        Error::config(format!(
-            "cannot parse the private key for the client certificate {what} \
-             (PKCS#8, PKCS#1 or SEC1 PEM, unencrypted): {e}"
-        ))
-    })?;
+    let key = match encryption(&key_pem) {
+        KeyEncryption::None => PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            Error::config(format!(
+                "cannot parse the private key for the client certificate {what} \
+                 (PKCS#8, PKCS#1 or SEC1 PEM): {e}"
+            ))
+        })?,
+        KeyEncryption::Pkcs8 => decrypt_pkcs8(&key_pem, config.get_raw("sslpassword"), &what)?,
+        KeyEncryption::Legacy => {
+            return Err(Error::unsupported(format!(
+                "the private key for the client certificate {what} is encrypted in OpenSSL's legacy form \
+                 (Proc-Type: 4,ENCRYPTED), which this client cannot decrypt with connection option \
+                 \"sslpassword\": convert it to encrypted PKCS#8 (`openssl pkcs8 -topk8 -v2 aes-256-cbc`) \
+                 or decrypt it (`openssl pkey`) and keep its file at 0600"
+            )));
+        }
+    };
     let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
         Error::config(format!(
             "unusable private key for the client certificate {what}: {e}"
@@ -155,11 +158,66 @@ fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, &rest[..len], &rest[len..]))
 }
 
-/// Whether a PEM private key is encrypted: PKCS#8 `ENCRYPTED PRIVATE KEY`, or OpenSSL's legacy
-/// `Proc-Type: 4,ENCRYPTED` header in a PKCS#1 or SEC1 key.
-fn is_encrypted_key(pem: &[u8]) -> bool {
+/// How a PEM private key is encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyEncryption {
+    None,
+    /// PKCS#8 `ENCRYPTED PRIVATE KEY` (PBES2), what `openssl pkcs8 -topk8` and OpenSSL 3's `genpkey` write.
+    Pkcs8,
+    /// OpenSSL's legacy `Proc-Type: 4,ENCRYPTED` header in a PKCS#1 or SEC1 key.
+    Legacy,
+}
+
+fn encryption(pem: &[u8]) -> KeyEncryption {
     let contains = |needle: &[u8]| pem.windows(needle.len()).any(|w| w == needle);
-    contains(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || contains(b"Proc-Type: 4,ENCRYPTED")
+    if contains(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        KeyEncryption::Pkcs8
+    } else if contains(b"Proc-Type: 4,ENCRYPTED") {
+        KeyEncryption::Legacy
+    } else {
+        KeyEncryption::None
+    }
+}
+
+/// Decrypts a PKCS#8 `ENCRYPTED PRIVATE KEY` with `sslpassword` (PBES2: PBKDF2 or scrypt, AES-CBC), as
+/// OpenSSL does for libpq. libpq without `sslpassword` asks on the terminal; a library cannot, so it is an
+/// error that names the keyword.
+fn decrypt_pkcs8(
+    pem: &[u8],
+    password: Option<&str>,
+    what: &str,
+) -> Result<PrivateKeyDer<'static>, Error> {
+    use pkcs8::der::Decode;
+    let password = password.filter(|p| !p.is_empty()).ok_or_else(|| {
+        Error::config(format!(
+            "the private key for the client certificate {what} is encrypted: give its password with \
+             connection option \"sslpassword\""
+        ))
+    })?;
+    let text = std::str::from_utf8(pem).map_err(|_| {
+        Error::config(format!(
+            "the private key for the client certificate {what} is not PEM text"
+        ))
+    })?;
+    let parse = |e: &dyn std::fmt::Display| {
+        Error::config(format!(
+            "cannot parse the encrypted private key for the client certificate {what}: {e}"
+        ))
+    };
+    let (label, document) = pkcs8::der::Document::from_pem(text).map_err(|e| parse(&e))?;
+    if label != "ENCRYPTED PRIVATE KEY" {
+        return Err(parse(&format!("a PEM {label:?} block comes first")));
+    }
+    let info =
+        pkcs8::EncryptedPrivateKeyInfoRef::from_der(document.as_bytes()).map_err(|e| parse(&e))?;
+    // The error says no more than that decryption failed: a wrong password and a damaged key look alike.
+    let key = info.decrypt(password).map_err(|e| {
+        Error::config(format!(
+            "cannot decrypt the private key for the client certificate {what} with connection option \
+             \"sslpassword\" (wrong password, or an unsupported cipher: {e})"
+        ))
+    })?;
+    Ok(PrivateKeyDer::Pkcs8(key.as_bytes().to_vec().into()))
 }
 
 #[cfg(test)]
@@ -168,24 +226,52 @@ mod tests {
     #[cfg(not(target_os = "wasi"))]
     use crate::tls::TlsConnector;
 
-    /// An encrypted client key is refused as unsupported, naming sslpassword, whether or not one is given.
+    /// A legacy encrypted key is refused as unsupported, naming sslpassword, whether or not one is given; an
+    /// encrypted PKCS#8 key without sslpassword, or one that does not decrypt, is a config error naming it.
     #[cfg(not(target_os = "wasi"))]
     #[test]
-    fn an_encrypted_client_key_is_unsupported() {
+    fn encrypted_client_keys() {
+        use crate::ErrorKind;
         let cert = rcgen::generate_simple_self_signed(vec!["client".to_string()]).unwrap();
         let legacy = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
                       DEK-Info: AES-128-CBC,00000000000000000000000000000000\n\nAAAA\n\
                       -----END RSA PRIVATE KEY-----\n";
         let pkcs8 =
             "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
-        for key in [legacy, pkcs8] {
-            for conninfo in ["sslmode=require", "sslmode=require sslpassword=secret"] {
-                let mut config = Config::parse(conninfo).unwrap();
-                config.ssl_client_identity_pem(cert.cert.pem(), key);
-                let err = TlsConnector::from_config(&config).unwrap_err();
-                assert_eq!(err.kind(), crate::ErrorKind::Unsupported, "{err}");
-                assert!(err.to_string().contains("\"sslpassword\""), "{err}");
-            }
+        // (key, connection string, kind, what the message says)
+        let cases = [
+            (
+                legacy,
+                "sslmode=require",
+                ErrorKind::Unsupported,
+                "\"sslpassword\"",
+            ),
+            (
+                legacy,
+                "sslmode=require sslpassword=secret",
+                ErrorKind::Unsupported,
+                "\"sslpassword\"",
+            ),
+            (
+                pkcs8,
+                "sslmode=require",
+                ErrorKind::Config,
+                "\"sslpassword\"",
+            ),
+            (
+                pkcs8,
+                "sslmode=require sslpassword=secret",
+                ErrorKind::Config,
+                "cannot parse",
+            ),
+        ];
+        for (key, conninfo, kind, fragment) in cases {
+            let mut config = Config::parse(conninfo).unwrap();
+            config.ssl_client_identity_pem(cert.cert.pem(), key);
+            let err = TlsConnector::from_config(&config).unwrap_err();
+            assert_eq!(err.kind(), kind, "{err}");
+            assert!(err.to_string().contains(fragment), "{err}");
+            assert!(!err.to_string().contains("secret"), "{err}");
         }
         let mut config = Config::parse("sslmode=require sslpassword=unused").unwrap();
         config.ssl_client_identity_pem(cert.cert.pem(), cert.key_pair.serialize_pem());

@@ -534,7 +534,7 @@ async fn tls_system_root_store(env: &Env) -> Outcome {
 }
 
 /// `cert` authentication: the certificate's CN must be the user; the key may be PKCS#8 or SEC1; the certificate
-/// may be X.509 v1 or v3.
+/// may be X.509 v1 or v3; an encrypted PKCS#8 key is decrypted with `sslpassword`.
 async fn tls_client_certificates(env: &Env) -> Outcome {
     use Expect::{Fails, Tls};
     let t = &env.tls;
@@ -568,6 +568,18 @@ async fn tls_client_certificates(env: &Env) -> Outcome {
         t.file("client-v1.crt"),
         t.file("other.key")
     );
+    // Encrypted keys: PKCS#8 decrypted with sslpassword; OpenSSL's legacy form refused as unsupported.
+    let encrypted = format!(
+        "sslcert={} sslkey={}",
+        t.file("client.crt"),
+        t.file("client-encrypted.key")
+    );
+    let legacy = format!(
+        "sslcert={} sslkey={}",
+        t.file("client.crt"),
+        t.file("client-legacy-encrypted.key")
+    );
+    let password = "sslpassword=pgc-key-secret";
     let c = Login::Cert;
     let no_certificate = Fails("requires a valid client certificate");
     let cases = [
@@ -575,6 +587,30 @@ async fn tls_client_certificates(env: &Env) -> Outcome {
         case(Server::Tls, c, format!("{verify} {client_sec1}"), Tls),
         case(Server::Tls, c, format!("sslmode=require {client}"), Tls),
         case(Server::Tls, c, format!("{verify} {client_v1}"), Tls),
+        case(
+            Server::Tls,
+            c,
+            format!("{verify} {encrypted} {password}"),
+            Tls,
+        ),
+        case(
+            Server::Tls,
+            c,
+            format!("{verify} {encrypted} sslpassword=wrong"),
+            Fails("cannot decrypt"),
+        ),
+        case(
+            Server::Tls,
+            c,
+            format!("{verify} {encrypted}"),
+            Fails("\"sslpassword\""),
+        ),
+        case(
+            Server::Tls,
+            c,
+            format!("{verify} {legacy} {password}"),
+            Fails("legacy form"),
+        ),
         case(
             Server::Tls,
             c,

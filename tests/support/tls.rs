@@ -18,6 +18,8 @@
 //! | `client-sec1.key` | the same key as SEC1 (`EC PRIVATE KEY`) |
 //! | `client-v1.crt` | CN `pgc_cert` for `client.key`, an X.509 **v1** certificate made by `openssl x509 -req` as in PostgreSQL's documentation |
 //! | `other.crt`, `other.key` | CN `pgc_other`, a user that is not `pgc_cert` |
+//! | `client-encrypted.key` | `client.key` as encrypted PKCS#8 (`openssl pkcs8 -topk8 -v2 aes-256-cbc`), password [`KEY_PASSWORD`] |
+//! | `client-legacy-encrypted.key` | `client.key` in OpenSSL's legacy encrypted SEC1 form (`Proc-Type: 4,ENCRYPTED`), same password |
 //! | `revoked.crl` | `root.crt`'s revocation list, revoking `server.crt` |
 //! | `clean.crl` | `root.crt`'s list, revoking another serial only |
 //! | `expired.crl` | `root.crt`'s list that revokes nothing, past its next update |
@@ -58,6 +60,8 @@ pub const CLIENT_V1_CERT: &str = "client-v1.crt";
 /// A client certificate for `pgc_other` (a valid chain, but the wrong user for `pgc_cert`).
 pub const OTHER_CERT: &str = "other.crt";
 pub const OTHER_KEY: &str = "other.key";
+/// The password of the encrypted copies of [`CLIENT_KEY`].
+pub const KEY_PASSWORD: &str = "pgc-key-secret";
 /// The serial number of `server.crt`, which `revoked.crl` revokes.
 const GOOD_SERVER_SERIAL: u64 = 1001;
 
@@ -115,6 +119,7 @@ impl TestCerts {
         certs.write_key(CLIENT_KEY_SEC1, &pem("EC PRIVATE KEY", &sec1));
         certs.client(OTHER_CERT, OTHER_KEY, "pgc_other", &root);
         certs.client_v1(&root);
+        certs.encrypted_keys();
         certs.revocation_lists(&root, &wrong_root);
         certs
     }
@@ -240,6 +245,43 @@ impl TestCerts {
         assert!(
             text.contains("Version: 1 (0x0)"),
             "client-v1.crt is not v1:\n{text}"
+        );
+    }
+
+    /// `client-encrypted.key` and `client-legacy-encrypted.key`, made by openssl from [`CLIENT_KEY`].
+    fn encrypted_keys(&self) {
+        let key = self.path(CLIENT_KEY);
+        let pass = format!("pass:{KEY_PASSWORD}");
+        for (file, args) in [
+            (
+                "client-encrypted.key",
+                &["pkcs8", "-topk8", "-v2", "aes-256-cbc"][..],
+            ),
+            ("client-legacy-encrypted.key", &["ec", "-aes256"][..]),
+        ] {
+            let out = self.path(file);
+            let output = std::process::Command::new("openssl")
+                .args(args)
+                .arg("-in")
+                .arg(&key)
+                .arg("-out")
+                .arg(&out)
+                .args(["-passout", &pass])
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run openssl (needed for {file}): {e}"));
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            fs::set_permissions(&out, fs::Permissions::from_mode(0o600))
+                .unwrap_or_else(|e| panic!("cannot chmod {file}: {e}"));
+        }
+        let legacy =
+            fs::read_to_string(self.path("client-legacy-encrypted.key")).unwrap_or_default();
+        assert!(
+            legacy.contains("Proc-Type: 4,ENCRYPTED"),
+            "not the legacy form:\n{legacy}"
         );
     }
 
