@@ -9,9 +9,9 @@
 //! `<target>: N passed, M failed`; any failure fails the test.
 //!
 //! Every expectation is what libpq does with the same connection string: psql 15 was run by hand against the
-//! same two nodes for each `target_session_attrs` case and chose the same node or failed on the same hosts
-//! (its wording differs: "session is read-only" where we say "the session is not read-write", "server is in
-//! hot standby mode" for "not primary"). `load_balance_hosts` came with libpq 16; the cases follow its
+//! same two nodes for each `target_session_attrs` case and chose the same node or failed on the same hosts,
+//! and a misfit is reported in libpq's words ("session is read-only", "session is not read-only", "server is
+//! in hot standby mode", "server is not in hot standby mode"). `load_balance_hosts` came with libpq 16; the cases follow its
 //! documented behaviour.
 //!
 //! `ROLES_SERVE=1 cargo test --test roles` only starts the two nodes and prints how to reach them, until stdin
@@ -209,23 +209,27 @@ async fn prefer_standby_falls_back_to_the_primary(nodes: &Nodes) -> Outcome {
         &nodes.login,
         &ports,
         "target_session_attrs=standby",
-        &["not standby", "refused"],
+        &["server is not in hot standby mode", "refused"],
     )
     .await?;
     Ok(format!("primary both ways; standby: {e}"))
 }
 
-/// A list of standbys only never fits read-write; the error says so.
+/// A list of standbys only never fits read-write or primary, and a primary alone never fits read-only; each
+/// error gives libpq's reason.
 async fn standby_list_fails_read_write(nodes: &Nodes) -> Outcome {
-    let ports = [nodes.standby, nodes.standby];
-    expect_failure(
-        nodes,
-        &nodes.login,
-        &ports,
-        "target_session_attrs=read-write",
-        &["not read-write"],
-    )
-    .await
+    let standbys = [nodes.standby, nodes.standby];
+    let primary = [nodes.primary];
+    let mut seen = Vec::new();
+    for (ports, attrs, reason) in [
+        (&standbys[..], "read-write", "session is read-only"),
+        (&standbys[..], "primary", "server is in hot standby mode"),
+        (&primary[..], "read-only", "session is not read-only"),
+    ] {
+        let extra = format!("target_session_attrs={attrs}");
+        seen.push(expect_failure(nodes, &nodes.login, ports, &extra, &[reason]).await?);
+    }
+    Ok(seen.join("; "))
 }
 
 /// `load_balance_hosts=random` spreads `any` sessions over both nodes.
@@ -283,11 +287,11 @@ async fn load_balance_disable_keeps_the_order(nodes: &Nodes) -> Outcome {
 
 /// With the primary down, read-write fits no node: the error names both hosts and why each failed.
 async fn primary_down_read_write_fails(nodes: &Nodes) -> Outcome {
-    primary_down_fails(nodes, "read-write").await
+    primary_down_fails(nodes, "read-write", "session is read-only").await
 }
 
 async fn primary_down_primary_fails(nodes: &Nodes) -> Outcome {
-    primary_down_fails(nodes, "primary").await
+    primary_down_fails(nodes, "primary", "server is in hot standby mode").await
 }
 
 async fn primary_down_any_reaches_the_standby(nodes: &Nodes) -> Outcome {
@@ -392,7 +396,7 @@ async fn read_only_primary(nodes: &Nodes, login: &str, extra: &str) -> Outcome {
         login,
         &primary_first,
         &read_write,
-        &["not read-write"],
+        &["session is read-only"],
     )
     .await?;
     Ok(format!(
@@ -402,7 +406,8 @@ async fn read_only_primary(nodes: &Nodes, login: &str, extra: &str) -> Outcome {
 
 /// The primary is down: `attrs` fails in both orders, naming both hosts, the primary's refused connection and
 /// the standby's unfit session.
-async fn primary_down_fails(nodes: &Nodes, attrs: &str) -> Outcome {
+/// `reason`: libpq's words for why the standby does not fit.
+async fn primary_down_fails(nodes: &Nodes, attrs: &str, reason: &str) -> Outcome {
     let extra = format!("target_session_attrs={attrs}");
     let mut seen = String::new();
     for (_, ports) in nodes.orders() {
@@ -410,7 +415,7 @@ async fn primary_down_fails(nodes: &Nodes, attrs: &str) -> Outcome {
             format!("port {}", nodes.primary),
             format!("port {}", nodes.standby),
             "refused".to_string(),
-            format!("not {attrs}"),
+            reason.to_string(),
         ];
         let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
         seen = expect_failure(nodes, &nodes.login, &ports, &extra, &needles).await?;

@@ -68,10 +68,9 @@ impl Client {
                     Err(()) => debug!("connection attempt timed out (connect_timeout)"),
                 });
                 match attempt {
-                    Ok(Ok((client, true))) => return Ok(client),
-                    Ok(Ok((client, false))) => {
-                        let rejected = format!("the session is not {}", wanted.as_str());
-                        failures.push((described, Error::connect_rejected(rejected)));
+                    Ok(Ok((client, None))) => return Ok(client),
+                    Ok(Ok((client, Some(misfit)))) => {
+                        failures.push((described, Error::connect_rejected(misfit.to_string())));
                         let _ = client.close().await;
                     }
                     // A server that rejected the password may still be followed by one that accepts it: libpq
@@ -134,10 +133,14 @@ fn describe(target: &Target) -> String {
     }
 }
 
-/// Whether the session matches `target_session_attrs` (libpq's checks: read-only-ness and recovery state).
-async fn session_fits(client: &mut Client, wanted: TargetSessionAttrs) -> Result<bool, Error> {
+/// Whether the session matches `target_session_attrs` (libpq's checks: read-only-ness and recovery state):
+/// `None` if it does, else why not, in libpq's words.
+async fn session_fits(
+    client: &mut Client,
+    wanted: TargetSessionAttrs,
+) -> Result<Option<&'static str>, Error> {
     if wanted == TargetSessionAttrs::Any {
-        return Ok(true);
+        return Ok(None);
     }
     let messages = client
         .simple_query(
@@ -154,11 +157,11 @@ async fn session_fits(client: &mut Client, wanted: TargetSessionAttrs) -> Result
     let in_recovery = row.get(0) == Some("t");
     let read_only = row.get(1) == Some("on");
     Ok(match wanted {
-        TargetSessionAttrs::ReadWrite => !read_only,
-        TargetSessionAttrs::ReadOnly => read_only,
-        TargetSessionAttrs::Primary => !in_recovery,
-        TargetSessionAttrs::Standby => in_recovery,
-        _ => true,
+        TargetSessionAttrs::ReadWrite if read_only => Some("session is read-only"),
+        TargetSessionAttrs::ReadOnly if !read_only => Some("session is not read-only"),
+        TargetSessionAttrs::Primary if in_recovery => Some("server is in hot standby mode"),
+        TargetSessionAttrs::Standby if !in_recovery => Some("server is not in hot standby mode"),
+        _ => None,
     })
 }
 

@@ -31,6 +31,7 @@ pub(crate) mod cursor;
 pub(crate) mod identifier;
 pub(crate) mod notify;
 pub(crate) mod param_types;
+mod password;
 pub(crate) mod pipeline;
 pub(crate) mod portal;
 pub(crate) mod prepare;

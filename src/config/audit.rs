@@ -11,7 +11,7 @@
 //! Most refusals happen while parsing (`settings.rs`); those that depend on how the connection is opened are in
 //! [`Config::refuse_unhonored`], which the connect functions call before anything is sent.
 
-use super::{Config, SslMode};
+use super::Config;
 use crate::Error;
 
 /// What a keyword does on one target.
@@ -122,10 +122,10 @@ pub(crate) const AUDIT: &[KeywordAudit] = &[
     both("sslcert", false, Honored, "/tmp/client.crt", None, "client certificate"),
     both("sslkey", false, Honored, "/tmp/client.key", None, "client key, permissions checked as libpq does"),
     both("sslcertmode", true, Honored, "require", None, "require fails unless a certificate was asked for and sent"),
-    both("sslpassword", false, Ignored, "secret", None, "needed only for an encrypted key, which is refused"),
+    both("sslpassword", false, Honored, "secret", None, "decrypts an encrypted PKCS#8 client key"),
     both("sslrootcert", true, Honored, "/tmp/root.crt", None, "verifies the server; system means Mozilla's roots"),
-    both("sslcrl", true, Refused, "", Some("/tmp/root.crl"), "revocation lists are not checked yet"),
-    both("sslcrldir", true, Refused, "", Some("/tmp/crl"), "revocation lists are not checked yet"),
+    both("sslcrl", true, Honored, "/tmp/root.crl", None, "a revoked server certificate is refused"),
+    both("sslcrldir", true, Honored, "/tmp/crl", None, "as sslcrl, from every file of the directory"),
     both("sslsni", false, Honored, "0", None, "server name indication"),
     both("requirepeer", true, Honored, "postgres", None, "Unix-domain sockets only, as in libpq"),
     both("require_auth", true, Honored, "scram-sha-256", None, "refuses other methods"),
@@ -140,6 +140,13 @@ pub(crate) const AUDIT: &[KeywordAudit] = &[
     both("replication", false, Honored, "database", None, "replication connections, logical and physical"),
     both("target_session_attrs", false, Honored, "read-write", None, "checked after startup"),
     both("load_balance_hosts", false, Honored, "random", None, "shuffles the hosts"),
+    both("sslkeylogfile", false, Honored, "/tmp/keylog", None, "TLS secrets appended in NSS key log format"),
+    both("scram_client_key", true, Refused, "", Some("AAAA"), "SCRAM with keys instead of a password"),
+    both("scram_server_key", true, Refused, "", Some("AAAA"), "SCRAM with keys instead of a password"),
+    both("oauth_issuer", false, Refused, "", Some("https://issuer.example"), "no OAUTHBEARER"),
+    both("oauth_client_id", false, Refused, "", Some("app"), "no OAUTHBEARER"),
+    both("oauth_client_secret", false, Refused, "", Some("secret"), "no OAUTHBEARER"),
+    both("oauth_scope", false, Refused, "", Some("openid"), "no OAUTHBEARER"),
 ];
 
 /// How a connection is opened, which decides what some settings can do.
@@ -166,18 +173,6 @@ impl Config {
         allow(dead_code, reason = "only the async client opens connections")
     )]
     pub(crate) fn refuse_unhonored(&self, opening: Opening) -> Result<(), Error> {
-        // libpq reads revocation lists only to check a server certificate, so with TLS off they do nothing.
-        if self.get_ssl_mode() != SslMode::Disable {
-            for key in ["sslcrl", "sslcrldir"] {
-                if let Some(value) = self.get_raw(key) {
-                    return Err(Error::unsupported(format!(
-                        "connection option \"{key}\" ({value:?}) is not supported: this client does not check \
-                         certificate revocation lists, so it cannot refuse a revoked server certificate; \
-                         remove {key} or use sslmode=disable"
-                    )));
-                }
-            }
-        }
         if opening == Opening::CallersTransport
             && let Some(user) = self.get_raw("requirepeer")
         {
@@ -272,20 +267,6 @@ mod tests {
                 err.to_string().contains(&format!("\"{keyword}\"")),
                 "{keyword}={value}: {err}"
             );
-        }
-    }
-
-    #[test]
-    fn revocation_lists_are_refused_only_where_tls_may_be_used() {
-        for key in ["sslcrl", "sslcrldir"] {
-            let mut config = Config::parse(&format!("{key}=/tmp/crl sslmode=disable")).unwrap();
-            config.refuse_unhonored(Opening::Dialed).unwrap();
-            for mode in ["allow", "prefer", "require", "verify-ca", "verify-full"] {
-                config = Config::parse(&format!("{key}=/tmp/crl sslmode={mode}")).unwrap();
-                let err = config.refuse_unhonored(Opening::Dialed).unwrap_err();
-                assert_eq!(err.kind(), ErrorKind::Unsupported, "{key} {mode}");
-                assert!(err.to_string().contains("revocation"), "{err}");
-            }
         }
     }
 

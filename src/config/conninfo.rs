@@ -377,5 +377,12 @@ fn is_plain_word(word: &str) -> bool {
 
 /// Whether the keyword's value is a secret that must never be shown.
 pub(super) fn is_secret(key: &str) -> bool {
-    matches!(key, "password" | "sslpassword")
+    matches!(
+        key,
+        "password"
+            | "sslpassword"
+            | "scram_client_key"
+            | "scram_server_key"
+            | "oauth_client_secret"
+    )
 }

@@ -14,7 +14,8 @@ use super::require_auth::RequireAuth;
 use super::{Config, DEFAULT_PORT, Host};
 use crate::Error;
 
-/// Every keyword libpq 17 accepts (plus the protocol-version ones of libpq 18), in libpq's order. Each must
+/// Every keyword libpq 17 accepts (plus those of libpq 18: the protocol versions, `sslkeylogfile`, the SCRAM
+/// keys and OAuth), in libpq's order, libpq 18's additions at the end. Each must
 /// have an entry in [`AUDIT`](super::audit::AUDIT), which says what it does on each target.
 pub(super) const KEYWORDS: &[&str] = &[
     "service",
@@ -60,6 +61,13 @@ pub(super) const KEYWORDS: &[&str] = &[
     "replication",
     "target_session_attrs",
     "load_balance_hosts",
+    "sslkeylogfile",
+    "scram_client_key",
+    "scram_server_key",
+    "oauth_issuer",
+    "oauth_client_id",
+    "oauth_client_secret",
+    "oauth_scope",
 ];
 
 /// The TLS versions `ssl_min_protocol_version` and `ssl_max_protocol_version` accept, oldest first.
@@ -292,6 +300,22 @@ impl Config {
             "replication" => {
                 if !empty {
                     keyword::<Replication>(value, &invalid)?;
+                }
+                self.set_raw(key, value);
+            }
+            "scram_client_key" | "scram_server_key" => {
+                if !empty {
+                    return Err(unsupported(
+                        "SCRAM authentication with keys instead of a password is not supported: give the password",
+                    ));
+                }
+                self.set_raw(key, value);
+            }
+            "oauth_issuer" | "oauth_client_id" | "oauth_client_secret" | "oauth_scope" => {
+                if !empty {
+                    return Err(unsupported(
+                        "OAuth (SASL OAUTHBEARER) authentication is not supported by this client",
+                    ));
                 }
                 self.set_raw(key, value);
             }

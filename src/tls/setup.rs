@@ -8,6 +8,8 @@
 //!   `.key`, used when the certificate file exists), sent as `sslcertmode` says.
 //! - `ssl_min_protocol_version` (default TLSv1.2) and `ssl_max_protocol_version`: rustls speaks TLS 1.2 and
 //!   1.3, so older minimums mean 1.2 and older maximums are an error.
+//! - `sslcrl`, `sslcrldir`: revocation lists, checked whenever the chain is (see `revocation.rs`).
+//! - `sslkeylogfile`: TLS secrets for debugging (see `key_log.rs`).
 //! - `sslsni`: SNI for host names (never for IP addresses); ALPN `postgresql` is always offered.
 
 use std::path::{Path, PathBuf};
@@ -18,7 +20,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::sign::CertifiedKey;
 use rustls::{
@@ -26,6 +28,9 @@ use rustls::{
     SupportedProtocolVersion,
 };
 
+use super::files::{default_file, read_file};
+use super::key_log::KeyLogFile;
+use super::revocation::RevocationLists;
 use crate::config::{SslCertMode, SslMode, SslNegotiation};
 use crate::{Config, Error};
 
@@ -37,8 +42,11 @@ pub(crate) const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 pub(crate) struct TlsConnector {
     provider: Arc<CryptoProvider>,
     roots: Option<Arc<RootCertStore>>,
+    revocation: RevocationLists,
     verify_host: bool,
     identity: Option<Arc<CertifiedKey>>,
+    /// `sslkeylogfile`, opened.
+    key_log: Option<Arc<KeyLogFile>>,
     cert_mode: SslCertMode,
     sni: bool,
     versions: Vec<&'static SupportedProtocolVersion>,
@@ -98,15 +106,27 @@ impl TlsConnector {
         }
         let provider = Arc::new(crypto_provider());
         let roots = load_roots(config, mode)?;
+        // Like libpq: revocation lists matter only where the server certificate is verified.
+        let revocation = match roots {
+            Some(_) => RevocationLists::from_config(config)?,
+            None => RevocationLists::default(),
+        };
         let identity = match config.get_ssl_cert_mode() {
             SslCertMode::Disable => None,
-            _ => load_identity(config, &provider)?,
+            _ => super::identity::load_identity(config, &provider)?,
         };
         Ok(Some(TlsConnector {
             provider,
             roots,
+            revocation,
             verify_host: mode == SslMode::VerifyFull,
             identity,
+            key_log: match config.get_raw("sslkeylogfile") {
+                Some(path) if !path.is_empty() => {
+                    Some(Arc::new(KeyLogFile::open(Path::new(path))?))
+                }
+                _ => None,
+            },
             cert_mode: config.get_ssl_cert_mode(),
             sni: config.get_ssl_sni(),
             versions: protocol_versions(config)?,
@@ -133,6 +153,7 @@ impl TlsConnector {
         })?;
         let verifier = Arc::new(Verifier {
             roots: self.roots.clone(),
+            revocation: self.revocation.clone(),
             verify_host: self.verify_host,
             provider: self.provider.clone(),
         });
@@ -148,6 +169,9 @@ impl TlsConnector {
             .with_custom_certificate_verifier(verifier)
             .with_client_cert_resolver(resolver);
         config.enable_sni = self.sni;
+        if let Some(key_log) = &self.key_log {
+            config.key_log = key_log.clone();
+        }
         config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
         let session = ClientConnection::new(Arc::new(config), server_name)
             .map_err(|e| Error::tls(format!("cannot start TLS: {e}"), Some(Box::new(e))))?;
@@ -156,26 +180,6 @@ impl TlsConnector {
             certificate_sent,
         })
     }
-}
-
-/// The user's home directory, where libpq looks for `.postgresql/`.
-fn home_dir() -> Option<PathBuf> {
-    std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-}
-
-fn default_file(name: &str) -> Option<PathBuf> {
-    home_dir().map(|home| home.join(".postgresql").join(name))
-}
-
-fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|e| {
-        Error::config(format!(
-            "could not read {what} file \"{}\": {e}",
-            path.display()
-        ))
-    })
 }
 
 /// The root store, or `None` when the server certificate is not to be verified.
@@ -234,105 +238,6 @@ fn add_pem_roots(store: &mut RootCertStore, pem: &[u8], what: &str) -> Result<()
     Ok(())
 }
 
-/// The client certificate and key, if configured.
-fn load_identity(
-    config: &Config,
-    provider: &CryptoProvider,
-) -> Result<Option<Arc<CertifiedKey>>, Error> {
-    let memory = config.get_in_memory_tls();
-    let (cert_pem, key_pem, what) = match (&memory.client_cert_pem, &memory.client_key_pem) {
-        (Some(cert), Some(key)) => (cert.to_vec(), key.to_vec(), "in memory".to_string()),
-        _ => {
-            let cert_path = match config.get_ssl_cert() {
-                Some(file) if !file.is_empty() => Some(PathBuf::from(file)),
-                _ => default_file("postgresql.crt"),
-            };
-            // libpq sends no certificate when the certificate file does not exist.
-            let Some(cert_path) = cert_path.filter(|p| p.exists()) else {
-                return Ok(None);
-            };
-            let key_path = match config.get_ssl_key() {
-                Some(file) if !file.is_empty() => Some(PathBuf::from(file)),
-                _ => default_file("postgresql.key"),
-            };
-            let key_path = key_path.filter(|p| p.exists()).ok_or_else(|| {
-                Error::config(format!(
-                    "certificate present, but not private key file (certificate \"{}\")",
-                    cert_path.display()
-                ))
-            })?;
-            check_key_permissions(&key_path)?;
-            (
-                read_file(&cert_path, "client certificate")?,
-                read_file(&key_path, "private key")?,
-                format!("\"{}\"", cert_path.display()),
-            )
-        }
-    };
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::config(format!("cannot parse the client certificate {what}: {e}")))?;
-    if chain.is_empty() {
-        return Err(Error::config(format!(
-            "the client certificate {what} holds no PEM certificate"
-        )));
-    }
-    if is_encrypted_key(&key_pem) {
-        // libpq would ask for `sslpassword` here; without a decryptor, say so rather than "cannot parse".
-        return Err(Error::unsupported(format!(
-            "the private key for the client certificate {what} is encrypted, and encrypted keys are not \
-             supported (connection option \"sslpassword\" cannot be used): decrypt the key (for example with \
-             `openssl pkey`) and keep its file at 0600"
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        Error::config(format!(
-            "cannot parse the private key for the client certificate {what} \
-             (PKCS#8, PKCS#1 or SEC1 PEM, unencrypted): {e}"
-        ))
-    })?;
-    let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
-        Error::config(format!(
-            "unusable private key for the client certificate {what}: {e}"
-        ))
-    })?;
-    Ok(Some(Arc::new(key)))
-}
-
-/// Whether a PEM private key is encrypted: PKCS#8 `ENCRYPTED PRIVATE KEY`, or OpenSSL's legacy
-/// `Proc-Type: 4,ENCRYPTED` header in a PKCS#1 or SEC1 key.
-fn is_encrypted_key(pem: &[u8]) -> bool {
-    let contains = |needle: &[u8]| pem.windows(needle.len()).any(|w| w == needle);
-    contains(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || contains(b"Proc-Type: 4,ENCRYPTED")
-}
-
-/// libpq refuses a private key file that others can read: u=rw (0600) or less, or u=rw,g=r (0640) when owned
-/// by root.
-fn check_key_permissions(path: &Path) -> Result<(), Error> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let metadata = std::fs::metadata(path).map_err(|e| {
-            Error::config(format!(
-                "could not read private key file \"{}\": {e}",
-                path.display()
-            ))
-        })?;
-        let mode = metadata.mode();
-        let allowed = if metadata.uid() == 0 { 0o037 } else { 0o077 };
-        if mode & allowed != 0 {
-            return Err(Error::config(format!(
-                "private key file \"{}\" has group or world access; file must have permissions u=rw (0600) \
-                 or less if owned by the current user, or permissions u=rw,g=r (0640) or less if owned by root",
-                path.display()
-            )));
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
-}
-
 /// The TLS versions to offer.
 fn protocol_versions(config: &Config) -> Result<Vec<&'static SupportedProtocolVersion>, Error> {
     let rank = |key: &str, default: u8| match config.get_raw(key) {
@@ -364,6 +269,8 @@ fn protocol_versions(config: &Config) -> Result<Vec<&'static SupportedProtocolVe
 struct Verifier {
     /// `None`: no verification (encryption only), as libpq's `require` without a root file.
     roots: Option<Arc<RootCertStore>>,
+    /// Checked after the chain, when there are roots.
+    revocation: RevocationLists,
     verify_host: bool,
     provider: Arc<CryptoProvider>,
 }
@@ -385,6 +292,13 @@ impl ServerCertVerifier for Verifier {
             &cert,
             roots,
             intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        self.revocation.check(
+            end_entity,
+            intermediates,
+            &roots.roots,
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
@@ -458,30 +372,6 @@ impl ResolvesClientCert for ClientIdentity {
 mod tests {
     use super::*;
     use rustls::CipherSuite as S;
-
-    /// An encrypted client key is refused as unsupported, naming sslpassword, whether or not one is given.
-    #[cfg(not(target_os = "wasi"))]
-    #[test]
-    fn an_encrypted_client_key_is_unsupported() {
-        let cert = rcgen::generate_simple_self_signed(vec!["client".to_string()]).unwrap();
-        let legacy = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
-                      DEK-Info: AES-128-CBC,00000000000000000000000000000000\n\nAAAA\n\
-                      -----END RSA PRIVATE KEY-----\n";
-        let pkcs8 =
-            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
-        for key in [legacy, pkcs8] {
-            for conninfo in ["sslmode=require", "sslmode=require sslpassword=secret"] {
-                let mut config = Config::parse(conninfo).unwrap();
-                config.ssl_client_identity_pem(cert.cert.pem(), key);
-                let err = TlsConnector::from_config(&config).unwrap_err();
-                assert_eq!(err.kind(), crate::ErrorKind::Unsupported, "{err}");
-                assert!(err.to_string().contains("\"sslpassword\""), "{err}");
-            }
-        }
-        let mut config = Config::parse("sslmode=require sslpassword=unused").unwrap();
-        config.ssl_client_identity_pem(cert.cert.pem(), cert.key_pair.serialize_pem());
-        assert!(TlsConnector::from_config(&config).unwrap().is_some());
-    }
 
     #[test]
     fn wasm_suites_put_chacha20_first_and_keep_aes_128_gcm() {

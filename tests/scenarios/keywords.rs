@@ -1,6 +1,7 @@
 //! libpq keywords whose effect the server or the kernel can show, on both targets (issue 22's audit; the TLS
 //! ones are in `tls.rs`): `requirepeer`, keepalives as the kernel's TCP table shows them, `gssencmode`,
-//! `client_encoding`, and the keywords that have no effect by libpq's own rule.
+//! `client_encoding`, and the keywords that have no effect by libpq's own rule. Also libpq's
+//! `PQchangePassword` (`Client::change_password`).
 
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
         gssencmode_without_gssapi,
         client_encoding_is_utf8,
         keywords_without_effect_still_connect,
+        change_password_sends_only_a_verifier,
+        libpq18_keywords_without_support_refused,
     ]
 }
 
@@ -294,4 +297,103 @@ async fn keywords_without_effect_still_connect(env: &Env) -> Outcome {
     let one: i32 = c.query_one("SELECT 1", &[]).await.check("query")?.get(0);
     ensure_eq!(one, 1);
     c.close().await.check("close")
+}
+
+/// `Client::change_password` as libpq's `PQchangePassword`: the server stores a SCRAM-SHA-256 verifier that
+/// does not hold the password, the new password logs in and the old one no longer does. The SCRAM role's
+/// password is changed and then put back (also when a check fails), so later scenarios still log in.
+async fn change_password_sends_only_a_verifier(env: &Env) -> Outcome {
+    let admin = connect(&env.trust).await?;
+    let config = Config::parse(&env.scram).check("parse")?;
+    let role = config.get_user().unwrap_or_default().to_string();
+    // A password with quotes and a backslash: nothing of it may need escaping, since it is never sent.
+    let new_password = format!("it's a \\ new {}", crate::two_target::THIS_TARGET);
+    admin
+        .change_password(&role, &new_password)
+        .await
+        .check("change_password")?;
+    let checked = check_changed_password(env, &admin, &role, &config, &new_password).await;
+    let restored = admin
+        .change_password(&role, &env.scram_password)
+        .await
+        .check("put the password back");
+    checked?;
+    restored?;
+    connect(&env.scram)
+        .await?
+        .close()
+        .await
+        .check("old password again")?;
+    admin.close().await.check("close")
+}
+
+async fn check_changed_password(
+    env: &Env,
+    admin: &Client,
+    role: &str,
+    config: &Config,
+    new_password: &str,
+) -> Outcome {
+    let stored: String = admin
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .check("pg_authid")?
+        .get(0);
+    ensure!(
+        stored.starts_with("SCRAM-SHA-256$4096:"),
+        "not a SCRAM verifier: {stored}"
+    );
+    ensure!(
+        !stored.contains(new_password),
+        "the password is stored in the clear"
+    );
+    let mut with_new = config.clone();
+    with_new.password(new_password);
+    let client = Client::connect(&with_new)
+        .await
+        .check("log in with the new password")?;
+    client.close().await.check("close")?;
+    match Client::connect(&Config::parse(&env.scram).check("parse")?).await {
+        Ok(_) => Err("the old password still logs in".to_string()),
+        Err(e) => {
+            ensure!(
+                e.to_string().contains("password authentication failed"),
+                "the old password: {e}"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// libpq 18's SCRAM-key and OAuth keywords: any value is refused as unsupported, naming the keyword, before
+/// anything is sent; secret values never appear in the error.
+async fn libpq18_keywords_without_support_refused(env: &Env) -> Outcome {
+    let secret = "c2VjcmV0LWtleS1ieXRlcw==";
+    for (keyword, value) in [
+        ("scram_client_key", secret),
+        ("scram_server_key", secret),
+        ("oauth_issuer", "https://issuer.example"),
+        ("oauth_client_id", "app"),
+        ("oauth_client_secret", secret),
+        ("oauth_scope", "openid"),
+    ] {
+        let conninfo = format!("{} {keyword}={value}", env.scram);
+        refused_as_unsupported(&conninfo, keyword).await?;
+        if let Err(e) = Config::parse(&conninfo) {
+            ensure!(
+                !e.to_string().contains(secret),
+                "{keyword}: the secret is shown: {e}"
+            );
+        }
+    }
+    // Empty values mean "not set", as in libpq.
+    let conninfo = format!("{} scram_client_key='' oauth_issuer=''", env.scram);
+    connect(&conninfo)
+        .await?
+        .close()
+        .await
+        .check("empty values")
 }

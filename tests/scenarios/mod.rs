@@ -187,16 +187,19 @@ pub fn all() -> Vec<(&'static str, Scenario)> {
     list.extend(keywords::scenarios());
     #[cfg(not(target_os = "wasi"))]
     list.push(("unix_socket", |env| Box::pin(unix_socket(env))));
-    // A developer's filter (`LIVE_ONLY=replication,tls cargo test --test live`): names containing any of the
-    // comma-separated parts. scripts/test.sh refuses to run with it set: a filtered run is not the suite.
-    if let Ok(only) = std::env::var("LIVE_ONLY") {
-        list.retain(|(name, _)| {
-            only.split(',')
-                .any(|part| !part.is_empty() && name.contains(part))
-        });
+    // LIVE_ONLY=fragment,fragment runs only the scenarios whose names contain one of them (on every target),
+    // for working on a few scenarios without the whole suite; scripts/test.sh refuses to run with it set (a
+    // filtered run is not the suite).
+    if let Ok(only) = std::env::var(LIVE_ONLY)
+        && !only.is_empty()
+    {
+        list.retain(|(name, _)| only.split(',').any(|fragment| name.contains(fragment)));
     }
     list
 }
+
+/// The variable that narrows [`all`] to some scenarios.
+pub const LIVE_ONLY: &str = "LIVE_ONLY";
 
 /// Connects and runs a query; the client is then used under another reactor.
 #[allow(dead_code)]

@@ -533,7 +533,8 @@ async fn tls_system_root_store(env: &Env) -> Outcome {
     check_cases(env, &cases).await
 }
 
-/// `cert` authentication: the certificate's CN must be the user; the key may be PKCS#8 or SEC1.
+/// `cert` authentication: the certificate's CN must be the user; the key may be PKCS#8 or SEC1; the certificate
+/// may be X.509 v1 or v3; an encrypted PKCS#8 key is decrypted with `sslpassword`.
 async fn tls_client_certificates(env: &Env) -> Outcome {
     use Expect::{Fails, Tls};
     let t = &env.tls;
@@ -554,12 +555,68 @@ async fn tls_client_certificates(env: &Env) -> Outcome {
         t.file("other.crt"),
         t.file("other.key")
     );
+    // PostgreSQL's documented recipe (`openssl x509 -req`, no extensions) makes X.509 v1 certificates, which
+    // the server and libpq accept.
+    let client_v1 = format!(
+        "sslcert={} sslkey={}",
+        t.file("client-v1.crt"),
+        t.file("client.key")
+    );
+    // A key that is not the certificate's is refused before the server sees anything.
+    let mismatched = format!(
+        "sslcert={} sslkey={}",
+        t.file("client-v1.crt"),
+        t.file("other.key")
+    );
+    // Encrypted keys: PKCS#8 decrypted with sslpassword; OpenSSL's legacy form refused as unsupported.
+    let encrypted = format!(
+        "sslcert={} sslkey={}",
+        t.file("client.crt"),
+        t.file("client-encrypted.key")
+    );
+    let legacy = format!(
+        "sslcert={} sslkey={}",
+        t.file("client.crt"),
+        t.file("client-legacy-encrypted.key")
+    );
+    let password = "sslpassword=pgc-key-secret";
     let c = Login::Cert;
     let no_certificate = Fails("requires a valid client certificate");
     let cases = [
         case(Server::Tls, c, format!("{verify} {client}"), Tls),
         case(Server::Tls, c, format!("{verify} {client_sec1}"), Tls),
         case(Server::Tls, c, format!("sslmode=require {client}"), Tls),
+        case(Server::Tls, c, format!("{verify} {client_v1}"), Tls),
+        case(
+            Server::Tls,
+            c,
+            format!("{verify} {encrypted} {password}"),
+            Tls,
+        ),
+        case(
+            Server::Tls,
+            c,
+            format!("{verify} {encrypted} sslpassword=wrong"),
+            Fails("cannot decrypt"),
+        ),
+        case(
+            Server::Tls,
+            c,
+            format!("{verify} {encrypted}"),
+            Fails("\"sslpassword\""),
+        ),
+        case(
+            Server::Tls,
+            c,
+            format!("{verify} {legacy} {password}"),
+            Fails("legacy form"),
+        ),
+        case(
+            Server::Tls,
+            c,
+            format!("{verify} {mismatched}"),
+            Fails("does not match its private key"),
+        ),
         case(
             Server::Tls,
             c,
@@ -908,53 +965,190 @@ async fn tls_protocol_versions_and_sni(env: &Env) -> Outcome {
     check_cases(env, &cases).await
 }
 
-/// Safety keywords the client cannot honor are refused before anything is sent, with `ErrorKind::Unsupported`
-/// naming them: revocation lists (not checked yet) whenever TLS may be used, and a TLS maximum below 1.2. With
-/// `sslmode=disable` a revocation list has nothing to check, as in libpq, and the connection goes ahead.
+/// A TLS maximum below 1.2 is refused before anything is sent, with `ErrorKind::Unsupported` naming it.
 async fn tls_unhonored_safety_keywords_refused(env: &Env) -> Outcome {
-    let root = env.tls.file("root.crt");
-    let refused = [
-        (
-            format!("sslmode=verify-full sslrootcert={root} sslcrl={root}"),
-            "sslcrl",
-        ),
-        (
-            format!(
-                "sslmode=verify-ca sslrootcert={root} sslcrldir={}",
-                env.tls.certs
-            ),
-            "sslcrldir",
-        ),
-        (
-            "sslmode=prefer sslcrl=/nonexistent.crl".to_string(),
-            "sslcrl",
-        ),
-        (
-            "sslmode=require ssl_max_protocol_version=TLSv1.1".to_string(),
-            "ssl_max_protocol_version",
-        ),
-    ];
-    for (settings, keyword) in refused {
-        let conninfo =
-            case(Server::Tls, Login::Scram, settings.as_str(), Expect::Tls).conninfo(env);
-        let config = Config::parse(&conninfo).check(&settings)?;
-        match Client::connect(&config).await {
-            Ok(_) => return Err(format!("{settings}: connected, expected Unsupported")),
-            Err(e) => {
-                ensure!(
-                    e.kind() == ErrorKind::Unsupported && e.to_string().contains(keyword),
-                    "{settings}: expected Unsupported naming {keyword}, got {:?}: {e}",
-                    e.kind()
-                );
-            }
+    let settings = "sslmode=require ssl_max_protocol_version=TLSv1.1";
+    let conninfo = case(Server::Tls, Login::Scram, settings, Expect::Tls).conninfo(env);
+    let config = Config::parse(&conninfo).check(settings)?;
+    match Client::connect(&config).await {
+        Ok(_) => Err(format!("{settings}: connected, expected Unsupported")),
+        Err(e) => {
+            ensure!(
+                e.kind() == ErrorKind::Unsupported
+                    && e.to_string().contains("ssl_max_protocol_version"),
+                "{settings}: expected Unsupported naming ssl_max_protocol_version, got {:?}: {e}",
+                e.kind()
+            );
+            Ok(())
         }
     }
-    let cases = [case(
-        Server::Plain,
-        Login::Scram,
-        "sslmode=disable sslcrl=/nonexistent.crl",
-        Expect::Plain,
-    )];
+}
+
+/// `sslkeylogfile` (libpq 18): each session's secrets are appended in the NSS key log format, TLS 1.3 and 1.2
+/// alike (through the preopened directory on wasm); a file that cannot be opened is an error.
+async fn tls_key_log_file(env: &Env) -> Outcome {
+    let t = &env.tls;
+    let path = t.file(&format!("keylog-{}.txt", THIS_TARGET.replace('+', "-")));
+    let _ = std::fs::remove_file(&path);
+    let verify = format!("sslmode=verify-full sslrootcert={}", t.file("root.crt"));
+    for (version, label) in [
+        ("TLSv1.3", "CLIENT_TRAFFIC_SECRET_0"),
+        ("TLSv1.2", "CLIENT_RANDOM"),
+    ] {
+        let settings = format!(
+            "{verify} ssl_min_protocol_version={version} ssl_max_protocol_version={version} sslkeylogfile={path}"
+        );
+        let conninfo = case(Server::Tls, Login::Scram, settings, Expect::Tls).conninfo(env);
+        let client = Client::connect(&Config::parse(&conninfo).check("parse")?)
+            .await
+            .check(version)?;
+        client.close().await.check("close")?;
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(label)).collect();
+        ensure!(!lines.is_empty(), "{version}: no {label} line in {text:?}");
+        for line in &lines {
+            let fields: Vec<&str> = line.split(' ').collect();
+            ensure!(
+                fields.len() == 3
+                    && fields[1].len() == 64
+                    && fields[1..]
+                        .iter()
+                        .all(|f| f.bytes().all(|b| b.is_ascii_hexdigit())),
+                "{version}: not an NSS key log line: {line:?}"
+            );
+        }
+    }
+    let lines = std::fs::read_to_string(&path)
+        .map_err(|e| format!("{path}: {e}"))?
+        .lines()
+        .count();
+    let _ = std::fs::remove_file(&path);
+    let unopenable = format!("{verify} sslkeylogfile={}", t.file("no-such-dir/keylog"));
+    let conninfo = case(Server::Tls, Login::Scram, unopenable, Expect::Tls).conninfo(env);
+    match Client::connect(&Config::parse(&conninfo).check("parse")?).await {
+        Ok(_) => Err("connected with a key log file that cannot be opened".to_string()),
+        Err(e) => {
+            ensure!(e.to_string().contains("key logging file"), "{e}");
+            Ok(())
+        }
+    }?;
+    ensure!(lines >= 6, "only {lines} lines for two sessions");
+    Ok(())
+}
+
+/// `sslcrl` and `sslcrldir`, as libpq (OpenSSL with `CRL_CHECK_ALL`) treats them: the server's certificate
+/// revoked by its CA's list is refused in every verifying mode, from a file or a directory; a list that
+/// revokes something else lets it in; a list from another CA only (no word on this certificate) or an expired
+/// list refuses it; without root certificates nothing is verified, so the list is not read; `prefer` falls
+/// back to plaintext when verification fails; with `sslmode=disable` the list does nothing.
+async fn tls_revocation_lists(env: &Env) -> Outcome {
+    use Expect::{Fails, Plain, Tls};
+    let t = &env.tls;
+    let root = t.file("root.crt");
+    let s = Login::Scram;
+    let revoked = Fails("revoked");
+    let mut cases = Vec::new();
+    for mode in ["require", "verify-ca", "verify-full"] {
+        let verify = format!("sslmode={mode} sslrootcert={root}");
+        cases.extend([
+            case(
+                Server::Tls,
+                s,
+                format!("{verify} sslcrl={}", t.file("revoked.crl")),
+                revoked,
+            ),
+            case(
+                Server::Tls,
+                s,
+                format!("{verify} sslcrldir={}", t.file("crl-revoked")),
+                revoked,
+            ),
+            case(
+                Server::Tls,
+                s,
+                format!("{verify} sslcrl={}", t.file("clean.crl")),
+                Tls,
+            ),
+            case(
+                Server::Tls,
+                s,
+                format!("{verify} sslcrldir={}", t.file("crl-clean")),
+                Tls,
+            ),
+            case(
+                Server::Tls,
+                s,
+                format!("{verify} sslcrl={}", t.file("wrong-root.crl")),
+                Fails("unknown revocation status"),
+            ),
+            case(
+                Server::Tls,
+                s,
+                format!("{verify} sslcrl={}", t.file("expired.crl")),
+                Fails("expired"),
+            ),
+        ]);
+    }
+    cases.extend([
+        // Both given, each read: the file's list is another CA's, the directory's revokes.
+        case(
+            Server::Tls,
+            s,
+            format!(
+                "sslmode=verify-full sslrootcert={root} sslcrl={} sslcrldir={}",
+                t.file("wrong-root.crl"),
+                t.file("crl-revoked")
+            ),
+            revoked,
+        ),
+        // The certificate of another server from the same CA is not revoked.
+        case_at(
+            Server::NoName,
+            "127.0.0.1",
+            s,
+            format!(
+                "sslmode=verify-ca sslrootcert={root} sslcrl={}",
+                t.file("revoked.crl")
+            ),
+            Tls,
+        ),
+        case(
+            Server::Tls,
+            s,
+            format!(
+                "sslmode=prefer sslrootcert={root} sslcrl={}",
+                t.file("revoked.crl")
+            ),
+            Plain,
+        ),
+        case(
+            Server::Tls,
+            s,
+            format!("sslmode=require sslcrl={}", t.file("revoked.crl")),
+            Tls,
+        ),
+        case(
+            Server::Plain,
+            s,
+            "sslmode=disable sslcrl=/nonexistent.crl",
+            Plain,
+        ),
+        case(
+            Server::Tls,
+            s,
+            format!(
+                "sslmode=verify-ca sslrootcert={root} sslcrl={}",
+                t.file("missing.crl")
+            ),
+            Fails("missing.crl"),
+        ),
+        case(
+            Server::Tls,
+            s,
+            format!("sslmode=verify-ca sslrootcert={root} sslcrl={root}"),
+            Fails("holds no PEM X509 CRL"),
+        ),
+    ]);
     check_cases(env, &cases).await
 }
 
@@ -1096,6 +1290,8 @@ pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
         tls_require_auth,
         tls_protocol_versions_and_sni,
         tls_unhonored_safety_keywords_refused,
+        tls_revocation_lists,
+        tls_key_log_file,
         tls_cipher_suite_per_target,
         tls_bulk_bytea_64mib,
         tls_million_rows_vs_plaintext,

@@ -16,7 +16,15 @@
 //! | `ed25519-server.crt`, `ed25519-server.key` | like `server.crt`, but signed with Ed25519 by `ed25519-root.crt` |
 //! | `client.crt`, `client.key` | CN `pgc_cert`; the key as PKCS#8 |
 //! | `client-sec1.key` | the same key as SEC1 (`EC PRIVATE KEY`) |
+//! | `client-v1.crt` | CN `pgc_cert` for `client.key`, an X.509 **v1** certificate made by `openssl x509 -req` as in PostgreSQL's documentation |
 //! | `other.crt`, `other.key` | CN `pgc_other`, a user that is not `pgc_cert` |
+//! | `client-encrypted.key` | `client.key` as encrypted PKCS#8 (`openssl pkcs8 -topk8 -v2 aes-256-cbc`), password [`KEY_PASSWORD`] |
+//! | `client-legacy-encrypted.key` | `client.key` in OpenSSL's legacy encrypted SEC1 form (`Proc-Type: 4,ENCRYPTED`), same password |
+//! | `revoked.crl` | `root.crt`'s revocation list, revoking `server.crt` |
+//! | `clean.crl` | `root.crt`'s list, revoking another serial only |
+//! | `expired.crl` | `root.crt`'s list that revokes nothing, past its next update |
+//! | `wrong-root.crl` | `wrong-root.crt`'s list: says nothing about certificates `root.crt` signed |
+//! | `crl-revoked/`, `crl-clean/` | directories for `sslcrldir`: `revoked.crl` or `clean.crl` as `root.r0`, beside a file that is not a list |
 //!
 //! Keys are mode 0600 and ECDSA P-256 (ring cannot make RSA keys, so there is no PKCS#1 form).
 //! Servers do not read this dir: [`Cluster`](super::Cluster) copies a [`ServerTls`]'s files into its
@@ -29,8 +37,10 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
+    BasicConstraints, Certificate, CertificateParams, CertificateRevocationListParams,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ED25519, RevocationReason, RevokedCertParams,
+    SerialNumber,
 };
 
 use super::cluster::ServerTls;
@@ -45,9 +55,15 @@ pub const ED25519_ROOT: &str = "ed25519-root.crt";
 pub const CLIENT_CERT: &str = "client.crt";
 pub const CLIENT_KEY: &str = "client.key";
 pub const CLIENT_KEY_SEC1: &str = "client-sec1.key";
+/// A v1 certificate (no extensions) for `pgc_cert` and [`CLIENT_KEY`].
+pub const CLIENT_V1_CERT: &str = "client-v1.crt";
 /// A client certificate for `pgc_other` (a valid chain, but the wrong user for `pgc_cert`).
 pub const OTHER_CERT: &str = "other.crt";
 pub const OTHER_KEY: &str = "other.key";
+/// The password of the encrypted copies of [`CLIENT_KEY`].
+pub const KEY_PASSWORD: &str = "pgc-key-secret";
+/// The serial number of `server.crt`, which `revoked.crl` revokes.
+const GOOD_SERVER_SERIAL: u64 = 1001;
 
 /// A server certificate a cluster can present.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +118,9 @@ impl TestCerts {
             .unwrap_or_else(|| panic!("cannot convert the client key to SEC1"));
         certs.write_key(CLIENT_KEY_SEC1, &pem("EC PRIVATE KEY", &sec1));
         certs.client(OTHER_CERT, OTHER_KEY, "pgc_other", &root);
+        certs.client_v1(&root);
+        certs.encrypted_keys();
+        certs.revocation_lists(&root, &wrong_root);
         certs
     }
 
@@ -138,6 +157,9 @@ impl TestCerts {
         );
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if which == ServerCert::Good {
+            params.serial_number = Some(SerialNumber::from(GOOD_SERVER_SERIAL));
+        }
         let key = new_key(&PKCS_ECDSA_P256_SHA256);
         let cert = ca.sign(params, &key);
         self.write(&format!("{}.crt", which.stem()), &cert.pem());
@@ -156,6 +178,153 @@ impl TestCerts {
         self.write(cert_file, &cert.pem());
         self.write_key(key_file, &key.serialize_pem());
         key
+    }
+
+    /// [`CLIENT_V1_CERT`], by PostgreSQL's documented recipe: `openssl req -new` then `openssl x509 -req`
+    /// without an extensions file, which OpenSSL 3.0 writes as X.509 v1. rcgen writes v3 only.
+    fn client_v1(&self, root: &Ca) {
+        const ROOT_KEY: &str = "root-signing.key";
+        self.write_key(ROOT_KEY, &root.key.serialize_pem());
+        let csr = self.path("client-v1.csr");
+        let openssl = |args: &[&std::ffi::OsStr]| {
+            let output = std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run openssl (needed for the v1 certificate): {e}")
+                });
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let key = self.path(CLIENT_KEY);
+        openssl(&[
+            "req".as_ref(),
+            "-new".as_ref(),
+            "-key".as_ref(),
+            key.as_os_str(),
+            "-subj".as_ref(),
+            "/CN=pgc_cert".as_ref(),
+            "-out".as_ref(),
+            csr.as_os_str(),
+        ]);
+        let (ca, ca_key, out) = (
+            self.path(ROOT),
+            self.path(ROOT_KEY),
+            self.path(CLIENT_V1_CERT),
+        );
+        openssl(&[
+            "x509".as_ref(),
+            "-req".as_ref(),
+            "-in".as_ref(),
+            csr.as_os_str(),
+            "-CA".as_ref(),
+            ca.as_os_str(),
+            "-CAkey".as_ref(),
+            ca_key.as_os_str(),
+            "-set_serial".as_ref(),
+            "4242".as_ref(),
+            "-days".as_ref(),
+            "2".as_ref(),
+            "-out".as_ref(),
+            out.as_os_str(),
+        ]);
+        for file in [csr, ca_key] {
+            let _ = fs::remove_file(file);
+        }
+        // The point of the file: OpenSSL must have written a v1 certificate.
+        let text = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(&out)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run openssl: {e}"));
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(
+            text.contains("Version: 1 (0x0)"),
+            "client-v1.crt is not v1:\n{text}"
+        );
+    }
+
+    /// `client-encrypted.key` and `client-legacy-encrypted.key`, made by openssl from [`CLIENT_KEY`].
+    fn encrypted_keys(&self) {
+        let key = self.path(CLIENT_KEY);
+        let pass = format!("pass:{KEY_PASSWORD}");
+        for (file, args) in [
+            (
+                "client-encrypted.key",
+                &["pkcs8", "-topk8", "-v2", "aes-256-cbc"][..],
+            ),
+            ("client-legacy-encrypted.key", &["ec", "-aes256"][..]),
+        ] {
+            let out = self.path(file);
+            let output = std::process::Command::new("openssl")
+                .args(args)
+                .arg("-in")
+                .arg(&key)
+                .arg("-out")
+                .arg(&out)
+                .args(["-passout", &pass])
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run openssl (needed for {file}): {e}"));
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            fs::set_permissions(&out, fs::Permissions::from_mode(0o600))
+                .unwrap_or_else(|e| panic!("cannot chmod {file}: {e}"));
+        }
+        let legacy =
+            fs::read_to_string(self.path("client-legacy-encrypted.key")).unwrap_or_default();
+        assert!(
+            legacy.contains("Proc-Type: 4,ENCRYPTED"),
+            "not the legacy form:\n{legacy}"
+        );
+    }
+
+    /// The revocation lists of the module docs.
+    fn revocation_lists(&self, root: &Ca, wrong_root: &Ca) {
+        let now = time::OffsetDateTime::now_utc();
+        let day = time::Duration::days(1);
+        let list = |ca: &Ca, revoked: &[u64], this_update, next_update| {
+            let params = CertificateRevocationListParams {
+                this_update,
+                next_update,
+                crl_number: SerialNumber::from(1u64),
+                issuing_distribution_point: None,
+                revoked_certs: revoked
+                    .iter()
+                    .map(|&serial| RevokedCertParams {
+                        serial_number: SerialNumber::from(serial),
+                        revocation_time: now - day,
+                        reason_code: Some(RevocationReason::KeyCompromise),
+                        invalidity_date: None,
+                    })
+                    .collect(),
+                key_identifier_method: KeyIdMethod::Sha256,
+            };
+            params
+                .signed_by(&ca.cert, &ca.key)
+                .and_then(|crl| crl.pem())
+                .unwrap_or_else(|e| panic!("signing a revocation list: {e}"))
+        };
+        let revoked = list(root, &[GOOD_SERVER_SERIAL], now - day, now + day);
+        let clean = list(root, &[4242_4242], now - day, now + day);
+        self.write("revoked.crl", &revoked);
+        self.write("clean.crl", &clean);
+        self.write("expired.crl", &list(root, &[], now - 3 * day, now - day));
+        self.write(
+            "wrong-root.crl",
+            &list(wrong_root, &[], now - day, now + day),
+        );
+        for (dir, contents) in [("crl-revoked", &revoked), ("crl-clean", &clean)] {
+            fs::create_dir(self.path(dir)).unwrap_or_else(|e| panic!("cannot create {dir}: {e}"));
+            self.write(&format!("{dir}/root.r0"), contents);
+            self.write(&format!("{dir}/README"), "not a revocation list\n");
+        }
     }
 
     fn write(&self, file: &str, contents: &str) {
