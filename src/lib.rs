@@ -44,7 +44,7 @@
 //! | `tls` | yes | TLS with rustls and ring, on both targets. Without it `sslmode=require`, `verify-ca` and `verify-full` fail with [`ErrorKind::Unsupported`] before anything is sent, and `prefer` and `allow` connect in plaintext. |
 //! | `pool` | no | `wasi_pg_client::pool::Pool`, a connection pool with no background task, for tokio and WASI alike |
 //! | `wasip3` | no | on `wasm32-wasip2`: WASI 0.3 sockets and clocks (the `wasip3` crate, 0.9.0 = WASI 0.3.0) on wit-bindgen's executor instead of WASI 0.2 and wstd |
-//! | `with-chrono-0_4`, `with-time-0_3`, `with-uuid-1`, `with-serde_json-1` | no | [`ToSql`](types::ToSql) and [`FromSql`](types::FromSql) for those crates' types (postgres-types' features of the same names) |
+//! | `with-chrono-0_4`, `with-time-0_3`, `with-uuid-1`, `with-serde_json-1`, `with-cidr-0_2`, `with-eui48-1`, `with-geo-types-0_7`, `with-bit-vec-0_6`, `with-jiff-0_2`, `with-smol_str-01` | no | [`ToSql`](types::ToSql) and [`FromSql`](types::FromSql) for those crates' types (postgres-types' features of the same names) |
 //! | `derive` | no | `#[derive(ToSql, FromSql)]` for enums, composites and domains |
 //! | `array-impls` | no | `ToSql` for arrays `[T; N]` |
 //!
@@ -241,7 +241,8 @@ pub mod replication {
 }
 
 /// Re-export of postgres-types: [`ToSql`](types::ToSql), [`FromSql`](types::FromSql), [`Type`](types::Type)
-/// and friends. Enable the `with-*` features for chrono, time, uuid and serde_json (`Json` comes with the last).
+/// and friends. Enable the `with-*` features for chrono, time, uuid, serde_json (`Json` comes with it), cidr,
+/// eui48, geo-types, bit-vec, jiff and smol_str.
 pub mod types {
     pub use postgres_types::*;
 }

@@ -132,6 +132,9 @@ fn run() -> two_target::Totals {
     // The component sees the password file and the certificates through preopened directories.
     vars.push(("LIVE_PASSFILE", "/pgpass/pgpass".to_string()));
     vars.push(("LIVE_TLS_CERTS", "/certs".to_string()));
+    if let Ok(only) = std::env::var(scenarios::ONLY_VAR) {
+        vars.push((scenarios::ONLY_VAR, only));
+    }
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // The same scenarios in each guest build (WASI 0.2, then 0.3), against the same servers.
     let run_guest = |guest: Guest| {

@@ -104,6 +104,7 @@ mod session;
 mod shared;
 mod streams;
 mod tls;
+mod types;
 #[allow(unused_imports)]
 pub use pgbouncer::PgBouncerEnv;
 #[allow(unused_imports)]
@@ -183,10 +184,18 @@ pub fn all() -> Vec<(&'static str, Scenario)> {
     list.extend(shared::scenarios());
     list.extend(replication::scenarios());
     list.extend(keywords::scenarios());
+    list.extend(types::scenarios());
     #[cfg(not(target_os = "wasi"))]
     list.push(("unix_socket", |env| Box::pin(unix_socket(env))));
+    // `LIVE_ONLY=<text>` keeps the scenarios whose names contain it (the host passes it on to the guests).
+    if let Ok(only) = std::env::var(ONLY_VAR) {
+        list.retain(|(name, _)| name.contains(only.as_str()));
+    }
     list
 }
+
+/// The environment variable that selects scenarios by a part of their names.
+pub const ONLY_VAR: &str = "LIVE_ONLY";
 
 /// Connects and runs a query; the client is then used under another reactor.
 #[allow(dead_code)]
