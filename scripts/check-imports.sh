@@ -2,9 +2,9 @@
 # Checks that the wasm32-wasip2 components import nothing but WASI: every import of their world must be a
 # `wasi:*` interface, so any WASI Preview 2 host (wasmtime, jco, ...) can run them without extra definitions.
 #
-#   scripts/check-imports.sh                 builds the examples psql, quickstart and http-service (release,
+#   scripts/check-imports.sh                 builds the examples psql, quickstart, otel and http-service (release,
 #                                            wasm32-wasip2, in ${CARGO_TARGET_DIR:-target/wasi}) and checks them,
-#                                            then builds psql, quickstart and http-shared with --features wasip3
+#                                            then builds psql, quickstart, otel and http-shared with --features wasip3
 #                                            (WASI 0.3) and checks them too: those must also import no
 #                                            wasi:sockets@0.2 interface (their sockets are all 0.3)
 #   scripts/check-imports.sh FILE.wasm...    checks the given components as they are
@@ -24,8 +24,8 @@ if [ "${1:-}" = "--source-only" ]; then
     exit 0
 fi
 
-EXAMPLES=(psql quickstart http-service)
-EXAMPLES_P3=(psql quickstart http-shared)
+EXAMPLES=(psql quickstart otel http-service)
+EXAMPLES_P3=(psql quickstart otel http-shared)
 
 if ! command -v wasm-tools >/dev/null; then
     echo "check-imports: wasm-tools not found; run scripts/setup.sh (cargo install --locked wasm-tools)" >&2

@@ -44,7 +44,8 @@
 //! | `tls` | yes | TLS with rustls and ring, on both targets. Without it `sslmode=require`, `verify-ca` and `verify-full` fail with [`ErrorKind::Unsupported`] before anything is sent, and `prefer` and `allow` connect in plaintext. |
 //! | `pool` | no | `wasi_pg_client::pool::Pool`, a connection pool with no background task, for tokio and WASI alike |
 //! | `wasip3` | no | on `wasm32-wasip2`: WASI 0.3 sockets and clocks (the `wasip3` crate, 0.9.0 = WASI 0.3.0) on wit-bindgen's executor instead of WASI 0.2 and wstd |
-//! | `with-chrono-0_4`, `with-time-0_3`, `with-uuid-1`, `with-serde_json-1` | no | [`ToSql`](types::ToSql) and [`FromSql`](types::FromSql) for those crates' types (postgres-types' features of the same names) |
+//! | `with-chrono-0_4`, `with-time-0_3`, `with-uuid-1`, `with-serde_json-1`, `with-cidr-0_2`, `with-eui48-1`, `with-geo-types-0_7`, `with-bit-vec-0_6`, `with-jiff-0_2`, `with-smol_str-01` | no | [`ToSql`](types::ToSql) and [`FromSql`](types::FromSql) for those crates' types (postgres-types' features of the same names) |
+//! | `metrics` | no | OpenTelemetry's database client metrics (`db.client.operation.duration`, the pool's `db.client.connection.*`) through the `metrics` facade |
 //! | `derive` | no | `#[derive(ToSql, FromSql)]` for enums, composites and domains |
 //! | `array-impls` | no | `ToSql` for arrays `[T; N]` |
 //!
@@ -118,11 +119,16 @@
 //!
 //! The client reports through [`tracing`](https://docs.rs/tracing), and is quiet at INFO:
 //!
-//! - each connection attempt runs in an INFO span `connect` (host, hostaddr, port, sslmode, user, dbname; never
-//!   the password), with DEBUG events for its outcome and for sslmode fallbacks;
+//! - each connection attempt runs in an INFO span `connect` (`server.address`, `server.port`,
+//!   `network.peer.address` for a hostaddr, `db.namespace`, sslmode, user; never the password), with DEBUG
+//!   events for its outcome and for sslmode fallbacks;
 //! - each request runs in a DEBUG span `request` with its `kind` (`query`, `execute`, `prepare`,
-//!   `simple_query`, `query_stream`, `copy_in`, `pipeline`, ...) and the backend's process id; the statement
-//!   text is recorded only with [`Config::trace_statements`], and parameters never;
+//!   `simple_query`, `query_stream`, `copy_in`, `pipeline`, `begin`, `commit`, ...), the backend's process id
+//!   and the attributes of OpenTelemetry's conventions for PostgreSQL client spans (`otel.name`,
+//!   `db.operation.name`, `db.collection.name`, `error.type`, ...; see the README's "Observability"); the
+//!   statement text (`db.query.text`) is recorded only with [`Config::trace_statements`], and parameters
+//!   never;
+//! - a transaction is a DEBUG span `transaction`, the parent of its requests' spans;
 //! - notices are events with target `wasi_pg_client::notice`: WARNING at WARN, INFO at INFO, NOTICE and below
 //!   at DEBUG;
 //! - a session rebuilt after a lost connection ([`Config::session_rebuild`]) is an INFO event.
@@ -241,7 +247,8 @@ pub mod replication {
 }
 
 /// Re-export of postgres-types: [`ToSql`](types::ToSql), [`FromSql`](types::FromSql), [`Type`](types::Type)
-/// and friends. Enable the `with-*` features for chrono, time, uuid and serde_json (`Json` comes with the last).
+/// and friends. Enable the `with-*` features for chrono, time, uuid, serde_json (`Json` comes with it), cidr,
+/// eui48, geo-types, bit-vec, jiff and smol_str.
 pub mod types {
     pub use postgres_types::*;
 }

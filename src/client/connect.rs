@@ -4,9 +4,12 @@
 
 use std::hash::{BuildHasher, Hasher};
 
+use tracing::field::Empty;
 use tracing::{Instrument as _, debug};
 
 use crate::client::Client;
+use crate::client::semconv::{DB_SYSTEM, Peer};
+use crate::client::telemetry;
 use crate::config::{Host, LoadBalanceHosts, Opening, Target, TargetSessionAttrs};
 use crate::conn::connect::{connect_over, connect_target};
 use crate::proto::row::SimpleQueryMessage;
@@ -47,7 +50,7 @@ impl Client {
         for &wanted in passes {
             for target in &targets {
                 let described = describe(target);
-                let span = connect_span(config, target);
+                let span = connect_span(config, Some(target));
                 // The session check runs inside connect_timeout too: a server that stalls after startup must
                 // not hang connect().
                 let attempt = runtime::timeout(config.get_connect_timeout(), async {
@@ -64,8 +67,17 @@ impl Client {
                         tls = client.uses_tls(),
                         "connected"
                     ),
-                    Ok(Err(e)) => debug!(error = %e, "connection attempt failed"),
-                    Err(()) => debug!("connection attempt timed out (connect_timeout)"),
+                    Ok(Err(e)) => {
+                        telemetry::record_error(&span, e);
+                        debug!(error = %e, "connection attempt failed")
+                    }
+                    Err(()) => {
+                        if !span.is_disabled() {
+                            span.record("error.type", "timeout");
+                            span.record("otel.status_code", "ERROR");
+                        }
+                        debug!("connection attempt timed out (connect_timeout)")
+                    }
                 });
                 match attempt {
                     Ok(Ok((client, None))) => return Ok(client),
@@ -96,33 +108,42 @@ impl Client {
         transport: Box<dyn Transport>,
         config: &Config,
     ) -> Result<Client, Error> {
-        let span = tracing::info_span!(
-            "connect",
-            transport = "caller's",
-            sslmode = config.get_ssl_mode().as_str(),
-            user = config.get_user(),
-            dbname = config.get_dbname(),
-        );
-        let conn = connect_over(transport, config).instrument(span).await?;
+        let span = connect_span(config, None);
+        let conn = connect_over(transport, config)
+            .instrument(span.clone())
+            .await
+            .inspect_err(|e| telemetry::record_error(&span, e))?;
         Ok(Client::from_connection(conn, config))
     }
 }
 
-/// The span of one connection attempt: where to and how, with whom as whom; never the password.
-fn connect_span(config: &Config, target: &Target) -> tracing::Span {
-    let host = match &target.host {
-        Host::Tcp(name) => name.clone(),
-        Host::Unix(dir) => dir.display().to_string(),
-    };
-    tracing::info_span!(
+/// The span of one connection attempt (`None`: over a transport the caller opened): where to and how, with
+/// whom as whom, in the OpenTelemetry conventions' terms where they have one (`server.address`,
+/// `server.port`, `db.namespace`, `network.peer.address` for a `hostaddr`); never the password.
+fn connect_span(config: &Config, target: Option<&Target>) -> tracing::Span {
+    let span = tracing::info_span!(
         "connect",
-        host,
-        hostaddr = target.hostaddr.map(tracing::field::display),
-        port = target.port,
+        otel.name = Empty,
+        otel.kind = "client",
+        otel.status_code = Empty,
+        db.system.name = DB_SYSTEM,
+        db.namespace = Empty,
+        server.address = Empty,
+        server.port = Empty,
+        network.peer.address = target
+            .and_then(|t| t.hostaddr)
+            .map(tracing::field::display),
+        error.type = Empty,
+        transport = target.is_none().then_some("caller's"),
         sslmode = config.get_ssl_mode().as_str(),
         user = config.get_user(),
-        dbname = config.get_dbname(),
-    )
+    );
+    if !span.is_disabled() {
+        let peer = Peer::of(config, target);
+        peer.record(&span);
+        span.record("otel.name", format!("connect {}", peer.namespace));
+    }
+    span
 }
 
 fn describe(target: &Target) -> String {

@@ -24,6 +24,7 @@ use postgres_protocol::message::frontend;
 use tracing::Instrument as _;
 
 use crate::client::rows_affected;
+use crate::client::telemetry::{Pending, Work};
 use crate::proto::{Backend, Flow, RequestId};
 use crate::{Client, DbError, Error};
 
@@ -52,14 +53,17 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn copy_in(&mut self, sql: &str) -> Result<CopyInWriter<'_>, Error> {
-        let span = self.request_span("copy_in", Some(sql));
+        let mut telemetry = Pending::new(self.telemetry("copy_in", Work::Sql(sql)));
+        let span = telemetry.span().clone();
         let id = self
             .queue_copy_query(sql, true)
             .instrument(span.clone())
-            .await?;
+            .await;
+        telemetry.observe(&id, |_| false);
+        let id = id?;
         // From here the writer exists: if this future is dropped while waiting, its drop refuses the COPY.
         let mut writer = CopyInWriter {
-            span: span.clone(),
+            telemetry,
             client: self,
             id,
             buf: BytesMut::new(),
@@ -68,6 +72,7 @@ impl Client {
             columns: 0,
         };
         let started = writer.start().instrument(span).await;
+        writer.telemetry.observe(&started, |_| false);
         writer.client.connection_mut().check(started)?;
         Ok(writer)
     }
@@ -90,13 +95,16 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn copy_out(&mut self, sql: &str) -> Result<CopyOutReader<'_>, Error> {
-        let span = self.request_span("copy_out", Some(sql));
+        let mut telemetry = Pending::new(self.telemetry("copy_out", Work::Sql(sql)));
+        let span = telemetry.span().clone();
         let id = self
             .queue_copy_query(sql, false)
             .instrument(span.clone())
-            .await?;
+            .await;
+        telemetry.observe(&id, |_| false);
+        let id = id?;
         let mut reader = CopyOutReader {
-            span: span.clone(),
+            telemetry,
             client: self,
             id,
             done: false,
@@ -106,6 +114,7 @@ impl Client {
             columns: 0,
         };
         let started = reader.start().instrument(span).await;
+        reader.telemetry.observe(&started, |_| false);
         reader.client.connection_mut().check(started)?;
         Ok(reader)
     }
@@ -155,8 +164,9 @@ enum WriterState {
 /// Dropped without `finish`, the writer aborts the COPY with CopyFail; nothing is applied and the connection
 /// stays usable.
 pub struct CopyInWriter<'a> {
-    /// The span of the COPY request, entered while data goes out and its answer is read.
-    span: tracing::Span,
+    /// The COPY request's telemetry: its span is entered while data goes out and its answer is read, and it
+    /// ends with the COPY.
+    telemetry: Pending,
     client: &'a mut Client,
     id: RequestId,
     /// Data not sent yet, less than [`CHUNK`] bytes between calls.
@@ -271,8 +281,9 @@ impl<'a> CopyInWriter<'a> {
     /// nothing of the COPY was applied then. If this future is dropped, the COPY is still complete: CopyDone was
     /// queued before the first await, and the next call reads the server's answer.
     pub async fn finish(mut self) -> Result<u64, Error> {
-        let span = self.span.clone();
+        let span = self.telemetry.span().clone();
         let result = self.finish_inner().instrument(span).await;
+        self.telemetry.observe(&result, |_| true);
         self.client.connection_mut().check(result)
     }
 
@@ -314,7 +325,10 @@ impl<'a> CopyInWriter<'a> {
             self.abort(&e.to_string());
             return Err(e);
         }
-        let sent = conn.send_watching(id).instrument(self.span.clone()).await;
+        let sent = conn
+            .send_watching(id)
+            .instrument(self.telemetry.span().clone())
+            .await;
         match conn.check(sent)? {
             None => Ok(()),
             Some(Backend::Error(db)) => {
@@ -420,8 +434,8 @@ fn not_a_copy(call: &str, expected: &str) -> Error {
 ///
 /// Chunks come as the server sent them (one CopyData message each; PostgreSQL sends one per row).
 pub struct CopyOutReader<'a> {
-    /// The span of the COPY request, entered while its data is read.
-    span: tracing::Span,
+    /// The COPY request's telemetry: its span is entered while its data is read, and it ends with the data.
+    telemetry: Pending,
     client: &'a mut Client,
     id: RequestId,
     done: bool,
@@ -516,12 +530,13 @@ impl CopyOutReader<'_> {
                 }
             }
         }
-        let span = self.span.clone();
+        let span = self.telemetry.span().clone();
         let _entered = span.enter();
         let result = ready!(self.poll_message(cx));
         if !matches!(result, Ok(Some(_))) {
             self.done = true;
         }
+        self.telemetry.observe(&result, Option::is_none);
         Poll::Ready(self.client.connection_mut().check(result))
     }
 

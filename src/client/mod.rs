@@ -29,6 +29,8 @@ pub(crate) mod connect;
 pub(crate) mod copy;
 pub(crate) mod cursor;
 pub(crate) mod identifier;
+#[cfg(feature = "metrics")]
+pub(crate) mod meters;
 pub(crate) mod notify;
 pub(crate) mod param_types;
 mod password;
@@ -41,12 +43,14 @@ pub(crate) mod replication;
 pub(crate) mod replication_stream;
 #[cfg(all(test, feature = "tokio", not(target_os = "wasi")))]
 mod replication_tests;
+pub(crate) mod semconv;
 #[cfg(test)]
 mod shared_tests;
 pub(crate) mod simple_mode;
 pub(crate) mod simple_query;
 pub(crate) mod statement_cache;
 pub(crate) mod stream;
+pub(crate) mod telemetry;
 pub(crate) mod timeout;
 #[cfg(all(test, feature = "tokio", not(target_os = "wasi")))]
 mod tracing_tests;
@@ -68,8 +72,10 @@ use crate::conn::connection::Connection;
 use crate::proto::row::SimpleQueryMessage;
 use crate::proto::{Backend, Flow, Notification, RequestId, TransactionStatus};
 // Shared with the hosts' API of the sans-IO core.
+use crate::client::semconv::Peer;
 use crate::client::simple_query::SimpleQueryStream;
 use crate::client::statement_cache::StatementCache;
+use crate::client::telemetry::{Describe, Pending, Traced, Work};
 use crate::conn::slots::IoWaker;
 use crate::proto::statement::{CloseQueue, Statement};
 pub(crate) use crate::proto::{encode_error, write_bind_portal};
@@ -161,6 +167,8 @@ pub struct Client {
     mode: QueryMode,
     /// Whether request spans record the statement text ([`Config::trace_statements`]).
     trace_statements: bool,
+    /// The server as telemetry names it (database, address, port).
+    peer: Arc<Peer>,
     close_queue: CloseQueue,
 }
 
@@ -175,6 +183,8 @@ pub(crate) struct ClientState {
     /// `Transaction` values alive on this client (savepoints included). While any is, a lost connection is
     /// never rebuilt under it: its calls would otherwise run in autocommit on the new session.
     pub(crate) open_transactions: u32,
+    /// The spans of the open transactions and savepoints, innermost last: the parents of request spans.
+    pub(crate) transaction_spans: Vec<tracing::Span>,
     /// How to reach the same server again for a cancel request (address and TLS settings).
     /// Named statements prepared for SQL text in [`QueryMode::Cached`].
     pub(crate) cache: StatementCache,
@@ -205,6 +215,8 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     pub(crate) fn from_connection(mut conn: Connection, config: &Config) -> Client {
+        let target = conn.cancel_route.as_ref().and_then(|r| r.target.as_ref());
+        let peer = Arc::new(Peer::of(config, target));
         conn.limits.query_timeout = config.get_query_timeout();
         conn.limits.read_timeout = config.get_read_timeout();
         let io = Arc::new(IoWaker::default());
@@ -215,6 +227,7 @@ impl Client {
                 types: typeinfo::TypeCache::default(),
                 deferred: Vec::new(),
                 open_transactions: 0,
+                transaction_spans: Vec::new(),
                 cache: StatementCache::new(config.get_statement_cache_capacity()),
                 session: crate::client::rebuild::SessionRecord::for_config(config),
                 driver: None,
@@ -228,6 +241,7 @@ impl Client {
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             mode: config.get_query_mode(),
             trace_statements: config.get_trace_statements(),
+            peer,
             close_queue: CloseQueue::default(),
         }
     }
@@ -259,24 +273,44 @@ impl Client {
         &self.close_queue
     }
 
-    /// The `tracing` span of one request: what kind of call it is, the backend it runs on, and the SQL text
-    /// when [`Config::trace_statements`] is on. Parameters never enter it.
-    pub(crate) fn request_span(&self, kind: &'static str, sql: Option<&str>) -> tracing::Span {
-        let span = tracing::debug_span!(
-            "request",
+    /// The telemetry of one request (see `telemetry.rs`): its `request` span, under the innermost open
+    /// transaction's span, with what kind of call it is, the backend it runs on, the conventions' attributes,
+    /// and the SQL text when [`Config::trace_statements`] is on. Parameters never enter it.
+    pub(crate) fn telemetry(&self, kind: &'static str, work: Work<'_>) -> Traced {
+        self.telemetry_under(kind, work, None)
+    }
+
+    /// [`telemetry`](Self::telemetry) under `parent` instead of the innermost transaction's span.
+    pub(crate) fn telemetry_under(
+        &self,
+        kind: &'static str,
+        work: Work<'_>,
+        parent: Option<tracing::Span>,
+    ) -> Traced {
+        // The level check is one atomic load: with no subscriber at DEBUG, no lock is taken.
+        let (parent, backend_pid) = if tracing::level_enabled!(tracing::Level::DEBUG) {
+            let state = self.lock();
+            let pid = state.conn.protocol.backend_key().map(|k| k.process_id);
+            (
+                parent.or_else(|| state.transaction_spans.last().cloned()),
+                pid,
+            )
+        } else {
+            (None, None)
+        };
+        Traced::start(Describe {
             kind,
-            backend_pid = tracing::field::Empty,
-            statement = tracing::field::Empty,
-        );
-        if !span.is_disabled() {
-            span.record("backend_pid", self.backend_pid());
-        }
-        if self.trace_statements
-            && let Some(sql) = sql
-        {
-            span.record("statement", sql);
-        }
-        span
+            work,
+            peer: &self.peer,
+            backend_pid,
+            trace_statements: self.trace_statements,
+            parent,
+        })
+    }
+
+    /// The server as telemetry names it.
+    pub(crate) fn peer(&self) -> &Peer {
+        &self.peer
     }
 
     /// How SQL text runs on this connection (from [`Config::query_mode`]).
@@ -360,24 +394,23 @@ impl Client {
     /// Checks the connection with one round trip, an empty query (EmptyQueryResponse and ReadyForQuery), and
     /// returns the transaction status that ReadyForQuery reported.
     pub async fn ping(&self) -> Result<TransactionStatus, Error> {
-        let span = self.request_span("ping", None);
-        async {
-            self.before_request().await?;
-            let mut request = self.start_simple("")?;
-            let mut status = TransactionStatus::Idle;
-            request
-                .read(|message, state| match message {
-                    Backend::Ready => {
-                        status = state.conn.protocol.transaction_status();
-                        Ok(ControlFlow::Break(()))
-                    }
-                    _ => Ok(ControlFlow::Continue(())),
-                })
-                .await?;
-            Ok(status)
-        }
-        .instrument(span)
-        .await
+        self.telemetry("ping", Work::Other)
+            .run(async {
+                self.before_request().await?;
+                let mut request = self.start_simple("")?;
+                let mut status = TransactionStatus::Idle;
+                request
+                    .read(|message, state| match message {
+                        Backend::Ready => {
+                            status = state.conn.protocol.transaction_status();
+                            Ok(ControlFlow::Break(()))
+                        }
+                        _ => Ok(ControlFlow::Continue(())),
+                    })
+                    .await?;
+                Ok(status)
+            })
+            .await
     }
 
     /// Whether the connection is closed or broken; a closed client only returns errors, unless
@@ -531,7 +564,7 @@ impl Client {
 
     /// The results of a simple Query queued by an exclusive operation, read in the current span.
     pub(crate) fn simple_results(&self, id: RequestId) -> SimpleQueryStream<'_> {
-        SimpleQueryStream::new(self.request(id), tracing::Span::current())
+        SimpleQueryStream::new(self.request(id), Pending::current())
     }
 
     /// The request `id`, queued by an exclusive operation, read like a shared one (it has no slot: nothing
@@ -588,14 +621,21 @@ impl Client {
     /// Starts a simple query and returns a stream of its results in order. A server error comes out of
     /// [`SimpleQueryStream::next`] after the rows that preceded it.
     pub async fn simple_query_stream(&self, sql: &str) -> Result<SimpleQueryStream<'_>, Error> {
-        let span = self.request_span("simple_query", Some(sql));
+        let traced = self.telemetry("simple_query", Work::Sql(sql));
+        let span = traced.span().clone();
         let request = async {
             self.before_request().await?;
             self.start_simple(sql)
         }
-        .instrument(span.clone())
-        .await?;
-        Ok(SimpleQueryStream::new(request, span))
+        .instrument(span)
+        .await;
+        match request {
+            Ok(request) => Ok(SimpleQueryStream::new(request, Pending::new(traced))),
+            Err(e) => {
+                traced.end(Some(&e));
+                Err(e)
+            }
+        }
     }
 
     /// Passes a result through; an error that broke the connection marks it broken first, and wakes every
@@ -925,10 +965,11 @@ fn check_sql(sql: &str) -> Result<(), Error> {
 }
 
 /// The SQL text of a statement given as text, for request spans.
-pub(crate) fn sql_of<T: ToStatement + ?Sized>(statement: &T) -> Option<&str> {
+/// What `statement` runs, for its telemetry.
+pub(crate) fn work_of<T: ToStatement + ?Sized>(statement: &T) -> Work<'_> {
     match statement.to_statement() {
-        StatementRef::Sql(sql) => Some(sql),
-        StatementRef::Prepared(_) => None,
+        StatementRef::Sql(sql) => Work::Sql(sql),
+        StatementRef::Prepared(statement) => Work::Statement(statement),
     }
 }
 

@@ -6,6 +6,7 @@ use super::Client;
 use super::identifier::quote_identifier;
 use super::simple_query::SimpleQueryStream;
 use crate::Error;
+use crate::client::telemetry::{Pending, Work};
 
 impl Client {
     /// Sets the password of `role` to `new_password`, as libpq's `PQchangePassword` and psql's `\password` do:
@@ -25,18 +26,26 @@ impl Client {
     /// ```
     pub async fn change_password(&self, role: &str, new_password: &str) -> Result<(), Error> {
         let sql = alter_role_password(role, new_password)?;
-        // No `statement` on the span: the verifier is not the password, but it allows an offline guess.
-        let span = self.request_span("change_password", None);
+        // No statement on the span (Work::Other): the verifier is not the password, but it allows an offline
+        // guess.
+        let traced = self.telemetry("change_password", Work::Other);
+        let span = traced.span().clone();
         let request = async {
             self.before_request().await?;
             self.start_simple(&sql)
         }
-        .instrument(span.clone())
-        .await?;
-        SimpleQueryStream::new(request, span)
-            .finish()
-            .await
-            .map(drop)
+        .instrument(span)
+        .await;
+        match request {
+            Ok(request) => SimpleQueryStream::new(request, Pending::new(traced))
+                .finish()
+                .await
+                .map(drop),
+            Err(e) => {
+                traced.end(Some(&e));
+                Err(e)
+            }
+        }
     }
 }
 

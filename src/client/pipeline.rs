@@ -21,13 +21,14 @@ use std::collections::HashMap;
 
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use tracing::Instrument as _;
 
 use bytes::BytesMut;
 
 use crate::client::prepare::read_statement_description;
 use crate::client::stream::Bindable;
+use crate::client::telemetry::{self, Work};
 use crate::client::{StatementRef, encode_error, rows_affected, unexpected};
+use crate::proto::operation::Operation;
 use crate::proto::{Backend, Flow};
 use crate::{Client, Error, Param, Row, Statement, ToStatement, TransactionStatus};
 
@@ -79,6 +80,16 @@ pub struct Pipeline<'a> {
 struct Item<'a> {
     statement: Source<'a>,
     params: Vec<Param<'a>>,
+}
+
+impl Item<'_> {
+    /// The statement's operation, for telemetry.
+    fn operation(&self) -> Operation {
+        match self.statement {
+            Source::Sql(sql) => Operation::of(sql),
+            Source::Prepared(statement) => statement.operation().clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -215,8 +226,14 @@ impl Client {
         &mut self,
         pipeline: &Pipeline<'_>,
     ) -> Result<Vec<Result<PipelineOutput, Error>>, Error> {
-        let span = self.request_span("pipeline", None);
-        self.run_pipeline_in_span(pipeline).instrument(span).await
+        // Each statement's operation is read only when telemetry listens.
+        let operations: Vec<Operation> = if telemetry::wanted() {
+            pipeline.items.iter().map(|item| item.operation()).collect()
+        } else {
+            Vec::new()
+        };
+        let traced = self.telemetry("pipeline", Work::Batch(&operations));
+        traced.run(self.run_pipeline_in_span(pipeline)).await
     }
 
     async fn run_pipeline_in_span(
@@ -496,7 +513,7 @@ impl Client {
         for ((name, guard, answer), sql) in answers.into_iter().zip(texts) {
             let statement = match answer {
                 Ok((param_oids, description)) => {
-                    self.described_statement(&name, param_oids, description)
+                    self.described_statement(&name, sql, param_oids, description)
                         .await
                 }
                 Err(e) => Err(e),

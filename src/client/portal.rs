@@ -19,7 +19,8 @@ use postgres_protocol::message::frontend;
 use tracing::Instrument as _;
 
 use crate::client::stream::{Bindable, RowStream};
-use crate::client::{encode_error, sql_of, unexpected};
+use crate::client::telemetry::Work;
+use crate::client::{encode_error, unexpected, work_of};
 use crate::proto::statement::Column;
 use crate::proto::{Backend, Flow};
 use crate::{Client, Error, Param, Row, Statement, ToStatement, Transaction};
@@ -89,8 +90,8 @@ impl Transaction<'_> {
     where
         T: ToStatement + ?Sized,
     {
-        let span = self.request_span("bind", sql_of(statement));
-        self.bind_portal(statement, params).instrument(span).await
+        let traced = self.telemetry("bind", work_of(statement));
+        traced.run(self.bind_portal(statement, params)).await
     }
 
     async fn bind_portal<T>(&mut self, statement: &T, params: &[Param<'_>]) -> Result<Portal, Error>
@@ -186,7 +187,7 @@ impl Transaction<'_> {
         let max_rows = i32::try_from(max_rows)
             .map_err(|_| Error::config(format!("max_rows {max_rows} is above {}", i32::MAX)))?;
         let client: &mut Client = self;
-        let span = client.request_span("fetch", None);
+        let span = client.telemetry("fetch", Work::Other).span().clone();
         client.prepare_to_send().instrument(span.clone()).await?;
         queue_portal_closes(client, &closes)?;
         let columns = portal.statement.columns_arc();

@@ -10,8 +10,8 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::{Message, RowDescriptionBody};
 use postgres_protocol::message::frontend;
 use postgres_types::Type;
-use tracing::Instrument as _;
 
+use crate::client::telemetry::Work;
 use crate::client::{Request, StatementRef, ToStatement, encode_error, unexpected};
 use crate::config::QueryMode;
 use crate::proto::statement::{CloseUnlessPrepared, Column, Statement};
@@ -37,12 +37,16 @@ impl Client {
 
     /// Prepares a statement with the given parameter types (the server infers any not given).
     pub async fn prepare_typed(&self, sql: &str, param_types: &[Type]) -> Result<Statement, Error> {
+        self.telemetry("prepare", Work::Sql(sql))
+            .run(self.prepare_in_span(sql, param_types))
+            .await
+    }
+
+    /// [`prepare_typed`](Self::prepare_typed) in the current span: a prepare that is one step of a larger
+    /// request (a statement cache miss) belongs to that request's span and duration.
+    async fn prepare_in_span(&self, sql: &str, param_types: &[Type]) -> Result<Statement, Error> {
         let (name, guard) = self.new_statement_name();
-        let span = self.request_span("prepare", Some(sql));
-        let statement = self
-            .prepare_named(&name, sql, param_types)
-            .instrument(span)
-            .await?;
+        let statement = self.prepare_named(&name, sql, param_types).await?;
         guard.prepared();
         if let Some(session) = &mut self.lock().session {
             session.remember_statement(&name, sql, &statement);
@@ -74,7 +78,7 @@ impl Client {
             Ok(())
         })?;
         let (param_oids, description) = read_statement_description(request).await?;
-        self.described_statement(name, param_oids, description)
+        self.described_statement(name, sql, param_oids, description)
             .await
     }
 
@@ -83,6 +87,7 @@ impl Client {
     pub(crate) async fn described_statement(
         &self,
         name: &str,
+        sql: &str,
         param_oids: Vec<u32>,
         description: Option<Vec<FieldInfo>>,
     ) -> Result<Statement, Error> {
@@ -97,6 +102,7 @@ impl Client {
         let close_queue = (!name.is_empty()).then_some(self.close_queue());
         Ok(Statement::new(
             name.to_string(),
+            sql,
             self.id(),
             params,
             columns,
@@ -179,7 +185,7 @@ impl Client {
         if let Some(statement) = self.lock().cache.get(sql) {
             return Ok(statement);
         }
-        let statement = self.prepare(sql).await?;
+        let statement = self.prepare_in_span(sql, &[]).await?;
         let mut state = self.lock();
         // Another future prepared the same text meanwhile: its statement stays cached, and ours is closed
         // when its handle goes (after the lock is released).

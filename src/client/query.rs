@@ -10,11 +10,11 @@ use bytes::BytesMut;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use postgres_types::Type;
-use tracing::Instrument as _;
 
 use crate::client::prepare::{FieldInfo, read_description};
+use crate::client::telemetry::Work;
 use crate::client::{
-    Param, Request, StatementRef, ToStatement, encode_error, rows_affected, sql_of, unexpected,
+    Param, Request, StatementRef, ToStatement, encode_error, rows_affected, unexpected, work_of,
     write_bind_portal,
 };
 use crate::config::QueryMode;
@@ -56,9 +56,12 @@ impl Client {
     where
         T: ToStatement + ?Sized,
     {
-        let span = self.request_span("query", sql_of(statement));
-        let (collected, columns) = self.run(statement, params).instrument(span).await?;
-        collected.into_rows(columns)
+        self.telemetry("query", work_of(statement))
+            .run(async {
+                let (collected, columns) = self.run(statement, params).await?;
+                collected.into_rows(columns)
+            })
+            .await
     }
 
     /// Runs a statement that must return exactly one row.
@@ -102,13 +105,8 @@ impl Client {
     where
         T: ToStatement + ?Sized,
     {
-        let span = self.request_span("execute", sql_of(statement));
-        Ok(self
-            .run(statement, params)
-            .instrument(span)
-            .await?
-            .0
-            .affected)
+        let run = async { Ok(self.run(statement, params).await?.0.affected) };
+        self.telemetry("execute", work_of(statement)).run(run).await
     }
 
     /// Runs SQL with parameters of explicitly given types in one round trip, through the unnamed statement
@@ -118,15 +116,14 @@ impl Client {
         sql: &str,
         params: &[(Param<'_>, Type)],
     ) -> Result<Vec<Row>, Error> {
-        let span = self.request_span("query_typed", Some(sql));
-        async {
-            let mut collected = self.run_typed(sql, params).await?;
-            let description = collected.description.take().unwrap_or_default();
-            let columns = self.resolve_columns(description).await?;
-            collected.into_rows(columns.into())
-        }
-        .instrument(span)
-        .await
+        self.telemetry("query_typed", Work::Sql(sql))
+            .run(async {
+                let mut collected = self.run_typed(sql, params).await?;
+                let description = collected.description.take().unwrap_or_default();
+                let columns = self.resolve_columns(description).await?;
+                collected.into_rows(columns.into())
+            })
+            .await
     }
 
     /// Like [`query_typed`](Self::query_typed), returning the number of rows affected.
@@ -135,8 +132,10 @@ impl Client {
         sql: &str,
         params: &[(Param<'_>, Type)],
     ) -> Result<u64, Error> {
-        let span = self.request_span("execute_typed", Some(sql));
-        Ok(self.run_typed(sql, params).instrument(span).await?.affected)
+        let run = async { Ok(self.run_typed(sql, params).await?.affected) };
+        self.telemetry("execute_typed", Work::Sql(sql))
+            .run(run)
+            .await
     }
 
     /// Runs a statement, SQL text as the query mode says: its results and their columns.

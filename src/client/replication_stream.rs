@@ -18,6 +18,7 @@ use postgres_types::{FromSql, Type};
 use tracing::Instrument as _;
 
 use crate::client::Client;
+use crate::client::telemetry::Work;
 use crate::proto::pgoutput::{LogicalMessage, PgOutputDecoder, Relation, Tuple, TupleValue};
 use crate::proto::replication::{
     Lsn, PgTimestamp, ServerMessage, parse_server_message, pg_now, standby_status_update,
@@ -82,7 +83,10 @@ impl<'a> ReplicationStream<'a> {
         sql: &str,
         start: Lsn,
     ) -> Result<ReplicationStream<'a>, Error> {
-        let span = client.request_span("replication", Some(sql));
+        let span = client
+            .telemetry("replication", Work::Sql(sql))
+            .span()
+            .clone();
         client.prepare_to_send().instrument(span.clone()).await?;
         let write = |buf: &mut BytesMut| {
             frontend::query(sql, buf)

@@ -11,6 +11,7 @@ use tracing::Instrument as _;
 
 use crate::client::prepare::read_description;
 use crate::client::query::Collected;
+use crate::client::telemetry::Pending;
 use crate::client::{Param, Request, rows_affected, unexpected};
 use crate::proto::row::{SimpleColumn, SimpleQueryMessage, SimpleQueryRow};
 use crate::proto::statement::Column;
@@ -110,8 +111,8 @@ impl Client {
 /// Dropping the stream before the end is safe: the connection discards the rest of the results on its next
 /// call.
 pub struct SimpleQueryStream<'a> {
-    /// The span of the request, entered while its results are read.
-    span: tracing::Span,
+    /// The request's telemetry: its span is entered while the results are read.
+    telemetry: Pending,
     request: Request<'a>,
     columns: Option<Arc<[SimpleColumn]>>,
     error: Option<Error>,
@@ -121,10 +122,10 @@ pub struct SimpleQueryStream<'a> {
 }
 
 impl<'a> SimpleQueryStream<'a> {
-    /// The results of a queued simple Query, read in `span`.
-    pub(crate) fn new(request: Request<'a>, span: tracing::Span) -> SimpleQueryStream<'a> {
+    /// The results of a queued simple Query, read in the span of `telemetry`.
+    pub(crate) fn new(request: Request<'a>, telemetry: Pending) -> SimpleQueryStream<'a> {
         SimpleQueryStream {
-            span,
+            telemetry,
             request,
             columns: None,
             error: None,
@@ -142,11 +143,12 @@ impl<'a> SimpleQueryStream<'a> {
     /// The next result message, `Ok(None)` at the end, or the server's error once the statements before it
     /// were delivered.
     pub async fn next(&mut self) -> Result<Option<SimpleQueryMessage>, Error> {
-        let span = self.span.clone();
+        let span = self.telemetry.span().clone();
         let message = self.next_message().instrument(span).await;
         if message.is_err() {
             self.done = true;
         }
+        self.telemetry.observe(&message, Option::is_none);
         self.request.client().check(message)
     }
 

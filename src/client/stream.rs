@@ -22,10 +22,9 @@ use futures_core::Stream;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use postgres_types::{ToSql, Type};
-use tracing::Instrument as _;
 
 use crate::client::{
-    StatementRef, encode_error, rows_affected, sql_of, unexpected, write_bind_portal,
+    StatementRef, encode_error, rows_affected, unexpected, work_of, write_bind_portal,
 };
 use crate::proto::statement::Column;
 use crate::proto::{Backend, Flow, RequestId};
@@ -62,13 +61,13 @@ impl Client {
     where
         T: ToStatement + ?Sized,
     {
-        let span = self.request_span("query_stream", sql_of(statement));
-        async {
-            let statement = Bindable::resolve(self, statement).await?;
-            self.start_stream(&statement, params).await
-        }
-        .instrument(span)
-        .await
+        let traced = self.telemetry("query_stream", work_of(statement));
+        traced
+            .run(async {
+                let statement = Bindable::resolve(self, statement).await?;
+                self.start_stream(&statement, params).await
+            })
+            .await
     }
 
     /// Like [`query_stream`](Self::query_stream), with the parameters given by an iterator, as in
@@ -98,13 +97,13 @@ impl Client {
     {
         let owned: Vec<I::Item> = params.into_iter().collect();
         let params: Vec<Param<'_>> = owned.iter().map(Borrow::borrow).collect();
-        let span = self.request_span("query_stream", sql_of(statement));
-        async {
-            let statement = Bindable::resolve(self, statement).await?;
-            self.start_stream(&statement, &params).await
-        }
-        .instrument(span)
-        .await
+        let traced = self.telemetry("query_stream", work_of(statement));
+        traced
+            .run(async {
+                let statement = Bindable::resolve(self, statement).await?;
+                self.start_stream(&statement, &params).await
+            })
+            .await
     }
 
     /// Queues Bind/Execute/Sync of `statement` to the unnamed portal and returns the stream of its rows.

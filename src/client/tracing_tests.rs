@@ -206,7 +206,13 @@ fn spans_name_the_connect_and_each_request_without_secrets() {
     assert_eq!(connect.level, Level::INFO);
     assert_eq!(connect.field("sslmode"), Some("disable"));
     assert_eq!(connect.field("user"), Some("alice"));
-    assert_eq!(connect.field("dbname"), Some("shop"));
+    assert_eq!(connect.field("db.namespace"), Some("shop"));
+    assert_eq!(connect.field("db.system.name"), Some("postgresql"));
+    assert_eq!(connect.field("otel.kind"), Some("client"));
+    assert_eq!(connect.field("otel.name"), Some("connect shop"));
+    assert_eq!(connect.field("transport"), Some("caller's"));
+    // A caller's transport names no server.
+    assert_eq!(connect.field("server.address"), None);
 
     let requests: Vec<&Seen> = seen
         .iter()
@@ -217,8 +223,29 @@ fn spans_name_the_connect_and_each_request_without_secrets() {
     for request in &requests {
         assert_eq!(request.level, Level::DEBUG);
         assert_eq!(request.field("backend_pid"), Some("7"));
-        assert_eq!(request.field("statement"), None, "{request:?}");
+        assert_eq!(request.field("db.query.text"), None, "{request:?}");
+        assert_eq!(request.field("db.system.name"), Some("postgresql"));
+        assert_eq!(request.field("db.namespace"), Some("shop"));
+        assert_eq!(request.field("otel.kind"), Some("client"));
+        assert_eq!(request.field("error.type"), None);
     }
+    let operations: Vec<_> = requests
+        .iter()
+        .map(|s| {
+            (
+                s.field("db.operation.name"),
+                s.field("db.collection.name"),
+                s.field("otel.name"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        operations,
+        [
+            (Some("SELECT"), None, Some("SELECT shop")),
+            (Some("CREATE"), None, Some("CREATE shop")),
+        ]
+    );
 }
 
 #[test]
@@ -233,7 +260,7 @@ fn statement_text_is_recorded_only_when_asked_for() {
     let statements: Vec<Option<&str>> = seen
         .iter()
         .filter(|s| s.span && s.name == "request")
-        .map(|s| s.field("statement"))
+        .map(|s| s.field("db.query.text"))
         .collect();
     assert_eq!(
         statements,

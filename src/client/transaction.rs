@@ -8,6 +8,7 @@
 use std::ops::{Deref, DerefMut};
 
 use crate::client::identifier::quote_identifier;
+use crate::client::telemetry::{self, Work};
 use crate::{Client, Error};
 
 /// Names of portals whose handles were dropped, closed with the transaction's next portal call.
@@ -135,6 +136,9 @@ pub struct Transaction<'a> {
     finished: bool,
     /// Portals of this transaction (and its savepoints) whose handles were dropped, to close.
     portals: PortalCloses,
+    /// The span of the whole transaction, parent of its requests' spans (on the client's stack while the
+    /// transaction is open).
+    span: tracing::Span,
 }
 
 impl<'a> Transaction<'a> {
@@ -143,22 +147,42 @@ impl<'a> Transaction<'a> {
         sql: String,
         savepoint: Option<(String, u32)>,
     ) -> Result<Transaction<'a>, Error> {
-        client.prepare_to_send().await?;
-        let id = client.queue_simple(&sql)?;
+        let outer = client.state_mut().transaction_spans.last().cloned();
+        let span = telemetry::transaction_span(client.peer(), outer.as_ref(), savepoint.is_some());
+        let begin = client.telemetry_under("begin", Work::Sql(&sql), Some(span.clone()));
+        let queued = async {
+            client.prepare_to_send().await?;
+            client.queue_simple(&sql)
+        }
+        .await;
+        let id = match queued {
+            Ok(id) => id,
+            Err(e) => {
+                telemetry::record_error(&span, &e);
+                begin.end(Some(&e));
+                return Err(e);
+            }
+        };
         let (savepoint, depth) = match savepoint {
             Some((name, depth)) => (Some(name), depth),
             None => (None, 0),
         };
-        // From here on the value exists: if this future is dropped below, its drop schedules the rollback.
-        client.state_mut().open_transactions += 1;
+        // From here on the value exists: if this future is dropped below, its drop schedules the rollback
+        // (and takes its span off the stack).
+        let state = client.state_mut();
+        state.open_transactions += 1;
+        state.transaction_spans.push(span.clone());
         let transaction = Transaction {
             client,
             savepoint,
             depth,
             finished: false,
             portals: PortalCloses::default(),
+            span,
         };
-        transaction.client.simple_results(id).finish().await?;
+        begin
+            .run(transaction.client.simple_results(id).finish())
+            .await?;
         Ok(transaction)
     }
 
@@ -175,21 +199,36 @@ impl<'a> Transaction<'a> {
         let id = self.client.queue_simple(&sql)?;
         // Bookkeeping at queue time: whatever happens to this future, the drop must not add a rollback.
         self.finished = true;
-        let tag = self.client.simple_results(id).finish().await?;
-        // PostgreSQL answers COMMIT of a failed transaction with the tag ROLLBACK and no error.
-        if self.savepoint.is_none() && tag.as_deref() == Some("ROLLBACK") {
-            return Err(Error::transaction_failed());
-        }
-        Ok(())
+        let savepoint = self.savepoint.is_some();
+        let result = self
+            .client
+            .telemetry("commit", Work::Sql(&sql))
+            .run(async {
+                let tag = self.client.simple_results(id).finish().await?;
+                // PostgreSQL answers COMMIT of a failed transaction with the tag ROLLBACK and no error.
+                if !savepoint && tag.as_deref() == Some("ROLLBACK") {
+                    return Err(Error::transaction_failed());
+                }
+                Ok(())
+            })
+            .await;
+        self.ended("commit", result.as_ref().err());
+        result
     }
 
     /// Rolls the transaction back (for a savepoint: back to the savepoint, which is then released).
     pub async fn rollback(mut self) -> Result<(), Error> {
         self.client.prepare_to_send().await?;
-        let id = self.client.queue_simple(&self.rollback_sql())?;
+        let sql = self.rollback_sql();
+        let id = self.client.queue_simple(&sql)?;
         self.finished = true;
-        self.client.simple_results(id).finish().await?;
-        Ok(())
+        let result = self
+            .client
+            .telemetry("rollback", Work::Sql(&sql))
+            .run(self.client.simple_results(id).finish())
+            .await;
+        self.ended("rollback", result.as_ref().err());
+        result.map(drop)
     }
 
     /// Starts a nested transaction as a savepoint with a generated name.
@@ -223,6 +262,14 @@ impl<'a> Transaction<'a> {
         &self.portals
     }
 
+    /// Records how the transaction ended on its span.
+    fn ended(&self, outcome: &'static str, error: Option<&Error>) {
+        self.span.record("outcome", outcome);
+        if let Some(error) = error {
+            telemetry::record_error(&self.span, error);
+        }
+    }
+
     fn rollback_sql(&self) -> String {
         match &self.savepoint {
             None => "ROLLBACK".to_string(),
@@ -233,8 +280,11 @@ impl<'a> Transaction<'a> {
 
 impl Drop for Transaction<'_> {
     fn drop(&mut self) {
-        self.client.state_mut().open_transactions -= 1;
+        let state = self.client.state_mut();
+        state.open_transactions -= 1;
+        state.transaction_spans.pop();
         if !self.finished {
+            self.span.record("outcome", "dropped");
             let sql = self.rollback_sql();
             self.client.defer(sql);
         }

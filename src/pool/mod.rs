@@ -44,6 +44,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "metrics")]
+mod meters;
 mod state;
 
 use std::fmt;
@@ -197,6 +199,8 @@ struct Shared {
     config: Config,
     options: PoolOptions,
     state: Mutex<State<Client>>,
+    #[cfg(feature = "metrics")]
+    meters: meters::PoolMeters,
 }
 
 impl Shared {
@@ -208,8 +212,15 @@ impl Shared {
     /// Runs `f` under the lock, then wakes waiters and closes connections with the lock released.
     fn with_state<T>(&self, f: impl FnOnce(&mut State<Client>, &mut Aftermath<Client>) -> T) -> T {
         let mut after = Aftermath::new();
-        let result = f(&mut self.lock(), &mut after);
+        let mut state = self.lock();
+        let result = f(&mut state, &mut after);
+        // Every change of the pool's state passes here, so the gauges follow each one.
+        #[cfg(feature = "metrics")]
+        let status = state.status();
+        drop(state);
         after.run();
+        #[cfg(feature = "metrics")]
+        self.meters.publish(&status);
         result
     }
 }
@@ -235,11 +246,18 @@ impl Pool {
                 options.min_idle, options.max_size
             )));
         }
+        let state = State::new(options);
+        #[cfg(feature = "metrics")]
+        let meters = meters::PoolMeters::new(&config);
+        #[cfg(feature = "metrics")]
+        meters.publish(&state.status());
         Ok(Pool {
             shared: Arc::new(Shared {
                 config,
                 options,
-                state: Mutex::new(State::new(options)),
+                state: Mutex::new(state),
+                #[cfg(feature = "metrics")]
+                meters,
             }),
         })
     }
@@ -266,9 +284,19 @@ impl Pool {
     /// Cancel-safe: dropping the future gives back whatever it held.
     pub async fn get(&self) -> Result<PooledClient, Error> {
         let limit = self.shared.options.acquire_timeout;
+        #[cfg(feature = "metrics")]
+        let start = Instant::now();
         match runtime::timeout(limit, self.acquire()).await {
-            Ok(result) => result,
+            Ok(result) => {
+                #[cfg(feature = "metrics")]
+                if result.is_ok() {
+                    self.shared.meters.waited(start.elapsed());
+                }
+                result
+            }
             Err(()) => {
+                #[cfg(feature = "metrics")]
+                self.shared.meters.timed_out();
                 let status = self.status();
                 let what = format!(
                     "getting a connection from the pool ({} of max_size {} open, {} in use, {} others waiting)",
@@ -417,7 +445,11 @@ impl Slot {
 
     /// Opens a connection in this (empty) slot.
     async fn open(&mut self) -> Result<(), Error> {
+        #[cfg(feature = "metrics")]
+        let start = Instant::now();
         let client = Client::connect(&self.shared.config).await?;
+        #[cfg(feature = "metrics")]
+        self.shared.meters.created(start.elapsed());
         self.shared.with_state(|state, _| state.opened());
         debug!(backend_pid = ?client.backend_pid(), "pool: opened a connection");
         self.pooled = Some(Pooled::new(client, Instant::now()));

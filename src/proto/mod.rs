@@ -16,6 +16,7 @@
 
 mod data_row;
 mod frame;
+pub(crate) mod operation;
 pub(crate) mod pgoutput;
 pub(crate) mod replication;
 pub(crate) mod row;

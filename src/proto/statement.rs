@@ -7,6 +7,9 @@ use std::sync::{Arc, Mutex, Weak};
 
 use postgres_types::Type;
 
+#[cfg(any(feature = "tokio", target_os = "wasi"))]
+use crate::proto::operation::Operation;
+
 /// Names of statements whose last handle was dropped, closed on the server with the connection's next request.
 #[cfg(any(feature = "tokio", target_os = "wasi"))]
 pub(crate) type CloseQueue = Arc<Mutex<Vec<String>>>;
@@ -107,6 +110,9 @@ pub struct Statement(Arc<StatementInner>);
 #[cfg(any(feature = "tokio", target_os = "wasi"))]
 struct StatementInner {
     name: String,
+    /// The SQL text, for telemetry: its operation is read from it once, when a span or metric first wants it.
+    sql: Box<str>,
+    operation: std::sync::OnceLock<Operation>,
     connection_id: u64,
     params: Vec<Type>,
     columns: Arc<[Column]>,
@@ -130,6 +136,7 @@ impl Drop for StatementInner {
 impl Statement {
     pub(crate) fn new(
         name: String,
+        sql: &str,
         connection_id: u64,
         params: Vec<Type>,
         columns: Option<Vec<Column>>,
@@ -137,6 +144,8 @@ impl Statement {
     ) -> Statement {
         Statement(Arc::new(StatementInner {
             name,
+            sql: sql.into(),
+            operation: std::sync::OnceLock::new(),
             connection_id,
             params,
             returns_rows: columns.is_some(),
@@ -151,6 +160,16 @@ impl Statement {
 
     pub(crate) fn connection_id(&self) -> u64 {
         self.0.connection_id
+    }
+
+    /// The SQL text the statement was prepared from.
+    pub(crate) fn sql(&self) -> &str {
+        &self.0.sql
+    }
+
+    /// The operation name and collection of the statement's SQL, read on first use.
+    pub(crate) fn operation(&self) -> &Operation {
+        self.0.operation.get_or_init(|| Operation::of(&self.0.sql))
     }
 
     /// Whether the statement returns rows: `false` when the server answered its Describe with NoData (an

@@ -105,6 +105,7 @@ mod session;
 mod shared;
 mod streams;
 mod tls;
+mod types;
 #[allow(unused_imports)]
 pub use pgbouncer::PgBouncerEnv;
 #[allow(unused_imports)]
@@ -185,6 +186,7 @@ pub fn all() -> Vec<(&'static str, Scenario)> {
     list.extend(replication::scenarios());
     list.extend(replication_faults::scenarios());
     list.extend(keywords::scenarios());
+    list.extend(types::scenarios());
     #[cfg(not(target_os = "wasi"))]
     list.push(("unix_socket", |env| Box::pin(unix_socket(env))));
     // LIVE_ONLY=fragment,fragment runs only the scenarios whose names contain one of them (on every target),
