@@ -19,6 +19,7 @@ mod frame;
 pub(crate) mod pgoutput;
 pub(crate) mod replication;
 pub(crate) mod row;
+mod scram_keys;
 #[cfg(any(test, fuzzing))]
 pub(crate) mod scripted;
 mod startup;
