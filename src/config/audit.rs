@@ -141,8 +141,9 @@ pub(crate) const AUDIT: &[KeywordAudit] = &[
     both("target_session_attrs", false, Honored, "read-write", None, "checked after startup"),
     both("load_balance_hosts", false, Honored, "random", None, "shuffles the hosts"),
     both("sslkeylogfile", false, Honored, "/tmp/keylog", None, "TLS secrets appended in NSS key log format"),
-    both("scram_client_key", true, Refused, "", Some("AAAA"), "SCRAM with keys instead of a password"),
-    both("scram_server_key", true, Refused, "", Some("AAAA"), "SCRAM with keys instead of a password"),
+    // One key alone is a configuration error (both or neither), so the accepted value here is the empty one.
+    both("scram_client_key", true, Honored, "", None, "SCRAM with keys instead of a password"),
+    both("scram_server_key", true, Honored, "", None, "SCRAM with keys instead of a password"),
     both("oauth_issuer", false, Refused, "", Some("https://issuer.example"), "no OAUTHBEARER"),
     both("oauth_client_id", false, Refused, "", Some("app"), "no OAUTHBEARER"),
     both("oauth_client_secret", false, Refused, "", Some("secret"), "no OAUTHBEARER"),

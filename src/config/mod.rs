@@ -24,6 +24,7 @@ mod modes;
 #[cfg(any(feature = "tokio", target_os = "wasi"))]
 mod pgpass;
 mod require_auth;
+mod scram_keys;
 mod settings;
 #[cfg(test)]
 mod tests;
@@ -38,6 +39,7 @@ use std::time::Duration;
 
 use crate::Error;
 use modes::Keyword as _;
+pub(crate) use scram_keys::ScramKeys;
 
 #[cfg(any(feature = "tokio", target_os = "wasi"))]
 pub(crate) use audit::Opening;
@@ -969,6 +971,7 @@ impl Config {
                 ssl_mode.as_str()
             )));
         }
+        self.check_scram_keys()?;
         self.check_range(
             "ssl_min_protocol_version",
             "ssl_max_protocol_version",

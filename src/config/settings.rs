@@ -305,9 +305,7 @@ impl Config {
             }
             "scram_client_key" | "scram_server_key" => {
                 if !empty {
-                    return Err(unsupported(
-                        "SCRAM authentication with keys instead of a password is not supported: give the password",
-                    ));
+                    super::scram_keys::decode_key(value).map_err(invalid)?;
                 }
                 self.set_raw(key, value);
             }

@@ -1082,6 +1082,7 @@ fn ready_protocol() -> Protocol {
             ("database".into(), "model".into()),
         ],
         password: None,
+        scram_keys: None,
         require_auth: RequireAuth::default(),
         channel_binding: ChannelBindingPolicy {
             mode: ChannelBinding::Disable,

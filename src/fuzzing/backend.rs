@@ -150,6 +150,7 @@ pub(crate) fn startup_params(setup: u8) -> StartupParams {
             ("client_encoding".into(), "UTF8".into()),
         ],
         password: (setup & 4 == 0).then(|| PASSWORD.as_bytes().to_vec()),
+        scram_keys: None,
         require_auth: require_auth
             .and_then(|r| RequireAuth::parse(r).ok())
             .unwrap_or_default(),

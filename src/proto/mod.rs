@@ -20,6 +20,7 @@ pub(crate) mod operation;
 pub(crate) mod pgoutput;
 pub(crate) mod replication;
 pub(crate) mod row;
+mod scram_keys;
 #[cfg(any(test, fuzzing))]
 pub(crate) mod scripted;
 mod startup;

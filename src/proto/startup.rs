@@ -16,9 +16,10 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
 use super::frame::Frame;
+use super::scram_keys::{Binding, KeyedScram};
 use super::wire::{self, NegotiateProtocolVersion};
 use super::{BackendKey, Limits};
-use crate::config::{AuthMethod, ChannelBinding, ProtocolVersion, RequireAuth};
+use crate::config::{AuthMethod, ChannelBinding, ProtocolVersion, RequireAuth, ScramKeys};
 use crate::{Config, DbError, Error};
 
 /// What the startup needs to know; built by the client from a [`Config`](crate::Config).
@@ -27,6 +28,9 @@ pub(crate) struct StartupParams {
     pub(crate) params: Vec<(String, String)>,
     /// The password, if one is configured. Dropped as soon as authentication ends.
     pub(crate) password: Option<Vec<u8>>,
+    /// `scram_client_key` and `scram_server_key`: used instead of the password for SCRAM. Dropped as soon as
+    /// authentication ends.
+    pub(crate) scram_keys: Option<ScramKeys>,
     /// Which authentication methods the server may ask for.
     pub(crate) require_auth: RequireAuth,
     /// Whether SCRAM channel binding is used, and what the TLS layer provides for it.
@@ -57,7 +61,7 @@ enum State {
     /// A SCRAM exchange is in progress; `final_sent` says whether the client-final message went out, `bound`
     /// whether it is SCRAM-SHA-256-PLUS.
     Sasl {
-        scram: Box<ScramSha256>,
+        scram: Box<Scram>,
         final_sent: bool,
         bound: bool,
     },
@@ -66,6 +70,52 @@ enum State {
     AwaitingSaslOk { bound: bool },
     /// Authenticated: collecting BackendKeyData and ParameterStatus until ReadyForQuery.
     Authenticated,
+}
+
+/// One SCRAM-SHA-256 exchange, from the password (postgres-protocol) or from the keys (`scram_keys.rs`).
+enum Scram {
+    Password(ScramSha256),
+    Keys(KeyedScram),
+}
+
+impl Scram {
+    fn message(&self) -> &[u8] {
+        match self {
+            Scram::Password(scram) => scram.message(),
+            Scram::Keys(scram) => scram.message(),
+        }
+    }
+
+    /// Takes the server-first message; `max_iterations` bounds the PBKDF2 work a password costs.
+    fn update(&mut self, server_first: &[u8], max_iterations: u32) -> Result<(), Error> {
+        match self {
+            Scram::Password(scram) => {
+                // The count drives PBKDF2 before the server has proved anything: check it before any work.
+                let iterations = scram_iteration_count(server_first)?;
+                if iterations > u64::from(max_iterations) {
+                    return Err(Error::auth(format!(
+                        "the server asked for {iterations} SCRAM iterations, above the limit of \
+                         {max_iterations} (scram_max_iterations)"
+                    )));
+                }
+                scram
+                    .update(server_first)
+                    .map_err(|e| Error::auth(format!("invalid SCRAM server-first message: {e}")))
+            }
+            // No PBKDF2 runs with keys, so the count costs nothing.
+            Scram::Keys(scram) => scram.update(server_first),
+        }
+    }
+
+    /// Verifies the server signature: a server that does not know the password (or ServerKey) cannot pass.
+    fn finish(&mut self, server_final: &[u8]) -> Result<(), Error> {
+        match self {
+            Scram::Password(scram) => scram
+                .finish(server_final)
+                .map_err(|e| Error::auth(format!("SCRAM server verification failed: {e}"))),
+            Scram::Keys(scram) => scram.finish(server_final),
+        }
+    }
 }
 
 /// The result of feeding one message to the startup.
@@ -88,6 +138,7 @@ pub(crate) enum Step {
 pub(crate) struct Startup {
     state: State,
     password: Option<Vec<u8>>,
+    scram_keys: Option<ScramKeys>,
     user: String,
     require_auth: RequireAuth,
     /// The authentication method the server used, recorded for `require_auth` and diagnostics.
@@ -121,6 +172,7 @@ impl Startup {
         Ok(Startup {
             state: State::AwaitingAuth,
             password: params.password,
+            scram_keys: params.scram_keys,
             user,
             require_auth: params.require_auth,
             used: None,
@@ -201,6 +253,7 @@ impl Startup {
                 self.check_auth_ok()?;
                 self.check_bound(false)?;
                 self.password = None;
+                self.scram_keys = None;
                 Ok((State::Authenticated, Step::Continue))
             }
             (State::AwaitingAuth, Message::AuthenticationCleartextPassword) => {
@@ -231,8 +284,14 @@ impl Startup {
                 }
                 let (mechanism, binding) = self.choose_mechanism(has_scram, has_plus)?;
                 let bound = mechanism == sasl::SCRAM_SHA_256_PLUS;
-                let password = self.password_or_error()?;
-                let scram = ScramSha256::new(password, binding);
+                // As in libpq, the keys are used instead of the password when both are given.
+                let scram = match self.scram_keys.take() {
+                    Some(keys) => Scram::Keys(KeyedScram::new(keys, binding)),
+                    None => Scram::Password(ScramSha256::new(
+                        self.password_or_error()?,
+                        binding.to_sasl(),
+                    )),
+                };
                 frontend::sasl_initial_response(mechanism, scram.message(), out)
                     .map_err(encode_error)?;
                 self.password = None;
@@ -253,18 +312,7 @@ impl Startup {
                 },
                 Message::AuthenticationSaslContinue(body),
             ) => {
-                // The count drives PBKDF2 before the server has proved anything: check it before any work.
-                let iterations = scram_iteration_count(body.data())?;
-                if iterations > u64::from(self.scram_max_iterations) {
-                    return Err(Error::auth(format!(
-                        "the server asked for {iterations} SCRAM iterations, above the limit of {} \
-                         (scram_max_iterations)",
-                        self.scram_max_iterations
-                    )));
-                }
-                scram
-                    .update(body.data())
-                    .map_err(|e| Error::auth(format!("invalid SCRAM server-first message: {e}")))?;
+                scram.update(body.data(), self.scram_max_iterations)?;
                 frontend::sasl_response(scram.message(), out).map_err(encode_error)?;
                 Ok((
                     State::Sasl {
@@ -283,10 +331,7 @@ impl Startup {
                 },
                 Message::AuthenticationSaslFinal(body),
             ) => {
-                // Verifies the server signature: a server that does not know the password cannot pass.
-                scram
-                    .finish(body.data())
-                    .map_err(|e| Error::auth(format!("SCRAM server verification failed: {e}")))?;
+                scram.finish(body.data())?;
                 Ok((State::AwaitingSaslOk { bound }, Step::Continue))
             }
             (State::AwaitingSaslOk { bound }, Message::AuthenticationOk) => {
@@ -360,7 +405,7 @@ impl Startup {
         &self,
         has_scram: bool,
         has_plus: bool,
-    ) -> Result<(&'static str, sasl::ChannelBinding), Error> {
+    ) -> Result<(&'static str, Binding), Error> {
         let mode = self.channel_binding.mode;
         match (&self.channel_binding.tls, has_plus) {
             // A server offers -PLUS only over TLS; without TLS here, something in between stripped it.
@@ -370,7 +415,7 @@ impl Startup {
             (Some(tls), true) if mode != ChannelBinding::Disable => match tls {
                 Ok(data) => Ok((
                     sasl::SCRAM_SHA_256_PLUS,
-                    sasl::ChannelBinding::tls_server_end_point(data.clone()),
+                    Binding::TlsServerEndPoint(data.clone()),
                 )),
                 // Never downgrade silently: the server would accept it, and an attacker could arrange it.
                 Err(reason) => Err(Error::auth(format!(
@@ -390,10 +435,10 @@ impl Startup {
             )),
             // "y": we could bind, but the server did not offer to.
             (Some(_), _) if mode != ChannelBinding::Disable => {
-                Ok((sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested()))
+                Ok((sasl::SCRAM_SHA_256, Binding::Unrequested))
             }
             // "n": no TLS, or binding disabled.
-            _ => Ok((sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported())),
+            _ => Ok((sasl::SCRAM_SHA_256, Binding::Unsupported)),
         }
     }
 
@@ -559,6 +604,7 @@ pub(crate) fn startup_params(
     StartupParams {
         params,
         password,
+        scram_keys: config.get_scram_keys(),
         require_auth: config.get_require_auth().clone(),
         channel_binding: ChannelBindingPolicy {
             mode: config.get_channel_binding(),

@@ -101,6 +101,7 @@ fn startup_params(password: Option<&str>, require_auth: &str) -> StartupParams {
             ("database".to_string(), "db".to_string()),
         ],
         password: password.map(|p| p.as_bytes().to_vec()),
+        scram_keys: None,
         require_auth: if require_auth.is_empty() {
             RequireAuth::default()
         } else {
@@ -1499,6 +1500,21 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     ring::hmac::sign(&key, data).as_ref().to_vec()
 }
 
+const SALT: &[u8] = b"pepper and salt!";
+
+/// SaltedPassword = PBKDF2-HMAC-SHA-256(password, SALT, iterations), as the server stores it.
+fn salted_password(password: &str, iterations: u32) -> [u8; 32] {
+    let mut salted = [0u8; 32];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        std::num::NonZeroU32::new(iterations).unwrap(),
+        SALT,
+        password.as_bytes(),
+        &mut salted,
+    );
+    salted
+}
+
 /// The server side of one SCRAM-SHA-256 exchange, computed from the password as PostgreSQL does.
 struct ScramServer {
     salted_password: [u8; 32],
@@ -1512,18 +1528,9 @@ impl ScramServer {
         let bare_at = client_first.find(",,").unwrap() + 2;
         let client_first_bare = client_first[bare_at..].to_string();
         let nonce = client_first_bare.strip_prefix("n=,r=").unwrap();
-        let salt = b"pepper and salt!";
-        let mut salted_password = [0u8; 32];
-        ring::pbkdf2::derive(
-            ring::pbkdf2::PBKDF2_HMAC_SHA256,
-            std::num::NonZeroU32::new(iterations).unwrap(),
-            salt,
-            password.as_bytes(),
-            &mut salted_password,
-        );
         ScramServer {
-            salted_password,
-            server_first: format!("r={nonce}SERVERNONCE,s={},i={iterations}", b64(salt)),
+            salted_password: salted_password(password, iterations),
+            server_first: format!("r={nonce}SERVERNONCE,s={},i={iterations}", b64(SALT)),
             client_first_bare,
         }
     }
@@ -1796,6 +1803,176 @@ fn scram_iteration_cap_is_configurable() {
     p.handle_input(&auth(11, server_first.as_bytes()));
     assert!(!p.poll_startup().unwrap());
     assert!(sasl_response(&drain(&mut p)).starts_with("c=biws,r="));
+}
+
+// ---- SCRAM with keys (scram_client_key, scram_server_key) ----
+
+/// The ClientKey and ServerKey of `password` with the salt and count `ScramServer` uses, derived as RFC 5802
+/// says: HMAC(SaltedPassword, "Client Key") and HMAC(SaltedPassword, "Server Key").
+fn scram_keys_of(password: &str) -> crate::config::ScramKeys {
+    let salted = salted_password(password, ITERATIONS);
+    crate::config::ScramKeys {
+        client_key: hmac(&salted, b"Client Key").try_into().unwrap(),
+        server_key: hmac(&salted, b"Server Key").try_into().unwrap(),
+    }
+}
+
+/// A protocol with SCRAM keys and no password (or a wrong one, which the keys must win over).
+fn keyed_protocol(
+    keys: crate::config::ScramKeys,
+    password: Option<&str>,
+    mode: ChannelBinding,
+    tls: TlsBinding,
+) -> Protocol {
+    let mut params = startup_params(password, "");
+    params.scram_keys = Some(keys);
+    params.channel_binding = ChannelBindingPolicy { mode, tls };
+    let mut p = protocol_with(params);
+    drain(&mut p);
+    p
+}
+
+/// The whole exchange made with keys against a server that checks the proof from the password: the same
+/// proof, with and without channel binding, and no password needed.
+#[test]
+fn scram_with_keys_authenticates_with_and_without_channel_binding() {
+    let cert_hash = vec![0x5a; 32];
+    let cases: [(ChannelBinding, TlsBinding, &[&str], &str); 5] = [
+        (ChannelBinding::Prefer, None, &["SCRAM-SHA-256"], "n,,"),
+        (
+            ChannelBinding::Disable,
+            Some(Ok(cert_hash.clone())),
+            &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"],
+            "n,,",
+        ),
+        (
+            ChannelBinding::Prefer,
+            Some(Ok(cert_hash.clone())),
+            &["SCRAM-SHA-256"],
+            "y,,",
+        ),
+        (
+            ChannelBinding::Prefer,
+            Some(Ok(cert_hash.clone())),
+            &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"],
+            "p=tls-server-end-point,,",
+        ),
+        (
+            ChannelBinding::Require,
+            Some(Ok(cert_hash.clone())),
+            &["SCRAM-SHA-256-PLUS"],
+            "p=tls-server-end-point,,",
+        ),
+    ];
+    for (mode, tls, offer, gs2) in cases {
+        for password in [None, Some("not the password")] {
+            let case = format!("{mode:?}, {offer:?}, password {password:?}");
+            let mut p = keyed_protocol(scram_keys_of("secret"), password, mode, tls.clone());
+            p.handle_input(&sasl_offer(offer));
+            assert!(!p.poll_startup().unwrap(), "{case}");
+            let (mechanism, client_first) = initial_response(&drain(&mut p));
+            let bound = gs2.starts_with('p');
+            assert_eq!(mechanism == "SCRAM-SHA-256-PLUS", bound, "{case}");
+            assert!(
+                client_first.starts_with(&format!("{gs2}n=,r=")),
+                "{case}: {client_first}"
+            );
+            // ScramServer asserts that the proof is the one the password gives.
+            let cbind = complete_scram(&mut p, &client_first);
+            let mut expected = gs2.as_bytes().to_vec();
+            if bound {
+                expected.extend_from_slice(&cert_hash);
+            }
+            assert_eq!(cbind, expected, "{case}");
+            assert!(p.is_ready(), "{case}");
+        }
+    }
+}
+
+/// Runs a keyed exchange up to the server-final message, which `server_final` writes from the real signature.
+fn keyed_exchange_until_final(keys: crate::config::ScramKeys) -> (Protocol, String) {
+    let mut p = keyed_protocol(keys, None, ChannelBinding::Prefer, None);
+    p.handle_input(&sasl_offer(&["SCRAM-SHA-256"]));
+    p.poll_startup().unwrap();
+    let (_, client_first) = initial_response(&drain(&mut p));
+    let server = ScramServer::start("secret", &client_first, ITERATIONS);
+    p.handle_input(&auth(11, server.server_first.as_bytes()));
+    assert!(!p.poll_startup().unwrap());
+    let (_, server_final) = server.finish(&sasl_response(&drain(&mut p)));
+    (p, server_final)
+}
+
+#[test]
+fn scram_with_keys_refuses_a_wrong_server_signature() {
+    // A server_key that is not this role's: the client proof is right, the server's signature cannot match.
+    let mut keys = scram_keys_of("secret");
+    keys.server_key = scram_keys_of("other").server_key;
+    let (mut p, server_final) = keyed_exchange_until_final(keys);
+    p.handle_input(&[auth(12, server_final.as_bytes()), auth(0, &[])].concat());
+    let err = p.poll_startup().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth);
+    assert!(err.to_string().contains("scram_server_key"), "{err}");
+    assert!(!p.is_ready());
+
+    // The right key, but the signature altered in one byte, or cut short, or an error from the server.
+    let good = scram_keys_of("secret");
+    let (_, server_final) = keyed_exchange_until_final(good.clone());
+    let mut signature = unb64(server_final.strip_prefix("v=").unwrap());
+    signature[31] ^= 1;
+    for bad in [
+        format!("v={}", b64(&signature)),
+        format!("v={}", b64(&signature[..31])),
+        "e=invalid-proof".to_string(),
+        "x=1".to_string(),
+        "v=".to_string(),
+    ] {
+        let (mut p, _) = keyed_exchange_until_final(good.clone());
+        p.handle_input(&auth(12, bad.as_bytes()));
+        let err = p.poll_startup().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Auth, "{bad}: {err}");
+    }
+}
+
+#[test]
+fn scram_with_keys_checks_the_server_first_message() {
+    let keys = scram_keys_of("secret");
+    let started = || {
+        let mut p = keyed_protocol(keys.clone(), None, ChannelBinding::Prefer, None);
+        p.handle_input(&sasl_offer(&["SCRAM-SHA-256"]));
+        p.poll_startup().unwrap();
+        let (_, client_first) = initial_response(&drain(&mut p));
+        let nonce = client_first.strip_prefix("n,,n=,r=").unwrap().to_string();
+        (p, nonce)
+    };
+    // NONCE stands for the client nonce of each exchange, SALT for a valid salt.
+    for template in [
+        // The server nonce must extend the client's.
+        "r=someone-elseNONCE,s=SALT,i=4096",
+        "r=NONCE,s=SALT,i=4096",
+        "r=NONCE!,s=SALT,i=4096",
+        // Exactly r=, s=, i=, each well formed.
+        "r=NONCEx,s=SALT",
+        "r=NONCEx,s=SALT,i=4096,m=ext",
+        "s=SALT,r=NONCEx,i=4096",
+        "r=NONCEx,s=,i=4096",
+        "r=NONCEx,s=!!!,i=4096",
+        "r=NONCEx,s=SALT,i=0",
+        "r=NONCEx,s=SALT,i=04096",
+        "r=NONCEx,s=SALT,i=12345678901",
+        "r=NONCE x,s=SALT,i=4096",
+    ] {
+        let (mut p, nonce) = started();
+        let mut short = nonce.clone();
+        short.pop();
+        let bad = template
+            .replace("NONCE!", &short)
+            .replace("NONCE", &nonce)
+            .replace("SALT", &b64(SALT));
+        p.handle_input(&auth(11, bad.as_bytes()));
+        let err = p.poll_startup().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Auth, "{bad}: {err}");
+        assert!(drain(&mut p).is_empty(), "{bad}: no client-final message");
+    }
 }
 
 #[test]

@@ -18,6 +18,7 @@ pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
         keywords_without_effect_still_connect,
         change_password_sends_only_a_verifier,
         libpq18_keywords_without_support_refused,
+        scram_keys_log_in_without_the_password,
     ]
 }
 
@@ -368,13 +369,11 @@ async fn check_changed_password(
     }
 }
 
-/// libpq 18's SCRAM-key and OAuth keywords: any value is refused as unsupported, naming the keyword, before
+/// libpq 18's OAuth keywords: any value is refused as unsupported, naming the keyword, before
 /// anything is sent; secret values never appear in the error.
 async fn libpq18_keywords_without_support_refused(env: &Env) -> Outcome {
     let secret = "c2VjcmV0LWtleS1ieXRlcw==";
     for (keyword, value) in [
-        ("scram_client_key", secret),
-        ("scram_server_key", secret),
         ("oauth_issuer", "https://issuer.example"),
         ("oauth_client_id", "app"),
         ("oauth_client_secret", secret),
@@ -390,10 +389,162 @@ async fn libpq18_keywords_without_support_refused(env: &Env) -> Outcome {
         }
     }
     // Empty values mean "not set", as in libpq.
-    let conninfo = format!("{} scram_client_key='' oauth_issuer=''", env.scram);
+    let conninfo = format!(
+        "{} scram_client_key='' scram_server_key='' oauth_issuer=''",
+        env.scram
+    );
     connect(&conninfo)
         .await?
         .close()
         .await
         .check("empty values")
+}
+
+/// libpq 18's `scram_client_key` and `scram_server_key`: the keys derived from the role's verifier in
+/// `pg_authid` log in without the password; a wrong ServerKey fails the server-signature check.
+async fn scram_keys_log_in_without_the_password(env: &Env) -> Outcome {
+    let config = Config::parse(&env.scram).check("parse")?;
+    let role = config.get_user().unwrap_or_default();
+    let base = format!(
+        "host={} port={} user={role} dbname=postgres",
+        env.host, env.port
+    );
+    login_with_scram_keys(&env.trust, &base, role, &env.scram_password, false).await
+}
+
+/// What a SCRAM-SHA-256 verifier in `pg_authid` holds: `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+struct Verifier {
+    iterations: u32,
+    salt: Vec<u8>,
+    stored_key: Vec<u8>,
+    server_key: Vec<u8>,
+}
+
+impl Verifier {
+    fn parse(stored: &str) -> Result<Verifier, String> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let malformed = || "pg_authid holds no SCRAM-SHA-256 verifier for the role".to_string();
+        let rest = stored
+            .strip_prefix("SCRAM-SHA-256$")
+            .ok_or_else(malformed)?;
+        let (params, keys) = rest.split_once('$').ok_or_else(malformed)?;
+        let (iterations, salt) = params.split_once(':').ok_or_else(malformed)?;
+        let (stored_key, server_key) = keys.split_once(':').ok_or_else(malformed)?;
+        Ok(Verifier {
+            iterations: iterations.parse().map_err(|_| malformed())?,
+            salt: b64.decode(salt).map_err(|_| malformed())?,
+            stored_key: b64.decode(stored_key).map_err(|_| malformed())?,
+            server_key: b64.decode(server_key).map_err(|_| malformed())?,
+        })
+    }
+
+    /// ClientKey = HMAC(SaltedPassword, "Client Key"), SaltedPassword = PBKDF2-HMAC-SHA-256(password, salt,
+    /// iterations) as RFC 5802 defines them. The SHA-256 of the result must be the StoredKey.
+    fn client_key(&self, password: &str) -> Result<Vec<u8>, String> {
+        use hmac::Mac as _;
+        use sha2::Digest as _;
+        let mac = |key: &[u8], data: &[&[u8]]| -> Vec<u8> {
+            let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::KeyInit>::new_from_slice(key)
+                .expect("HMAC takes any key length");
+            for part in data {
+                mac.update(part);
+            }
+            mac.finalize().into_bytes().to_vec()
+        };
+        // PBKDF2 with one output block: U1 = HMAC(P, salt || 1), Ui = HMAC(P, Ui-1), the XOR of all.
+        let mut u = mac(password.as_bytes(), &[&self.salt, &1u32.to_be_bytes()]);
+        let mut salted = u.clone();
+        for _ in 1..self.iterations {
+            u = mac(password.as_bytes(), &[&u]);
+            salted.iter_mut().zip(&u).for_each(|(s, b)| *s ^= b);
+        }
+        let client_key = mac(&salted, &[b"Client Key"]);
+        ensure!(
+            sha2::Sha256::digest(&client_key).as_slice() == self.stored_key.as_slice(),
+            "SHA-256(ClientKey) derived from the password is not the StoredKey in pg_authid"
+        );
+        Ok(client_key)
+    }
+}
+
+/// Reads `role`'s verifier as the superuser of `admin`, derives its ClientKey from `password`, then connects
+/// with `base` and only the keys: it must log in as `role` (bound to the TLS channel when `bound`). A flipped bit
+/// in the ServerKey must fail the server-signature check, one in the ClientKey the server's proof check, and
+/// neither key may appear in an error.
+pub(super) async fn login_with_scram_keys(
+    admin: &str,
+    base: &str,
+    role: &str,
+    password: &str,
+    bound: bool,
+) -> Outcome {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let admin = connect(admin).await?;
+    let stored: String = admin
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .check("pg_authid")?
+        .get(0);
+    admin.close().await.check("close the admin session")?;
+    let verifier = Verifier::parse(&stored)?;
+    let client_key = verifier.client_key(password)?;
+    let keyed = |client_key: &[u8], server_key: &[u8]| {
+        let (client_key, server_key) = (b64.encode(client_key), b64.encode(server_key));
+        let conninfo =
+            format!("{base} scram_client_key={client_key} scram_server_key={server_key}");
+        (conninfo, [client_key, server_key])
+    };
+
+    let (conninfo, _) = keyed(&client_key, &verifier.server_key);
+    ensure!(!conninfo.contains("password"), "no password may be given");
+    let client = connect(&conninfo).await?;
+    let row = client
+        .query_one(
+            "SELECT current_user::text, coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+            &[],
+        )
+        .await
+        .check("query with keys")?;
+    ensure_eq!(row.get::<_, String>(0), role.to_string());
+    ensure_eq!(row.get::<_, bool>(1), bound);
+    client.close().await.check("close")?;
+
+    let flipped = |key: &[u8]| {
+        let mut key = key.to_vec();
+        key[0] ^= 1;
+        key
+    };
+    for (what, client_key, server_key, expected) in [
+        (
+            "a wrong ServerKey",
+            client_key.clone(),
+            flipped(&verifier.server_key),
+            "scram_server_key",
+        ),
+        (
+            "a wrong ClientKey",
+            flipped(&client_key),
+            verifier.server_key.clone(),
+            "authentication failed",
+        ),
+    ] {
+        let (conninfo, keys) = keyed(&client_key, &server_key);
+        let config = Config::parse(&conninfo).check("parse")?;
+        let err = match Client::connect(&config).await {
+            Ok(_) => return Err(format!("{what}: connected")),
+            Err(e) => e,
+        };
+        let text = err.to_string();
+        ensure!(text.contains(expected), "{what}: {text}");
+        ensure!(
+            keys.iter().all(|key| !text.contains(key.as_str())),
+            "{what}: a key is shown: {text}"
+        );
+    }
+    Ok(())
 }

@@ -705,6 +705,36 @@ async fn tls_sslcertmode_require(env: &Env) -> Outcome {
     check_cases(env, &cases).await
 }
 
+/// `scram_client_key`/`scram_server_key` over TLS with `channel_binding=require`: the keyed exchange is
+/// SCRAM-SHA-256-PLUS, bound to the server certificate.
+async fn tls_scram_keys_with_channel_binding(env: &Env) -> Outcome {
+    let t = &env.tls;
+    let login = Config::parse(t.login(Login::Scram)).check("parse the login")?;
+    let role = login.get_user().unwrap_or_default();
+    let password = login
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .ok_or("the SCRAM login has no password")?;
+    let at = |login: &str| {
+        format!(
+            "host=127.0.0.1 port={} dbname=postgres connect_timeout=10 {login}",
+            env.tls.port
+        )
+    };
+    let base = at(&format!(
+        "user={role} sslmode=verify-ca sslrootcert={} channel_binding=require",
+        t.file("root.crt")
+    ));
+    super::keywords::login_with_scram_keys(
+        &at(&format!("{} sslmode=require", t.login(Login::Trust))),
+        &base,
+        role,
+        &password,
+        true,
+    )
+    .await
+}
+
 /// channel_binding=require needs SCRAM-SHA-256-PLUS, which only SCRAM over TLS offers.
 async fn tls_channel_binding(env: &Env) -> Outcome {
     use Expect::{Fails, Tls};
@@ -1287,6 +1317,7 @@ pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
         tls_sslcertmode_require,
         tls_channel_binding,
         tls_channel_binding_undefined_for_ed25519,
+        tls_scram_keys_with_channel_binding,
         tls_require_auth,
         tls_protocol_versions_and_sni,
         tls_unhonored_safety_keywords_refused,
