@@ -187,34 +187,28 @@ pub(crate) fn record_error(span: &Span, error: &Error) {
 /// The span of a transaction (or savepoint): the parent of its BEGIN, its statements and its COMMIT or
 /// ROLLBACK, whose `outcome` says how it ended.
 pub(crate) fn transaction_span(peer: &Peer, parent: Option<&Span>, savepoint: bool) -> Span {
+    // Under `parent` when given, else under the current span (an explicit `parent: None` would make a root).
+    macro_rules! transaction_span {
+        ($($parent:expr)?) => {
+            tracing::debug_span!(
+                $(parent: $parent,)?
+                "transaction",
+                otel.name = Empty,
+                otel.kind = "client",
+                otel.status_code = Empty,
+                db.system.name = DB_SYSTEM,
+                db.namespace = Empty,
+                server.address = Empty,
+                server.port = Empty,
+                error.type = Empty,
+                savepoint,
+                outcome = Empty,
+            )
+        };
+    }
     let span = match parent {
-        Some(parent) => tracing::debug_span!(
-            parent: parent,
-            "transaction",
-            otel.name = Empty,
-            otel.kind = "client",
-            otel.status_code = Empty,
-            db.system.name = DB_SYSTEM,
-            db.namespace = Empty,
-            server.address = Empty,
-            server.port = Empty,
-            error.type = Empty,
-            savepoint,
-            outcome = Empty,
-        ),
-        None => tracing::debug_span!(
-            "transaction",
-            otel.name = Empty,
-            otel.kind = "client",
-            otel.status_code = Empty,
-            db.system.name = DB_SYSTEM,
-            db.namespace = Empty,
-            server.address = Empty,
-            server.port = Empty,
-            error.type = Empty,
-            savepoint,
-            outcome = Empty,
-        ),
+        Some(parent) => transaction_span!(parent),
+        None => transaction_span!(),
     };
     if !span.is_disabled() {
         peer.record(&span);
