@@ -22,6 +22,8 @@ pub(crate) mod runtime;
 pub mod tokio;
 #[cfg(target_os = "wasi")]
 pub mod wasi;
+#[cfg(target_os = "wasi")]
+mod wasi_socket;
 #[cfg(all(target_os = "wasi", feature = "wasip3"))]
 pub mod wasip3;
 

@@ -23,6 +23,7 @@ use wasip2::sockets::tcp::TcpSocket;
 use wasip2::sockets::tcp_create_socket::create_tcp_socket;
 use wstd::runtime::{AsyncPollable, WaitFor};
 
+use super::wasi_socket::{KeepaliveOptions, apply_keepalive, connect_first};
 use super::{Keepalive, Transport};
 
 /// A readiness wait registered with wstd's reactor: the pollable and the future waiting on it.
@@ -195,53 +196,14 @@ pub async fn connect_tcp(
         Some(ip) => vec![ip],
         None => resolve(&network, host).await?,
     };
-    let mut last = None;
-    for ip in addresses {
-        match connect_addr(&network, SocketAddr::new(ip, port)).await {
-            Ok(stream) => return Ok(stream),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address to connect to")))
+    connect_first(addresses, port, |addr| connect_addr(&network, addr)).await
 }
 
 impl WasiTcpStream {
     /// Turns TCP keepalive on with `keepalive`'s settings (each `None` keeps the host's default), or off with
     /// `None`. Best effort: an option the host does not support or allow is left as it is, with a debug trace.
     pub fn set_keepalive(&self, keepalive: Option<&Keepalive>) {
-        let ignore = |option: &str, result: Result<(), ErrorCode>| {
-            if let Err(code) = result {
-                tracing::debug!(option, %code, "cannot set a TCP keepalive option; ignored");
-            }
-        };
-        let Some(keepalive) = keepalive else {
-            ignore(
-                "keep-alive-enabled",
-                self.socket.set_keep_alive_enabled(false),
-            );
-            return;
-        };
-        ignore(
-            "keep-alive-enabled",
-            self.socket.set_keep_alive_enabled(true),
-        );
-        // wasi:clocks durations are nanoseconds; a longer one than fits is clamped.
-        let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        if let Some(idle) = keepalive.idle {
-            ignore(
-                "keep-alive-idle-time",
-                self.socket.set_keep_alive_idle_time(nanos(idle)),
-            );
-        }
-        if let Some(interval) = keepalive.interval {
-            ignore(
-                "keep-alive-interval",
-                self.socket.set_keep_alive_interval(nanos(interval)),
-            );
-        }
-        if let Some(count) = keepalive.count {
-            ignore("keep-alive-count", self.socket.set_keep_alive_count(count));
-        }
+        apply_keepalive(&self.socket, keepalive);
     }
 }
 
@@ -262,6 +224,26 @@ fn poll_wait(
             Poll::Ready(())
         }
         Poll::Pending => Poll::Pending,
+    }
+}
+
+impl KeepaliveOptions for TcpSocket {
+    type Code = ErrorCode;
+
+    fn set_enabled(&self, enabled: bool) -> Result<(), ErrorCode> {
+        self.set_keep_alive_enabled(enabled)
+    }
+
+    fn set_idle_nanos(&self, nanos: u64) -> Result<(), ErrorCode> {
+        self.set_keep_alive_idle_time(nanos)
+    }
+
+    fn set_interval_nanos(&self, nanos: u64) -> Result<(), ErrorCode> {
+        self.set_keep_alive_interval(nanos)
+    }
+
+    fn set_count(&self, count: u32) -> Result<(), ErrorCode> {
+        self.set_keep_alive_count(count)
     }
 }
 

@@ -30,6 +30,7 @@ use wasip3::wit_bindgen::rt::async_support::{
     FutureReader, StreamReader, StreamResult, StreamWriter,
 };
 
+use super::wasi_socket::{KeepaliveOptions, apply_keepalive, connect_first, nanos};
 use super::{Keepalive, Transport};
 
 /// How many bytes one read may bring in. The host writes into this memory directly and only what arrived, so
@@ -229,51 +230,14 @@ pub async fn connect_tcp(
         Some(ip) => vec![ip],
         None => resolve(host).await?,
     };
-    let mut last = None;
-    for ip in addresses {
-        match connect_addr(SocketAddr::new(ip, port)).await {
-            Ok(stream) => return Ok(stream),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address to connect to")))
+    connect_first(addresses, port, connect_addr).await
 }
 
 impl P3TcpStream {
     /// Turns TCP keepalive on with `keepalive`'s settings (each `None` keeps the host's default), or off with
     /// `None`. Best effort: an option the host does not support or allow is left as it is, with a debug trace.
     pub fn set_keepalive(&self, keepalive: Option<&Keepalive>) {
-        let ignore = |option: &str, result: Result<(), ErrorCode>| {
-            if let Err(code) = result {
-                tracing::debug!(option, %code, "cannot set a TCP keepalive option; ignored");
-            }
-        };
-        let Some(keepalive) = keepalive else {
-            ignore(
-                "keep-alive-enabled",
-                self.socket.set_keep_alive_enabled(false),
-            );
-            return;
-        };
-        ignore(
-            "keep-alive-enabled",
-            self.socket.set_keep_alive_enabled(true),
-        );
-        if let Some(idle) = keepalive.idle {
-            ignore(
-                "keep-alive-idle-time",
-                self.socket.set_keep_alive_idle_time(nanos(idle)),
-            );
-        }
-        if let Some(interval) = keepalive.interval {
-            ignore(
-                "keep-alive-interval",
-                self.socket.set_keep_alive_interval(nanos(interval)),
-            );
-        }
-        if let Some(count) = keepalive.count {
-            ignore("keep-alive-count", self.socket.set_keep_alive_count(count));
-        }
+        apply_keepalive(&self.socket, keepalive);
     }
 
     /// Copies bytes a read left over into `buf`; 0 if there are none.
@@ -340,9 +304,24 @@ fn poisoned() -> io::Error {
     io::Error::other("BUG: the WASI 0.3 transport was left mid-transition")
 }
 
-/// wasi:clocks durations are nanoseconds; a longer one than fits is clamped.
-fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+impl KeepaliveOptions for TcpSocket {
+    type Code = ErrorCode;
+
+    fn set_enabled(&self, enabled: bool) -> Result<(), ErrorCode> {
+        self.set_keep_alive_enabled(enabled)
+    }
+
+    fn set_idle_nanos(&self, nanos: u64) -> Result<(), ErrorCode> {
+        self.set_keep_alive_idle_time(nanos)
+    }
+
+    fn set_interval_nanos(&self, nanos: u64) -> Result<(), ErrorCode> {
+        self.set_keep_alive_interval(nanos)
+    }
+
+    fn set_count(&self, count: u32) -> Result<(), ErrorCode> {
+        self.set_keep_alive_count(count)
+    }
 }
 
 impl Transport for P3TcpStream {
