@@ -224,16 +224,17 @@ impl<'a> ReplicationStream<'a> {
             }
             // Status updates go out at once (not only when the socket is next waited on): rows already
             // buffered could otherwise keep them queued past the server's wal_sender_timeout.
+            // One clock read per message: `since` is only stale by the write just made, which resets it.
+            let mut since = self.last_status.elapsed();
             if self.state == StreamState::Streaming
-                && (self.reply_due || self.last_status.elapsed() >= self.status_interval)
+                && (self.reply_due || since >= self.status_interval)
             {
                 self.reply_due = false;
                 self.queue_status(false)?;
                 self.client.connection_mut().write_queued().await?;
+                since = Duration::ZERO;
             }
-            let wait = self
-                .status_interval
-                .saturating_sub(self.last_status.elapsed());
+            let wait = self.status_interval.saturating_sub(since);
             let id = self.id;
             let response = match self.state {
                 // While streaming, the wait is bounded by the next status update; the read is cancel-safe.
