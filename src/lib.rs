@@ -209,7 +209,7 @@ with_runtime! {
 pub use config::Config;
 pub use error::{DbError, Error, ErrorClass, ErrorKind, ErrorPosition, sqlstate};
 pub use proto::row::{
-    Row, RowIndex, SimpleColumn, SimpleQueryMessage, SimpleQueryRow, SimpleRowIndex,
+    Row, RowIndex, RowRef, SimpleColumn, SimpleQueryMessage, SimpleQueryRow, SimpleRowIndex,
 };
 pub use proto::statement::Column;
 pub use proto::{Notification, TransactionStatus};

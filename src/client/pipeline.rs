@@ -728,4 +728,4 @@ fn clone_error(e: &Error) -> Error {
 /// result bookkeeping is checked against exact transcripts, hostile ones included.
 #[cfg(test)]
 #[path = "pipeline_tests.rs"]
-mod tests;
+pub(super) mod tests;

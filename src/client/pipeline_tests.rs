@@ -32,6 +32,8 @@ struct Scripted {
     log: Arc<Mutex<Vec<Io>>>,
     latency: bool,
     waited: bool,
+    /// The most bytes one read returns.
+    max_read: usize,
 }
 
 impl Transport for Scripted {
@@ -41,7 +43,7 @@ impl Transport for Scripted {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        let n = buf.len().min(self.readable.len());
+        let n = buf.len().min(self.readable.len()).min(self.max_read);
         buf[..n].copy_from_slice(&self.readable[..n]);
         self.readable.drain(..n);
         if n > 0 {
@@ -66,14 +68,14 @@ impl Transport for Scripted {
 }
 
 /// The test's side of a scripted transport: the turns still to play, and the log.
-struct Server {
+pub(in crate::client) struct Server {
     turns: Arc<Mutex<VecDeque<Vec<u8>>>>,
     log: Arc<Mutex<Vec<Io>>>,
 }
 
 impl Server {
     /// Adds the answer to a later write.
-    fn then(&self, turn: Vec<u8>) -> &Server {
+    pub(in crate::client) fn then(&self, turn: Vec<u8>) -> &Server {
         self.turns.lock().unwrap().push_back(turn);
         self
     }
@@ -105,6 +107,15 @@ fn connect(latency: bool) -> (Client, Server) {
 }
 
 fn connect_in(latency: bool, mode: QueryMode) -> (Client, Server) {
+    connect_reading(latency, mode, usize::MAX)
+}
+
+/// A client connected to a scripted server whose reads return at most `max_read` bytes each.
+pub(in crate::client) fn connect_reading(
+    latency: bool,
+    mode: QueryMode,
+    max_read: usize,
+) -> (Client, Server) {
     let server = Server {
         turns: Arc::new(Mutex::new(VecDeque::new())),
         log: Arc::new(Mutex::new(Vec::new())),
@@ -116,6 +127,7 @@ fn connect_in(latency: bool, mode: QueryMode) -> (Client, Server) {
         log: server.log.clone(),
         latency,
         waited: false,
+        max_read,
     };
     let mut config = Config::parse("user=u dbname=d sslmode=disable").unwrap();
     config.query_mode(mode);
@@ -124,7 +136,7 @@ fn connect_in(latency: bool, mode: QueryMode) -> (Client, Server) {
 }
 
 /// Polls a future to its end; the scripted transport's waits end at once, so a no-op waker does.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
+pub(in crate::client) fn block_on<F: std::future::Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
     let mut cx = Context::from_waker(std::task::Waker::noop());
     loop {

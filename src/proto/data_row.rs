@@ -112,12 +112,8 @@ impl RawRow {
     /// Checks the frame at the start of `frame_and_more`; `Some` with the row copied in if it is small, `None`
     /// for a larger one.
     fn parse(frame_and_more: &[u8], frame_len: usize) -> Result<Option<RawRow>, Error> {
-        let frame = &frame_and_more[..frame_len];
-        let Some((&[high, low], fields)) = frame[HEADER_LEN..].split_first_chunk::<2>() else {
-            return Err(malformed("missing the field count".to_string()));
-        };
-        let count = usize::from(u16::from_be_bytes([high, low]));
-        walk(fields, count)?;
+        let (count, fields) = count_and_fields(&frame_and_more[..frame_len])?;
+        walk(fields, count, |_| {})?;
         if fields.len() > INLINE_BYTES {
             return Ok(None);
         }
@@ -155,6 +151,42 @@ impl RawRow {
             len: u32::try_from(len).unwrap_or(u32::MAX),
             bytes,
         }))
+    }
+
+    /// The row as a [`RowView`], with `offsets` to keep where its fields are when the row does not; `None`
+    /// for a row over 4 GiB (only with a raised message limit), whose offsets a view cannot hold.
+    pub(crate) fn view<'a>(&'a self, offsets: &'a mut Vec<u32>) -> Option<RowView<'a>> {
+        let (fields, offsets) = match &self.0 {
+            Fields::Inline { count, len, bytes } => {
+                let fields = &bytes.0[..*len as usize];
+                offsets.clear();
+                // The row was checked when it was framed: the walk cannot fail.
+                walk(fields, *count as usize, |at| offsets.push(at as u32)).ok()?;
+                (fields, &offsets[..])
+            }
+            Fields::Shared {
+                bytes,
+                offsets: Offsets::Inline { len, at },
+            } => (&bytes[..], &at[..usize::from(*len)]),
+            Fields::Shared {
+                bytes,
+                offsets: Offsets::Heap(at),
+            } => {
+                offsets.clear();
+                for &at in at.iter() {
+                    offsets.push(u32::try_from(at).ok()?);
+                }
+                (&bytes[..], &offsets[..])
+            }
+        };
+        Some(RowView { fields, offsets })
+    }
+
+    /// A copy of a lent row, to keep.
+    pub(crate) fn from_view(view: RowView<'_>) -> RawRow {
+        let count = view.len();
+        RawRow::copied(view.fields, view.fields.len(), count)
+            .unwrap_or_else(|| RawRow::shared(Bytes::copy_from_slice(view.fields)))
     }
 
     /// A row whose fields, checked by the caller, are all of `fields`, kept where they are.
@@ -202,58 +234,217 @@ impl RawRow {
     /// The raw bytes of field `i`, `None` for SQL NULL. Panics only if `i` is out of bounds, which callers
     /// rule out against the column count.
     pub(crate) fn field(&self, i: usize) -> Option<&[u8]> {
-        let (fields, at) = match &self.0 {
+        match &self.0 {
             Fields::Inline { count, len, bytes } => {
                 assert!(i < *count as usize, "BUG: field {i} of a row of {count}");
                 let fields = &bytes.0[..*len as usize];
-                // The lengths were checked when the row was framed; -1 (NULL) is the only negative one.
-                let mut at = 0;
-                for _ in 0..i {
-                    let (&word, _) = fields[at..].split_first_chunk::<4>()?;
-                    at += 4 + usize::try_from(i32::from_be_bytes(word)).unwrap_or(0);
-                }
-                (fields, at)
+                field_at(fields, skip(fields, i)?)
             }
-            Fields::Shared { bytes, offsets } => (&bytes[..], offsets.get(i)),
-        };
-        let (&word, value) = fields[at..].split_first_chunk::<4>()?;
-        let len = usize::try_from(i32::from_be_bytes(word)).ok()?;
-        value.get(..len)
+            Fields::Shared { bytes, offsets } => field_at(bytes, offsets.get(i)),
+        }
     }
+}
+
+/// The fields of a DataRow lent to a row stream: still in the inbound buffer (see [`Lender`]), or in a row the
+/// stream holds ([`RawRow::view`]). The fast path: neither a copy nor a reference count.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowView<'a> {
+    /// The fields, as the protocol has them.
+    fields: &'a [u8],
+    /// Where each field's length word is in `fields`, checked when the row was framed.
+    offsets: &'a [u32],
+}
+
+impl<'a> RowView<'a> {
+    /// The number of fields.
+    pub(crate) fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    /// The raw bytes of field `i`, `None` for SQL NULL. Panics only if `i` is out of bounds, which callers
+    /// rule out against the column count.
+    #[inline]
+    pub(crate) fn field(&self, i: usize) -> Option<&'a [u8]> {
+        field_at(self.fields, self.offsets[i] as usize)
+    }
+}
+
+/// Lends the DataRows of one request where they are in the inbound buffer, one at a time, reading ahead of
+/// what the buffer gave up: a lent row stays valid while the stream's caller holds it, and the bytes of the
+/// rows read are taken off the buffer in one step when anything else reads it ([`release`](Self::release)).
+#[derive(Debug, Default)]
+pub(crate) struct Lender {
+    /// The row lent now, as a range of the inbound buffer (empty when none is); its end is how far the rows
+    /// were read.
+    lent: std::ops::Range<usize>,
+    /// Where the lent row's fields are (the first `count`), kept to reuse the allocation.
+    offsets: Vec<u32>,
+    count: usize,
+    /// The request whose rows are lent and the field count its RowDescription gave, while nothing but its
+    /// DataRows was read: what the checks of the first row found stays true for the next ones.
+    request: Option<(u64, usize)>,
+}
+
+impl Lender {
+    /// How many bytes at the front of the inbound buffer were read (the lent row's included).
+    pub(crate) fn read(&self) -> usize {
+        self.lent.end
+    }
+
+    /// The field count of request `request`'s rows, if its rows are being lent.
+    pub(crate) fn lending(&self, request: u64) -> Option<usize> {
+        self.request
+            .filter(|&(lending, _)| lending == request)
+            .map(|(_, fields)| fields)
+    }
+
+    /// Takes the rows read off `inbound` and forgets the request: whoever calls this reads `inbound` next,
+    /// so no row is lent any more.
+    pub(crate) fn release(&mut self, inbound: &mut BytesMut) {
+        if self.lent.end > 0 {
+            inbound.advance(self.lent.end);
+            self.lent = 0..0;
+        }
+        self.request = None;
+    }
+
+    /// Lends the DataRow at [`read`](Self::read) in `inbound`, request `request`'s row with `expected` fields:
+    /// `true` if it is there whole and well-formed (checked as [`RawRow::split_from`] does). Anything else
+    /// (another message, a cut-off frame, a malformed row) is left for the general way, which reports what
+    /// is wrong.
+    #[inline]
+    pub(crate) fn lend(
+        &mut self,
+        inbound: &[u8],
+        max_message_size: usize,
+        request: u64,
+        expected: usize,
+    ) -> bool {
+        let start = self.lent.end;
+        let rest = inbound.get(start..).unwrap_or_default();
+        let Some((&[b'D', a, b, c, d, high, low], fields_and_more)) = rest.split_first_chunk::<7>()
+        else {
+            return false;
+        };
+        let len = u32::from_be_bytes([a, b, c, d]) as usize;
+        let count = usize::from(u16::from_be_bytes([high, low]));
+        // The length counts itself and the field count; fields of over 4 GiB do not fit 32-bit offsets.
+        if len < 6 || len > max_message_size || len - 6 > u32::MAX as usize || count != expected {
+            return false;
+        }
+        let Some(fields) = fields_and_more.get(..len - 6) else {
+            return false;
+        };
+        if self.offsets.len() < count {
+            self.offsets.resize(count, 0);
+        }
+        if !record(fields, &mut self.offsets[..count]) {
+            return false;
+        }
+        self.lent = start..start + 1 + len;
+        self.count = count;
+        self.request = Some((request, expected));
+        true
+    }
+
+    /// The row lent now, if any, in `inbound` (the buffer [`lend`](Self::lend) read).
+    pub(crate) fn view<'a>(&'a self, inbound: &'a [u8]) -> Option<RowView<'a>> {
+        let frame = inbound.get(self.lent.clone()).filter(|f| !f.is_empty())?;
+        Some(RowView {
+            fields: &frame[FIELDS_START..],
+            offsets: &self.offsets[..self.count],
+        })
+    }
+}
+
+/// Checks that `fields` holds exactly `offsets.len()` fields, as [`walk`] does (without saying what is wrong),
+/// writing where each one's length word is into `offsets`. The fields are at most `u32::MAX` bytes.
+#[inline]
+fn record(fields: &[u8], offsets: &mut [u32]) -> bool {
+    let mut at = 0usize;
+    for slot in offsets {
+        let Some((&word, _)) = fields.get(at..).and_then(<[u8]>::split_first_chunk::<4>) else {
+            return false;
+        };
+        // At most u32::MAX, as the fields are.
+        *slot = at as u32;
+        at += 4;
+        match usize::try_from(i32::from_be_bytes(word)) {
+            Ok(len) => at = at.saturating_add(len),
+            Err(_) if word == [0xff; 4] => {}
+            Err(_) => return false,
+        }
+    }
+    at == fields.len()
+}
+
+/// Where field `i`'s length word is in `fields`, whose lengths were checked: found by walking the ones before.
+#[inline]
+fn skip(fields: &[u8], i: usize) -> Option<usize> {
+    let mut at = 0;
+    for _ in 0..i {
+        let (&word, _) = fields.get(at..)?.split_first_chunk::<4>()?;
+        // -1 (NULL) is the only negative length the check let through.
+        at += 4 + usize::try_from(i32::from_be_bytes(word)).unwrap_or(0);
+    }
+    Some(at)
+}
+
+/// The value whose length word is at `at` in `fields`, `None` for NULL.
+#[inline]
+fn field_at(fields: &[u8], at: usize) -> Option<&[u8]> {
+    let (&word, value) = fields.get(at..)?.split_first_chunk::<4>()?;
+    let len = usize::try_from(i32::from_be_bytes(word)).ok()?;
+    value.get(..len)
 }
 
 fn malformed(what: String) -> Error {
     Error::protocol(format!("malformed DataRow: {what}"))
 }
 
+/// Checks a DataRow's field count against its RowDescription's.
+pub(crate) fn check_field_count(fields: usize, expected: usize) -> Result<(), Error> {
+    if fields != expected {
+        return Err(Error::protocol(format!(
+            "DataRow has {fields} fields but its RowDescription has {expected} columns"
+        )));
+    }
+    Ok(())
+}
+
+/// The field count of a DataRow frame and the bytes of its fields.
+fn count_and_fields(frame: &[u8]) -> Result<(usize, &[u8]), Error> {
+    let Some((&[high, low], fields)) = frame[HEADER_LEN..].split_first_chunk::<2>() else {
+        return Err(malformed("missing the field count".to_string()));
+    };
+    Ok((usize::from(u16::from_be_bytes([high, low])), fields))
+}
+
 /// Walks `count` fields in `fields`, checking that each length word and value is there and that nothing
-/// follows the last one.
-fn walk(fields: &[u8], count: usize) -> Result<(), Error> {
-    let mut at = 0usize;
+/// follows the last one; `record` is told where each length word is.
+fn walk(fields: &[u8], count: usize, mut record: impl FnMut(usize)) -> Result<(), Error> {
+    let mut rest = fields;
     for _ in 0..count {
-        let Some(&[a, b, c, d]) = fields.get(at..at + 4) else {
+        let Some((&word, after)) = rest.split_first_chunk::<4>() else {
             return Err(malformed("a field length cut off".to_string()));
         };
-        at += 4;
-        let len = i32::from_be_bytes([a, b, c, d]);
-        if len == -1 {
-            continue;
-        }
-        match usize::try_from(len) {
-            Ok(len) if len <= fields.len() - at => at += len,
-            Ok(len) => {
-                return Err(malformed(format!(
+        record(fields.len() - rest.len());
+        let len = i32::from_be_bytes(word);
+        rest = match usize::try_from(len) {
+            Ok(len) => after.get(len..).ok_or_else(|| {
+                malformed(format!(
                     "a field of {len} bytes where {} are left",
-                    fields.len() - at
-                )));
-            }
+                    after.len()
+                ))
+            })?,
+            Err(_) if len == -1 => after,
             Err(_) => return Err(malformed(format!("invalid field length {len}"))),
-        }
+        };
     }
-    if at != fields.len() {
+    if !rest.is_empty() {
         return Err(malformed(format!(
             "{} bytes after the last field",
-            fields.len() - at
+            rest.len()
         )));
     }
     Ok(())

@@ -41,7 +41,8 @@ use postgres_protocol::message::frontend;
 use crate::config::ProtocolVersion;
 use crate::{DbError, Error, ErrorKind};
 
-pub(crate) use data_row::RawRow;
+use data_row::{Lender, check_field_count};
+pub(crate) use data_row::{RawRow, RowView};
 use frame::Frame;
 #[cfg(any(fuzzing, test))]
 pub(crate) use startup::ChannelBindingPolicy;
@@ -256,6 +257,9 @@ pub(crate) struct Protocol {
     protocol_version: ProtocolVersion,
     transaction_status: TransactionStatus,
     eof: bool,
+    /// The DataRows lent to a row stream ([`lend_data_row`](Self::lend_data_row)), still at the front of
+    /// `inbound`: taken off before anything else reads it.
+    lender: Lender,
 }
 
 impl Protocol {
@@ -279,12 +283,14 @@ impl Protocol {
             protocol_version,
             transaction_status: TransactionStatus::Idle,
             eof: false,
+            lender: Lender::default(),
         })
     }
 
     /// Feeds bytes received from the server. They are parsed lazily by the `poll_*` calls, so a caller that
     /// stops polling stops the buffer from growing beyond what it read.
     pub(crate) fn handle_input(&mut self, bytes: &[u8]) {
+        self.release_lent();
         self.inbound.extend_from_slice(bytes);
     }
 
@@ -315,13 +321,13 @@ impl Protocol {
 
     /// Whether the connection can no longer be used.
     pub(crate) fn is_closed(&self) -> bool {
-        matches!(self.phase, Phase::Closed | Phase::Failed(..))
-            || (self.eof && self.inbound.is_empty())
+        matches!(self.phase, Phase::Closed | Phase::Failed(..)) || (self.eof && self.all_read())
     }
 
     /// Records an error that broke the connection (a transport failure, or a message the client layer found
     /// malformed or out of place): nothing more can be sent or trusted.
     pub(crate) fn mark_broken(&mut self, error: &Error) {
+        self.release_lent();
         // The first cause is kept: errors that only repeat it (`still_broken`) must not wrap it again.
         if error.is_connection_broken() && !matches!(self.phase, Phase::Closed | Phase::Failed(..))
         {
@@ -384,12 +390,23 @@ impl Protocol {
         match &self.phase {
             Phase::Failed(kind, why) => Err(Error::still_broken(*kind, why)),
             Phase::Closed => Err(Error::closed()),
-            _ if self.eof && self.inbound.is_empty() => Err(Error::closed()),
+            _ if self.eof && self.all_read() => Err(Error::closed()),
             _ => Ok(()),
         }
     }
 
+    /// Whether every byte received was read (lent rows count as read).
+    fn all_read(&self) -> bool {
+        self.inbound.len() == self.lender.read()
+    }
+
+    /// Takes the lent rows, if any, off the inbound buffer: their borrower is done with them.
+    fn release_lent(&mut self) {
+        self.lender.release(&mut self.inbound);
+    }
+
     fn fail(&mut self, error: Error) -> Error {
+        self.release_lent();
         if error.is_connection_broken() {
             self.phase = Phase::Failed(error.kind(), error.to_string());
         }
@@ -640,6 +657,7 @@ impl Protocol {
 
     /// The next response, or `None` if more input is needed.
     pub(crate) fn poll_response(&mut self) -> Result<Option<Response>, Error> {
+        self.release_lent();
         loop {
             if let Phase::Failed(kind, why) = &self.phase {
                 return Err(Error::still_broken(*kind, why));
@@ -849,7 +867,7 @@ impl Protocol {
     /// Routes a DataRow: it answers the oldest request, outside any COPY, with as many fields as its result
     /// has columns. Apart from `route`, as rows are most of what arrives.
     fn route_data_row(&mut self, row: RawRow) -> Result<Response, Error> {
-        let request = self.check_data_row(&row)?;
+        let request = self.check_data_row(row.len())?;
         Ok(Response {
             request,
             message: Backend::Row(row),
@@ -857,7 +875,7 @@ impl Protocol {
     }
 
     /// Checks that a DataRow may arrive now, and returns the request it answers.
-    fn check_data_row(&self, row: &RawRow) -> Result<RequestId, Error> {
+    fn check_data_row(&self, fields: usize) -> Result<RequestId, Error> {
         let Some(pending) = self.pending.front() else {
             return Err(Error::protocol(
                 "unexpected DataRow with no request in flight",
@@ -869,12 +887,7 @@ impl Protocol {
         let expected = self.result_columns.or(pending.row_columns).ok_or_else(|| {
             Error::protocol("DataRow without a RowDescription describing its columns")
         })?;
-        if row.len() != expected {
-            return Err(Error::protocol(format!(
-                "DataRow has {} fields but its RowDescription has {expected} columns",
-                row.len()
-            )));
-        }
+        check_field_count(fields, expected)?;
         Ok(pending.id)
     }
 
@@ -954,6 +967,7 @@ impl Protocol {
     /// fast path of COPY readers, as [`poll_data_row`](Self::poll_data_row) is of row streams. `Ok(None)`
     /// whenever something else comes next; the caller then goes the general way.
     pub(crate) fn poll_copy_data(&mut self, id: RequestId) -> Result<Option<Bytes>, Error> {
+        self.release_lent();
         let ours = matches!(self.phase, Phase::Ready)
             && matches!(
                 self.copy,
@@ -982,23 +996,69 @@ impl Protocol {
     /// frame, the answer to an older request, a COPY); the caller then goes the general way, so nothing is
     /// routed differently.
     pub(crate) fn poll_data_row(&mut self, id: RequestId) -> Result<Option<RawRow>, Error> {
-        let ours = matches!(self.phase, Phase::Ready)
-            && self.copy == CopyState::Idle
-            && self.inbound.first() == Some(&b'D')
-            && self.pending.front().is_some_and(|p| p.id == id);
-        if !ours {
+        let Some((total, expected)) = self.data_row_frame(id)? else {
+            return Ok(None);
+        };
+        let row = RawRow::split_from(&mut self.inbound, total).and_then(|row| {
+            check_field_count(row.len(), expected)?;
+            Ok(row)
+        });
+        row.map(Some).map_err(|e| self.fail(e.broken()))
+    }
+
+    /// Like [`poll_data_row`](Self::poll_data_row), but the row stays in the inbound buffer, lent until the
+    /// next call on the protocol core: the row, when a row of request `id` is there (and until then
+    /// [`lent_row`](Self::lent_row) gives it again). No copy and no allocation: the fast path of lending row streams. Rows
+    /// lent one after another are taken off the buffer together, when something else reads it. `None` also
+    /// for a row that is not well-formed: the general way ([`poll_response`](Self::poll_response)) reports it.
+    pub(crate) fn lend_data_row(&mut self, id: RequestId) -> Option<RowView<'_>> {
+        let expected = match self.lender.lending(id) {
+            Some(expected) => expected,
+            None => {
+                self.release_lent();
+                self.row_fields(id)?
+            }
+        };
+        if !self
+            .lender
+            .lend(&self.inbound, self.limits.max_message_size, id, expected)
+        {
+            return None;
+        }
+        self.lent_row()
+    }
+
+    /// The row [`lend_data_row`](Self::lend_data_row) lent, until the next call that takes `&mut self`.
+    pub(crate) fn lent_row(&self) -> Option<RowView<'_>> {
+        self.lender.view(&self.inbound)
+    }
+
+    /// The number of fields of request `id`'s rows, if a DataRow may come now and answer it (the oldest
+    /// request, outside a COPY, its rows described).
+    fn row_fields(&self, id: RequestId) -> Option<usize> {
+        if !matches!(self.phase, Phase::Ready) || self.copy != CopyState::Idle {
+            return None;
+        }
+        self.pending
+            .front()
+            .filter(|p| p.id == id)
+            .and_then(|p| self.result_columns.or(p.row_columns))
+    }
+
+    /// The length of the DataRow of request `id` at the front of the inbound buffer and the number of fields
+    /// its RowDescription promised, if the row is there whole and nothing else comes first (lent rows are
+    /// taken off first). A row nothing described goes the general way, which refuses it.
+    fn data_row_frame(&mut self, id: RequestId) -> Result<Option<(usize, usize)>, Error> {
+        self.release_lent();
+        let Some(expected) = self.row_fields(id) else {
+            return Ok(None);
+        };
+        if self.inbound.first() != Some(&b'D') {
             return Ok(None);
         }
-        let total = match frame::complete_frame_len(&self.inbound, self.limits.max_message_size) {
-            Ok(Some(total)) => total,
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(self.fail(e)),
-        };
-        let row = RawRow::split_from(&mut self.inbound, total)
-            .and_then(|row| self.check_data_row(&row).map(|_| row));
-        match row {
-            Ok(row) => Ok(Some(row)),
-            Err(e) => Err(self.fail(e.broken())),
+        match frame::complete_frame_len(&self.inbound, self.limits.max_message_size) {
+            Ok(total) => Ok(total.map(|total| (total, expected))),
+            Err(e) => Err(self.fail(e)),
         }
     }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use postgres_types::FromSql;
 
 use crate::Error;
-use crate::proto::RawRow;
 use crate::proto::statement::Column;
+use crate::proto::{RawRow, RowView};
 
 mod sealed {
     pub trait Sealed {}
@@ -104,27 +104,7 @@ impl Row {
         I: RowIndex,
         T: FromSql<'a>,
     {
-        let i = index
-            .find(&self.columns)
-            .ok_or_else(|| Error::column(index.to_string()))?;
-        let column = &self.columns[i];
-        if !T::accepts(&column.type_) {
-            return Err(Error::from_sql_mismatch(
-                &column.name,
-                &column.type_,
-                std::any::type_name::<T>(),
-            ));
-        }
-        let raw = self.raw.field(i);
-        // postgres-types reserves room for as many array elements as the header claims before reading one:
-        // counts are checked against the value's bytes first.
-        if let Some(raw) = raw
-            && column.counted
-        {
-            crate::proto::check_counts(&column.type_, raw)
-                .map_err(|e| Error::from_sql(&column.name, e))?;
-        }
-        T::from_sql_nullable(&column.type_, raw).map_err(|e| Error::from_sql(&column.name, e))
+        decode(&self.columns, index, |i| self.raw.field(i))
     }
 
     /// The raw binary value of a column (`None` for NULL), for types this crate cannot decode.
@@ -133,6 +113,129 @@ impl Row {
             .find(&self.columns)
             .ok_or_else(|| Error::column(index.to_string()))?;
         Ok(self.raw.field(i))
+    }
+}
+
+/// Decodes column `index` of a row with `columns`, whose raw values `field` gives.
+#[inline]
+fn decode<'a, I, T>(
+    columns: &[Column],
+    index: I,
+    field: impl FnOnce(usize) -> Option<&'a [u8]>,
+) -> Result<T, Error>
+where
+    I: RowIndex,
+    T: FromSql<'a>,
+{
+    let i = index
+        .find(columns)
+        .ok_or_else(|| Error::column(index.to_string()))?;
+    let column = &columns[i];
+    if !T::accepts(&column.type_) {
+        return Err(Error::from_sql_mismatch(
+            &column.name,
+            &column.type_,
+            std::any::type_name::<T>(),
+        ));
+    }
+    let raw = field(i);
+    // postgres-types reserves room for as many array elements as the header claims before reading one:
+    // counts are checked against the value's bytes first.
+    if let Some(raw) = raw
+        && column.counted
+    {
+        crate::proto::check_counts(&column.type_, raw)
+            .map_err(|e| Error::from_sql(&column.name, e))?;
+    }
+    T::from_sql_nullable(&column.type_, raw).map_err(|e| Error::from_sql(&column.name, e))
+}
+
+/// A row lent by [`RowStream::next_ref`](crate::RowStream::next_ref): the same reads as [`Row`], from the
+/// bytes where they arrived, valid until the stream's next call. Nothing is copied or counted to hand it out,
+/// which makes it the cheapest way through a large result; [`to_row`](Self::to_row) keeps one.
+#[derive(Clone, Copy)]
+pub struct RowRef<'a> {
+    columns: &'a Arc<[Column]>,
+    raw: RowView<'a>,
+}
+
+impl<'a> RowRef<'a> {
+    /// A lent row; the protocol core checked its field count against the columns.
+    pub(crate) fn new(columns: &'a Arc<[Column]>, raw: RowView<'a>) -> RowRef<'a> {
+        RowRef { columns, raw }
+    }
+
+    #[inline]
+    fn field(&self, i: usize) -> Option<&'a [u8]> {
+        self.raw.field(i)
+    }
+
+    /// The columns of the row.
+    pub fn columns(&self) -> &'a [Column] {
+        self.columns
+    }
+
+    /// The number of columns.
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Whether the row has no columns.
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+
+    /// Decodes a column. Borrowed types (`&str`, `&[u8]`) borrow from the connection's buffer, so they live
+    /// as long as the row.
+    ///
+    /// # Panics
+    /// Panics if the column does not exist or cannot be decoded as `T`; use [`try_get`](Self::try_get) to get
+    /// an error instead.
+    #[track_caller]
+    #[inline]
+    pub fn get<I, T>(&self, index: I) -> T
+    where
+        I: RowIndex,
+        T: FromSql<'a>,
+    {
+        match self.try_get(index) {
+            Ok(value) => value,
+            Err(e) => panic!("error retrieving column: {e}"),
+        }
+    }
+
+    /// Decodes a column, checking first that the column exists and that `T` accepts its type.
+    #[inline]
+    pub fn try_get<I, T>(&self, index: I) -> Result<T, Error>
+    where
+        I: RowIndex,
+        T: FromSql<'a>,
+    {
+        decode(self.columns, index, |i| self.field(i))
+    }
+
+    /// The raw binary value of a column (`None` for NULL), for types this crate cannot decode.
+    pub fn raw<I: RowIndex>(&self, index: I) -> Result<Option<&'a [u8]>, Error> {
+        let i = index
+            .find(self.columns)
+            .ok_or_else(|| Error::column(index.to_string()))?;
+        Ok(self.field(i))
+    }
+
+    /// The row as an owned [`Row`], which outlives the stream (its values are copied).
+    pub fn to_row(&self) -> Row {
+        Row {
+            columns: Arc::clone(self.columns),
+            raw: RawRow::from_view(self.raw),
+        }
+    }
+}
+
+impl fmt::Debug for RowRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RowRef")
+            .field("columns", &self.columns)
+            .finish_non_exhaustive()
     }
 }
 

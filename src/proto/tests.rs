@@ -2268,3 +2268,168 @@ fn copy_both_only_for_a_request_that_streams() {
         );
     }
 }
+
+// Lending rows (`lend_data_row`): the rows stay in the inbound buffer, read ahead of it, and are taken off
+// when anything else reads it; whatever is not a well-formed row of the request goes the general way.
+
+/// The fields of the row lent now, as owned values.
+fn lent_fields(p: &Protocol) -> Vec<Option<String>> {
+    let view = p.lent_row().expect("a row is lent");
+    (0..view.len())
+        .map(|i| {
+            view.field(i)
+                .map(|v| String::from_utf8(v.to_vec()).unwrap())
+        })
+        .collect()
+}
+
+/// A protocol with an Execute of a described statement (2 columns) queued; its id.
+fn lending_protocol() -> (Protocol, RequestId) {
+    let mut p = ready_protocol();
+    let id = p
+        .queue_request(Flow::Extended(1), Some(2), |_| Ok(()))
+        .unwrap();
+    p.handle_input(&msg(b'2', &[]));
+    assert!(matches!(
+        responses(&mut p)[..],
+        [Response {
+            message: Backend::Message(Message::BindComplete),
+            ..
+        }]
+    ));
+    (p, id)
+}
+
+#[test]
+fn lent_rows_come_in_order_and_leave_the_buffer_together() {
+    let (mut p, id) = lending_protocol();
+    let wide: String = "w".repeat(200);
+    p.handle_input(
+        &[
+            data_row(&[Some("1"), None]),
+            data_row(&[Some(""), Some(&wide)]),
+            command_complete("SELECT 2"),
+            ready(b'I'),
+        ]
+        .concat(),
+    );
+    assert!(p.lend_data_row(id).is_some());
+    assert_eq!(lent_fields(&p), [Some("1".to_string()), None]);
+    assert!(p.lend_data_row(id).is_some());
+    assert_eq!(lent_fields(&p), [Some(String::new()), Some(wide)]);
+    // CommandComplete is not a row: the general way takes it, after both rows left the buffer.
+    assert!(p.lend_data_row(id).is_none());
+    assert!(
+        p.lent_row().is_some(),
+        "the last row stays lent until another read"
+    );
+    let rest = responses(&mut p);
+    assert!(p.lent_row().is_none());
+    assert!(matches!(
+        &rest[..],
+        [
+            Response {
+                message: Backend::Message(Message::CommandComplete(_)),
+                ..
+            },
+            Response {
+                message: Backend::Ready,
+                ..
+            }
+        ]
+    ));
+    assert!(!p.has_pending());
+}
+
+#[test]
+fn a_row_cut_off_is_lent_once_it_is_whole() {
+    let (mut p, id) = lending_protocol();
+    let rows = [
+        data_row(&[Some("a"), Some("b")]),
+        data_row(&[Some("c"), None]),
+    ]
+    .concat();
+    let first = data_row(&[Some("a"), Some("b")]).len();
+    // Every split of the two rows: the part that arrived is lent, the rest waits for its bytes.
+    for cut in 0..=rows.len() {
+        let (mut p, id) = lending_protocol();
+        p.handle_input(&rows[..cut]);
+        let mut seen = Vec::new();
+        while p.lend_data_row(id).is_some() {
+            seen.push(lent_fields(&p));
+        }
+        p.handle_input(&rows[cut..]);
+        while p.lend_data_row(id).is_some() {
+            seen.push(lent_fields(&p));
+        }
+        assert_eq!(
+            seen,
+            [
+                vec![Some("a".to_string()), Some("b".to_string())],
+                vec![Some("c".to_string()), None]
+            ],
+            "cut at {cut} of {} (first row {first} bytes)",
+            rows.len()
+        );
+        assert!(p.all_read());
+    }
+    // Rows of another request are not lent to this one.
+    p.handle_input(&data_row(&[Some("x"), Some("y")]));
+    assert!(p.lend_data_row(id + 1).is_none());
+    assert!(p.lend_data_row(id).is_some());
+}
+
+#[test]
+fn malformed_lent_rows_fail_the_general_way() {
+    let good = data_row(&[Some("ab"), Some("c")]);
+    let wrong_count = data_row(&[Some("ab"), Some("c"), None]);
+    let mut too_long = good.clone();
+    too_long[10] = 99;
+    let mut minus_two = good.clone();
+    minus_two[7..11].copy_from_slice(&(-2i32).to_be_bytes());
+    let trailing = {
+        let mut row = good.clone();
+        row.push(0);
+        let len = u32::try_from(row.len() - 1).unwrap();
+        row[1..5].copy_from_slice(&len.to_be_bytes());
+        row
+    };
+    for (row, expected) in [
+        (wrong_count, "fields but its RowDescription has 2 columns"),
+        (too_long, "malformed DataRow"),
+        (minus_two, "invalid field length -2"),
+        (trailing, "bytes after the last field"),
+    ] {
+        let (mut p, id) = lending_protocol();
+        p.handle_input(&[good.clone(), row].concat());
+        assert!(p.lend_data_row(id).is_some(), "the good row is lent");
+        assert!(
+            p.lend_data_row(id).is_none(),
+            "a malformed row is never lent"
+        );
+        let Err(err) = p.poll_response() else {
+            panic!("a malformed row must fail the connection");
+        };
+        assert!(err.to_string().contains(expected), "{err}");
+        assert!(err.is_connection_broken());
+        assert!(p.is_closed());
+        assert!(p.lend_data_row(id).is_none(), "nothing is lent after that");
+    }
+}
+
+#[test]
+fn lent_rows_leave_the_buffer_before_new_input() {
+    let (mut p, id) = lending_protocol();
+    p.handle_input(&data_row(&[Some("1"), Some("2")]));
+    assert!(p.lend_data_row(id).is_some());
+    // A read appends to the buffer: the lent row goes first, so the buffer does not grow with the result.
+    for n in 0..1000 {
+        p.handle_input(&data_row(&[Some(&n.to_string()), Some("2")]));
+        assert!(p.lend_data_row(id).is_some());
+        assert_eq!(lent_fields(&p)[0].as_deref(), Some(n.to_string().as_str()));
+    }
+    assert!(p.inbound.capacity() < 4096, "{}", p.inbound.capacity());
+    // End of stream with every row read: closed.
+    p.handle_eof();
+    assert!(p.is_closed());
+}
