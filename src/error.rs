@@ -205,6 +205,14 @@ impl Error {
         Error::build(ErrorKind::Auth, message.into()).broken()
     }
 
+    /// An authentication failure with its cause (the server's ErrorResponse, or the application's error).
+    pub(crate) fn auth_caused_by(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        Error::auth(message).with_source(source)
+    }
+
     /// A server that answered but does not fit `target_session_attrs`.
     #[cfg(any(feature = "tokio", target_os = "wasi"))]
     pub(crate) fn connect_rejected(message: String) -> Error {

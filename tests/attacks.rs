@@ -37,6 +37,11 @@ use wasi_pg_client::{Client, Config, Error, ErrorKind, SimpleQueryMessage};
 #[cfg(not(target_os = "wasi"))]
 use support::fake_server::{FakeCerts, FakeServer, Script, Transcript, backend, scram};
 
+/// The OAuth (SASL OAUTHBEARER) cases.
+#[path = "attacks/oauth.rs"]
+mod oauth;
+use oauth::*;
+
 /// The password every case configures; it must never reach a server that did not earn it.
 const PASSWORD: &str = "secret";
 /// Put by a hostile server into an ErrorResponse it has no business sending; must never be shown.
@@ -107,6 +112,12 @@ fn all_cases() -> Vec<Case> {
         nul_in_startup_parameter,
         invalid_ssl_response_byte,
         close_right_after_s,
+        oauth_discovery_then_token,
+        oauth_token_rejected,
+        oauth_hook_error,
+        oauth_issuer_mismatch,
+        oauth_over_plaintext,
+        oauth_without_hook,
     ]
 }
 

@@ -144,10 +144,10 @@ pub(crate) const AUDIT: &[KeywordAudit] = &[
     // One key alone is a configuration error (both or neither), so the accepted value here is the empty one.
     both("scram_client_key", true, Honored, "", None, "SCRAM with keys instead of a password"),
     both("scram_server_key", true, Honored, "", None, "SCRAM with keys instead of a password"),
-    both("oauth_issuer", false, Refused, "", Some("https://issuer.example"), "no OAUTHBEARER"),
-    both("oauth_client_id", false, Refused, "", Some("app"), "no OAUTHBEARER"),
-    both("oauth_client_secret", false, Refused, "", Some("secret"), "no OAUTHBEARER"),
-    both("oauth_scope", false, Refused, "", Some("openid"), "no OAUTHBEARER"),
+    both("oauth_issuer", true, Honored, "https://issuer.example", None, "OAUTHBEARER: the issuer the server must name"),
+    both("oauth_client_id", false, Honored, "app", None, "passed to the token hook (Config::oauth_bearer_token)"),
+    both("oauth_client_secret", false, Honored, "secret", None, "passed to the token hook, never shown"),
+    both("oauth_scope", false, Honored, "openid", None, "passed to the token hook; wins over the server's scope"),
 ];
 
 /// How a connection is opened, which decides what some settings can do.

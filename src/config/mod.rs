@@ -21,6 +21,7 @@ mod env;
 #[cfg(any(feature = "tokio", target_os = "wasi"))]
 pub(crate) mod keepalive;
 mod modes;
+mod oauth;
 #[cfg(any(feature = "tokio", target_os = "wasi"))]
 mod pgpass;
 mod require_auth;
@@ -47,6 +48,8 @@ pub use modes::{
     ChannelBinding, LoadBalanceHosts, ProtocolVersion, QueryMode, Replication, SslMode,
     TargetSessionAttrs,
 };
+pub(crate) use oauth::OAuthHook;
+pub use oauth::{OAuthHookError, OAuthRequest, OAuthTokenFuture};
 #[cfg(any(feature = "tokio", target_os = "wasi"))]
 pub(crate) use pgpass::passfile_lookup;
 pub use require_auth::{AuthMethod, RequireAuth};
@@ -189,6 +192,8 @@ pub struct Config {
     given_empty: BTreeSet<&'static str>,
     /// Root certificates and a client identity given through the API.
     in_memory_tls: InMemoryTls,
+    /// The application's OAuth bearer-token hook ([`Config::oauth_bearer_token`]).
+    oauth_hook: Option<OAuthHook>,
 }
 
 impl Config {
@@ -1043,6 +1048,7 @@ impl fmt::Debug for Config {
             raw,
             given_empty,
             in_memory_tls,
+            oauth_hook,
         } = self;
         // Destructuring makes a new field a compile error here until it is shown (or deliberately hidden).
         let raw: BTreeMap<_, _> = raw
@@ -1086,6 +1092,7 @@ impl fmt::Debug for Config {
             .field("raw", &raw)
             .field("given_empty", given_empty)
             .field("in_memory_tls", in_memory_tls)
+            .field("oauth_hook", oauth_hook)
             .finish()
     }
 }

@@ -16,6 +16,8 @@ pub enum AuthMethod {
     Sspi,
     /// SCRAM-SHA-256 over SASL (`scram-sha-256`).
     ScramSha256,
+    /// OAuth bearer tokens over SASL OAUTHBEARER (`oauth`, PostgreSQL 18).
+    OAuth,
     /// No authentication exchange at all: the server answers AuthenticationOk at once (`none`; for example
     /// `trust` or `cert` in pg_hba.conf).
     None,
@@ -30,6 +32,7 @@ impl AuthMethod {
             AuthMethod::Gss => "gss",
             AuthMethod::Sspi => "sspi",
             AuthMethod::ScramSha256 => "scram-sha-256",
+            AuthMethod::OAuth => "oauth",
             AuthMethod::None => "none",
         }
     }
@@ -41,6 +44,7 @@ impl AuthMethod {
             "gss" => AuthMethod::Gss,
             "sspi" => AuthMethod::Sspi,
             "scram-sha-256" => AuthMethod::ScramSha256,
+            "oauth" => AuthMethod::OAuth,
             "none" => AuthMethod::None,
             _ => return None,
         })
@@ -108,7 +112,7 @@ impl RequireAuth {
                 None => part,
             };
             let method = AuthMethod::from_name(name).ok_or_else(|| {
-                format!("unknown method {name:?} (expected password, md5, gss, sspi, scram-sha-256 or none)")
+                format!("unknown method {name:?} (expected password, md5, gss, sspi, scram-sha-256, oauth or none)")
             })?;
             // A repeated method is probably a typo in a setting where typos are risky, so libpq refuses it.
             if requirement.methods.contains(&method) {

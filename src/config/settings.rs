@@ -309,14 +309,6 @@ impl Config {
                 }
                 self.set_raw(key, value);
             }
-            "oauth_issuer" | "oauth_client_id" | "oauth_client_secret" | "oauth_scope" => {
-                if !empty {
-                    return Err(unsupported(
-                        "OAuth (SASL OAUTHBEARER) authentication is not supported by this client",
-                    ));
-                }
-                self.set_raw(key, value);
-            }
             // Kept as text; libpq does not check these either. What each does is in `audit.rs`.
             _ => self.set_raw(key, value),
         }

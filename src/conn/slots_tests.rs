@@ -38,8 +38,8 @@ use crate::config::{ChannelBinding, ProtocolVersion, RequireAuth};
 pub(crate) use crate::proto::scripted::{cstr, message};
 use crate::proto::scripted::{text_columns, text_row};
 use crate::proto::{
-    Backend, ChannelBindingPolicy, Flow, Limits, Protocol, RawRow, RequestId, StartupParams,
-    message_name,
+    Backend, ChannelBindingPolicy, Flow, Limits, OAuthParams, Protocol, RawRow, RequestId,
+    StartupParams, message_name,
 };
 use crate::{Error, ErrorKind};
 
@@ -1091,6 +1091,7 @@ fn ready_protocol() -> Protocol {
         scram_max_iterations: 4096,
         min_protocol_version: ProtocolVersion::V3_0,
         max_protocol_version: ProtocolVersion::V3_0,
+        oauth: OAuthParams::default(),
     };
     let mut protocol = Protocol::new(
         params,

@@ -30,8 +30,8 @@ use postgres_types::Type;
 use super::{Input, values, violated};
 use crate::config::{ChannelBinding, ProtocolVersion, RequireAuth};
 use crate::proto::{
-    Backend, ChannelBindingPolicy, Flow, Limits, Protocol, RequestId, Response, StartupParams,
-    check_frontend_messages, message_name,
+    Backend, BearerToken, ChannelBindingPolicy, Flow, Limits, OAuthParams, Protocol, RequestId,
+    Response, StartupParams, check_frontend_messages, message_name,
 };
 use crate::{Error, Row};
 
@@ -169,6 +169,17 @@ pub(crate) fn startup_params(setup: u8) -> StartupParams {
             ProtocolVersion::V3_2
         } else {
             ProtocolVersion::V3_0
+        },
+        // A server that offers OAUTHBEARER gets the whole exchange: a token where no password is set,
+        // discovery otherwise.
+        oauth: OAuthParams {
+            token: (setup & 4 != 0)
+                .then(|| BearerToken::new("fuzz-token".to_string()).ok())
+                .flatten(),
+            issuer: Some("https://issuer.example".to_string()),
+            hook: true,
+            protected: true,
+            known_discovery: None,
         },
     }
 }

@@ -16,6 +16,7 @@
 
 mod data_row;
 mod frame;
+mod oauth;
 pub(crate) mod operation;
 pub(crate) mod pgoutput;
 pub(crate) mod replication;
@@ -44,6 +45,9 @@ use crate::{DbError, Error, ErrorKind};
 use data_row::{Lender, check_field_count};
 pub(crate) use data_row::{RawRow, RowView};
 use frame::Frame;
+#[cfg(any(fuzzing, test))]
+pub(crate) use oauth::OAuthParams;
+pub(crate) use oauth::{BearerToken, OAuthDiscovery, issuer_identifier as oauth_issuer_identifier};
 #[cfg(any(fuzzing, test))]
 pub(crate) use startup::ChannelBindingPolicy;
 use startup::{Startup, Step};
@@ -260,6 +264,9 @@ pub(crate) struct Protocol {
     /// The DataRows lent to a row stream ([`lend_data_row`](Self::lend_data_row)), still at the front of
     /// `inbound`: taken off before anything else reads it.
     lender: Lender,
+    /// What the server answered to OAuth discovery, kept after the startup failed for the driver to reconnect
+    /// with a token.
+    oauth_discovery: Option<OAuthDiscovery>,
 }
 
 impl Protocol {
@@ -284,7 +291,18 @@ impl Protocol {
             transaction_status: TransactionStatus::Idle,
             eof: false,
             lender: Lender::default(),
+            oauth_discovery: None,
         })
+    }
+
+    /// What the server answered to OAuth discovery, after the startup failed that way: the driver may then
+    /// obtain a token and connect once more.
+    #[cfg_attr(
+        not(any(feature = "tokio", target_os = "wasi")),
+        allow(dead_code, reason = "only the async client reconnects with a token")
+    )]
+    pub(crate) fn take_oauth_discovery(&mut self) -> Option<OAuthDiscovery> {
+        self.oauth_discovery.take()
     }
 
     /// Feeds bytes received from the server. They are parsed lazily by the `poll_*` calls, so a caller that
@@ -451,6 +469,7 @@ impl Protocol {
                     return Ok(true);
                 }
                 Err(e) => {
+                    self.oauth_discovery = startup.take_discovered();
                     // Nothing of a refused step may reach the server (a password above all).
                     self.outbound.truncate(mark);
                     let e = e.broken();

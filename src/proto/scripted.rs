@@ -109,3 +109,26 @@ pub(crate) fn command_complete(tag: &str) -> Vec<u8> {
 pub(crate) fn parameter_status(name: &str, value: &str) -> Vec<u8> {
     message(b'S', &[cstr(name), cstr(value)].concat())
 }
+
+/// An Authentication message: its code and the data after it (10 SASL, 11 SASLContinue, 12 SASLFinal, 0 Ok).
+pub(crate) fn authentication(code: u32, data: &[u8]) -> Vec<u8> {
+    message(b'R', &[&code.to_be_bytes()[..], data].concat())
+}
+
+/// AuthenticationSASL offering `mechanisms`.
+pub(crate) fn sasl_offer(mechanisms: &[&str]) -> Vec<u8> {
+    let mut list: Vec<u8> = mechanisms.iter().flat_map(|m| cstr(m)).collect();
+    list.push(0);
+    authentication(10, &list)
+}
+
+/// A FATAL ErrorResponse with this SQLSTATE and message.
+pub(crate) fn fatal(code: &str, text: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (field, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', code), (b'M', text)] {
+        body.push(field);
+        body.extend(cstr(value));
+    }
+    body.push(0);
+    message(b'E', &body)
+}

@@ -16,6 +16,7 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
 use super::frame::Frame;
+use super::oauth::{self, OAuthDiscovery, OAuthParams};
 use super::scram_keys::{Binding, KeyedScram};
 use super::wire::{self, NegotiateProtocolVersion};
 use super::{BackendKey, Limits};
@@ -41,6 +42,8 @@ pub(crate) struct StartupParams {
     pub(crate) min_protocol_version: ProtocolVersion,
     /// The protocol version the StartupMessage asks for.
     pub(crate) max_protocol_version: ProtocolVersion,
+    /// What OAUTHBEARER needs, if the server asks for it.
+    pub(crate) oauth: OAuthParams,
 }
 
 /// The `channel_binding` setting and what the connection can bind to.
@@ -68,6 +71,11 @@ enum State {
     /// Waiting for AuthenticationOk after a SCRAM exchange completed (server signature verified); `bound` says
     /// whether the exchange was bound to the TLS channel.
     AwaitingSaslOk { bound: bool },
+    /// The OAUTHBEARER initial response went out: AuthenticationOk, or an error challenge, comes next.
+    OAuth { exchange: Box<oauth::Exchange> },
+    /// The server refused the OAUTHBEARER response and we answered its challenge: only its ErrorResponse may
+    /// come.
+    OAuthRejected { rejection: Box<oauth::Rejection> },
     /// Authenticated: collecting BackendKeyData and ParameterStatus until ReadyForQuery.
     Authenticated,
 }
@@ -150,6 +158,9 @@ pub(crate) struct Startup {
     requested_version: ProtocolVersion,
     /// Whether NegotiateProtocolVersion may still come: only before anything else but notices.
     negotiation_open: bool,
+    oauth: OAuthParams,
+    /// What the server answered to OAuth discovery, once its ErrorResponse ended the exchange.
+    discovered: Option<OAuthDiscovery>,
 }
 
 impl Startup {
@@ -181,6 +192,8 @@ impl Startup {
             min_version: params.min_protocol_version,
             requested_version: params.max_protocol_version,
             negotiation_open: true,
+            oauth: params.oauth,
+            discovered: None,
         })
     }
 
@@ -213,6 +226,15 @@ impl Startup {
         match message {
             Message::ErrorResponse(body) => {
                 let db = DbError::parse(&mut body.fields())?;
+                // After a refused OAUTHBEARER exchange the ErrorResponse is expected: the error says what the
+                // server's challenge said, and discovery leaves what the token hook needs.
+                if let State::OAuthRejected { rejection } =
+                    std::mem::replace(&mut self.state, State::AwaitingAuth)
+                {
+                    let (error, discovered) = rejection.into_error(db);
+                    self.discovered = discovered;
+                    return Err(error);
+                }
                 return Err(Error::db(db).broken());
             }
             Message::NoticeResponse(body) => {
@@ -274,14 +296,26 @@ impl Startup {
                 Ok((State::AwaitingAuth, Step::Continue))
             }
             (State::AwaitingAuth, Message::AuthenticationSasl(body)) => {
-                self.allow(AuthMethod::ScramSha256)?;
                 let mut has_scram = false;
                 let mut has_plus = false;
+                let mut has_oauth = false;
                 let mut mechanisms = body.mechanisms();
                 while let Some(mechanism) = mechanisms.next().map_err(Error::malformed)? {
                     has_scram |= mechanism == sasl::SCRAM_SHA_256;
                     has_plus |= mechanism == sasl::SCRAM_SHA_256_PLUS;
+                    has_oauth |= mechanism == oauth::OAUTHBEARER;
                 }
+                // As in libpq, SCRAM wins when the server offers both.
+                if has_oauth && !has_scram && !has_plus {
+                    self.allow(AuthMethod::OAuth)?;
+                    self.refuse_unbound("OAuth")?;
+                    let exchange = oauth::begin(&mut self.oauth, out)?;
+                    self.password = None;
+                    self.scram_keys = None;
+                    let exchange = Box::new(exchange);
+                    return Ok((State::OAuth { exchange }, Step::Continue));
+                }
+                self.allow(AuthMethod::ScramSha256)?;
                 let (mechanism, binding) = self.choose_mechanism(has_scram, has_plus)?;
                 let bound = mechanism == sasl::SCRAM_SHA_256_PLUS;
                 // As in libpq, the keys are used instead of the password when both are given.
@@ -336,6 +370,22 @@ impl Startup {
             }
             (State::AwaitingSaslOk { bound }, Message::AuthenticationOk) => {
                 self.check_bound(bound)?;
+                Ok((State::Authenticated, Step::Continue))
+            }
+            (State::OAuth { exchange }, Message::AuthenticationSaslContinue(body)) => {
+                let rejection = Box::new(exchange.server_error(body.data(), out)?);
+                Ok((State::OAuthRejected { rejection }, Step::Continue))
+            }
+            (State::OAuth { .. }, Message::AuthenticationSaslFinal(_)) => Err(Error::protocol(
+                "the server sent AuthenticationSASLFinal for OAUTHBEARER, which has no final data",
+            )),
+            (State::OAuth { exchange }, Message::AuthenticationOk) => {
+                // As libpq: only a token finishes the client's side of the exchange for require_auth.
+                if !exchange.with_token() && self.require_auth.requires_authentication() {
+                    return Err(Error::auth(
+                        "the server accepted OAuth discovery without a token, which require_auth does not allow",
+                    ));
+                }
                 Ok((State::Authenticated, Step::Continue))
             }
             (State::AwaitingAuth, Message::AuthenticationKerberosV5) => {
@@ -469,6 +519,11 @@ impl Startup {
             .ok_or_else(|| Error::auth("the server requested a password but none was given"))
     }
 
+    /// What the server answered to OAuth discovery, if the exchange ended that way.
+    pub(crate) fn take_discovered(&mut self) -> Option<OAuthDiscovery> {
+        self.discovered.take()
+    }
+
     fn unsupported(&self, what: &str) -> Error {
         Error::auth(format!(
             "the server requested {what} authentication, which this client does not support"
@@ -482,6 +537,8 @@ impl State {
             State::AwaitingAuth => "authentication",
             State::Sasl { .. } => "the SCRAM exchange",
             State::AwaitingSaslOk { .. } => "the end of the SCRAM exchange",
+            State::OAuth { .. } => "the OAUTHBEARER exchange",
+            State::OAuthRejected { .. } => "the end of a refused OAUTHBEARER exchange",
             State::Authenticated => "startup after authentication",
         }
     }
@@ -594,13 +651,15 @@ pub(crate) fn startup_parameters(config: &Config) -> Result<StartupParameters, E
 }
 
 /// What the core's startup needs: `params` from [`startup_parameters`], the password, and `tls_binding`: `None`
-/// without TLS, else the channel binding data of the TLS session (or why it has none).
+/// without TLS, else the channel binding data of the TLS session (or why it has none). OAuth counts the channel
+/// as protected only with TLS; the driver says so for Unix-domain sockets, and sets a token it obtained.
 pub(crate) fn startup_params(
     config: &Config,
     params: Vec<(String, String)>,
     password: Option<Vec<u8>>,
     tls_binding: Option<Result<Vec<u8>, String>>,
 ) -> StartupParams {
+    let tls_binding_present = tls_binding.is_some();
     StartupParams {
         params,
         password,
@@ -613,6 +672,13 @@ pub(crate) fn startup_params(
         scram_max_iterations: config.get_scram_max_iterations(),
         min_protocol_version: config.get_min_protocol_version(),
         max_protocol_version: config.get_max_protocol_version(),
+        oauth: OAuthParams {
+            token: None,
+            issuer: config.get_oauth_issuer().map(str::to_string),
+            hook: config.get_oauth_hook().is_some(),
+            protected: tls_binding_present,
+            known_discovery: None,
+        },
     }
 }
 

@@ -114,6 +114,7 @@ fn startup_params(password: Option<&str>, require_auth: &str) -> StartupParams {
         scram_max_iterations: 100_000,
         min_protocol_version: ProtocolVersion::V3_0,
         max_protocol_version: ProtocolVersion::V3_0,
+        oauth: OAuthParams::default(),
     }
 }
 

@@ -17,7 +17,7 @@ pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
         client_encoding_is_utf8,
         keywords_without_effect_still_connect,
         change_password_sends_only_a_verifier,
-        libpq18_keywords_without_support_refused,
+        libpq18_oauth_keywords_accepted,
         scram_keys_log_in_without_the_password,
     ]
 }
@@ -369,35 +369,39 @@ async fn check_changed_password(
     }
 }
 
-/// libpq 18's OAuth keywords: any value is refused as unsupported, naming the keyword, before
-/// anything is sent; secret values never appear in the error.
-async fn libpq18_keywords_without_support_refused(env: &Env) -> Outcome {
+/// libpq 18's OAuth keywords are accepted; they only matter when a server asks for OAUTHBEARER, so against a
+/// SCRAM server (PostgreSQL 15 has no OAuth) the login is unchanged and the client secret never shows.
+/// `require_auth=oauth` refuses the SCRAM server before the password leaves. The OAuth exchange itself runs
+/// against scripted servers (tests/attacks.rs).
+async fn libpq18_oauth_keywords_accepted(env: &Env) -> Outcome {
     let secret = "c2VjcmV0LWtleS1ieXRlcw==";
-    for (keyword, value) in [
-        ("oauth_issuer", "https://issuer.example"),
-        ("oauth_client_id", "app"),
-        ("oauth_client_secret", secret),
-        ("oauth_scope", "openid"),
-    ] {
-        let conninfo = format!("{} {keyword}={value}", env.scram);
-        refused_as_unsupported(&conninfo, keyword).await?;
-        if let Err(e) = Config::parse(&conninfo) {
-            ensure!(
-                !e.to_string().contains(secret),
-                "{keyword}: the secret is shown: {e}"
-            );
-        }
-    }
-    // Empty values mean "not set", as in libpq.
     let conninfo = format!(
-        "{} scram_client_key='' scram_server_key='' oauth_issuer=''",
+        "{} oauth_issuer=https://issuer.example oauth_client_id=app oauth_client_secret={secret} \
+         oauth_scope=openid",
         env.scram
+    );
+    let config = Config::parse(&conninfo).check("parse")?;
+    ensure!(
+        !format!("{config:?}").contains(secret),
+        "the client secret is shown: {config:?}"
     );
     connect(&conninfo)
         .await?
         .close()
         .await
-        .check("empty values")
+        .check("OAuth keywords with a SCRAM server")?;
+    let only_oauth = format!("{} require_auth=oauth", env.scram);
+    match Client::connect(&Config::parse(&only_oauth).check("parse")?).await {
+        Ok(_) => Err("require_auth=oauth logged in with SCRAM".to_string()),
+        Err(e) => {
+            ensure!(e.kind() == ErrorKind::Auth, "require_auth=oauth: {e}");
+            ensure!(
+                e.to_string().contains("require_auth"),
+                "require_auth=oauth: {e}"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// libpq 18's `scram_client_key` and `scram_server_key`: the keys derived from the role's verifier in
