@@ -5,6 +5,7 @@
 //! natively, so both targets run the same TLS code; aws-lc-rs does not build for wasm32-wasip2.
 
 mod binding;
+mod encrypted_key;
 mod files;
 mod identity;
 mod key_log;

@@ -534,7 +534,8 @@ async fn tls_system_root_store(env: &Env) -> Outcome {
 }
 
 /// `cert` authentication: the certificate's CN must be the user; the key may be PKCS#8 or SEC1; the certificate
-/// may be X.509 v1 or v3; an encrypted PKCS#8 key is decrypted with `sslpassword`.
+/// may be X.509 v1 or v3; an encrypted key (PKCS#8, or OpenSSL's legacy PEM form on an EC or RSA key) is
+/// decrypted with `sslpassword`.
 async fn tls_client_certificates(env: &Env) -> Outcome {
     use Expect::{Fails, Tls};
     let t = &env.tls;
@@ -568,21 +569,31 @@ async fn tls_client_certificates(env: &Env) -> Outcome {
         t.file("client-v1.crt"),
         t.file("other.key")
     );
-    // Encrypted keys: PKCS#8 decrypted with sslpassword; OpenSSL's legacy form refused as unsupported.
-    let encrypted = format!(
-        "sslcert={} sslkey={}",
-        t.file("client.crt"),
-        t.file("client-encrypted.key")
-    );
-    let legacy = format!(
-        "sslcert={} sslkey={}",
-        t.file("client.crt"),
-        t.file("client-legacy-encrypted.key")
-    );
+    // Encrypted keys, decrypted with sslpassword: PKCS#8 (PBES2) and OpenSSL's legacy PEM form, on the EC key
+    // and on an RSA one (see tests/support/tls.rs for how openssl made each file).
+    let with_key =
+        |cert: &str, key: &str| format!("sslcert={} sslkey={}", t.file(cert), t.file(key));
+    let encrypted = with_key("client.crt", "client-encrypted.key");
+    let legacy = with_key("client.crt", "client-legacy-encrypted.key");
+    let rsa_legacy = with_key("client-rsa.crt", "client-rsa-legacy-aes256.key");
+    let pkcs8_des3 = with_key("client.crt", "client-encrypted-des3.key");
+    let decrypted = [
+        encrypted.clone(),
+        with_key("client-rsa.crt", "client-encrypted-rsa.key"),
+        pkcs8_des3.clone(),
+        legacy.clone(),
+        with_key("client.crt", "client-legacy-aes128.key"),
+        with_key("client.crt", "client-legacy-des3.key"),
+        with_key("client.crt", "client-legacy-des.key"),
+        rsa_legacy.clone(),
+        with_key("client-rsa.crt", "client-rsa-legacy-des3.key"),
+    ];
+    // PKCS#12's password-based encryption (OpenSSL 1.0's default for `pkcs8 -topk8`) stays unsupported.
+    let pkcs12 = with_key("client.crt", "client-encrypted-pbe-sha1-3des.key");
     let password = "sslpassword=pgc-key-secret";
     let c = Login::Cert;
     let no_certificate = Fails("requires a valid client certificate");
-    let cases = [
+    let mut cases = vec![
         case(Server::Tls, c, format!("{verify} {client}"), Tls),
         case(Server::Tls, c, format!("{verify} {client_sec1}"), Tls),
         case(Server::Tls, c, format!("sslmode=require {client}"), Tls),
@@ -590,26 +601,8 @@ async fn tls_client_certificates(env: &Env) -> Outcome {
         case(
             Server::Tls,
             c,
-            format!("{verify} {encrypted} {password}"),
-            Tls,
-        ),
-        case(
-            Server::Tls,
-            c,
-            format!("{verify} {encrypted} sslpassword=wrong"),
-            Fails("cannot decrypt"),
-        ),
-        case(
-            Server::Tls,
-            c,
-            format!("{verify} {encrypted}"),
-            Fails("\"sslpassword\""),
-        ),
-        case(
-            Server::Tls,
-            c,
-            format!("{verify} {legacy} {password}"),
-            Fails("legacy form"),
+            format!("{verify} {pkcs12} {password}"),
+            Fails("PBE-SHA1-3DES"),
         ),
         case(
             Server::Tls,
@@ -639,6 +632,29 @@ async fn tls_client_certificates(env: &Env) -> Outcome {
         // A certificate the server does not need does no harm.
         case(Server::Tls, Login::Scram, format!("{verify} {client}"), Tls),
     ];
+    for key in &decrypted {
+        cases.push(case(
+            Server::Tls,
+            c,
+            format!("{verify} {key} {password}"),
+            Tls,
+        ));
+    }
+    // A wrong or missing password fails before the server sees anything, naming sslpassword.
+    for key in [&encrypted, &pkcs8_des3, &legacy, &rsa_legacy] {
+        cases.push(case(
+            Server::Tls,
+            c,
+            format!("{verify} {key} sslpassword=wrong"),
+            Fails("\"sslpassword\": wrong password"),
+        ));
+        cases.push(case(
+            Server::Tls,
+            c,
+            format!("{verify} {key}"),
+            Fails("give its password with connection option \"sslpassword\""),
+        ));
+    }
     check_cases(env, &cases).await?;
 
     // The server saw the certificate's subject.

@@ -18,15 +18,27 @@
 //! | `client-sec1.key` | the same key as SEC1 (`EC PRIVATE KEY`) |
 //! | `client-v1.crt` | CN `pgc_cert` for `client.key`, an X.509 **v1** certificate made by `openssl x509 -req` as in PostgreSQL's documentation |
 //! | `other.crt`, `other.key` | CN `pgc_other`, a user that is not `pgc_cert` |
-//! | `client-encrypted.key` | `client.key` as encrypted PKCS#8 (`openssl pkcs8 -topk8 -v2 aes-256-cbc`), password [`KEY_PASSWORD`] |
-//! | `client-legacy-encrypted.key` | `client.key` in OpenSSL's legacy encrypted SEC1 form (`Proc-Type: 4,ENCRYPTED`), same password |
+//! | `client-rsa.crt`, `client-rsa.key` | CN `pgc_cert` with an RSA key that `openssl genrsa` made, as PKCS#8 |
 //! | `revoked.crl` | `root.crt`'s revocation list, revoking `server.crt` |
 //! | `clean.crl` | `root.crt`'s list, revoking another serial only |
 //! | `expired.crl` | `root.crt`'s list that revokes nothing, past its next update |
 //! | `wrong-root.crl` | `wrong-root.crt`'s list: says nothing about certificates `root.crt` signed |
 //! | `crl-revoked/`, `crl-clean/` | directories for `sslcrldir`: `revoked.crl` or `clean.crl` as `root.r0`, beside a file that is not a list |
 //!
-//! Keys are mode 0600 and ECDSA P-256 (ring cannot make RSA keys, so there is no PKCS#1 form).
+//! Encrypted copies of `client.key` (EC) and `client-rsa.key` (RSA), made by openssl, all with the password
+//! [`KEY_PASSWORD`]:
+//!
+//! | file | openssl arguments |
+//! |---|---|
+//! | `client-encrypted.key` | `pkcs8 -topk8 -v2 aes-256-cbc` (PBES2, PBKDF2 with HMAC-SHA256) |
+//! | `client-encrypted-rsa.key` | the RSA key, `pkcs8 -topk8 -v2 aes-128-cbc` |
+//! | `client-encrypted-des3.key` | `pkcs8 -topk8 -v2 des3 -v2prf hmacWithSHA1` (what older OpenSSL writes) |
+//! | `client-encrypted-pbe-sha1-3des.key` | `pkcs8 -topk8 -v1 PBE-SHA1-3DES` (PKCS#12's scheme, which the client refuses) |
+//! | `client-legacy-encrypted.key` | `ec -aes256`: OpenSSL's legacy form (`Proc-Type: 4,ENCRYPTED`) on SEC1 |
+//! | `client-legacy-aes128.key`, `client-legacy-des3.key`, `client-legacy-des.key` | `ec -aes128`, `ec -des3`, `ec -des` |
+//! | `client-rsa-legacy-aes256.key`, `client-rsa-legacy-des3.key` | `rsa -traditional -aes256`, `-des3`: the legacy form on PKCS#1 |
+//!
+//! Keys are mode 0600 and ECDSA P-256, but for `client-rsa.key` (ring cannot make RSA keys; openssl does).
 //! Servers do not read this dir: [`Cluster`](super::Cluster) copies a [`ServerTls`]'s files into its
 //! own dir, owned by the user the server runs as.
 
@@ -60,7 +72,10 @@ pub const CLIENT_V1_CERT: &str = "client-v1.crt";
 /// A client certificate for `pgc_other` (a valid chain, but the wrong user for `pgc_cert`).
 pub const OTHER_CERT: &str = "other.crt";
 pub const OTHER_KEY: &str = "other.key";
-/// The password of the encrypted copies of [`CLIENT_KEY`].
+/// The client certificate for `pgc_cert` with an RSA key.
+pub const CLIENT_RSA_CERT: &str = "client-rsa.crt";
+pub const CLIENT_RSA_KEY: &str = "client-rsa.key";
+/// The password of the encrypted copies of [`CLIENT_KEY`] and [`CLIENT_RSA_KEY`].
 pub const KEY_PASSWORD: &str = "pgc-key-secret";
 /// The serial number of `server.crt`, which `revoked.crl` revokes.
 const GOOD_SERVER_SERIAL: u64 = 1001;
@@ -119,6 +134,7 @@ impl TestCerts {
         certs.write_key(CLIENT_KEY_SEC1, &pem("EC PRIVATE KEY", &sec1));
         certs.client(OTHER_CERT, OTHER_KEY, "pgc_other", &root);
         certs.client_v1(&root);
+        certs.client_rsa(&root);
         certs.encrypted_keys();
         certs.revocation_lists(&root, &wrong_root);
         certs
@@ -178,6 +194,24 @@ impl TestCerts {
         self.write(cert_file, &cert.pem());
         self.write_key(key_file, &key.serialize_pem());
         key
+    }
+
+    /// [`CLIENT_RSA_CERT`] and [`CLIENT_RSA_KEY`]: `openssl genrsa` makes the key (PKCS#8 in OpenSSL 3), rcgen
+    /// signs a clientAuth certificate for it with CN `pgc_cert`.
+    fn client_rsa(&self, ca: &Ca) {
+        let pem = String::from_utf8(openssl(&["genrsa", "2048"], "the RSA client key"))
+            .unwrap_or_else(|e| panic!("openssl genrsa wrote no text: {e}"));
+        let key = KeyPair::from_pem(&pem).unwrap_or_else(|e| panic!("the RSA client key: {e}"));
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "pgc_cert");
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = ca.sign(params, &key);
+        self.write(CLIENT_RSA_CERT, &cert.pem());
+        self.write_key(CLIENT_RSA_KEY, &pem);
     }
 
     /// [`CLIENT_V1_CERT`], by PostgreSQL's documented recipe: `openssl req -new` then `openssl x509 -req`
@@ -248,41 +282,88 @@ impl TestCerts {
         );
     }
 
-    /// `client-encrypted.key` and `client-legacy-encrypted.key`, made by openssl from [`CLIENT_KEY`].
+    /// The encrypted keys of the module docs, made by openssl from [`CLIENT_KEY`] and [`CLIENT_RSA_KEY`].
     fn encrypted_keys(&self) {
-        let key = self.path(CLIENT_KEY);
-        let pass = format!("pass:{KEY_PASSWORD}");
-        for (file, args) in [
+        // (file, the key it encrypts, openssl's arguments, what the output must say it is)
+        let forms: [(&str, &str, &[&str], &str); 10] = [
             (
                 "client-encrypted.key",
-                &["pkcs8", "-topk8", "-v2", "aes-256-cbc"][..],
+                CLIENT_KEY,
+                &["pkcs8", "-topk8", "-v2", "aes-256-cbc"],
+                "ENCRYPTED",
             ),
-            ("client-legacy-encrypted.key", &["ec", "-aes256"][..]),
-        ] {
-            let out = self.path(file);
-            let output = std::process::Command::new("openssl")
-                .args(args)
-                .arg("-in")
-                .arg(&key)
-                .arg("-out")
-                .arg(&out)
-                .args(["-passout", &pass])
-                .output()
-                .unwrap_or_else(|e| panic!("cannot run openssl (needed for {file}): {e}"));
+            (
+                "client-encrypted-des3.key",
+                CLIENT_KEY,
+                &["pkcs8", "-topk8", "-v2", "des3", "-v2prf", "hmacWithSHA1"],
+                "ENCRYPTED",
+            ),
+            (
+                "client-encrypted-pbe-sha1-3des.key",
+                CLIENT_KEY,
+                &["pkcs8", "-topk8", "-v1", "PBE-SHA1-3DES"],
+                "ENCRYPTED",
+            ),
+            (
+                "client-legacy-encrypted.key",
+                CLIENT_KEY,
+                &["ec", "-aes256"],
+                "DEK-Info: AES-256-CBC,",
+            ),
+            (
+                "client-legacy-aes128.key",
+                CLIENT_KEY,
+                &["ec", "-aes128"],
+                "DEK-Info: AES-128-CBC,",
+            ),
+            (
+                "client-legacy-des3.key",
+                CLIENT_KEY,
+                &["ec", "-des3"],
+                "DEK-Info: DES-EDE3-CBC,",
+            ),
+            (
+                "client-legacy-des.key",
+                CLIENT_KEY,
+                &["ec", "-des"],
+                "DEK-Info: DES-CBC,",
+            ),
+            (
+                "client-rsa-legacy-aes256.key",
+                CLIENT_RSA_KEY,
+                &["rsa", "-traditional", "-aes256"],
+                "DEK-Info: AES-256-CBC,",
+            ),
+            (
+                "client-rsa-legacy-des3.key",
+                CLIENT_RSA_KEY,
+                &["rsa", "-traditional", "-des3"],
+                "DEK-Info: DES-EDE3-CBC,",
+            ),
+            (
+                "client-encrypted-rsa.key",
+                CLIENT_RSA_KEY,
+                &["pkcs8", "-topk8", "-v2", "aes-128-cbc"],
+                "ENCRYPTED",
+            ),
+        ];
+        let pass = format!("pass:{KEY_PASSWORD}");
+        for (file, key, args, form) in forms {
+            let key = self.path(key);
+            let key = key
+                .to_str()
+                .unwrap_or_else(|| panic!("not UTF-8: {}", key.display()));
+            // Single DES is in OpenSSL 3's legacy provider; without it `-des` would write the key in clear.
+            let providers = ["-provider", "legacy", "-provider", "default"];
+            let args = [args, &providers, &["-in", key, "-passout", &pass]].concat();
+            let encrypted = String::from_utf8(openssl(&args, file))
+                .unwrap_or_else(|e| panic!("openssl wrote no text for {file}: {e}"));
             assert!(
-                output.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
+                encrypted.contains(form),
+                "{file} is not {form}:\n{encrypted}"
             );
-            fs::set_permissions(&out, fs::Permissions::from_mode(0o600))
-                .unwrap_or_else(|e| panic!("cannot chmod {file}: {e}"));
+            self.write_key(file, &encrypted);
         }
-        let legacy =
-            fs::read_to_string(self.path("client-legacy-encrypted.key")).unwrap_or_default();
-        assert!(
-            legacy.contains("Proc-Type: 4,ENCRYPTED"),
-            "not the legacy form:\n{legacy}"
-        );
     }
 
     /// The revocation lists of the module docs.
@@ -379,6 +460,21 @@ impl Ca {
             .signed_by(key, &self.cert, &self.key)
             .unwrap_or_else(|e| panic!("signing a certificate: {e}"))
     }
+}
+
+/// Runs the openssl CLI and returns what it wrote; panics with its stderr if it fails (the TLS tests cannot run
+/// without `what`).
+fn openssl(args: &[&str], what: &str) -> Vec<u8> {
+    let output = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl (needed for {what}): {e}"));
+    assert!(
+        output.status.success(),
+        "openssl {args:?} ({what}): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
 }
 
 fn new_key(alg: &'static rcgen::SignatureAlgorithm) -> KeyPair {
