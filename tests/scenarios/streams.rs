@@ -20,6 +20,7 @@ pub(super) fn scenarios() -> Vec<(&'static str, Scenario)> {
         stream_million_rows_in_bounded_memory,
         stream_dropped_midway_then_query,
         stream_error_after_rows_and_stream_trait,
+        stream_lent_rows_read_as_owned_ones,
         portal_batches_of_a_thousand,
         portal_close_on_drop_and_lost_fetch,
         cursor_exhausted_commits,
@@ -197,6 +198,136 @@ async fn stream_error_after_rows_and_stream_trait(env: &Env) -> Outcome {
     }
     ensure_eq!(sum, 2500 * 2501 / 2);
     ensure_eq!(stream.rows_affected(), Some(2500));
+    Ok(())
+}
+
+/// A checksum of one row of `LENT_SQL`, read through any of the three ways (all give `get` and `raw`).
+macro_rules! lent_row_sum {
+    ($row:expr) => {{
+        let row = $row;
+        (|| -> Result<i64, wasi_pg_client::Error> {
+            let g: i32 = row.try_get(0)?;
+            let text: Option<&str> = row.try_get("t")?;
+            let bytes: Option<&[u8]> = row.try_get(2)?;
+            let wide: String = row.try_get(3)?;
+            let mut sum = i64::from(g) + text.map_or(-1, |t| t.len() as i64);
+            sum += bytes.map_or(-7, |b| b.iter().map(|&b| i64::from(b)).sum::<i64>());
+            sum += wide.len() as i64 + row.raw(4)?.map_or(-3, |v| v.len() as i64);
+            Ok(sum)
+        })()
+    }};
+}
+
+/// Rows of every shape a lent row must read like an owned one: NULLs, empty and long texts, bytea, and a
+/// row of 12 columns (wider than the rows whose offsets fit inline).
+const LENT_SQL: &str = "SELECT g, CASE WHEN g % 5 = 0 THEN NULL ELSE repeat('x', g % 300) END AS t, \
+     CASE WHEN g % 7 = 0 THEN NULL ELSE decode(lpad(to_hex(g), 8, '0'), 'hex') END, repeat('w', g % 90), \
+     CASE WHEN g % 11 = 0 THEN NULL ELSE g::int8 END, 1, 2, 3, 4, 5, 6, 7 \
+     FROM generate_series(1, 100000) g";
+
+async fn stream_lent_rows_read_as_owned_ones(env: &Env) -> Outcome {
+    let mut c = connect(&env.trust).await?;
+    let mut owned = (0i64, 0u64);
+    let mut stream = c.query_stream(LENT_SQL, &[]).await.check("start owned")?;
+    while let Some(row) = stream.next().await.check("next")? {
+        owned = (
+            owned.0 + lent_row_sum!(&row).check("owned row")?,
+            owned.1 + 1,
+        );
+    }
+    ensure_eq!(owned.1, 100_000);
+    drop(stream);
+
+    let mut lent = (0i64, 0u64);
+    let mut kept = Vec::new();
+    let mut stream = c.query_stream(LENT_SQL, &[]).await.check("start lent")?;
+    while let Some(row) = stream.next_ref().await.check("next_ref")? {
+        let sum = lent_row_sum!(row).check("lent row")?;
+        lent = (lent.0 + sum, lent.1 + 1);
+        if lent.1 % 10_000 == 0 {
+            kept.push((sum, row.to_row()));
+        }
+    }
+    ensure_eq!(stream.rows_affected(), Some(100_000));
+    drop(stream);
+    ensure_eq!(lent, owned);
+    for (sum, row) in &kept {
+        ensure_eq!(lent_row_sum!(row).check("kept row")?, *sum);
+    }
+
+    let mut each = (0i64, 0u64);
+    let mut stream = c.query_stream(LENT_SQL, &[]).await.check("start each")?;
+    stream
+        .for_each_ref(|row| {
+            each = (each.0 + lent_row_sum!(row)?, each.1 + 1);
+            Ok::<_, wasi_pg_client::Error>(())
+        })
+        .await
+        .check("for_each_ref")?;
+    drop(stream);
+    ensure_eq!(each, owned);
+
+    // A server error after rows ends for_each_ref with it; the connection goes on.
+    let mut stream = c
+        .query_stream(
+            "SELECT 10 / (5000 - g) FROM generate_series(1, 10000) g",
+            &[],
+        )
+        .await
+        .check("start failing")?;
+    let mut before = 0;
+    let error = stream
+        .for_each_ref(|_| {
+            before += 1;
+            Ok::<_, wasi_pg_client::Error>(())
+        })
+        .await
+        .err()
+        .ok_or("no error")?;
+    ensure_eq!(error.code(), Some("22012"));
+    ensure!(before < 5000, "{before} rows before the error");
+    drop(stream);
+
+    // Dropped with a row lent, halfway: the next call reads the rest away.
+    let mut stream = c.query_stream(LENT_SQL, &[]).await.check("start dropped")?;
+    for _ in 0..50_000 {
+        stream
+            .next_ref()
+            .await
+            .check("next_ref")?
+            .ok_or("ended early")?;
+    }
+    drop(stream);
+    ensure_eq!(
+        c.query_one("SELECT 7", &[])
+            .await
+            .check("after")?
+            .get::<_, i32>(0),
+        7
+    );
+
+    // A portal's fetches lend their rows too.
+    let mut tx = c.transaction().await.check("begin")?;
+    let portal = tx
+        .bind("SELECT g FROM generate_series(1, 2500) g", &[])
+        .await
+        .check("bind")?;
+    let mut sum = 0i64;
+    loop {
+        let mut stream = tx.query_portal_raw(&portal, 1000).await.check("fetch")?;
+        stream
+            .for_each_ref(|row| {
+                sum += i64::from(row.get::<_, i32>(0));
+                Ok::<_, wasi_pg_client::Error>(())
+            })
+            .await
+            .check("for_each_ref")?;
+        if stream.rows_affected().is_some() {
+            break;
+        }
+    }
+    ensure_eq!(sum, 2500 * 2501 / 2);
+    tx.commit().await.check("commit")?;
     Ok(())
 }
 
