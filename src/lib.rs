@@ -105,7 +105,7 @@
 //! | `&Client`: concurrent calls pipelined by the connection task | `&Client` (or `Arc<Client>`): concurrent calls pipelined in the order their futures are first polled, driven by whichever of them is polled; no task needed on WASI or a current-thread runtime |
 //! | `query_raw`, `copy_in`, `copy_out`, `transaction` on `&Client`/`&mut Client` | transactions, COPY, row streams, portals and [`Pipeline`]s take `&mut Client`: they have the connection alone (calls inside a [`Transaction`] take `&self` and are pipelined again) |
 //! | `query`, `query_one`, `query_opt`, `execute`, `prepare`, `prepare_typed`, `query_typed`, `simple_query`, `batch_execute` | the same |
-//! | `query_raw` returning a `RowStream` | [`Client::query_raw`] and [`Client::query_stream`]: a [`RowStream`] with an inherent `next` and `Stream` |
+//! | `query_raw` returning a `RowStream` | [`Client::query_raw`] and [`Client::query_stream`]: a [`RowStream`] with an inherent `next` and `Stream`; [`RowStream::next_ref`] and [`RowStream::for_each_ref`] lend each row ([`RowRef`]) where it arrived, without a copy or an allocation |
 //! | `transaction`, `build_transaction`, `savepoint` | the same; a transaction dropped without commit is rolled back before the next call |
 //! | `copy_in` (a `Sink`), `copy_out` (a `Stream`), `binary_copy` | [`Client::copy_in`] and [`Client::copy_out`] with `write`/`finish` and `next`; [`BinaryCopyInWriter`], [`BinaryCopyOutReader`] |
 //! | `AsyncMessage::Notification` from polling the `Connection` | [`Client::next_notification`], [`Client::notifications`] (a `Stream`), [`Client::take_notifications`], all on `&Client`: a task can wait while others query, and none are lost |

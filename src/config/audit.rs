@@ -122,7 +122,7 @@ pub(crate) const AUDIT: &[KeywordAudit] = &[
     both("sslcert", false, Honored, "/tmp/client.crt", None, "client certificate"),
     both("sslkey", false, Honored, "/tmp/client.key", None, "client key, permissions checked as libpq does"),
     both("sslcertmode", true, Honored, "require", None, "require fails unless a certificate was asked for and sent"),
-    both("sslpassword", false, Honored, "secret", None, "decrypts an encrypted PKCS#8 client key"),
+    both("sslpassword", false, Honored, "secret", None, "decrypts an encrypted client key (PKCS#8 PBES2 or OpenSSL's legacy PEM form)"),
     both("sslrootcert", true, Honored, "/tmp/root.crt", None, "verifies the server; system means Mozilla's roots"),
     both("sslcrl", true, Honored, "/tmp/root.crl", None, "a revoked server certificate is refused"),
     both("sslcrldir", true, Honored, "/tmp/crl", None, "as sslcrl, from every file of the directory"),
