@@ -194,7 +194,8 @@ with_runtime! {
     pub use client::{Client, Param, ToStatement};
     pub use client::simple_query::SimpleQueryStream;
     pub use client::copy::{
-        BinaryCopyInWriter, BinaryCopyOutReader, BinaryCopyRow, CopyInWriter, CopyOutReader,
+        BinaryCopyInWriter, BinaryCopyOutReader, BinaryCopyRow, BinaryCopyRowRef, CopyInWriter,
+        CopyOutReader,
     };
     pub use client::cursor::Cursor;
     pub use client::notify::NotificationStream;

@@ -354,11 +354,15 @@ async fn copy_out(client: &mut Client, rows: u64) -> Result<Outcome, BoxError> {
     let mut reader = BinaryCopyOutReader::new(reader, &[Type::INT4, Type::TEXT, Type::INT8]);
     let mut check = 0u64;
     let mut seen = 0u64;
-    while let Some(row) = reader.next().await? {
-        let (id, payload, amount): (i32, &str, i64) = (row.get(0), row.get(1), row.get(2));
-        check += u64::try_from(id)? + u64::try_from(amount)? + payload.len() as u64;
-        seen += 1;
-    }
+    // Rows decoded where they arrived, in one loop (the lending API).
+    reader
+        .for_each_ref(|row| {
+            let (id, payload, amount): (i32, &str, i64) = (row.get(0), row.get(1), row.get(2));
+            check += u64::try_from(id)? + u64::try_from(amount)? + payload.len() as u64;
+            seen += 1;
+            Ok::<_, BoxError>(())
+        })
+        .await?;
     if seen != rows {
         return Err(format!("{seen} rows instead of {rows}").into());
     }

@@ -28,7 +28,7 @@ use crate::client::telemetry::{Pending, Work};
 use crate::proto::{Backend, Flow, RequestId};
 use crate::{Client, DbError, Error};
 
-pub use binary::{BinaryCopyInWriter, BinaryCopyOutReader, BinaryCopyRow};
+pub use binary::{BinaryCopyInWriter, BinaryCopyOutReader, BinaryCopyRow, BinaryCopyRowRef};
 
 /// How much data a [`CopyInWriter`] collects before it sends a CopyData message.
 const CHUNK: usize = 64 * 1024;

@@ -347,6 +347,17 @@ impl Lender {
         true
     }
 
+    /// Lends the CopyData message at [`read`](Self::read) in `inbound` (its tag checked by the caller),
+    /// whose frame is `frame_len` bytes: the range of its payload in `inbound`. Nothing of a row is kept: the
+    /// caller reads the payload.
+    pub(crate) fn lend_copy_data(&mut self, frame_len: usize) -> std::ops::Range<usize> {
+        let start = self.lent.end;
+        self.lent = start..start + frame_len;
+        self.count = 0;
+        self.request = None;
+        start + HEADER_LEN..start + frame_len
+    }
+
     /// The row lent now, if any, in `inbound` (the buffer [`lend`](Self::lend) read).
     pub(crate) fn view<'a>(&'a self, inbound: &'a [u8]) -> Option<RowView<'a>> {
         let frame = inbound.get(self.lent.clone()).filter(|f| !f.is_empty())?;
@@ -355,6 +366,22 @@ impl Lender {
             offsets: &self.offsets[..self.count],
         })
     }
+}
+
+/// The view of `fields` holding exactly `count` fields (each a length word, -1 for NULL, and that many bytes),
+/// with where they are recorded in `offsets`; `None` if they are not exactly that (the caller then goes a way
+/// that says what is wrong). Binary COPY rows are laid out this way after their field count.
+pub(crate) fn view_fields<'a>(
+    fields: &'a [u8],
+    count: usize,
+    offsets: &'a mut Vec<u32>,
+) -> Option<RowView<'a>> {
+    u32::try_from(fields.len()).ok()?;
+    if offsets.len() < count {
+        offsets.resize(count, 0);
+    }
+    let offsets = &mut offsets[..count];
+    record(fields, offsets).then_some(RowView { fields, offsets })
 }
 
 /// Checks that `fields` holds exactly `offsets.len()` fields, as [`walk`] does (without saying what is wrong),

@@ -42,6 +42,7 @@ use postgres_protocol::message::frontend;
 use crate::config::ProtocolVersion;
 use crate::{DbError, Error, ErrorKind};
 
+pub(crate) use data_row::view_fields;
 use data_row::{Lender, check_field_count};
 pub(crate) use data_row::{RawRow, RowView};
 use frame::Frame;
@@ -1045,6 +1046,26 @@ impl Protocol {
             return None;
         }
         self.lent_row()
+    }
+
+    /// Like [`poll_copy_data`](Self::poll_copy_data) during a COPY TO STDOUT, but the data stays in the
+    /// inbound buffer, lent until the next call on the protocol core (as [`lend_data_row`](Self::lend_data_row)
+    /// lends rows): the payload of the next CopyData of request `id`, if it is there whole.
+    pub(crate) fn lend_copy_data(&mut self, id: RequestId) -> Option<&[u8]> {
+        // A row lent before this call is done with; what was read stays until another kind of read.
+        if !matches!(self.phase, Phase::Ready)
+            || self.copy != CopyState::Out(id)
+            || self.pending.front().is_none_or(|p| p.id != id)
+        {
+            return None;
+        }
+        let rest = &self.inbound[self.lender.read()..];
+        if rest.first() != Some(&b'd') {
+            return None;
+        }
+        let total = frame::complete_frame_len(rest, self.limits.max_message_size).ok()??;
+        let payload = self.lender.lend_copy_data(total);
+        Some(&self.inbound[payload])
     }
 
     /// The row [`lend_data_row`](Self::lend_data_row) lent, until the next call that takes `&mut self`.

@@ -234,8 +234,44 @@ async fn copy_million_rows_binary(env: &Env) -> Outcome {
         (count, sum, names),
         (MILLION, MILLION_SUM, million_name_length())
     );
+
+    // The same data lent row by row where it arrived.
+    let start = Instant::now();
+    let reader = c
+        .copy_out("COPY cm_bin (id, name) TO STDOUT (FORMAT binary)")
+        .await
+        .check("copy_out lent")?;
+    let mut reader = BinaryCopyOutReader::new(reader, &[Type::INT8, Type::TEXT]);
+    let (mut count, mut sum, mut names) = (0i64, 0i64, 0i64);
+    let mut kept = Vec::new();
+    reader
+        .for_each_ref(|row| {
+            let id: i64 = row.try_get(0)?;
+            let name: &str = row.try_get(1)?;
+            count += 1;
+            sum += id;
+            names += name.len() as i64;
+            if id % 250_000 == 0 {
+                kept.push((id, row.to_row()));
+            }
+            Ok::<_, wasi_pg_client::Error>(())
+        })
+        .await
+        .check("for_each_ref")?;
+    let lent_ms = start.elapsed().as_millis();
+    ensure_eq!(reader.rows(), Some(MILLION as u64));
+    ensure_eq!(
+        (count, sum, names),
+        (MILLION, MILLION_SUM, million_name_length())
+    );
+    ensure_eq!(kept.len(), 4);
+    for (id, row) in &kept {
+        ensure_eq!(row.get::<i64>(0), *id);
+        ensure_eq!(row.get::<&str>(1), format!("name {id}"));
+    }
     println!(
-        "{}: copy in binary: {MILLION} rows in {in_ms} ms; copy out binary: {MILLION} rows in {out_ms} ms",
+        "{}: copy in binary: {MILLION} rows in {in_ms} ms; copy out binary: {MILLION} rows in {out_ms} ms, \
+         lent: {lent_ms} ms",
         THIS_TARGET
     );
     still_usable(&mut c).await

@@ -244,7 +244,7 @@ async fn stream_lent_rows_read_as_owned_ones(env: &Env) -> Outcome {
     while let Some(row) = stream.next_ref().await.check("next_ref")? {
         let sum = lent_row_sum!(row).check("lent row")?;
         lent = (lent.0 + sum, lent.1 + 1);
-        if lent.1 % 10_000 == 0 {
+        if lent.1.is_multiple_of(10_000) {
             kept.push((sum, row.to_row()));
         }
     }
