@@ -283,6 +283,8 @@ pub(crate) struct Lender {
     /// The request whose rows are lent and the field count its RowDescription gave, while nothing but its
     /// DataRows was read: what the checks of the first row found stays true for the next ones.
     request: Option<(u64, usize)>,
+    /// The request whose CopyData are lent, likewise.
+    copy: Option<u64>,
 }
 
 impl Lender {
@@ -306,6 +308,7 @@ impl Lender {
             self.lent = 0..0;
         }
         self.request = None;
+        self.copy = None;
     }
 
     /// Lends the DataRow at [`read`](Self::read) in `inbound`, request `request`'s row with `expected` fields:
@@ -347,15 +350,36 @@ impl Lender {
         true
     }
 
-    /// Lends the CopyData message at [`read`](Self::read) in `inbound` (its tag checked by the caller),
-    /// whose frame is `frame_len` bytes: the range of its payload in `inbound`. Nothing of a row is kept: the
-    /// caller reads the payload.
-    pub(crate) fn lend_copy_data(&mut self, frame_len: usize) -> std::ops::Range<usize> {
+    /// Whether the CopyData of request `request`'s COPY TO STDOUT are being lent: what the checks of the first
+    /// one found stays true for the next ones, while nothing else was read.
+    pub(crate) fn lending_copy(&self, request: u64) -> bool {
+        self.copy == Some(request)
+    }
+
+    /// Lends the CopyData message at [`read`](Self::read) in `inbound` if it is there whole (at most
+    /// `max_message_size` bytes; anything else is left for the general way): the range of its payload in
+    /// `inbound`. It belongs to request `request`'s COPY TO STDOUT, which the caller checked.
+    #[inline]
+    pub(crate) fn lend_copy_data(
+        &mut self,
+        inbound: &[u8],
+        max_message_size: usize,
+        request: u64,
+    ) -> Option<std::ops::Range<usize>> {
         let start = self.lent.end;
-        self.lent = start..start + frame_len;
+        let rest = inbound.get(start..)?;
+        let Some((&[b'd', a, b, c, d], _)) = rest.split_first_chunk::<HEADER_LEN>() else {
+            return None;
+        };
+        let len = u32::from_be_bytes([a, b, c, d]) as usize;
+        if len < 4 || len > max_message_size || rest.len() - 1 < len {
+            return None;
+        }
+        self.lent = start..start + 1 + len;
         self.count = 0;
         self.request = None;
-        start + HEADER_LEN..start + frame_len
+        self.copy = Some(request);
+        Some(start + HEADER_LEN..start + 1 + len)
     }
 
     /// The row lent now, if any, in `inbound` (the buffer [`lend`](Self::lend) read).

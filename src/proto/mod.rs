@@ -1053,18 +1053,16 @@ impl Protocol {
     /// lends rows): the payload of the next CopyData of request `id`, if it is there whole.
     pub(crate) fn lend_copy_data(&mut self, id: RequestId) -> Option<&[u8]> {
         // A row lent before this call is done with; what was read stays until another kind of read.
-        if !matches!(self.phase, Phase::Ready)
-            || self.copy != CopyState::Out(id)
-            || self.pending.front().is_none_or(|p| p.id != id)
+        if !self.lender.lending_copy(id)
+            && (!matches!(self.phase, Phase::Ready)
+                || self.copy != CopyState::Out(id)
+                || self.pending.front().is_none_or(|p| p.id != id))
         {
             return None;
         }
-        let rest = &self.inbound[self.lender.read()..];
-        if rest.first() != Some(&b'd') {
-            return None;
-        }
-        let total = frame::complete_frame_len(rest, self.limits.max_message_size).ok()??;
-        let payload = self.lender.lend_copy_data(total);
+        let payload =
+            self.lender
+                .lend_copy_data(&self.inbound, self.limits.max_message_size, id)?;
         Some(&self.inbound[payload])
     }
 
