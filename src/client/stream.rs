@@ -311,6 +311,18 @@ impl<'a> RowStream<'a> {
         if !std::future::poll_fn(|cx| self.poll_lend(cx)).await? {
             return Ok(None);
         }
+        // A row whose field count is not the columns' breaks the connection, as `next` does (checked before
+        // the row is lent, so the error can end the stream).
+        let fields = match &self.held {
+            Some(row) => row.len(),
+            None => {
+                let protocol = &self.client.connection_mut().protocol;
+                protocol.lent_row().map_or(0, |view| view.len())
+            }
+        };
+        if let Err(e) = RowRef::check(&self.columns, fields) {
+            return Err(self.end_with(e.broken()));
+        }
         let view = match &self.held {
             Some(row) => row.view(&mut self.held_offsets).ok_or_else(|| {
                 Error::protocol("a row over 4 GiB cannot be lent: read it with next()")
@@ -355,6 +367,9 @@ impl<'a> RowStream<'a> {
             if !self.done {
                 let protocol = &mut self.client.connection_mut().protocol;
                 while let Some(view) = protocol.lend_data_row(self.id) {
+                    if let Err(e) = RowRef::check(&self.columns, view.len()) {
+                        return Err(self.end_with(e.broken()).into());
+                    }
                     f(RowRef::new(&self.columns, view))?;
                 }
             }

@@ -280,3 +280,31 @@ fn a_stream_dropped_with_a_row_lent_leaves_the_connection_in_step() {
         assert_eq!(end.unwrap(), Some(60));
     }
 }
+
+#[test]
+fn a_new_description_in_the_middle_fails_every_way() {
+    // The server describes three columns in the middle of the answer, then sends rows of three.
+    let three = row_description(&[Column::int4("n"), Column::text("t"), Column::int4("x")]);
+    let row = data_row(&[
+        Some(&1i32.to_be_bytes()),
+        Some(b"a"),
+        Some(&2i32.to_be_bytes()),
+    ]);
+    for max_read in [1, usize::MAX] {
+        for way in [Way::Owned, Way::Lent, Way::Each, Way::Mixed] {
+            let (mut client, _server) =
+                streaming(max_read, [three.clone(), row.clone()].concat(), complete());
+            let (seen, end) = read(&mut client, way);
+            assert!(seen.is_empty(), "{way:?}");
+            let err = end.unwrap_err();
+            // The stream refuses the RowDescription itself; were the rows to come anyway, their width is
+            // checked against the statement's columns whichever way they are read.
+            assert!(
+                err.to_string()
+                    .contains("unexpected RowDescription in response to Bind/Execute"),
+                "{way:?}, reads of {max_read}: {err}"
+            );
+            assert!(client.is_closed(), "{way:?}, reads of {max_read}");
+        }
+    }
+}

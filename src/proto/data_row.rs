@@ -382,8 +382,10 @@ impl Lender {
         Some(start + HEADER_LEN..start + 1 + len)
     }
 
-    /// The row lent now, if any, in `inbound` (the buffer [`lend`](Self::lend) read).
+    /// The row lent now, if any, in `inbound` (the buffer [`lend`](Self::lend) read); `None` when nothing or a
+    /// CopyData is lent.
     pub(crate) fn view<'a>(&'a self, inbound: &'a [u8]) -> Option<RowView<'a>> {
+        self.request?;
         let frame = inbound.get(self.lent.clone()).filter(|f| !f.is_empty())?;
         Some(RowView {
             fields: &frame[FIELDS_START..],

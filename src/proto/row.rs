@@ -56,13 +56,7 @@ pub struct Row {
 impl Row {
     /// Builds a row; the protocol core already checked the field count against the columns.
     pub(crate) fn new(columns: Arc<[Column]>, raw: RawRow) -> Result<Row, Error> {
-        if raw.len() != columns.len() {
-            return Err(Error::protocol(format!(
-                "row has {} fields but the statement has {} columns",
-                raw.len(),
-                columns.len()
-            )));
-        }
+        RowRef::check(&columns, raw.len())?;
         Ok(Row { columns, raw })
     }
 
@@ -160,9 +154,20 @@ pub struct RowRef<'a> {
 }
 
 impl<'a> RowRef<'a> {
-    /// A lent row; the protocol core checked its field count against the columns.
+    /// A lent row, whose field count [`check`](Self::check) found to be its columns'.
     pub(crate) fn new(columns: &'a Arc<[Column]>, raw: RowView<'a>) -> RowRef<'a> {
         RowRef { columns, raw }
+    }
+
+    /// Checks that a row of `fields` fields has `columns`, as [`Row::new`] does.
+    pub(crate) fn check(columns: &[Column], fields: usize) -> Result<(), Error> {
+        if fields != columns.len() {
+            return Err(Error::protocol(format!(
+                "row has {fields} fields but the statement has {} columns",
+                columns.len()
+            )));
+        }
+        Ok(())
     }
 
     #[inline]
