@@ -195,7 +195,7 @@ with_runtime! {
     pub use client::simple_query::SimpleQueryStream;
     pub use client::copy::{
         BinaryCopyInWriter, BinaryCopyOutReader, BinaryCopyRow, BinaryCopyRowRef, CopyInWriter,
-        CopyOutReader,
+        CopyOutReader, CopyRow, CopyValue,
     };
     pub use client::cursor::Cursor;
     pub use client::notify::NotificationStream;

@@ -341,7 +341,9 @@ async fn copy_in(client: &mut Client, rows: u64) -> Result<Outcome, BoxError> {
     for id in 1..=rows {
         let amount = i64::try_from(id)? * 3;
         let id = i32::try_from(id)?;
-        writer.write(&[&id, &payload, &amount]).await?;
+        // Typed rows, written straight into the buffer (write_row); write(&[&id, &payload, &amount]) sends the
+        // same bytes through ToSql.
+        writer.write_row(&(id, payload, amount)).await?;
     }
     let copied = writer.finish().await?;
     finish(rows, started, copied, expect::copy_in(rows))

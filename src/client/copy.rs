@@ -11,6 +11,7 @@
 //! the next call, which reads and discards it.
 
 mod binary;
+mod typed;
 
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
@@ -29,6 +30,7 @@ use crate::proto::{Backend, Flow, RequestId};
 use crate::{Client, DbError, Error};
 
 pub use binary::{BinaryCopyInWriter, BinaryCopyOutReader, BinaryCopyRow, BinaryCopyRowRef};
+pub use typed::{CopyRow, CopyValue};
 
 /// How much data a [`CopyInWriter`] collects before it sends a CopyData message.
 const CHUNK: usize = 64 * 1024;
