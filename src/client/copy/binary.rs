@@ -6,8 +6,10 @@
 //! server is checked before it is trusted: the signature, the flags, every count and length.
 //!
 //! Rows written directly from typed tuples (`write_row`) are encoded in `typed.rs`, next to the `ToSql` row
-//! encoding they must match. Longer than 800 lines (near 1 000): the writer, the reader (owned and lent rows) and their checks
-//! of every length share the format's constants and read best side by side; a fifth of it is tests.
+//! encoding they must match.
+//!
+//! Longer than 800 lines (near 1 000): the writer, the reader (owned and lent rows) and their checks of every
+//! length share the format's constants and read best side by side; a fifth of it is tests.
 
 use std::future::poll_fn;
 use std::pin::Pin;
