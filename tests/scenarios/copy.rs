@@ -485,7 +485,7 @@ async fn copy_writer_errors_leave_the_connection_usable(env: &Env) -> Outcome {
         .await
         .err()
         .ok_or("one value for two columns was accepted")?;
-    ensure_eq!(err.kind(), ErrorKind::ToSql);
+    ensure_eq!(err.kind(), ErrorKind::Parameters);
     drop(writer);
     still_usable(&mut c).await?;
 
