@@ -4,11 +4,10 @@
 
 use std::hash::{BuildHasher, Hasher};
 
-use tracing::field::Empty;
 use tracing::{Instrument as _, debug};
 
 use crate::client::Client;
-use crate::client::semconv::{DB_SYSTEM, Peer};
+use crate::client::semconv::{Peer, client_span};
 use crate::client::telemetry;
 use crate::config::{Host, LoadBalanceHosts, Opening, Target, TargetSessionAttrs};
 use crate::conn::connect::{connect_over, connect_target};
@@ -121,19 +120,10 @@ impl Client {
 /// whom as whom, in the OpenTelemetry conventions' terms where they have one (`server.address`,
 /// `server.port`, `db.namespace`, `network.peer.address` for a `hostaddr`); never the password.
 fn connect_span(config: &Config, target: Option<&Target>) -> tracing::Span {
-    let span = tracing::info_span!(
+    let span = client_span!(
+        tracing::Level::INFO,
         "connect",
-        otel.name = Empty,
-        otel.kind = "client",
-        otel.status_code = Empty,
-        db.system.name = DB_SYSTEM,
-        db.namespace = Empty,
-        server.address = Empty,
-        server.port = Empty,
-        network.peer.address = target
-            .and_then(|t| t.hostaddr)
-            .map(tracing::field::display),
-        error.type = Empty,
+        network.peer.address = target.and_then(|t| t.hostaddr).map(tracing::field::display),
         transport = target.is_none().then_some("caller's"),
         sslmode = config.get_ssl_mode().as_str(),
         user = config.get_user(),

@@ -12,6 +12,29 @@ use crate::{Config, Error, ErrorKind};
 /// The conventions' name for this database system.
 pub(crate) const DB_SYSTEM: &str = "postgresql";
 
+/// A span with the fields the conventions share declared (tracing needs every field at creation):
+/// `otel.name`, `otel.kind` = client, `otel.status_code`, `db.system.name`, `db.namespace`, `server.address`,
+/// `server.port`, `error.type`, then the span's own fields. `@parent P;` first puts it under `P`.
+macro_rules! client_span {
+    ($(@parent $parent:expr;)? $level:expr, $name:literal, $($own:tt)*) => {
+        tracing::span!(
+            $(parent: $parent,)?
+            $level,
+            $name,
+            otel.name = tracing::field::Empty,
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            db.system.name = $crate::client::semconv::DB_SYSTEM,
+            db.namespace = tracing::field::Empty,
+            server.address = tracing::field::Empty,
+            server.port = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            $($own)*
+        )
+    };
+}
+pub(crate) use client_span;
+
 /// The server a client's operations go to, as the conventions name it; fixed for the client's life.
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {

@@ -19,30 +19,22 @@ use std::future::Future;
 use tracing::field::Empty;
 use tracing::{Instrument as _, Span};
 
-use crate::client::semconv::{DB_SYSTEM, Peer, error_type};
+use crate::client::semconv::{Peer, client_span, error_type};
 use crate::proto::operation::Operation;
 use crate::{Error, Statement};
 
-/// A DEBUG span `request` with every field of the conventions declared (tracing needs them at creation) and
-/// empty, under `$parent` when one is given, else under the current span.
+/// A DEBUG span `request` with every field of the conventions declared and empty, under `$parent` when one
+/// is given, else under the current span.
 macro_rules! request_span {
-    ($($parent:expr)?) => {
-        tracing::span!(
-            $(parent: $parent,)?
+    ($(parent: $parent:expr)?) => {
+        client_span!(
+            $(@parent $parent;)?
             tracing::Level::DEBUG,
             "request",
-            otel.name = Empty,
-            otel.kind = "client",
-            otel.status_code = Empty,
-            db.system.name = DB_SYSTEM,
-            db.namespace = Empty,
-            server.address = Empty,
-            server.port = Empty,
             db.operation.name = Empty,
             db.collection.name = Empty,
             db.operation.batch.size = Empty,
             db.response.status_code = Empty,
-            error.type = Empty,
             db.query.text = Empty,
             kind = Empty,
             backend_pid = Empty,
@@ -106,7 +98,7 @@ impl Traced {
     /// nothing.
     pub(crate) fn start(describe: Describe<'_>) -> Traced {
         let span = match &describe.parent {
-            Some(parent) => request_span!(parent),
+            Some(parent) => request_span!(parent: parent),
             None => request_span!(),
         };
         #[cfg(feature = "metrics")]
@@ -189,25 +181,18 @@ pub(crate) fn record_error(span: &Span, error: &Error) {
 pub(crate) fn transaction_span(peer: &Peer, parent: Option<&Span>, savepoint: bool) -> Span {
     // Under `parent` when given, else under the current span (an explicit `parent: None` would make a root).
     macro_rules! transaction_span {
-        ($($parent:expr)?) => {
-            tracing::debug_span!(
-                $(parent: $parent,)?
+        ($(parent: $parent:expr)?) => {
+            client_span!(
+                $(@parent $parent;)?
+                tracing::Level::DEBUG,
                 "transaction",
-                otel.name = Empty,
-                otel.kind = "client",
-                otel.status_code = Empty,
-                db.system.name = DB_SYSTEM,
-                db.namespace = Empty,
-                server.address = Empty,
-                server.port = Empty,
-                error.type = Empty,
                 savepoint,
                 outcome = Empty,
             )
         };
     }
     let span = match parent {
-        Some(parent) => transaction_span!(parent),
+        Some(parent) => transaction_span!(parent: parent),
         None => transaction_span!(),
     };
     if !span.is_disabled() {

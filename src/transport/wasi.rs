@@ -23,7 +23,7 @@ use wasip2::sockets::tcp::TcpSocket;
 use wasip2::sockets::tcp_create_socket::create_tcp_socket;
 use wstd::runtime::{AsyncPollable, WaitFor};
 
-use super::wasi_socket::{KeepaliveOptions, apply_keepalive, connect_first};
+use super::wasi_socket::{KeepaliveOptions, apply_keepalive, connect_first, keepalive_options};
 use super::{Keepalive, Transport};
 
 /// A readiness wait registered with wstd's reactor: the pollable and the future waiting on it.
@@ -227,25 +227,7 @@ fn poll_wait(
     }
 }
 
-impl KeepaliveOptions for TcpSocket {
-    type Code = ErrorCode;
-
-    fn set_enabled(&self, enabled: bool) -> Result<(), ErrorCode> {
-        self.set_keep_alive_enabled(enabled)
-    }
-
-    fn set_idle_nanos(&self, nanos: u64) -> Result<(), ErrorCode> {
-        self.set_keep_alive_idle_time(nanos)
-    }
-
-    fn set_interval_nanos(&self, nanos: u64) -> Result<(), ErrorCode> {
-        self.set_keep_alive_interval(nanos)
-    }
-
-    fn set_count(&self, count: u32) -> Result<(), ErrorCode> {
-        self.set_keep_alive_count(count)
-    }
-}
+keepalive_options!(TcpSocket, ErrorCode);
 
 impl Transport for WasiTcpStream {
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {

@@ -39,6 +39,32 @@ pub(super) trait KeepaliveOptions {
     fn set_count(&self, count: u32) -> Result<(), Self::Code>;
 }
 
+/// Implements [`KeepaliveOptions`] for a binding's `TcpSocket` (0.2 and 0.3 name the four setters alike).
+macro_rules! keepalive_options {
+    ($socket:ty, $code:ty) => {
+        impl KeepaliveOptions for $socket {
+            type Code = $code;
+
+            fn set_enabled(&self, enabled: bool) -> Result<(), $code> {
+                self.set_keep_alive_enabled(enabled)
+            }
+
+            fn set_idle_nanos(&self, nanos: u64) -> Result<(), $code> {
+                self.set_keep_alive_idle_time(nanos)
+            }
+
+            fn set_interval_nanos(&self, nanos: u64) -> Result<(), $code> {
+                self.set_keep_alive_interval(nanos)
+            }
+
+            fn set_count(&self, count: u32) -> Result<(), $code> {
+                self.set_keep_alive_count(count)
+            }
+        }
+    };
+}
+pub(super) use keepalive_options;
+
 /// Turns TCP keepalive on with `keepalive`'s settings (each `None` keeps the host's default), or off with
 /// `None`. Best effort: an option the host does not support or allow is left as it is, with a debug trace.
 pub(super) fn apply_keepalive(socket: &impl KeepaliveOptions, keepalive: Option<&Keepalive>) {

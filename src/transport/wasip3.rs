@@ -30,7 +30,9 @@ use wasip3::wit_bindgen::rt::async_support::{
     FutureReader, StreamReader, StreamResult, StreamWriter,
 };
 
-use super::wasi_socket::{KeepaliveOptions, apply_keepalive, connect_first, nanos};
+use super::wasi_socket::{
+    KeepaliveOptions, apply_keepalive, connect_first, keepalive_options, nanos,
+};
 use super::{Keepalive, Transport};
 
 /// How many bytes one read may bring in. The host writes into this memory directly and only what arrived, so
@@ -304,25 +306,7 @@ fn poisoned() -> io::Error {
     io::Error::other("BUG: the WASI 0.3 transport was left mid-transition")
 }
 
-impl KeepaliveOptions for TcpSocket {
-    type Code = ErrorCode;
-
-    fn set_enabled(&self, enabled: bool) -> Result<(), ErrorCode> {
-        self.set_keep_alive_enabled(enabled)
-    }
-
-    fn set_idle_nanos(&self, nanos: u64) -> Result<(), ErrorCode> {
-        self.set_keep_alive_idle_time(nanos)
-    }
-
-    fn set_interval_nanos(&self, nanos: u64) -> Result<(), ErrorCode> {
-        self.set_keep_alive_interval(nanos)
-    }
-
-    fn set_count(&self, count: u32) -> Result<(), ErrorCode> {
-        self.set_keep_alive_count(count)
-    }
-}
+keepalive_options!(TcpSocket, ErrorCode);
 
 impl Transport for P3TcpStream {
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
