@@ -72,6 +72,20 @@ fn hook_calls(calls: &AtomicUsize, expected: usize) -> Outcome {
     Ok(())
 }
 
+/// Connects to `conninfo` with a hook that answers `answer`; the connection must fail with an `Auth` error
+/// after the hook ran `calls` times.
+async fn refused_with_hook(
+    conninfo: &str,
+    answer: Result<&'static str, &'static str>,
+    calls: usize,
+) -> Result<Failure, String> {
+    let ran = Arc::new(AtomicUsize::new(0));
+    let failure = connect_err(conninfo, |config| install_hook(config, &ran, answer)).await?;
+    hook_calls(&ran, calls)?;
+    failure.kind(ErrorKind::Auth)?;
+    Ok(failure)
+}
+
 /// The error object a PostgreSQL 18 server sends to refuse an OAUTHBEARER response.
 #[cfg(not(target_os = "wasi"))]
 fn error_object(discovery: &str) -> Vec<u8> {
@@ -241,13 +255,7 @@ pub(super) mod oauth_token_rejected {
     use super::*;
 
     pub(in super::super) async fn client(target: &Target) -> ClientOutcome {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let failure = connect_err(&tls_conninfo(target), |config| {
-            install_hook(config, &calls, Ok(TOKEN));
-        })
-        .await?;
-        hook_calls(&calls, 1)?;
-        failure.kind(ErrorKind::Auth)?;
+        let failure = refused_with_hook(&tls_conninfo(target), Ok(TOKEN), 1).await?;
         for part in [
             "rejected the OAuth bearer token",
             "invalid_token",
@@ -287,13 +295,8 @@ pub(super) mod oauth_hook_error {
     use super::*;
 
     pub(in super::super) async fn client(target: &Target) -> ClientOutcome {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let failure = connect_err(&tls_conninfo(target), |config| {
-            install_hook(config, &calls, Err("the identity provider is unreachable"));
-        })
-        .await?;
-        hook_calls(&calls, 1)?;
-        failure.kind(ErrorKind::Auth)?;
+        let unreachable = Err("the identity provider is unreachable");
+        let failure = refused_with_hook(&tls_conninfo(target), unreachable, 1).await?;
         ensure!(
             failure
                 .text
@@ -328,13 +331,7 @@ pub(super) mod oauth_issuer_mismatch {
     use super::*;
 
     pub(in super::super) async fn client(target: &Target) -> ClientOutcome {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let failure = connect_err(&tls_conninfo(target), |config| {
-            install_hook(config, &calls, Ok(TOKEN));
-        })
-        .await?;
-        hook_calls(&calls, 0)?;
-        failure.kind(ErrorKind::Auth)?;
+        let failure = refused_with_hook(&tls_conninfo(target), Ok(TOKEN), 0).await?;
         failure.mentions(&["incompatible with oauth_issuer"])
     }
 
@@ -366,13 +363,8 @@ pub(super) mod oauth_over_plaintext {
     use super::*;
 
     pub(in super::super) async fn client(target: &Target) -> ClientOutcome {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let failure = connect_err(&oauth_conninfo(target, "sslmode=prefer"), |config| {
-            install_hook(config, &calls, Ok(TOKEN));
-        })
-        .await?;
-        hook_calls(&calls, 0)?;
-        failure.kind(ErrorKind::Auth)?;
+        let plaintext = oauth_conninfo(target, "sslmode=prefer");
+        let failure = refused_with_hook(&plaintext, Ok(TOKEN), 0).await?;
         failure.mentions(&["without TLS"])
     }
 
